@@ -1,0 +1,37 @@
+# pfasync: `make demo` runs a sync on the embedded defaults, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Tests run against PostgreSQL (pytest-django creates and drops test_pfasync); `make test-sqlite` uses SQLite.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/pfasync
+DEMO_PORT ?= 8900
+
+.PHONY: demo test test-sqlite lint install run worker clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(BIN)/.installed .env
+
+# A local .env with freshly generated keys; never overwrites an existing one.
+.env:
+	$(PYTHON) scripts/make_env.py .env.example .env
+
+demo: install
+	DEMO_PORT=$(DEMO_PORT) BIN=$(BIN) scripts/demo.sh
+
+test: $(BIN)/.installed
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest
+
+test-sqlite: $(BIN)/.installed
+	DATABASE_URL=sqlite:///$(CURDIR)/test.sqlite3 $(BIN)/pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) db.sqlite3 db.sqlite3-* .pytest_cache

@@ -1,0 +1,206 @@
+"""What pfasync holds from PEMS: organizations, their PEMS connections and the mirrored PFA records."""
+
+import uuid
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from mirror.pems import PemsSettings
+from mirror.secrets import decrypt_secret, encrypt_secret
+
+
+def validate_time_zone(value: str) -> None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"{value!r} is not an IANA time zone name (e.g. America/Chicago).")
+
+
+class Organization(models.Model):
+    """A PEMS organization whose PFA records we mirror."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    code = models.CharField(max_length=32, unique=True, help_text="PEMS organization code, e.g. RIO.")
+    name = models.CharField(max_length=200)
+    is_active = models.BooleanField(default=True)
+    sync_enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "organizations"
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class ApiConfiguration(models.Model):
+    """A PEMS connection: where and how to read (or write) an organization's PFA grid."""
+
+    class Usage(models.TextChoices):
+        READ = "read", "Read"
+        WRITE = "write", "Write"
+
+    class Endpoint(models.TextChoices):
+        GRIDS = "grids", "grids (current)"
+        GRIDDATA = "griddata", "griddata (older tenants)"
+
+    class AuthType(models.TextChoices):
+        BASIC = "basic", "Basic (username and password)"
+        API_KEY = "api_key", "API key"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(
+        Organization,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="api_configurations",
+        help_text="Empty means the global default used by organizations without their own.",
+    )
+    usage = models.CharField(max_length=8, choices=Usage, default=Usage.READ)
+    base_url = models.URLField(max_length=500, help_text="e.g. https://eam.example.com")
+    endpoint = models.CharField(max_length=16, choices=Endpoint, default=Endpoint.GRIDS)
+    tenant = models.CharField(max_length=100)
+    pems_organization_code = models.CharField(
+        max_length=32, blank=True, help_text="Defaults to the organization's code."
+    )
+    auth_type = models.CharField(max_length=16, choices=AuthType, default=AuthType.BASIC)
+    username = models.CharField(max_length=150, blank=True)
+    # Fernet token, never the plain secret: use set_secret()/get_secret().
+    secret = models.TextField(blank=True, editable=False)
+    grid_name = models.CharField(max_length=64, default="CUPFAG")
+    grid_id = models.CharField(max_length=32, default="100541")
+    page_size = models.PositiveIntegerField(
+        default=10_000, validators=[MinValueValidator(1), MaxValueValidator(50_000)]
+    )
+    request_timeout = models.FloatField(
+        default=60.0,
+        validators=[MinValueValidator(1.0), MaxValueValidator(900.0)],
+        help_text="Seconds to wait for one PEMS answer.",
+    )
+    time_zone = models.CharField(
+        max_length=64, default="UTC", validators=[validate_time_zone], help_text="IANA zone of the tenant."
+    )
+    first_sync_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_sync_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_sync_record_count = models.PositiveBigIntegerField(default=0, editable=False)
+    total_sync_record_count = models.PositiveBigIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "api_configurations"
+        verbose_name = "PEMS connection"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "usage"],
+                name="api_configurations_one_per_org_usage",
+            ),
+            models.UniqueConstraint(
+                fields=["usage"],
+                condition=Q(organization__isnull=True),
+                name="api_configurations_one_default_per_usage",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = self.organization.code if self.organization_id else "default"
+        return f"{owner} {self.usage} connection ({self.tenant})"
+
+    def set_secret(self, plaintext: str) -> None:
+        self.secret = encrypt_secret(plaintext)
+
+    def get_secret(self) -> str:
+        return decrypt_secret(self.secret, owner=f"PEMS connection {self.pk}")
+
+    def pems_settings(self, organization: Organization) -> PemsSettings:
+        """Client settings for reading `organization` through this connection."""
+        return PemsSettings(
+            base_url=self.base_url,
+            endpoint=self.endpoint,
+            tenant=self.tenant,
+            organization=self.pems_organization_code or organization.code,
+            auth_type=self.auth_type,
+            username=self.username,
+            secret=self.get_secret(),
+            grid_name=self.grid_name,
+            grid_id=self.grid_id,
+            page_size=self.page_size,
+            read_timeout=self.request_timeout,
+            time_zone=self.time_zone,
+        )
+
+    def record_sync(self, *, finished_at, record_count: int) -> None:
+        """Update the sync-tracking fields after a completed read."""
+        ApiConfiguration.objects.filter(pk=self.pk).update(
+            first_sync_at=models.functions.Coalesce(F("first_sync_at"), finished_at),
+            last_sync_at=finished_at,
+            last_sync_record_count=record_count,
+            total_sync_record_count=F("total_sync_record_count") + record_count,
+        )
+        self.refresh_from_db(
+            fields=["first_sync_at", "last_sync_at", "last_sync_record_count", "total_sync_record_count"]
+        )
+
+
+class PfaMirror(models.Model):
+    """One PFA record as PEMS last sent it: typed columns for queries, the whole row in `data`."""
+
+    id = models.BigAutoField(primary_key=True)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="pfa_records")
+    pfa_id = models.CharField(max_length=64)
+    pems_record_id = models.BigIntegerField(null=True, blank=True)
+    pems_last_modified = models.DateTimeField(null=True, blank=True)
+    area_silo = models.TextField(blank=True)
+    category = models.TextField(blank=True)
+    category_description = models.TextField(blank=True)
+    pfa_class = models.TextField(blank=True, db_column="class")
+    source = models.TextField(blank=True)
+    dor = models.TextField(blank=True)
+    monthly_rate = models.DecimalField(max_digits=18, decimal_places=4, null=True, blank=True)
+    purchase_price = models.DecimalField(max_digits=18, decimal_places=4, null=True, blank=True)
+    manufacturer = models.TextField(blank=True)
+    model = models.TextField(blank=True)
+    project_code = models.TextField(blank=True)
+    equipment_tag = models.TextField(blank=True)
+    plan_start_date = models.DateField(null=True, blank=True)
+    plan_end_date = models.DateField(null=True, blank=True)
+    forecast_start_date = models.DateField(null=True, blank=True)
+    forecast_end_date = models.DateField(null=True, blank=True)
+    actual_start_date = models.DateField(null=True, blank=True)
+    actual_end_date = models.DateField(null=True, blank=True)
+    is_actualized = models.BooleanField(default=False)
+    is_discontinued = models.BooleanField(default=False)
+    is_funds_transferred = models.BooleanField(default=False)
+    data = models.JSONField(help_text="The whole PEMS row, unknown tenant columns included.")
+    content_hash = models.CharField(max_length=32)
+    version = models.PositiveIntegerField(default=1, help_text="Grows by one each time the content changes.")
+    first_synced_at = models.DateTimeField(default=timezone.now)
+    last_synced_at = models.DateTimeField(
+        default=timezone.now, help_text="When a sync last wrote this row (unchanged rows are not rewritten)."
+    )
+
+    class Meta:
+        db_table = "pfa_mirror"
+        verbose_name = "PFA record"
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "pfa_id"], name="pfa_mirror_org_pfa_id"),
+        ]
+        indexes = [
+            # The front end's list: organization + category + forecast window, newest first.
+            models.Index(
+                fields=["organization", "category", "-forecast_start_date"], name="pfa_mirror_org_cat_fcst"
+            ),
+            models.Index(fields=["organization", "source"], name="pfa_mirror_org_source"),
+            models.Index(fields=["organization", "dor"], name="pfa_mirror_org_dor"),
+            models.Index(fields=["organization", "pems_last_modified"], name="pfa_mirror_org_lastmod"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.pfa_id} ({self.organization_id})"

@@ -1,0 +1,100 @@
+"""The mirror upsert: exact counts, content-hash skips, versions, and values stored as typed."""
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from mirror.models import PfaMirror
+from mirror.pems import content_hash, parse_pfa_row
+from mirror.store import pfa_records_upsert
+from mirror.tests.factories import OrganizationFactory
+
+pytestmark = pytest.mark.django_db
+CHICAGO = ZoneInfo("America/Chicago")
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+T1 = datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def raw_row(pfa_id: str, **overrides) -> dict[str, str]:
+    row = {
+        "pfs_id": pfa_id, "pfs_a_org": "RIO", "pfs_recordid": "3", "pfs_lastmodified": "03/08/2026 02:30",
+        "pfs_f_area": "SILO-2", "pfs_f_category": "CRANE", "pfs_f_catdesc": "Cranes", "pfs_f_class": "CR-50",
+        "pfs_f_source": "Rental", "pfs_f_dor": "PROJECT", "pfs_f_rental": "12,500.50", "pfs_f_purchase": "",
+        "pfs_f_manufacturer": "Liebherr", "pfs_f_model": "LTM 1050", "pfs_p_projcode": "P-100",
+        "pfs_equipment_tag": "EQ-1", "pfs_p_startdate": "01/15/2026", "pfs_p_enddate": "06/30/2026",
+        "pfs_f_startdate": "02/01/2026", "pfs_f_enddate": "07/31/2026", "pfs_a_startdate": "",
+        "pfs_a_enddate": "", "pfs_f_actualized": "-1", "pfs_f_discontinued": "0", "pfs_f_fundstrans": "N",
+        "pfs_udf_costcode": "CC-9",
+    }
+    row.update(overrides)
+    return row
+
+
+def record(pfa_id: str, **overrides):
+    return parse_pfa_row(raw_row(pfa_id, **overrides), time_zone=CHICAGO, organization_code="RIO")
+
+
+def upsert(organization, records, synced_at=T0, batch_size=1000):
+    return pfa_records_upsert(
+        organization_id=organization.pk, records=records, synced_at=synced_at, batch_size=batch_size
+    )
+
+
+def test_first_load_inserts_every_row_with_typed_columns():
+    organization = OrganizationFactory(code="RIO")
+    counts = upsert(organization, [record(f"PFA-{i:03d}") for i in range(5)])
+    assert (counts.inserted, counts.updated, counts.unchanged) == (5, 0, 0)
+    stored = PfaMirror.objects.get(organization=organization, pfa_id="PFA-003")
+    assert stored.monthly_rate == Decimal("12500.5")
+    assert stored.purchase_price is None
+    assert stored.pfa_class == "CR-50"
+    assert stored.forecast_start_date.isoformat() == "2026-02-01"
+    assert stored.actual_start_date is None
+    assert (stored.is_actualized, stored.is_discontinued, stored.is_funds_transferred) == (True, False, False)
+    # 02:30 on the night clocks spring forward in Chicago does not exist; it resolves to 08:30 UTC.
+    assert stored.pems_last_modified == datetime(2026, 3, 8, 8, 30, tzinfo=UTC)
+    assert stored.data["pfs_udf_costcode"] == "CC-9"
+    assert stored.content_hash == content_hash(raw_row("PFA-003"))
+    assert stored.version == 1 and stored.first_synced_at == stored.last_synced_at == T0
+
+
+def test_unchanged_row_is_not_rewritten():
+    organization = OrganizationFactory(code="RIO")
+    upsert(organization, [record("PFA-1"), record("PFA-2")])
+    counts = upsert(organization, [record("PFA-1"), record("PFA-2")], synced_at=T1)
+    assert (counts.inserted, counts.updated, counts.unchanged) == (0, 0, 2)
+    assert set(PfaMirror.objects.values_list("version", "last_synced_at")) == {(1, T0)}
+
+
+def test_changed_row_is_updated_and_its_version_grows():
+    organization = OrganizationFactory(code="RIO")
+    upsert(organization, [record("PFA-1"), record("PFA-2")])
+    counts = upsert(organization, [record("PFA-1", pfs_f_rental="9,000.00"), record("PFA-2"), record("PFA-3")], T1)
+    assert (counts.inserted, counts.updated, counts.unchanged) == (1, 1, 1)
+    changed = PfaMirror.objects.get(pfa_id="PFA-1")
+    assert (changed.version, changed.monthly_rate, changed.first_synced_at, changed.last_synced_at) == (
+        2, Decimal("9000"), T0, T1,
+    )
+    assert PfaMirror.objects.get(pfa_id="PFA-2").version == 1
+
+
+def test_counts_are_exact_across_batches_and_duplicate_keys():
+    organization = OrganizationFactory(code="RIO")
+    upsert(organization, [record(f"PFA-{i:03d}") for i in range(0, 40, 2)])  # even keys exist
+    batch = [record(f"PFA-{i:03d}", pfs_f_model="changed" if i % 4 == 0 else "LTM 1050") for i in range(40)]
+    batch.append(replace(batch[1]))  # the same key twice in one call: stored once
+    counts = upsert(organization, batch, T1, batch_size=7)
+    assert (counts.inserted, counts.updated, counts.unchanged) == (20, 10, 11)
+    assert counts.inserted + counts.updated + counts.unchanged == len(batch)
+    assert PfaMirror.objects.filter(organization=organization).count() == 40
+
+
+def test_same_key_in_two_organizations_is_two_rows():
+    rio, hou = OrganizationFactory(code="RIO"), OrganizationFactory(code="HOU")
+    upsert(rio, [record("PFA-1")])
+    counts = upsert(hou, [record("PFA-1")])
+    assert counts.inserted == 1
+    assert PfaMirror.objects.filter(pfa_id="PFA-1").count() == 2

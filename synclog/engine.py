@@ -1,0 +1,234 @@
+"""Running a read sync for one organization: claim the run, stream PEMS pages, store, finish.
+
+Every interface (command, schedule, API, admin) goes through `sync_claim` and `sync_run`, so a run
+started anywhere leaves the same `pfa_sync_log` row.
+"""
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from mirror.models import Organization
+from mirror.services import pems_client_for, read_configuration_for
+from mirror.pems import PemsClient, PemsError, PfaRowError, organization_filter, parse_pfa_row
+from mirror.store import pfa_records_upsert
+from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[PfaSyncLog], None]
+
+
+class SyncAlreadyRunning(Exception):
+    """The organization already has a queued or running read sync."""
+
+    def __init__(self, organization: Organization, active_log: PfaSyncLog | None):
+        self.organization = organization
+        self.active_log = active_log
+        if active_log is None:
+            detail = "another run holds it"
+        else:
+            detail = f"run {active_log.id} (batch {active_log.batch_id}) is {active_log.status}"
+        super().__init__(f"A sync is already running for organization {organization.code}: {detail}.")
+
+
+def sync_claim(
+    *,
+    organization: Organization,
+    trigger: str,
+    sync_type: str = PfaSyncLog.SyncType.FULL,
+    triggered_by=None,
+    batch_id: uuid.UUID | None = None,
+) -> PfaSyncLog:
+    """Create the organization's `queued` run, or raise SyncAlreadyRunning naming the active one.
+
+    The partial unique index on `pfa_sync_log` is the lock: of two concurrent claims, the
+    database lets exactly one insert through.
+    """
+    configuration = read_configuration_for(organization)
+    try:
+        with transaction.atomic():
+            return PfaSyncLog.objects.create(
+                organization=organization,
+                api_configuration=configuration,
+                sync_type=sync_type,
+                direction=PfaSyncLog.Direction.READ,
+                status=SyncStatus.QUEUED,
+                trigger=trigger,
+                triggered_by=triggered_by,
+                batch_id=batch_id or uuid.uuid4(),
+            )
+    except IntegrityError:
+        active = PfaSyncLog.objects.filter(
+            organization=organization, direction=PfaSyncLog.Direction.READ, status__in=SyncStatus.active()
+        ).first()
+        raise SyncAlreadyRunning(organization, active) from None
+
+
+def sync_run(
+    *,
+    sync_log: PfaSyncLog,
+    client: PemsClient,
+    stop: threading.Event | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> PfaSyncLog:
+    """Run a claimed sync to its end and return the finished log.
+
+    Each page is one transaction (rows, rejected rows and counters together), so progress is
+    visible while the run goes on and a failure keeps every page committed before it. A stop
+    request is honoured at the next page boundary and leaves the run `cancelled`. A PEMS or
+    internal failure fails the run, records why, and is re-raised.
+    """
+    organization = sync_log.organization
+    pems_code = client.settings.organization
+    time_zone = ZoneInfo(client.settings.time_zone)
+    filters = [organization_filter(pems_code)]
+    sync_log.start()
+    logger.info("Sync %s of %s started", sync_log.id, organization.code)
+    kept_errors = 0
+    try:
+        sync_log.set_total(client.count(filters))
+        for page in client.iter_pages(filters):
+            records, rejected = [], []
+            for raw in page.rows:
+                try:
+                    records.append(parse_pfa_row(raw, time_zone=time_zone, organization_code=pems_code))
+                except PfaRowError as error:
+                    rejected.append((error, raw))
+            with transaction.atomic():
+                counts = pfa_records_upsert(
+                    organization_id=organization.pk,
+                    records=records,
+                    synced_at=timezone.now(),
+                    batch_size=settings.SYNC_BATCH_SIZE,
+                )
+                kept_errors += _keep_rejected(sync_log, rejected, room=settings.SYNC_MAX_KEPT_ERRORS - kept_errors)
+                sync_log.add_page(
+                    processed=len(page.rows),
+                    inserted=counts.inserted,
+                    updated=counts.updated,
+                    unchanged=counts.unchanged,
+                    errored=len(rejected),
+                )
+            if on_progress:
+                on_progress(sync_log)
+            if stop is not None and stop.is_set():
+                sync_log.finish(SyncStatus.CANCELLED, error_message="Stopped on request at a page boundary.")
+                logger.info("Sync %s of %s cancelled after %d records", sync_log.id, organization.code,
+                            sync_log.records_processed)
+                return sync_log
+    except PemsError as error:
+        _fail(sync_log, str(error), error)
+        raise
+    except BaseException as error:
+        if isinstance(error, KeyboardInterrupt | SystemExit):
+            sync_log.finish(SyncStatus.CANCELLED, error_message="Interrupted; pages committed so far are kept.")
+        else:
+            _fail(sync_log, f"Internal error: {type(error).__name__}: {error}", error)
+        raise
+    sync_log.finish(SyncStatus.COMPLETED, error_details=_error_summary(sync_log, kept_errors))
+    if sync_log.api_configuration_id:
+        sync_log.api_configuration.record_sync(
+            finished_at=sync_log.completed_at, record_count=sync_log.records_processed
+        )
+    logger.info(
+        "Sync %s of %s completed: %d processed, %d inserted, %d updated, %d unchanged, %d errored in %d ms",
+        sync_log.id, organization.code, sync_log.records_processed, sync_log.records_inserted,
+        sync_log.records_updated, sync_log.records_unchanged, sync_log.records_errored, sync_log.duration_ms,
+    )
+    return sync_log
+
+
+def _keep_rejected(sync_log: PfaSyncLog, rejected: list[tuple[PfaRowError, dict]], *, room: int) -> int:
+    if room <= 0 or not rejected:
+        return 0
+    PfaSyncRecordError.objects.bulk_create(
+        PfaSyncRecordError(sync_log=sync_log, pfa_id=(error.pfa_id or "")[:200], reason=error.reason, raw_row=raw)
+        for error, raw in rejected[:room]
+    )
+    return min(room, len(rejected))
+
+
+def _error_summary(sync_log: PfaSyncLog, kept_errors: int) -> dict:
+    if not sync_log.records_errored:
+        return {}
+    return {
+        "records_kept_aside": kept_errors,
+        "records_not_kept": sync_log.records_errored - kept_errors,
+    }
+
+
+def _fail(sync_log: PfaSyncLog, message: str, error: BaseException) -> None:
+    details = {"error_type": type(error).__name__, "records_processed": sync_log.records_processed}
+    for attribute in ("status", "pems_name"):
+        value = getattr(error, attribute, None)
+        if value is not None:
+            details[f"pems_{attribute}" if attribute == "status" else attribute] = value
+    sync_log.finish(SyncStatus.FAILED, error_message=message, error_details=details)
+    logger.error("Sync %s of %s failed: %s", sync_log.id, sync_log.organization.code, message)
+
+
+@dataclass
+class SyncOutcome:
+    """What happened to one organization in `sync_organizations`: its run, or why it has none."""
+
+    organization: Organization
+    sync_log: PfaSyncLog | None
+    error_message: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.sync_log is not None and self.sync_log.status == SyncStatus.COMPLETED
+
+
+def sync_organizations(
+    *,
+    organizations: list[Organization],
+    trigger: str,
+    triggered_by=None,
+    sync_type: str = PfaSyncLog.SyncType.FULL,
+    stop: threading.Event | None = None,
+    on_progress: ProgressCallback | None = None,
+    client_factory: Callable[[Organization], PemsClient] = pems_client_for,
+) -> list[SyncOutcome]:
+    """Sync organizations one after another under one batch id; one failure never stops the next."""
+    batch_id = uuid.uuid4()
+    outcomes = []
+    for organization in organizations:
+        if stop is not None and stop.is_set():
+            outcomes.append(SyncOutcome(organization, None, "Not started: stop requested."))
+            continue
+        try:
+            sync_log = sync_claim(
+                organization=organization,
+                trigger=trigger,
+                sync_type=sync_type,
+                triggered_by=triggered_by,
+                batch_id=batch_id,
+            )
+        except (SyncAlreadyRunning, ImproperlyConfigured) as error:
+            outcomes.append(SyncOutcome(organization, None, str(error)))
+            continue
+        try:
+            client = client_factory(organization)
+        except ImproperlyConfigured as error:
+            _fail(sync_log, str(error), error)
+            outcomes.append(SyncOutcome(organization, sync_log, sync_log.error_message))
+            continue
+        try:
+            with client:
+                sync_run(sync_log=sync_log, client=client, stop=stop, on_progress=on_progress)
+        except PemsError:
+            pass  # the run is failed with the PEMS message; the next organization still runs
+        except Exception:
+            logger.exception("Sync %s of %s failed unexpectedly", sync_log.id, organization.code)
+        outcomes.append(SyncOutcome(organization, sync_log, sync_log.error_message))
+    return outcomes

@@ -1,0 +1,191 @@
+"""The read sync end to end: simulator over HTTP -> client -> parser -> mirror -> pfa_sync_log."""
+
+import logging
+import threading
+from dataclasses import replace
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from mirror.models import ApiConfiguration, PfaMirror
+from mirror.pems import PemsClient, PemsUnavailable
+from mirror.simulator import DEFAULT_PASSWORD
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from synclog.engine import SyncAlreadyRunning, sync_claim, sync_organizations, sync_run
+from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def rio(pems_server):
+    return ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url).organization
+
+
+def fast_client(organization, **overrides) -> PemsClient:
+    """The organization's configured client, with retries that do not wait."""
+    configuration = organization.api_configurations.get(usage="read")
+    settings = replace(configuration.pems_settings(organization), backoff_base=0.001, backoff_max=0.001, **overrides)
+    return PemsClient(settings, sleep=lambda seconds: None)
+
+
+def run_sync(organization, **kwargs) -> PfaSyncLog:
+    sync_log = sync_claim(organization=organization, trigger=PfaSyncLog.Trigger.COMMAND)
+    with fast_client(organization, **kwargs.pop("client_overrides", {})) as client:
+        return sync_run(sync_log=sync_log, client=client, **kwargs)
+
+
+def counts(sync_log):
+    return (sync_log.records_inserted, sync_log.records_updated, sync_log.records_unchanged, sync_log.records_errored)
+
+
+def test_first_sync_mirrors_every_record_with_exact_counts(rio, pems_server):
+    pems_server.simulator.set_row_cap(60)  # pages shorter than asked for: the cursor decides the end
+    sync_log = run_sync(rio, client_overrides={"page_size": 100})
+    sync_log.refresh_from_db()
+    assert sync_log.status == SyncStatus.COMPLETED
+    assert (sync_log.records_total, sync_log.records_processed) == (250, 250)
+    assert counts(sync_log) == (250, 0, 0, 0)
+    assert sync_log.started_at <= sync_log.heartbeat_at <= sync_log.completed_at
+    assert sync_log.duration_ms is not None and sync_log.error_message == ""
+    source = pems_server.simulator.get_row("RIO", "PFA-0000100")
+    stored = PfaMirror.objects.get(organization=rio, pfa_id="PFA-0000100")
+    assert stored.data == source and stored.category == source["pfs_f_category"]
+    assert PfaMirror.objects.filter(organization=rio).count() == 250
+    configuration = ApiConfiguration.objects.get(organization=rio)
+    assert configuration.last_sync_at == sync_log.completed_at == configuration.first_sync_at
+    assert (configuration.last_sync_record_count, configuration.total_sync_record_count) == (250, 250)
+
+
+def test_resync_with_nothing_changed_writes_nothing(rio):
+    run_sync(rio)
+    before = dict(PfaMirror.objects.values_list("pfa_id", "last_synced_at"))
+    sync_log = run_sync(rio)
+    assert counts(sync_log) == (0, 0, 250, 0)
+    assert dict(PfaMirror.objects.values_list("pfa_id", "last_synced_at")) == before
+    assert set(PfaMirror.objects.values_list("version", flat=True)) == {1}
+    assert ApiConfiguration.objects.get(organization=rio).total_sync_record_count == 500
+
+
+def test_resync_counts_inserted_and_changed_rows(rio, pems_server):
+    run_sync(rio)
+    simulator = pems_server.simulator
+    for pfa_id in ("PFA-0000003", "PFA-0000150"):
+        simulator.update_row("RIO", pfa_id, {"pfs_f_model": "Changed model"})
+    for n in range(3):
+        simulator.insert_row("RIO", {"pfs_id": f"PFA-9{n:06d}", "pfs_f_category": "GEN"})
+    sync_log = run_sync(rio)
+    assert (sync_log.records_processed, *counts(sync_log)) == (253, 3, 2, 248, 0)
+    changed = PfaMirror.objects.get(organization=rio, pfa_id="PFA-0000150")
+    assert (changed.model, changed.version) == ("Changed model", 2)
+    assert changed.pems_record_id == int(simulator.get_row("RIO", "PFA-0000150")["pfs_recordid"])
+
+
+def test_bad_rows_are_kept_aside_while_the_rest_land(rio, pems_server):
+    broken = pems_server.simulator.corrupt_rows("RIO", 4, kinds=("bad_date", "bad_decimal", "bad_flag", "missing_id"))
+    sync_log = run_sync(rio)
+    assert sync_log.status == SyncStatus.COMPLETED
+    assert counts(sync_log) == (246, 0, 0, 4)
+    assert PfaMirror.objects.filter(organization=rio).count() == 246
+    kept = {k.pfa_id: k for k in PfaSyncRecordError.objects.filter(sync_log=sync_log)}
+    assert len(kept) == 4 and "" in kept  # the row without a pfs_id is kept under no key
+    assert set(kept) - {""} <= set(broken)
+    assert not PfaMirror.objects.filter(pfa_id__in=broken).exists()
+    reasons = sorted(k.reason.split(":")[0] for k in kept.values())
+    assert reasons[0] == "pfs_f_actualized" and "pfs_f_startdate" in reasons and "pfs_id" in reasons
+    assert all(k.raw_row.get("pfs_a_org") == "RIO" for k in kept.values())
+    assert sync_log.error_details == {"records_kept_aside": 4, "records_not_kept": 0}
+
+
+def test_pems_outage_mid_run_fails_the_run_and_keeps_committed_pages(rio, pems_server):
+    simulator = pems_server.simulator
+    simulator.set_row_cap(50)
+
+    def outage_after_two_pages(sync_log):
+        if sync_log.records_processed == 100:
+            simulator.inject_fault("status", status=503, count=50, target="grid")
+
+    with pytest.raises(PemsUnavailable):
+        run_sync(rio, on_progress=outage_after_two_pages, client_overrides={"max_attempts": 3})
+    sync_log = PfaSyncLog.objects.get(organization=rio)
+    assert sync_log.status == SyncStatus.FAILED
+    assert "503" in sync_log.error_message
+    assert sync_log.error_details["error_type"] == "PemsUnavailable"
+    assert (sync_log.records_processed, sync_log.records_inserted) == (100, 100)
+    assert PfaMirror.objects.filter(organization=rio).count() == 100
+    simulator.clear_faults()
+    assert run_sync(rio).records_inserted == 150  # the organization is free again
+
+
+def test_stop_request_cancels_at_a_page_boundary(rio, pems_server):
+    pems_server.simulator.set_row_cap(100)
+    stop = threading.Event()
+    sync_log = run_sync(rio, stop=stop, on_progress=lambda log: stop.set())
+    sync_log.refresh_from_db()
+    assert sync_log.status == SyncStatus.CANCELLED and sync_log.completed_at is not None
+    assert sync_log.records_processed == 100
+    assert PfaMirror.objects.count() == 100
+
+
+def test_second_claim_is_refused_naming_the_active_run(rio):
+    active = sync_claim(organization=rio, trigger=PfaSyncLog.Trigger.API)
+    with pytest.raises(SyncAlreadyRunning) as refused:
+        sync_claim(organization=rio, trigger=PfaSyncLog.Trigger.COMMAND)
+    assert refused.value.active_log == active
+    assert str(active.id) in str(refused.value) and "RIO" in str(refused.value)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_claims_let_exactly_one_through(rio):
+    barrier = threading.Barrier(8)
+    results = []
+
+    def claim():
+        from django.db import connection
+
+        barrier.wait()
+        try:
+            results.append(sync_claim(organization=rio, trigger=PfaSyncLog.Trigger.API))
+        except SyncAlreadyRunning as error:
+            results.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    claimed = [r for r in results if isinstance(r, PfaSyncLog)]
+    assert len(claimed) == 1 and len(results) == 8
+    assert PfaSyncLog.objects.filter(organization=rio).count() == 1
+    assert all(r.active_log.id == claimed[0].id for r in results if isinstance(r, SyncAlreadyRunning))
+
+
+def test_failing_organization_does_not_stop_the_next(rio, pems_server, caplog):
+    hou = ApiConfigurationFactory(
+        organization=OrganizationFactory(code="HOU"), base_url=pems_server.url, password="wrong-password"
+    ).organization
+    caplog.set_level(logging.INFO)
+    outcomes = sync_organizations(
+        organizations=[hou, rio], trigger=PfaSyncLog.Trigger.COMMAND, client_factory=fast_client
+    )
+    assert [(o.organization.code, o.succeeded) for o in outcomes] == [("HOU", False), ("RIO", True)]
+    failed = outcomes[0].sync_log
+    assert failed.status == SyncStatus.FAILED and failed.error_details["error_type"] == "PemsAuthError"
+    assert outcomes[0].sync_log.batch_id == outcomes[1].sync_log.batch_id
+    assert "wrong-password" not in caplog.text + failed.error_message
+    assert DEFAULT_PASSWORD not in caplog.text
+
+
+def test_sync_pems_command_prints_summary_and_fails_when_an_organization_fails(rio, pems_server, capsys):
+    call_command("sync_pems", "--org", "RIO", "--full")
+    output = capsys.readouterr().out
+    assert "RIO" in output and "completed" in output and "250" in output
+    assert PfaSyncLog.objects.get(organization=rio).trigger == "command"
+    pems_server.simulator.set_auth_failure_status(401)
+    ApiConfiguration.objects.filter(organization=rio).update(username="nobody")
+    with pytest.raises(CommandError, match="1 of 1 organizations did not complete: RIO"):
+        call_command("sync_pems", "--org", "RIO")
+    with pytest.raises(CommandError, match="Unknown organization code"):
+        call_command("sync_pems", "--org", "NOPE")
