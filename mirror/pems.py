@@ -1,0 +1,843 @@
+"""The PEMS client: grid pages in, typed PFA rows out, one error type per failure kind.
+
+Speaks the contract in PEMS-API.md: both grid endpoints (`grids`, `griddata`), both response
+shapes (`DATARECORD` and `GRID`), cursor paging, session reuse, retries with backoff, and the
+single-record GET/PATCH used to write changes back. `parse_pfa_row` turns one raw grid row into a
+`PfaRecord` whose fields are the columns of `mirror.models.PfaMirror`.
+
+This module does not touch the database or Django settings; callers build a `PemsSettings`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from http.client import IncompleteRead
+from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+import requests
+from django.core.exceptions import ImproperlyConfigured
+from urllib3.exceptions import ProtocolError
+
+logger = logging.getLogger("mirror.pems")
+
+NO_SESSION_EXCEPTION = "com.dstm.mp.businessprocess.NoSessionException"
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+ENDPOINTS = ("grids", "griddata")
+AUTH_TYPES = ("basic", "api_key")
+
+# A zero delay would turn backoff into a hammer when jitter draws 0.
+BACKOFF_FLOOR = 0.1
+
+_NETWORK_ERRORS = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    IncompleteRead,
+    ProtocolError,
+)
+_AUTH_WORDS = ("authenticat", "credential", "login", "log in", "logon", "password", "unauthori")
+_CONFLICT_WORDS = ("modified by another user", "changed by another user")
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class PemsError(Exception):
+    """A PEMS call failed; `message` is PEMS's own text where it sent one."""
+
+    summary = "PEMS request failed"
+
+    def __init__(self, message: str, *, pems_name: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.pems_name = pems_name
+        self.status = status
+
+    def __str__(self) -> str:
+        details = []
+        if self.status is not None:
+            details.append(f"HTTP {self.status}")
+        if self.pems_name:
+            details.append(self.pems_name)
+        where = f" ({', '.join(details)})" if details else ""
+        return f"{self.summary}{where}: {self.message}"
+
+
+class PemsAuthError(PemsError):
+    """PEMS refused the credentials (or a fresh session expired at once)."""
+
+    summary = "PEMS refused the credentials"
+
+
+class PemsRequestError(PemsError):
+    """PEMS rejected the request as invalid; retrying would not help."""
+
+    summary = "PEMS rejected the request"
+
+
+class PemsRecordConflict(PemsRequestError):
+    """A PATCH was based on a `recordid` that is no longer current."""
+
+    summary = "PEMS refused the change because the record was modified since it was read"
+
+
+class PemsNotFound(PemsError):
+    """The path or record does not exist (HTTP 404)."""
+
+    summary = "PEMS has no such resource"
+
+
+class PemsUnavailable(PemsError):
+    """PEMS kept failing (overload, server fault, network) until the retries ran out."""
+
+    summary = "PEMS is unavailable"
+
+    def __init__(self, message: str, *, attempts: int, status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.attempts = attempts
+
+
+class PemsProtocolError(PemsError):
+    """PEMS answered 200 with JSON the contract does not describe."""
+
+    summary = "PEMS answered in a shape the client does not know"
+
+
+class PfaRowError(ValueError):
+    """One grid row cannot be stored; `reason` names the column and the bad value."""
+
+    def __init__(self, pfa_id: str | None, reason: str) -> None:
+        super().__init__(pfa_id, reason)
+        self.pfa_id = pfa_id
+        self.reason = reason
+
+    def __str__(self) -> str:
+        who = f"PFA {self.pfa_id!r}" if self.pfa_id else "PFA row without an id"
+        return f"{who} cannot be stored: {self.reason}"
+
+
+# --- settings and value types -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PemsSettings:
+    """Where and how to reach one PEMS tenant's PFA grid."""
+
+    base_url: str
+    tenant: str
+    organization: str
+    endpoint: str = "grids"
+    auth_type: str = "basic"
+    username: str = ""
+    # Password or API key; kept out of repr() so it cannot leak through logs or tracebacks.
+    secret: str = field(default="", repr=False)
+    grid_name: str = "CUPFAG"
+    grid_id: str = "100541"
+    page_size: int = 10_000
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    time_zone: str = "UTC"
+    max_attempts: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+
+    def __post_init__(self) -> None:
+        missing = [name for name in ("base_url", "tenant", "organization") if not getattr(self, name)]
+        if self.auth_type == "basic" and not self.username:
+            missing.append("username")
+        if not self.secret:
+            missing.append("secret")
+        if missing:
+            raise ImproperlyConfigured(f"PEMS settings are missing: {', '.join(missing)}.")
+        if self.endpoint not in ENDPOINTS:
+            raise ImproperlyConfigured(f"PEMS endpoint {self.endpoint!r} is not one of {ENDPOINTS}.")
+        if self.auth_type not in AUTH_TYPES:
+            raise ImproperlyConfigured(f"PEMS auth_type {self.auth_type!r} is not one of {AUTH_TYPES}.")
+        if self.page_size < 1 or self.max_attempts < 1:
+            raise ImproperlyConfigured("PEMS page_size and max_attempts must be at least 1.")
+        try:
+            ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ImproperlyConfigured(
+                f"PEMS time_zone {self.time_zone!r} is not an IANA zone name."
+            ) from None
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The tenant's time zone."""
+        return ZoneInfo(self.time_zone)
+
+
+@dataclass(frozen=True)
+class GridFilter:
+    """One entry of MULTIADDON_FILTERS; `joiner` links it to the next entry."""
+
+    alias: str
+    operator: str
+    value: str = ""
+    joiner: str = "AND"
+    lparen: bool = False
+    rparen: bool = False
+
+
+@dataclass
+class GridPage:
+    """One page of grid rows; `cursor` is the next page's position, None after the last page."""
+
+    number: int
+    rows: list[dict[str, str]]
+    cursor: int | None
+    server_date: datetime | None
+
+
+def organization_filter(org_code: str) -> GridFilter:
+    """Filter the grid to one organization's rows."""
+    return GridFilter("pfs_a_org", "=", org_code)
+
+
+def modified_since_filter(since: datetime, *, time_zone: ZoneInfo) -> GridFilter:
+    """Filter to rows saved at or after `since` (aware), in the tenant's minute-precision local time."""
+    local = since.astimezone(time_zone)
+    # Rounding down keeps the boundary minute in: PEMS stores no seconds.
+    return GridFilter("pfs_lastmodified", ">=", local.strftime("%m/%d/%Y %H:%M"))
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+
+class PemsClient:
+    """A connection to one PEMS tenant; reuses one HTTP session and one PEMS session."""
+
+    def __init__(
+        self,
+        settings: PemsSettings,
+        *,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self._owns_session = session is None
+        self._http = session if session is not None else requests.Session()
+        self._sleep = sleep
+        self._session_id: str | None = None
+        self._root = f"{settings.base_url.rstrip('/')}/axis/restservices"
+
+    def __repr__(self) -> str:
+        return f"<PemsClient {self.settings.tenant}/{self.settings.organization} at {self.settings.base_url}>"
+
+    def __enter__(self) -> PemsClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP session if this client created it."""
+        if self._owns_session:
+            self._http.close()
+
+    # grid reads
+
+    def count(self, filters: Sequence[GridFilter] = ()) -> int:
+        """Number of rows matching `filters`, from LIST.COUNT.STORED."""
+        payload, _ = self._send("POST", self.settings.endpoint, self._grid_body("LIST.COUNT.STORED", filters))
+        result_data = _result_data(payload)
+        grid = result_data.get("GRID") if isinstance(result_data.get("GRID"), dict) else {}
+        metadata = grid.get("METADATA") if isinstance(grid.get("METADATA"), dict) else {}
+        for where in (result_data, grid, metadata):
+            total = where.get("TOTAL-COUNT")
+            if total is not None and total != "":
+                parsed = _parse_count(total)
+                if parsed is None:
+                    raise PemsProtocolError(f"TOTAL-COUNT {total!r} is not a whole number")
+                return parsed
+        raise PemsProtocolError("the count answer carries no TOTAL-COUNT")
+
+    def iter_pages(
+        self, filters: Sequence[GridFilter] = (), sort: tuple[str, str] = ("pfs_id", "ASC")
+    ) -> Iterator[GridPage]:
+        """Yield the grid page by page, following the cursor to the end.
+
+        The first page is always yielded, even when empty, so the caller learns the server's clock.
+        """
+        cursor = 1
+        number = 0
+        while True:
+            body = self._grid_body("LIST.DATA_ONLY.STORED", filters, sort=sort, cursor=cursor)
+            payload, response = self._send("POST", self.settings.endpoint, body)
+            rows, next_cursor = _grid_rows(_result_data(payload))
+            number += 1
+            if not rows:
+                # An empty page ends the read whatever the cursor says.
+                next_cursor = None
+            elif next_cursor is not None and next_cursor <= cursor:
+                logger.warning(
+                    "PEMS cursor did not advance (page %d asked for %d, next is %d); stopping the read",
+                    number,
+                    cursor,
+                    next_cursor,
+                )
+                next_cursor = None
+            if rows or number == 1:
+                yield GridPage(number, rows, next_cursor, _server_date(response))
+            if next_cursor is None:
+                return
+            cursor = next_cursor
+
+    # single records
+
+    def get_record(self, pfa_id: str, *, organization: str | None = None) -> dict[str, str]:
+        """The current values of one PFA record, `recordid` included."""
+        payload, _ = self._send("GET", self._record_path(pfa_id, organization))
+        return _pfa_result(payload)
+
+    def patch_record(
+        self, pfa_id: str, recordid: str, changes: dict[str, str], *, organization: str | None = None
+    ) -> dict[str, str]:
+        """Save `changes` on a record read at `recordid`; returns the new `recordid` and `pfs_lastmodified`."""
+        if "recordid" in changes:
+            raise ValueError("pass the recordid as its own argument, not in changes")
+        body = {"PFA": {"recordid": str(recordid), **changes}}
+        # Retrying a PATCH after a lost answer is safe: if the first one landed, the recordid is
+        # stale and PEMS answers with a conflict instead of applying the change twice.
+        payload, _ = self._send("PATCH", self._record_path(pfa_id, organization), body)
+        return _pfa_result(payload)
+
+    # plumbing
+
+    def _record_path(self, pfa_id: str, organization: str | None) -> str:
+        org = organization or self.settings.organization
+        if org == "*":
+            raise ValueError("a record key needs a real organization code, not '*'")
+        return f"pfa/{quote(pfa_id, safe='')}%23{quote(org, safe='')}"
+
+    def _grid_body(
+        self,
+        request_type: str,
+        filters: Sequence[GridFilter],
+        *,
+        sort: tuple[str, str] | None = None,
+        cursor: int = 1,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "GRID": {
+                "GRID_NAME": self.settings.grid_name,
+                "GRID_ID": self.settings.grid_id,
+                "NUMBER_OF_ROWS_FIRST_RETURNED": self.settings.page_size,
+                "CURSOR_POSITION": cursor,
+            },
+            "GRID_TYPE": {"TYPE": "LIST"},
+            "REQUEST_TYPE": request_type,
+        }
+        if sort is not None:
+            body["ADDON_SORT"] = {"ALIAS_NAME": sort[0], "TYPE": sort[1]}
+        if filters:
+            entries = []
+            for seqnum, grid_filter in enumerate(filters, start=1):
+                entry: dict[str, Any] = {
+                    "SEQNUM": seqnum,
+                    "ALIAS_NAME": grid_filter.alias,
+                    "OPERATOR": grid_filter.operator,
+                    "VALUE": grid_filter.value,
+                    "JOINER": grid_filter.joiner,
+                }
+                if grid_filter.lparen:
+                    entry["LPAREN"] = True
+                if grid_filter.rparen:
+                    entry["RPAREN"] = True
+                entries.append(entry)
+            body["MULTIADDON_FILTERS"] = {"MADDON_FILTER": entries}
+        return body
+
+    def _headers(self) -> dict[str, str]:
+        headers = {
+            "tenant": self.settings.tenant,
+            "organization": self.settings.organization,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        if self._session_id:
+            headers["sessionid"] = self._session_id
+            return headers
+        if self.settings.auth_type == "api_key":
+            headers["X-API-KEY"] = self.settings.secret
+        else:
+            token = base64.b64encode(f"{self.settings.username}:{self.settings.secret}".encode()).decode(
+                "ascii"
+            )
+            headers["Authorization"] = f"Basic {token}"
+        headers["keepsession"] = "true"
+        return headers
+
+    def _send(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[dict, requests.Response]:
+        """One PEMS call with session renewal and retries; returns the JSON object and the response."""
+        url = f"{self._root}/{path}"
+        data = orjson.dumps(body) if body is not None else None
+        timeout = (self.settings.connect_timeout, self.settings.read_timeout)
+        attempts = 0
+        renewed_session = False
+        while True:
+            attempts += 1
+            status: int | None = None
+            retry_after: float | None = None
+            try:
+                response = self._http.request(
+                    method, url, headers=self._headers(), data=data, timeout=timeout
+                )
+                content = response.content
+            except _NETWORK_ERRORS as exc:
+                failure = self._scrub(_describe_network_error(exc, self.settings.read_timeout))
+            else:
+                status = response.status_code
+                payload = _loads(content)
+                if 200 <= status < 300 and payload is not None:
+                    if not isinstance(payload, dict):
+                        raise PemsProtocolError("the answer is JSON but not an object", status=status)
+                    self._remember_session(payload)
+                    return payload, response
+                name, message = _error_alert(payload)
+                if status == 400 and name == NO_SESSION_EXCEPTION:
+                    self._session_id = None
+                    if renewed_session:
+                        raise PemsAuthError(
+                            self._scrub(message or "the session expired again right after logging in"),
+                            pems_name=name,
+                            status=status,
+                        )
+                    renewed_session = True
+                    # Logging in again is not a failed attempt; it must not eat into the retries.
+                    attempts -= 1
+                    logger.info("PEMS session expired; logging in again")
+                    continue
+                self._raise_for_status(status, name, message, content, method)
+                failure = f"HTTP {status}"
+                if message:
+                    failure += f" ({self._scrub(message)})"
+                elif 200 <= status < 300 or content:
+                    failure += " with a body that is not JSON"
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+            if attempts >= self.settings.max_attempts:
+                raise PemsUnavailable(
+                    f"{method} {path}: {failure}; gave up after {attempts} attempts",
+                    attempts=attempts,
+                    status=status,
+                )
+            delay = self._backoff(attempts, retry_after)
+            logger.warning(
+                "PEMS %s %s attempt %d of %d failed (status %s: %s); retrying in %.2f s",
+                method,
+                path,
+                attempts,
+                self.settings.max_attempts,
+                status if status is not None else "none",
+                failure,
+                delay,
+            )
+            self._sleep(delay)
+
+    def _raise_for_status(
+        self, status: int, name: str | None, message: str | None, content: bytes, method: str
+    ) -> None:
+        """Raise the error for a final (non-retryable) answer; return for retryable ones."""
+        text = self._scrub(message or _body_excerpt(content) or f"HTTP {status}")
+        if status in (401, 403):
+            raise PemsAuthError(text, pems_name=name, status=status)
+        if (status == 400 or status >= 500) and _mentions(name, message, _AUTH_WORDS):
+            raise PemsAuthError(text, pems_name=name, status=status)
+        if status == 404:
+            raise PemsNotFound(text, pems_name=name, status=status)
+        if status in RETRYABLE_STATUSES or status >= 500 or 200 <= status < 300:
+            return
+        if method == "PATCH" and status == 400 and _mentions(name, message, _CONFLICT_WORDS):
+            raise PemsRecordConflict(text, pems_name=name, status=status)
+        raise PemsRequestError(text, pems_name=name, status=status)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        cap = self.settings.backoff_max
+        if retry_after is not None:
+            return min(cap, max(BACKOFF_FLOOR, retry_after))
+        # Full jitter spreads out clients that failed together.
+        ceiling = min(cap, self.settings.backoff_base * 2 ** (attempt - 1))
+        return max(BACKOFF_FLOOR, random.uniform(0, ceiling))
+
+    def _remember_session(self, payload: dict) -> None:
+        result = payload.get("Result")
+        if isinstance(result, dict) and result.get("SessionID"):
+            self._session_id = str(result["SessionID"])
+
+    def _scrub(self, text: str) -> str:
+        secret = self.settings.secret
+        # Very short secrets would mangle ordinary words; they are rejected by no rule, so just skip them.
+        if secret and len(secret) >= 3 and secret in text:
+            text = text.replace(secret, "***")
+        return text
+
+
+# --- response helpers ---------------------------------------------------------------------------
+
+
+def _loads(content: bytes) -> Any:
+    if not content:
+        return None
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _error_alert(payload: Any) -> tuple[str | None, str | None]:
+    if not isinstance(payload, dict):
+        return None, None
+    alert = payload.get("ErrorAlert")
+    if isinstance(alert, list):
+        alert = alert[0] if alert else None
+    if not isinstance(alert, dict):
+        return None, None
+    name = alert.get("Name")
+    message = alert.get("Message")
+    return (str(name) if name else None), (str(message) if message else None)
+
+
+def _mentions(name: str | None, message: str | None, words: Sequence[str]) -> bool:
+    text = f"{name or ''} {message or ''}".lower()
+    return any(word in text for word in words)
+
+
+def _body_excerpt(content: bytes) -> str:
+    return content[:200].decode("utf-8", "replace").strip()
+
+
+def _describe_network_error(exc: Exception, read_timeout: float) -> str:
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return f"no answer within the {read_timeout:g} s read timeout"
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, IncompleteRead, ProtocolError)):
+        return f"the answer was cut off ({type(exc).__name__})"
+    if isinstance(exc, requests.exceptions.ContentDecodingError):
+        return "the answer could not be decoded"
+    return f"connection failed ({type(exc).__name__})"
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _server_date(response: requests.Response) -> datetime | None:
+    value = response.headers.get("Date")
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
+
+
+def _parse_count(value: Any) -> int | None:
+    text = str(value).replace(",", "").replace(" ", "").replace("\u00a0", "")
+    if text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def _result_data(payload: dict) -> dict:
+    result = payload.get("Result")
+    if not isinstance(result, dict) or not isinstance(result.get("ResultData"), dict):
+        name, message = _error_alert(payload)
+        detail = f" (ErrorAlert {name}: {message})" if name or message else ""
+        raise PemsProtocolError(f"the answer has no Result.ResultData object{detail}", pems_name=name)
+    return result["ResultData"]
+
+
+def _as_list(value: Any) -> list:
+    # JSON converted from XML turns a one-element list into a bare object.
+    if value is None or value == "":
+        return []
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return value
+    raise PemsProtocolError(f"expected a list of rows, got {type(value).__name__}")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def _cursor(value: Any, what: str) -> int | None:
+    if value is None or value == "":
+        return None
+    parsed = _parse_count(value)
+    if parsed is None:
+        raise PemsProtocolError(f"{what} {value!r} is not a whole number")
+    return parsed
+
+
+def _grid_rows(result_data: dict) -> tuple[list[dict[str, str]], int | None]:
+    """Rows (alias -> value) and the next cursor position, whichever shape PEMS answered in."""
+    if "DATARECORD" in result_data:
+        rows = []
+        for record in _as_list(result_data["DATARECORD"]):
+            if not isinstance(record, dict):
+                raise PemsProtocolError("a DATARECORD entry is not an object")
+            rows.append(
+                {
+                    _text(cell.get("FIELDNAME")): _text(cell.get("FIELDVALUE"))
+                    for cell in _as_list(record.get("DATAFIELD"))
+                }
+            )
+        return rows, _cursor(result_data.get("NEXTCURSORPOSITION"), "NEXTCURSORPOSITION")
+    grid = result_data.get("GRID")
+    if isinstance(grid, dict):
+        data = grid.get("DATA")
+        rows = []
+        for row in _as_list(data.get("ROW") if isinstance(data, dict) else None):
+            if not isinstance(row, dict):
+                raise PemsProtocolError("a GRID.DATA.ROW entry is not an object")
+            rows.append(
+                {
+                    _text(cell.get("ALIAS_NAME")): _text(cell.get("VALUE"))
+                    for cell in _as_list(row.get("CELL"))
+                }
+            )
+        metadata = grid.get("METADATA") if isinstance(grid.get("METADATA"), dict) else {}
+        if metadata.get("MORERECORDPRESENT") != "+":
+            return rows, None
+        current = _cursor(metadata.get("CURRENTCURSORPOSITION"), "CURRENTCURSORPOSITION")
+        return rows, (current + 1 if current is not None else None)
+    raise PemsProtocolError("the grid answer has neither ResultData.DATARECORD nor ResultData.GRID")
+
+
+def _pfa_result(payload: dict) -> dict[str, str]:
+    record = _result_data(payload).get("PFA")
+    if not isinstance(record, dict):
+        raise PemsProtocolError("the record answer has no Result.ResultData.PFA object")
+    return {str(alias): _text(value) for alias, value in record.items()}
+
+
+# --- rows ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PfaRecord:
+    """One PFA row, typed for the `pfa_mirror` table; `data` keeps the whole raw row."""
+
+    pfa_id: str
+    pems_record_id: int | None
+    pems_last_modified: datetime | None
+    area_silo: str
+    category: str
+    category_description: str
+    pfa_class: str
+    source: str
+    dor: str
+    monthly_rate: Decimal | None
+    purchase_price: Decimal | None
+    manufacturer: str
+    model: str
+    project_code: str
+    equipment_tag: str
+    plan_start_date: date | None
+    plan_end_date: date | None
+    forecast_start_date: date | None
+    forecast_end_date: date | None
+    actual_start_date: date | None
+    actual_end_date: date | None
+    is_actualized: bool
+    is_discontinued: bool
+    is_funds_transferred: bool
+    data: dict[str, str]
+    content_hash: str
+
+
+PFA_ID_MAX_LENGTH = 64
+_DECIMAL_PLACES = 4
+_DECIMAL_WHOLE_DIGITS = 18 - _DECIMAL_PLACES
+_DECIMAL_QUANTUM = Decimal(1).scaleb(-_DECIMAL_PLACES)
+_BIGINT_MAX = 2**63 - 1
+_FLAGS = {"-1": True, "Y": True, "0": False, "N": False, "": False}
+
+
+def content_hash(raw: dict[str, str]) -> str:
+    """A stable 32-hex digest of a raw row, independent of key order."""
+    return hashlib.blake2b(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+
+
+def parse_pfa_row(
+    raw: dict[str, str], *, time_zone: ZoneInfo, organization_code: str | None = None
+) -> PfaRecord:
+    """Type one raw grid row; raises PfaRowError naming the first bad column."""
+    pfa_id = (raw.get("pfs_id") or "").strip()
+    if not pfa_id:
+        raise PfaRowError(None, f"pfs_id: {raw.get('pfs_id')!r} is missing or empty")
+    if len(pfa_id) > PFA_ID_MAX_LENGTH:
+        raise PfaRowError(pfa_id, f"pfs_id: {pfa_id!r} is longer than {PFA_ID_MAX_LENGTH} characters")
+    if organization_code is not None:
+        org = (raw.get("pfs_a_org") or "").strip()
+        if org != organization_code:
+            raise PfaRowError(pfa_id, f"pfs_a_org: {org!r} is not the organization {organization_code!r}")
+    get = raw.get
+    try:
+        return PfaRecord(
+            pfa_id=pfa_id,
+            pems_record_id=_parse_int(get("pfs_recordid"), "pfs_recordid"),
+            pems_last_modified=_parse_datetime(get("pfs_lastmodified"), "pfs_lastmodified", time_zone),
+            area_silo=get("pfs_f_area") or "",
+            category=get("pfs_f_category") or "",
+            category_description=get("pfs_f_catdesc") or "",
+            pfa_class=get("pfs_f_class") or "",
+            source=get("pfs_f_source") or "",
+            dor=get("pfs_f_dor") or "",
+            monthly_rate=_parse_decimal(get("pfs_f_rental"), "pfs_f_rental"),
+            purchase_price=_parse_decimal(get("pfs_f_purchase"), "pfs_f_purchase"),
+            manufacturer=get("pfs_f_manufacturer") or "",
+            model=get("pfs_f_model") or "",
+            project_code=get("pfs_p_projcode") or "",
+            equipment_tag=get("pfs_equipment_tag") or "",
+            plan_start_date=_parse_date(get("pfs_p_startdate"), "pfs_p_startdate"),
+            plan_end_date=_parse_date(get("pfs_p_enddate"), "pfs_p_enddate"),
+            forecast_start_date=_parse_date(get("pfs_f_startdate"), "pfs_f_startdate"),
+            forecast_end_date=_parse_date(get("pfs_f_enddate"), "pfs_f_enddate"),
+            actual_start_date=_parse_date(get("pfs_a_startdate"), "pfs_a_startdate"),
+            actual_end_date=_parse_date(get("pfs_a_enddate"), "pfs_a_enddate"),
+            is_actualized=_parse_flag(get("pfs_f_actualized"), "pfs_f_actualized"),
+            is_discontinued=_parse_flag(get("pfs_f_discontinued"), "pfs_f_discontinued"),
+            is_funds_transferred=_parse_flag(get("pfs_f_fundstrans"), "pfs_f_fundstrans"),
+            data=dict(raw),
+            content_hash=content_hash(raw),
+        )
+    except _BadValue as exc:
+        raise PfaRowError(pfa_id, str(exc)) from None
+
+
+class _BadValue(Exception):
+    """A column value that does not parse; the row parser adds the PFA id."""
+
+
+def _parse_int(value: str | None, column: str) -> int | None:
+    if not value or not (text := value.strip()):
+        return None
+    digits = text.replace(",", "")
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > _BIGINT_MAX:
+        raise _BadValue(f"{column}: {value!r} is not a whole number")
+    return int(digits)
+
+
+def _parse_decimal(value: str | None, column: str) -> Decimal | None:
+    if not value or not (text := value.strip()):
+        return None
+    number = text.replace(",", "")
+    # Decimal() also takes "1e5", "NaN" and "1_000"; PEMS sends none of those, so they are errors.
+    unsigned = number[1:] if number[:1] in "+-" else number
+    if not (unsigned.isascii() and unsigned.replace(".", "", 1).isdigit()):
+        raise _BadValue(f"{column}: {value!r} is not a decimal number")
+    try:
+        parsed = Decimal(number)
+    except InvalidOperation:
+        raise _BadValue(f"{column}: {value!r} is not a decimal number") from None
+    if parsed.as_tuple().exponent < -_DECIMAL_PLACES:
+        rounded = parsed.quantize(_DECIMAL_QUANTUM)
+        if rounded != parsed:
+            raise _BadValue(f"{column}: {value!r} has more than {_DECIMAL_PLACES} decimal places")
+        parsed = rounded
+    if abs(parsed) >= Decimal(10) ** _DECIMAL_WHOLE_DIGITS:
+        raise _BadValue(f"{column}: {value!r} has more than {_DECIMAL_WHOLE_DIGITS} digits before the point")
+    return parsed
+
+
+def _split_date(text: str) -> tuple[int, int, int] | None:
+    parts = text.split("/")
+    if len(parts) != 3:
+        return None
+    month, day, year = parts
+    if not (len(year) == 4 and 1 <= len(month) <= 2 and 1 <= len(day) <= 2):
+        return None
+    if not (month.isdigit() and day.isdigit() and year.isdigit() and text.isascii()):
+        return None
+    return int(year), int(month), int(day)
+
+
+# Grids repeat a few thousand distinct dates over a million rows, so caching by text is far
+# cheaper than parsing each cell; splitting by hand is itself several times faster than strptime.
+@lru_cache(maxsize=100_000)
+def _date_from_text(text: str) -> date | None:
+    parts = _split_date(text)
+    if parts is None:
+        return None
+    try:
+        return date(*parts)
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=100_000)
+def _utc_from_text(text: str, time_zone: ZoneInfo) -> datetime | None:
+    date_text, _, time_text = text.partition(" ")
+    parts = _split_date(date_text)
+    hour, _, minute = time_text.strip().partition(":")
+    if parts is None or not (hour.isdigit() and minute.isdigit() and len(minute) == 2 and len(hour) <= 2):
+        return None
+    try:
+        # fold=0 makes skipped and repeated wall times (DST) resolve to the earlier offset, every time.
+        local = datetime(*parts, int(hour), int(minute), tzinfo=time_zone, fold=0)
+    except ValueError:
+        return None
+    return local.astimezone(UTC)
+
+
+def _parse_date(value: str | None, column: str) -> date | None:
+    if not value or not (text := value.strip()):
+        return None
+    parsed = _date_from_text(text)
+    if parsed is None:
+        raise _BadValue(f"{column}: {value!r} is not a MM/DD/YYYY date")
+    return parsed
+
+
+def _parse_datetime(value: str | None, column: str, time_zone: ZoneInfo) -> datetime | None:
+    if not value or not (text := value.strip()):
+        return None
+    parsed = _utc_from_text(text, time_zone)
+    if parsed is None:
+        raise _BadValue(f"{column}: {value!r} is not a MM/DD/YYYY HH:mm date and time")
+    return parsed
+
+
+def _parse_flag(value: str | None, column: str) -> bool:
+    flag = _FLAGS.get((value or "").strip())
+    if flag is None:
+        raise _BadValue(f"{column}: {value!r} is not a check box value (-1/0 or Y/N)")
+    return flag

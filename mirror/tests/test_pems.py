@@ -1,0 +1,870 @@
+"""Tests for the PEMS client and the PFA row parser, run against the simulator over real HTTP."""
+
+import base64
+import dataclasses
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from zoneinfo import ZoneInfo
+
+import orjson
+import pytest
+
+from mirror.pems import (
+    GridFilter,
+    PemsAuthError,
+    PemsClient,
+    PemsNotFound,
+    PemsProtocolError,
+    PemsRecordConflict,
+    PemsRequestError,
+    PemsSettings,
+    PemsUnavailable,
+    PfaRowError,
+    content_hash,
+    modified_since_filter,
+    organization_filter,
+    parse_pfa_row,
+)
+from mirror.simulator import (
+    DEFAULT_API_KEY,
+    DEFAULT_PASSWORD,
+    DEFAULT_TENANT,
+    DEFAULT_USERNAME,
+    PemsSimulator,
+    SimulatorServer,
+)
+
+UTC_ZONE = ZoneInfo("UTC")
+CHICAGO = ZoneInfo("America/Chicago")
+
+
+# --- row parser ---------------------------------------------------------------------------------
+
+
+def full_row(**overrides: str) -> dict[str, str]:
+    row = {
+        "pfs_id": "PFA-000123",
+        "pfs_a_org": "RIO",
+        "pfs_recordid": "1,204",
+        "pfs_lastmodified": "07/04/2025 09:15",
+        "pfs_f_area": "SILO-3",
+        "pfs_f_category": "CRANE",
+        "pfs_f_catdesc": "Cranes and lifts",
+        "pfs_f_class": "C40",
+        "pfs_f_source": "Rental",
+        "pfs_f_dor": "PROJECT",
+        "pfs_f_rental": "5,500.00",
+        "pfs_f_purchase": "1,234,567.8912",
+        "pfs_f_manufacturer": "Liebherr",
+        "pfs_f_model": "LTM 1100",
+        "pfs_p_projcode": "P-77",
+        "pfs_equipment_tag": "EQ-9",
+        "pfs_p_startdate": "01/15/2025",
+        "pfs_p_enddate": "12/31/2025",
+        "pfs_f_startdate": "2/1/2025",
+        "pfs_f_enddate": "11/30/2025",
+        "pfs_a_startdate": "02/03/2025",
+        "pfs_a_enddate": "",
+        "pfs_f_actualized": "-1",
+        "pfs_f_discontinued": "0",
+        "pfs_f_fundstrans": "Y",
+        "udf_tenant_extra": "kept as is",
+    }
+    row.update(overrides)
+    return row
+
+
+def test_parse_row_types_every_known_column_and_keeps_unknown_ones():
+    raw = full_row()
+    record = parse_pfa_row(raw, time_zone=CHICAGO, organization_code="RIO")
+
+    assert record.pfa_id == "PFA-000123"
+    assert record.pems_record_id == 1204
+    # July in Chicago is CDT (UTC-5).
+    assert record.pems_last_modified == datetime(2025, 7, 4, 14, 15, tzinfo=UTC)
+    assert record.area_silo == "SILO-3"
+    assert record.category == "CRANE"
+    assert record.category_description == "Cranes and lifts"
+    assert record.pfa_class == "C40"
+    assert record.source == "Rental"
+    assert record.dor == "PROJECT"
+    assert record.monthly_rate == Decimal("5500.00")
+    assert record.purchase_price == Decimal("1234567.8912")
+    assert record.manufacturer == "Liebherr"
+    assert record.model == "LTM 1100"
+    assert record.project_code == "P-77"
+    assert record.equipment_tag == "EQ-9"
+    assert record.plan_start_date == date(2025, 1, 15)
+    assert record.plan_end_date == date(2025, 12, 31)
+    assert record.forecast_start_date == date(2025, 2, 1)
+    assert record.forecast_end_date == date(2025, 11, 30)
+    assert record.actual_start_date == date(2025, 2, 3)
+    assert record.actual_end_date is None
+    assert record.is_actualized is True
+    assert record.is_discontinued is False
+    assert record.is_funds_transferred is True
+    assert record.data == raw
+    assert record.data["udf_tenant_extra"] == "kept as is"
+    assert record.content_hash == content_hash(raw)
+
+
+def test_parsed_record_fields_match_the_mirror_model_columns():
+    from mirror.pems import PfaRecord
+
+    expected = [
+        "pfa_id", "pems_record_id", "pems_last_modified", "area_silo", "category", "category_description",
+        "pfa_class", "source", "dor", "monthly_rate", "purchase_price", "manufacturer", "model",
+        "project_code", "equipment_tag", "plan_start_date", "plan_end_date", "forecast_start_date",
+        "forecast_end_date", "actual_start_date", "actual_end_date", "is_actualized", "is_discontinued",
+        "is_funds_transferred", "data", "content_hash",
+    ]  # fmt: skip
+    assert list(PfaRecord.__dataclass_fields__) == expected
+    record = parse_pfa_row(full_row(), time_zone=UTC_ZONE)
+    assert not hasattr(record, "__dict__")  # slots: a million of these stay small
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.pfa_id = "other"
+
+
+def test_parse_row_with_only_an_id_gives_empty_strings_and_nulls():
+    record = parse_pfa_row({"pfs_id": "  PFA-1  "}, time_zone=UTC_ZONE)
+
+    assert record.pfa_id == "PFA-1"
+    assert record.pems_record_id is None
+    assert record.pems_last_modified is None
+    assert record.monthly_rate is None and record.purchase_price is None
+    assert record.plan_start_date is None and record.actual_end_date is None
+    assert record.category == "" and record.equipment_tag == "" and record.model == ""
+    assert (record.is_actualized, record.is_discontinued, record.is_funds_transferred) == (
+        False,
+        False,
+        False,
+    )
+
+
+def test_empty_strings_in_typed_columns_are_null():
+    raw = full_row(
+        pfs_recordid="", pfs_lastmodified="", pfs_f_rental="", pfs_p_startdate="", pfs_f_actualized=""
+    )
+    record = parse_pfa_row(raw, time_zone=UTC_ZONE)
+    assert record.pems_record_id is None
+    assert record.pems_last_modified is None
+    assert record.monthly_rate is None
+    assert record.plan_start_date is None
+    assert record.is_actualized is False
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("-1", True), ("Y", True), ("0", False), ("N", False), ("", False)]
+)
+def test_check_box_values(value, expected):
+    record = parse_pfa_row(full_row(pfs_f_discontinued=value), time_zone=UTC_ZONE)
+    assert record.is_discontinued is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0.5", Decimal("0.5")),
+        ("-1,000.25", Decimal("-1000.25")),
+        ("12,345,678,901,234.5678", Decimal("12345678901234.5678")),
+        ("7.500000", Decimal("7.5000")),  # trailing zeros beyond 4 places still fit
+    ],
+)
+def test_decimals_with_thousands_separators(value, expected):
+    assert parse_pfa_row(full_row(pfs_f_rental=value), time_zone=UTC_ZONE).monthly_rate == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected_utc"),
+    [
+        # CST (UTC-6) in winter, CDT (UTC-5) in summer.
+        ("01/15/2025 08:00", datetime(2025, 1, 15, 14, 0, tzinfo=UTC)),
+        ("07/15/2025 08:00", datetime(2025, 7, 15, 13, 0, tzinfo=UTC)),
+        # 02:30 does not exist on 03/09/2025; fold=0 reads it with the offset before the jump (CST).
+        ("03/09/2025 02:30", datetime(2025, 3, 9, 8, 30, tzinfo=UTC)),
+        # 01:30 happens twice on 11/02/2025; fold=0 picks the first (CDT).
+        ("11/02/2025 01:30", datetime(2025, 11, 2, 6, 30, tzinfo=UTC)),
+    ],
+)
+def test_datetime_in_tenant_zone_is_converted_to_utc(value, expected_utc):
+    parsed = parse_pfa_row(full_row(pfs_lastmodified=value), time_zone=CHICAGO).pems_last_modified
+    assert parsed == expected_utc
+    assert parsed.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("pfs_f_startdate", "13/45/2024", "pfs_f_startdate: '13/45/2024' is not a MM/DD/YYYY date"),
+        ("pfs_p_enddate", "2024-01-05", "pfs_p_enddate: '2024-01-05' is not a MM/DD/YYYY date"),
+        ("pfs_a_startdate", "02/30/2024", "pfs_a_startdate: '02/30/2024' is not a MM/DD/YYYY date"),
+        ("pfs_lastmodified", "11/20/2025", "pfs_lastmodified: '11/20/2025' is not a MM/DD/YYYY HH:mm"),
+        (
+            "pfs_lastmodified",
+            "11/20/2025 24:10",
+            "pfs_lastmodified: '11/20/2025 24:10' is not a MM/DD/YYYY HH:mm",
+        ),
+        ("pfs_f_rental", "abc", "pfs_f_rental: 'abc' is not a decimal number"),
+        ("pfs_f_rental", "1e5", "pfs_f_rental: '1e5' is not a decimal number"),
+        ("pfs_f_purchase", "NaN", "pfs_f_purchase: 'NaN' is not a decimal number"),
+        ("pfs_f_purchase", "1.23456", "pfs_f_purchase: '1.23456' has more than 4 decimal places"),
+        (
+            "pfs_f_rental",
+            "123,456,789,012,345",
+            "pfs_f_rental: '123,456,789,012,345' has more than 14 digits",
+        ),
+        ("pfs_recordid", "12a", "pfs_recordid: '12a' is not a whole number"),
+        ("pfs_recordid", "-3", "pfs_recordid: '-3' is not a whole number"),
+        ("pfs_f_actualized", "1", "pfs_f_actualized: '1' is not a check box value"),
+        ("pfs_f_fundstrans", "yes", "pfs_f_fundstrans: 'yes' is not a check box value"),
+    ],
+)
+def test_malformed_value_raises_with_column_and_value(column, value, reason):
+    with pytest.raises(PfaRowError) as caught:
+        parse_pfa_row(full_row(**{column: value}), time_zone=UTC_ZONE)
+    assert caught.value.pfa_id == "PFA-000123"
+    assert caught.value.reason.startswith(reason)
+    assert isinstance(caught.value, ValueError)
+    assert "PFA-000123" in str(caught.value) and reason in str(caught.value)
+
+
+@pytest.mark.parametrize("raw", [{"pfs_f_category": "X"}, {"pfs_id": ""}, {"pfs_id": "   "}])
+def test_row_without_id_raises_with_no_pfa_id(raw):
+    with pytest.raises(PfaRowError) as caught:
+        parse_pfa_row(raw, time_zone=UTC_ZONE)
+    assert caught.value.pfa_id is None
+    assert caught.value.reason.startswith("pfs_id:")
+
+
+def test_overlong_id_is_rejected():
+    with pytest.raises(PfaRowError, match="longer than 64"):
+        parse_pfa_row({"pfs_id": "X" * 65}, time_zone=UTC_ZONE)
+    assert parse_pfa_row({"pfs_id": "X" * 64}, time_zone=UTC_ZONE).pfa_id == "X" * 64
+
+
+def test_row_of_another_organization_is_rejected_when_an_organization_is_given():
+    with pytest.raises(PfaRowError) as caught:
+        parse_pfa_row(full_row(pfs_a_org="HOU"), time_zone=UTC_ZONE, organization_code="RIO")
+    assert caught.value.reason == "pfs_a_org: 'HOU' is not the organization 'RIO'"
+    # Without an expected organization any organization is accepted.
+    assert parse_pfa_row(full_row(pfs_a_org="HOU"), time_zone=UTC_ZONE).data["pfs_a_org"] == "HOU"
+
+
+def test_content_hash_is_stable_under_key_order_and_changes_with_values():
+    raw = full_row()
+    reordered = dict(reversed(list(raw.items())))
+    assert list(reordered) != list(raw)
+    assert content_hash(raw) == content_hash(reordered)
+    assert re.fullmatch(r"[0-9a-f]{32}", content_hash(raw))
+    assert content_hash(raw) != content_hash(full_row(pfs_f_model="LTM 1101"))
+    assert content_hash(raw) != content_hash({**raw, "udf_new_column": ""})
+
+
+def test_filters():
+    assert organization_filter("RIO") == GridFilter("pfs_a_org", "=", "RIO")
+    since = datetime(2025, 1, 15, 14, 0, 59, tzinfo=UTC)
+    assert modified_since_filter(since, time_zone=CHICAGO) == GridFilter(
+        "pfs_lastmodified", ">=", "01/15/2025 08:00"
+    )
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+def test_settings_repr_hides_the_secret():
+    settings = PemsSettings(
+        base_url="http://x", tenant="T", organization="RIO", username="u", secret="s3cr3t-pw"
+    )
+    assert "s3cr3t-pw" not in repr(settings)
+    assert "s3cr3t-pw" not in repr(PemsClient(settings))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"tenant": ""}, "tenant"),
+        ({"secret": ""}, "secret"),
+        ({"username": ""}, "username"),
+        ({"endpoint": "grid"}, "endpoint"),
+        ({"auth_type": "oauth"}, "auth_type"),
+        ({"time_zone": "Mars/Olympus"}, "time_zone"),
+    ],
+)
+def test_settings_reject_incomplete_configuration(overrides, message):
+    from django.core.exceptions import ImproperlyConfigured
+
+    values = {"base_url": "http://x", "tenant": "T", "organization": "RIO", "username": "u", "secret": "pw"}
+    with pytest.raises(ImproperlyConfigured, match=message):
+        PemsSettings(**{**values, **overrides})
+
+
+# --- the client against the simulator -----------------------------------------------------------
+
+
+@pytest.fixture
+def sim():
+    return PemsSimulator(orgs={"RIO": 500, "HOU": 200}, seed=1, row_cap=10_000)
+
+
+@pytest.fixture
+def server(sim):
+    with SimulatorServer(sim, host="127.0.0.1", port=0) as running:
+        yield running
+
+
+@pytest.fixture
+def sleeps():
+    return []
+
+
+@pytest.fixture
+def make_client(server, sleeps):
+    clients = []
+
+    def make(**overrides) -> PemsClient:
+        values = {
+            "base_url": server.url,
+            "tenant": DEFAULT_TENANT,
+            "organization": "RIO",
+            "username": DEFAULT_USERNAME,
+            "secret": DEFAULT_PASSWORD,
+            "page_size": 10_000,
+            "read_timeout": 5.0,
+        }
+        values.update(overrides)
+        client = PemsClient(PemsSettings(**values), sleep=sleeps.append)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def logged_requests(sim, count: int) -> list[dict]:
+    """The simulator's request log once it holds `count` entries.
+
+    The simulator logs a request after answering it, so the client can see the answer a moment
+    before the log does.
+    """
+    deadline = time.monotonic() + 2
+    while len(sim.requests) < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return sim.requests
+
+
+def grid_requests(sim, count: int) -> list[dict]:
+    return [r for r in logged_requests(sim, count) if r["path"].endswith(("/grids", "/griddata"))]
+
+
+def read_all(client, org="RIO") -> tuple[list[dict[str, str]], list]:
+    pages = list(client.iter_pages([organization_filter(org)]))
+    return [row for page in pages for row in page.rows], pages
+
+
+@pytest.mark.parametrize("endpoint", ["grids", "griddata"])
+@pytest.mark.parametrize("shape", ["A", "B"])
+def test_full_read_follows_the_cursor_past_short_pages(sim, make_client, endpoint, shape):
+    sim.set_shape(shape)
+    sim.set_row_cap(120)  # the server returns fewer rows than the 1000 asked for
+    client = make_client(endpoint=endpoint, page_size=1000)
+
+    rows, pages = read_all(client)
+
+    expected_ids = sorted(row["pfs_id"] for row in sim.rows("RIO"))
+    ids = [row["pfs_id"] for row in rows]
+    assert ids == expected_ids  # all rows, each once, in pfs_id order
+    assert len(pages) == 5 and [len(p.rows) for p in pages] == [120, 120, 120, 120, 20]
+    assert [p.number for p in pages] == [1, 2, 3, 4, 5]
+    assert pages[-1].cursor is None and pages[0].cursor == 121
+    assert all(row["pfs_a_org"] == "RIO" for row in rows)
+    sent = grid_requests(sim, 5)
+    assert all(r["path"].endswith("/" + endpoint) for r in sent)
+    assert [r["json"]["GRID"]["CURSOR_POSITION"] for r in sent] in (
+        [1, 121, 241, 361, 481],
+        ["1", "121", "241", "361", "481"],
+    )
+    for request in sent:
+        body = request["json"]
+        assert "ROW_OFFSET" not in json.dumps(body)
+        assert body["GRID"]["NUMBER_OF_ROWS_FIRST_RETURNED"] == 1000
+        assert body["REQUEST_TYPE"] == "LIST.DATA_ONLY.STORED"
+        assert body["ADDON_SORT"] == {"ALIAS_NAME": "pfs_id", "TYPE": "ASC"}
+        assert body["MULTIADDON_FILTERS"]["MADDON_FILTER"][0]["ALIAS_NAME"] == "pfs_a_org"
+        assert request["headers"]["tenant"] == DEFAULT_TENANT
+        assert request["headers"]["organization"] == "RIO"
+
+
+@pytest.mark.parametrize("shape", [None, "A", "B"])
+def test_every_parsed_row_of_a_read_is_typed(sim, make_client, shape):
+    sim.set_shape(shape)
+    rows, _ = read_all(make_client(page_size=300))
+    records = [parse_pfa_row(row, time_zone=UTC_ZONE, organization_code="RIO") for row in rows]
+    assert len({r.pfa_id for r in records}) == len(sim.rows("RIO"))
+    assert any(r.monthly_rate is not None for r in records)
+
+
+def test_pages_carry_the_server_date(make_client):
+    page = next(make_client().iter_pages([organization_filter("RIO")]))
+    assert page.server_date is not None and page.server_date.tzinfo is not None
+    assert abs(page.server_date - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+def test_empty_result_yields_one_empty_page(make_client):
+    pages = list(make_client().iter_pages([organization_filter("NOPE")]))
+    assert len(pages) == 1 and pages[0].rows == [] and pages[0].cursor is None
+    assert pages[0].server_date is not None
+
+
+@pytest.mark.parametrize("endpoint", ["grids", "griddata"])
+@pytest.mark.parametrize("shape", ["A", "B"])
+def test_count(sim, make_client, endpoint, shape):
+    sim.set_shape(shape)
+    client = make_client(endpoint=endpoint, organization="*")
+    assert client.count([organization_filter("RIO")]) == 500
+    assert client.count([organization_filter("HOU")]) == 200
+    assert client.count() == 700
+    assert grid_requests(sim, 3)[-1]["json"]["REQUEST_TYPE"] == "LIST.COUNT.STORED"
+
+
+def test_basic_auth_then_session_reuse(sim, make_client):
+    sim.set_row_cap(200)
+    rows, _ = read_all(make_client(page_size=1000))
+    assert len(rows) == 500
+
+    first, *later = grid_requests(sim, 3)
+    assert len(later) == 2
+    assert first["headers"]["keepsession"] == "true"
+    assert first["headers"]["authorization"] == "***"
+    assert "sessionid" not in first["headers"]
+    for request in later:
+        assert request["headers"].get("sessionid")
+        assert "authorization" not in request["headers"]
+        assert "x-api-key" not in request["headers"]
+
+
+def test_api_key_auth(sim, make_client):
+    client = make_client(auth_type="api_key", username="", secret=DEFAULT_API_KEY)
+    assert client.count([organization_filter("RIO")]) == 500
+    first = grid_requests(sim, 1)[0]
+    assert "x-api-key" in first["headers"]
+    assert "authorization" not in first["headers"]
+
+
+def test_wrong_api_key_is_an_auth_error(sim, make_client):
+    with pytest.raises(PemsAuthError):
+        make_client(auth_type="api_key", username="", secret="wrong-key").count()
+    assert len(logged_requests(sim, 1)) == 1
+
+
+@pytest.mark.parametrize("status", [401, 400, 500])
+def test_bad_credentials_are_an_auth_error_and_not_retried(sim, make_client, sleeps, status):
+    sim.set_auth_failure_status(status)
+    client = make_client(secret="wrong-password")
+    with pytest.raises(PemsAuthError) as caught:
+        list(client.iter_pages([organization_filter("RIO")]))
+    assert caught.value.status == status
+    assert len(logged_requests(sim, 1)) == 1
+    assert sleeps == []
+    assert "wrong-password" not in str(caught.value)
+
+
+def test_expired_session_logs_in_again_once(sim, make_client):
+    sim.set_row_cap(100)
+    client = make_client(page_size=1000)
+    pages = client.iter_pages([organization_filter("RIO")])
+    first = next(pages)
+    sim.expire_sessions()
+    rest = list(pages)
+
+    ids = [row["pfs_id"] for page in [first, *rest] for row in page.rows]
+    assert ids == sorted(row["pfs_id"] for row in sim.rows("RIO"))
+    sent = grid_requests(sim, 6)
+    statuses = [r["status"] for r in sent]
+    assert statuses.count(400) == 1
+    expired = statuses.index(400)
+    assert sent[expired]["headers"].get("sessionid")
+    relogin = sent[expired + 1]
+    assert relogin["headers"]["authorization"] == "***"
+    assert relogin["headers"]["keepsession"] == "true"
+    assert relogin["json"] == sent[expired]["json"]  # the same page asked again
+    assert all(r["headers"].get("sessionid") for r in sent[expired + 2 :])
+
+
+def test_429_honours_retry_after(sim, make_client, sleeps):
+    sim.inject_fault("status", count=1, status=429, retry_after=2, target="grid")
+    rows, _ = read_all(make_client())
+    assert len(rows) == 500
+    assert sleeps == [2.0]
+    assert [r["status"] for r in grid_requests(sim, 2)] == [429, 200]
+
+
+def test_retry_after_is_capped_at_backoff_max(sim, make_client, sleeps):
+    sim.inject_fault("status", count=1, status=503, retry_after=120, target="grid")
+    read_all(make_client(backoff_max=7.0))
+    assert sleeps == [7.0]
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_server_errors_are_retried_with_backoff(sim, make_client, sleeps, caplog, status):
+    sim.inject_fault("status", count=2, status=status, target="grid")
+    with caplog.at_level(logging.WARNING, logger="mirror.pems"):
+        rows, _ = read_all(make_client(backoff_base=0.5))
+    assert len(rows) == 500
+    assert [r["status"] for r in grid_requests(sim, 3)] == [status, status, 200]
+    assert len(sleeps) == 2
+    assert 0.1 <= sleeps[0] <= 0.5 and 0.1 <= sleeps[1] <= 1.0
+    warnings = [r for r in caplog.records if r.name == "mirror.pems" and r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "attempt 1 of 5" in warnings[0].getMessage() and str(status) in warnings[0].getMessage()
+
+
+def test_backoff_never_sleeps_zero(sim, make_client, sleeps):
+    sim.inject_fault("status", count=4, status=503, target="grid")
+    read_all(make_client(backoff_base=0.0))
+    assert len(sleeps) == 4 and all(delay > 0 for delay in sleeps)
+
+
+def test_retries_exhausted_raise_unavailable(sim, make_client, sleeps):
+    sim.inject_fault("status", count=10, status=503, target="grid")
+    with pytest.raises(PemsUnavailable) as caught:
+        read_all(make_client(max_attempts=3))
+    assert caught.value.attempts == 3
+    assert caught.value.status == 503
+    assert "503" in str(caught.value) and "3 attempts" in str(caught.value)
+    assert len(grid_requests(sim, 3)) == 3
+    assert len(sleeps) == 2
+
+
+def test_hanging_server_hits_the_read_timeout_and_is_retried(sim, make_client, sleeps):
+    sim.inject_fault("hang", count=1, seconds=2, target="grid")
+    rows, _ = read_all(make_client(read_timeout=0.3))
+    assert len(rows) == 500
+    assert len(sleeps) == 1
+
+
+def test_hang_until_retries_run_out_says_timeout(sim, make_client):
+    sim.inject_fault("hang", count=2, seconds=1, target="grid")
+    with pytest.raises(PemsUnavailable) as caught:
+        read_all(make_client(read_timeout=0.2, max_attempts=2))
+    assert "timeout" in caught.value.message and "2 attempts" in caught.value.message
+
+
+@pytest.mark.parametrize("kind", ["truncate", "non_json", "reset"])
+def test_broken_bodies_are_retried(sim, make_client, sleeps, kind):
+    sim.inject_fault(kind, count=2, target="grid")
+    rows, _ = read_all(make_client())
+    assert [row["pfs_id"] for row in rows] == sorted(row["pfs_id"] for row in sim.rows("RIO"))
+    assert len(sleeps) == 2
+
+
+def test_faults_on_count_and_record_are_retried(sim, make_client, sleeps):
+    client = make_client()
+    sim.inject_fault("status", count=1, status=503, target="count")
+    assert client.count([organization_filter("RIO")]) == 500
+    pfa_id = sim.rows("RIO")[0]["pfs_id"]
+    sim.inject_fault("status", count=1, status=502, target="record")
+    assert client.get_record(pfa_id)["pfs_id"] == pfa_id
+    assert len(sleeps) == 2
+
+
+def test_bad_request_is_not_retried(sim, make_client, sleeps):
+    with pytest.raises(PemsRequestError) as caught:
+        make_client(grid_name="NOSUCHGRID").count()
+    assert caught.value.status == 400
+    assert caught.value.message
+    assert len(logged_requests(sim, 1)) == 1
+    assert sleeps == []
+
+
+def test_spelled_out_operator_is_rejected_with_the_pems_message(sim, make_client):
+    client = make_client()
+    with pytest.raises(PemsRequestError) as caught:
+        list(client.iter_pages([GridFilter("pfs_a_org", "EQUALS", "RIO")]))
+    assert caught.value.status == 400
+    assert caught.value.pems_name
+    assert "EQUALS" in caught.value.message
+    assert caught.value.message in str(caught.value)
+    assert len(grid_requests(sim, 1)) == 1
+
+
+def test_filters_are_sent_in_order_with_joiners_and_parentheses(sim, make_client):
+    client = make_client(organization="*")
+    either = [
+        GridFilter("pfs_a_org", "=", "RIO", joiner="OR", lparen=True),
+        GridFilter("pfs_a_org", "=", "HOU", rparen=True),
+        GridFilter("pfs_id", "NOT EMPTY"),
+    ]
+    assert client.count(either) == 700
+    assert client.count([GridFilter("pfs_a_org", "=", "RIO", joiner="OR"), organization_filter("HOU")]) == 700
+    assert client.count([organization_filter("RIO"), organization_filter("HOU")]) == 0
+    sent = grid_requests(sim, 3)[0]["json"]["MULTIADDON_FILTERS"]["MADDON_FILTER"]
+    assert [entry["SEQNUM"] for entry in sent] == [1, 2, 3]
+    assert sent[0]["JOINER"] == "OR" and sent[0]["LPAREN"] is True and sent[1]["RPAREN"] is True
+    assert sent[2]["OPERATOR"] == "NOT EMPTY"
+
+
+def test_unreachable_server_is_unavailable_after_the_retries(sleeps):
+    settings = PemsSettings(
+        base_url=f"http://127.0.0.1:{free_port()}", tenant="T", organization="RIO", username="u",
+        secret="pw-secret", max_attempts=3, connect_timeout=0.5,
+    )  # fmt: skip
+    with PemsClient(settings, sleep=sleeps.append) as client, pytest.raises(PemsUnavailable) as caught:
+        client.count()
+    assert caught.value.attempts == 3 and caught.value.status is None
+    assert "connection failed" in caught.value.message and "3 attempts" in caught.value.message
+    assert len(sleeps) == 2
+
+
+def test_unknown_path_is_not_found(server, make_client):
+    with pytest.raises(PemsNotFound):
+        make_client(base_url=server.url + "/nowhere").count()
+
+
+def test_get_and_patch_a_record(sim, make_client):
+    client = make_client()
+    pfa_id = sim.rows("RIO")[0]["pfs_id"]
+    record = client.get_record(pfa_id)
+    assert record["pfs_id"] == pfa_id
+    assert record["recordid"]
+    get = logged_requests(sim, 1)[-1]
+    assert get["method"] == "GET"
+    assert get["path"].endswith(f"/pfa/{pfa_id}%23RIO")
+
+    saved = client.patch_record(pfa_id, record["recordid"], {"pfs_f_model": "NEW MODEL"})
+
+    assert int(saved["recordid"]) == int(record["recordid"]) + 1
+    assert saved["pfs_lastmodified"]
+    assert sim.get_row("RIO", pfa_id)["pfs_f_model"] == "NEW MODEL"
+    patch = logged_requests(sim, 2)[-1]
+    assert patch["method"] == "PATCH"
+    assert patch["json"] == {"PFA": {"recordid": record["recordid"], "pfs_f_model": "NEW MODEL"}}
+
+
+def test_patch_with_a_stale_recordid_is_a_conflict(sim, make_client, sleeps):
+    client = make_client()
+    pfa_id = sim.rows("RIO")[0]["pfs_id"]
+    stale = client.get_record(pfa_id)["recordid"]
+    client.patch_record(pfa_id, stale, {"pfs_f_model": "FIRST"})
+
+    with pytest.raises(PemsRecordConflict) as caught:
+        client.patch_record(pfa_id, stale, {"pfs_f_model": "SECOND"})
+
+    assert isinstance(caught.value, PemsRequestError)
+    assert "another user" in caught.value.message
+    assert sim.get_row("RIO", pfa_id)["pfs_f_model"] == "FIRST"
+    assert sleeps == []
+
+
+def test_unknown_record_is_not_found(make_client):
+    client = make_client()
+    with pytest.raises(PemsNotFound):
+        client.get_record("PFA-DOES-NOT-EXIST")
+    with pytest.raises(PemsNotFound):
+        client.patch_record("PFA-DOES-NOT-EXIST", "1", {"pfs_f_model": "X"})
+
+
+def test_secret_never_appears_in_logs_or_errors(sim, make_client, caplog):
+    secret = DEFAULT_PASSWORD
+    encoded = base64.b64encode(f"{DEFAULT_USERNAME}:{secret}".encode()).decode()
+    texts = []
+    with caplog.at_level(logging.DEBUG):
+        client = make_client()
+        sim.inject_fault("status", count=1, status=503, target="grid")
+        sim.inject_fault("truncate", count=1, target="grid")
+        read_all(client)
+        sim.inject_fault("status", count=5, status=500, target="grid")
+        with pytest.raises(PemsUnavailable) as unavailable:
+            read_all(client)
+        texts.append(str(unavailable.value))
+        sim.set_auth_failure_status(500)
+        with pytest.raises(PemsAuthError) as auth:
+            make_client(secret="not-" + secret).count()
+        texts.append(str(auth.value))
+        with pytest.raises(PemsRequestError) as bad:
+            list(client.iter_pages([GridFilter("pfs_a_org", "EQUALS", "RIO")]))
+        texts.append(str(bad.value))
+    session_ids = {
+        r["headers"]["sessionid"] for r in logged_requests(sim, 1) if r["headers"].get("sessionid")
+    }
+    assert len(caplog.records) >= 6  # the retries above were logged
+    for text in [caplog.text, *texts, repr(client.settings), repr(client)]:
+        assert secret not in text
+        assert encoded not in text
+        for session_id in session_ids:
+            assert session_id not in text
+
+
+# --- the client against a scripted stub (answers the simulator never gives) ---------------------
+
+
+class StubServer:
+    """An HTTP server answering each POST with the next scripted (status, body) pair."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.bodies: list[dict] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                stub.bodies.append(orjson.loads(self.rfile.read(length)))
+                status, body = stub.answers.pop(0) if stub.answers else (500, b"")
+                payload = body if isinstance(body, bytes) else orjson.dumps(body)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def shape_a(ids, next_cursor, current="1"):
+    records = [{"DATAFIELD": [{"FIELDNAME": "pfs_id", "FIELDVALUE": i, "DATATYPE": "VARCHAR"}]} for i in ids]
+    data = {"DATARECORD": records, "CURRENTCURSORPOSITION": current, "NEXTCURSORPOSITION": next_cursor}
+    return {"ErrorAlert": None, "Result": {"ResultData": data, "SessionID": None}}
+
+
+def shape_b(ids, current, more):
+    rows = [{"CELL": [{"ALIAS_NAME": "pfs_id", "VALUE": i}]} for i in ids]
+    metadata = {"CURRENTCURSORPOSITION": current, "MORERECORDPRESENT": more, "RECORDS": "1,000"}
+    return {"Result": {"ResultData": {"GRID": {"METADATA": metadata, "DATA": {"ROW": rows}}}}}
+
+
+def stub_client(stub, sleeps, **overrides):
+    values = {
+        "base_url": stub.url,
+        "tenant": "T",
+        "organization": "RIO",
+        "username": "u",
+        "secret": "pw-secret",
+    }
+    return PemsClient(PemsSettings(**{**values, **overrides}), sleep=sleeps.append)
+
+
+def test_cursor_that_does_not_advance_stops_with_a_warning(sleeps, caplog):
+    answers = [
+        (200, shape_a(["A", "B"], "3")),
+        (200, shape_a(["C"], "3", current="3")),
+        (200, shape_a(["C"], "3")),
+    ]
+    with StubServer(answers) as stub, caplog.at_level(logging.WARNING, logger="mirror.pems"):
+        pages = list(stub_client(stub, sleeps).iter_pages())
+    assert [row["pfs_id"] for page in pages for row in page.rows] == ["A", "B", "C"]
+    assert [body["GRID"]["CURSOR_POSITION"] for body in stub.bodies] == [1, 3]
+    assert "did not advance" in caplog.text
+
+
+@pytest.mark.parametrize("last_next", [None, ""])
+def test_shape_a_stops_on_an_empty_next_position(sleeps, last_next):
+    answers = [(200, shape_a(["A"], "2")), (200, shape_a(["B"], last_next))]
+    with StubServer(answers) as stub:
+        pages = list(stub_client(stub, sleeps).iter_pages())
+    assert [row["pfs_id"] for page in pages for row in page.rows] == ["A", "B"]
+    assert len(stub.bodies) == 2
+
+
+def test_empty_datarecord_ends_the_read_even_with_a_next_position(sleeps):
+    answers = [(200, shape_a(["A"], "2")), (200, shape_a([], "3")), (200, shape_a(["never"], None))]
+    with StubServer(answers) as stub:
+        pages = list(stub_client(stub, sleeps).iter_pages())
+    assert [row["pfs_id"] for page in pages for row in page.rows] == ["A"]
+    assert len(stub.bodies) == 2
+
+
+def test_shape_b_follows_more_record_present_on_any_endpoint(sleeps):
+    answers = [(200, shape_b(["A", "B"], "2", "+")), (200, shape_b(["C"], "3", "-"))]
+    with StubServer(answers) as stub:
+        pages = list(stub_client(stub, sleeps, endpoint="grids").iter_pages())
+    assert [row["pfs_id"] for page in pages for row in page.rows] == ["A", "B", "C"]
+    assert [body["GRID"]["CURSOR_POSITION"] for body in stub.bodies] == [1, 3]
+
+
+@pytest.mark.parametrize(
+    "result_data", [{"TOTAL-COUNT": "12,345"}, {"GRID": {"TOTAL-COUNT": "12,345", "METADATA": {}}}]
+)
+def test_count_reads_either_shape_with_separators(sleeps, result_data):
+    with StubServer([(200, {"Result": {"ResultData": result_data}})]) as stub:
+        assert stub_client(stub, sleeps).count() == 12345
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"Result": {"ResultData": {"SOMETHING": []}}},
+        {"Result": None, "ErrorAlert": None},
+        [1, 2, 3],
+    ],
+)
+def test_unknown_200_shape_is_a_protocol_error(sleeps, answer):
+    with StubServer([(200, answer)]) as stub, pytest.raises(PemsProtocolError):
+        list(stub_client(stub, sleeps).iter_pages())
+    assert len(stub.bodies) == 1
+
+
+def test_second_session_expiry_in_a_row_is_an_error(sleeps):
+    expired = {
+        "ErrorAlert": [
+            {"Name": "com.dstm.mp.businessprocess.NoSessionException", "Message": "Session expired"}
+        ],
+        "Result": None,
+    }
+    with StubServer([(400, expired), (400, expired), (200, shape_a(["A"], None))]) as stub:
+        with pytest.raises(PemsAuthError, match="Session expired"):
+            list(stub_client(stub, sleeps).iter_pages())
+    assert len(stub.bodies) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "alert"),
+    [
+        (400, {"Name": "com.dstm.mp.AuthenticationException", "Message": "Invalid user"}),
+        (500, {"Name": "SomeServerError", "Message": "Login failed: bad credentials"}),
+    ],
+)
+def test_authentication_error_alerts_are_auth_errors(sleeps, status, alert):
+    with StubServer([(status, {"ErrorAlert": [alert], "Result": None})]) as stub:
+        with pytest.raises(PemsAuthError) as caught:
+            stub_client(stub, sleeps).count()
+    assert caught.value.message == alert["Message"] and caught.value.pems_name == alert["Name"]
+    assert len(stub.bodies) == 1 and sleeps == []
+
+
+def test_empty_500_body_is_retried_then_reported(sleeps):
+    with StubServer([(500, b"")] * 3) as stub, pytest.raises(PemsUnavailable, match="HTTP 500.*3 attempts"):
+        stub_client(stub, sleeps, max_attempts=3).count()
+    assert len(stub.bodies) == 3
+
+
+def test_non_json_400_is_a_request_error_with_the_body_text(sleeps):
+    with StubServer([(400, b"<html>Bad Request: grid locked</html>")]) as stub:
+        with pytest.raises(PemsRequestError, match="grid locked"):
+            stub_client(stub, sleeps).count()
+    assert len(stub.bodies) == 1 and sleeps == []

@@ -1,0 +1,661 @@
+"""Tests for the PEMS simulator, spoken to with raw HTTP the way a tenant would be."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import re
+import threading
+import time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import requests
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from mirror.simulator import (
+    ALIASES,
+    COLUMNS,
+    DEFAULT_API_KEY,
+    DEFAULT_PASSWORD,
+    DEFAULT_TENANT,
+    DEFAULT_USERNAME,
+    NO_SESSION_EXCEPTION,
+    PemsSimulator,
+    SimulatorServer,
+    parse_orgs,
+)
+
+GRIDS = "/axis/restservices/grids"
+GRIDDATA = "/axis/restservices/griddata"
+# Pinned so that the filter cases below select the same rows whatever day the tests run.
+REFERENCE_TIME = dt.datetime(2026, 11, 1, tzinfo=ZoneInfo("America/Chicago"))
+
+
+@pytest.fixture
+def sim() -> PemsSimulator:
+    return PemsSimulator(
+        orgs={"RIO": 500, "HOU": 200},
+        seed=1,
+        tenant=DEFAULT_TENANT,
+        users={DEFAULT_USERNAME: DEFAULT_PASSWORD},
+        api_keys={DEFAULT_API_KEY},
+        row_cap=10000,
+        session_ttl=1800.0,
+        reference_time=REFERENCE_TIME,
+    )
+
+
+@pytest.fixture
+def server(sim):
+    with SimulatorServer(sim, host="127.0.0.1", port=0) as running:
+        yield running
+
+
+@pytest.fixture
+def http():
+    with requests.Session() as session:
+        yield session
+
+
+def basic(user: str = DEFAULT_USERNAME, password: str = DEFAULT_PASSWORD) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def headers(org: str = "RIO", **extra: str) -> dict[str, str]:
+    values = {
+        "tenant": DEFAULT_TENANT,
+        "organization": org,
+        "Authorization": basic(),
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+    values.update(extra)
+    return values
+
+
+def body(
+    rows: int | str = 10000, cursor: int | str = 1, request_type: str = "LIST.DATA_ONLY.STORED", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "GRID": {
+            "GRID_NAME": "CUPFAG",
+            "GRID_ID": "100541",
+            "NUMBER_OF_ROWS_FIRST_RETURNED": rows,
+            "CURSOR_POSITION": cursor,
+        },
+        "GRID_TYPE": {"TYPE": "LIST"},
+        "REQUEST_TYPE": request_type,
+        **extra,
+    }
+
+
+def post(http, server, payload, path=GRIDS, **header_values) -> requests.Response:
+    hdrs = header_values.pop("hdrs", None) or headers(**header_values)
+    return http.post(server.url + path, json=payload, headers=hdrs, timeout=10)
+
+
+def shape_a_rows(response: requests.Response) -> list[dict[str, str]]:
+    records = response.json()["Result"]["ResultData"]["DATARECORD"] or []
+    return [{f["FIELDNAME"]: f["FIELDVALUE"] for f in record["DATAFIELD"]} for record in records]
+
+
+def shape_b_rows(response: requests.Response) -> list[dict[str, str]]:
+    rows = response.json()["Result"]["ResultData"]["GRID"]["DATA"]["ROW"]
+    return [{cell["ALIAS_NAME"]: cell["VALUE"] for cell in row["CELL"]} for row in rows]
+
+
+def filtered(http, server, filters: list[dict[str, Any]], **extra: Any) -> list[str]:
+    payload = body(MULTIADDON_FILTERS={"MADDON_FILTER": filters}, **extra)
+    response = post(http, server, payload)
+    assert response.status_code == 200, response.text
+    return [row["pfs_id"] for row in shape_a_rows(response)]
+
+
+def error_of(response: requests.Response) -> dict[str, str]:
+    data = response.json()
+    assert data["Result"] is None
+    return data["ErrorAlert"][0]
+
+
+def as_date(value: str) -> dt.datetime:
+    return dt.datetime.strptime(value, "%m/%d/%Y %H:%M" if " " in value else "%m/%d/%Y")
+
+
+def as_number(value: str) -> float:
+    return float(value.replace(",", ""))
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+def test_same_seed_org_and_count_generate_identical_rows(sim):
+    again = PemsSimulator(orgs={"RIO": 500}, seed=1, reference_time=REFERENCE_TIME)
+    other_seed = PemsSimulator(orgs={"RIO": 500}, seed=2, reference_time=REFERENCE_TIME)
+    assert again.rows("RIO") == sim.rows("RIO")  # HOU's presence does not change RIO
+    assert other_seed.rows("RIO") != sim.rows("RIO")
+    assert sim.rows("RIO")[0]["pfs_id"] == "PFA-0000001"
+    assert [row["pfs_id"] for row in sim.rows("RIO")] == [f"PFA-{n:07d}" for n in range(1, 501)]
+
+
+def test_generated_rows_are_realistic_and_in_pems_formats(sim):
+    rows = sim.rows("RIO")
+    reference = sim.reference_time.replace(tzinfo=None)
+    assert all(set(row) == set(ALIASES) for row in rows)
+    assert "pfs_udf_costcode" in ALIASES
+    assert {row["pfs_f_source"] for row in rows} == {"Rental", "Purchase"}
+    assert {row["pfs_f_dor"] for row in rows} == {"BEO", "PROJECT"}
+    assert len({row["pfs_f_category"] for row in rows}) >= 8
+    for row in rows:
+        assert row["pfs_a_org"] == "RIO"
+        assert 1 <= int(row["pfs_recordid"]) <= 20
+        assert re.fullmatch(r"\d{2}/\d{2}/\d{4} \d{2}:\d{2}", row["pfs_lastmodified"])
+        assert reference - dt.timedelta(days=366) <= as_date(row["pfs_lastmodified"]) < reference
+        if row["pfs_f_source"] == "Rental":
+            assert re.fullmatch(r"\d{1,3}(,\d{3})*\.\d{2}", row["pfs_f_rental"]) and row["pfs_f_purchase"] == ""
+        else:
+            assert re.fullmatch(r"\d{1,3}(,\d{3})*\.\d{2}", row["pfs_f_purchase"]) and row["pfs_f_rental"] == ""
+        assert 2024 <= as_date(row["pfs_p_startdate"]).year <= 2027
+        assert as_date(row["pfs_p_startdate"]) < as_date(row["pfs_p_enddate"])
+        future = as_date(row["pfs_f_startdate"]) > reference
+        assert (row["pfs_a_startdate"] == "") == future
+        assert {row["pfs_f_actualized"], row["pfs_f_discontinued"], row["pfs_f_fundstrans"]} <= {"-1", "0"}
+    assert any(int(row["pfs_f_rental"].replace(",", "").split(".")[0] or 0) >= 1000 for row in rows)
+
+
+def test_corrupt_rows_are_deterministic_and_malformed(sim):
+    twin = PemsSimulator(orgs={"RIO": 500}, seed=1, reference_time=REFERENCE_TIME)
+    ids = sim.corrupt_rows("RIO", 8)
+    assert ids == twin.corrupt_rows("RIO", 8)
+    assert len(set(ids)) == 8
+    by_id = {row["pfs_id"]: row for row in sim.rows("RIO")}
+    kinds = ["bad_date", "bad_decimal", "missing_id", "bad_flag"] * 2
+    for pfa_id, kind in zip(ids, kinds):
+        if kind == "missing_id":
+            assert pfa_id not in by_id and sim.get_row("RIO", pfa_id) is None
+            continue
+        row = by_id[pfa_id]
+        if kind == "bad_date":
+            with pytest.raises(ValueError):
+                as_date(row["pfs_f_startdate"])
+        elif kind == "bad_decimal":
+            with pytest.raises(ValueError):
+                as_number(row["pfs_f_rental"] or row["pfs_f_purchase"])
+        else:
+            assert row["pfs_f_actualized"] not in ("-1", "0")
+    assert sum(1 for row in sim.rows("RIO") if row["pfs_id"] == "") == 2
+    assert len(sim.rows("RIO")) == 500
+
+
+def test_row_mutations_follow_pems_save_rules(sim):
+    inserted = sim.insert_row("RIO", {"pfs_id": "PFA-0000000", "pfs_f_model": "X1"})
+    assert inserted["pfs_recordid"] == "1" and inserted["pfs_a_org"] == "RIO" and inserted["pfs_f_area"] == ""
+    assert sim.rows("RIO")[0]["pfs_id"] == "PFA-0000000"
+    before = sim.get_row("RIO", "PFA-0000005")
+    updated = sim.update_row("RIO", "PFA-0000005", {"pfs_f_model": "X2"})
+    assert int(updated["pfs_recordid"]) == int(before["pfs_recordid"]) + 1
+    assert updated["pfs_lastmodified"] == sim.now() or as_date(updated["pfs_lastmodified"]) > as_date(
+        before["pfs_lastmodified"]
+    )
+    sim.delete_row("RIO", "PFA-0000005")
+    assert sim.get_row("RIO", "PFA-0000005") is None
+    with pytest.raises(KeyError):
+        sim.delete_row("RIO", "PFA-0000005")
+
+
+# --- grid reads ----------------------------------------------------------------------------------
+
+
+def test_shape_a_pages_to_the_end_with_a_cap_smaller_than_asked(http, server, sim):
+    sim.set_row_cap(120)
+    cursor, seen, positions = 1, [], []
+    while cursor:
+        response = post(http, server, body(rows=1000, cursor=cursor))
+        data = response.json()["Result"]["ResultData"]
+        page = shape_a_rows(response)
+        assert len(page) <= 120
+        assert data["RECORDS"] == str(len(page))
+        assert data["CURRENTCURSORPOSITION"] == str(len(seen) + len(page))
+        positions.append(data["NEXTCURSORPOSITION"])
+        seen.extend(row["pfs_id"] for row in page)
+        cursor = data["NEXTCURSORPOSITION"]
+    assert positions == ["121", "241", "361", "481", None]
+    assert seen == [row["pfs_id"] for row in sim.rows("RIO")]
+
+
+def test_shape_b_on_griddata_pages_with_morerecordpresent(http, server, sim):
+    sim.set_row_cap(300)
+    first = post(http, server, body(rows="1000", cursor="1"), path=GRIDDATA)
+    meta = first.json()["Result"]["ResultData"]["GRID"]["METADATA"]
+    assert (meta["CURRENTCURSORPOSITION"], meta["MORERECORDPRESENT"], meta["CLIENTROWS"]) == ("300", "+", "300")
+    assert re.fullmatch(r"\d{2}/\d{2}/\d{4} \d{2}:\d{2}:\d{2}", meta["SERVERTIMESTAMP"])
+    second = post(http, server, body(rows=1000, cursor=301), path=GRIDDATA)
+    meta = second.json()["Result"]["ResultData"]["GRID"]["METADATA"]
+    assert (meta["CURRENTCURSORPOSITION"], meta["MORERECORDPRESENT"], meta["RECORDS"]) == ("500", "-", "200")
+    ids = [row["pfs_id"] for row in shape_b_rows(first) + shape_b_rows(second)]
+    assert ids == [row["pfs_id"] for row in sim.rows("RIO")]
+    assert shape_b_rows(first)[0] == sim.rows("RIO")[0]  # every column, unknown ones included
+
+
+def test_set_shape_overrides_the_endpoint_default(http, server, sim):
+    sim.set_shape("B")
+    assert "GRID" in post(http, server, body(rows=5)).json()["Result"]["ResultData"]
+    sim.set_shape("A")
+    assert len(shape_a_rows(post(http, server, body(rows=5), path=GRIDDATA))) == 5
+    sim.set_shape(None)
+    assert "DATARECORD" in post(http, server, body(rows=5)).json()["Result"]["ResultData"]
+
+
+def test_records_carries_thousands_separators(http, server, sim):
+    sim.add_organization("BIG", 1500)
+    data = post(http, server, body(rows=10000), org="BIG").json()["Result"]["ResultData"]
+    assert data["RECORDS"] == "1,500"
+    assert data["NEXTCURSORPOSITION"] is None
+
+
+def test_datafield_carries_column_types(http, server):
+    record = post(http, server, body(rows=1)).json()["Result"]["ResultData"]["DATARECORD"][0]
+    assert [(f["FIELDNAME"], f["DATATYPE"]) for f in record["DATAFIELD"]] == list(COLUMNS)
+
+
+def test_count_in_both_shapes(http, server):
+    org_filter = {"ADDON_FILTER": {"ALIAS_NAME": "pfs_f_source", "OPERATOR": "=", "VALUE": "Purchase"}}
+    a = post(http, server, body(request_type="LIST.COUNT.STORED")).json()["Result"]["ResultData"]
+    b = post(http, server, body(request_type="LIST.COUNT.STORED"), path=GRIDDATA).json()["Result"]["ResultData"]
+    assert a["TOTAL-COUNT"] == "500"
+    assert b["GRID"]["TOTAL-COUNT"] == "500"
+    purchases = post(http, server, body(request_type="LIST.COUNT.STORED", **org_filter)).json()
+    assert 0 < int(purchases["Result"]["ResultData"]["TOTAL-COUNT"]) < 500
+
+
+def test_head_data_adds_metadata_and_fields(http, server):
+    a = post(http, server, body(rows=3, request_type="LIST.HEAD_DATA.STORED")).json()["Result"]["ResultData"]
+    assert a["FIELDS"] == [{"name": name, "type": kind} for name, kind in COLUMNS]
+    assert a["METADATA"]["MORERECORDPRESENT"] == "+"
+    assert len(a["DATARECORD"]) == 3
+    b = post(http, server, body(rows=3, request_type="LIST.HEAD_DATA.STORED"), path=GRIDDATA).json()
+    assert len(b["Result"]["ResultData"]["GRID"]["FIELDS"]) == len(COLUMNS)
+
+
+def test_all_organizations_with_star(http, server):
+    rows = shape_a_rows(post(http, server, body(), org="*"))
+    assert len(rows) == 700
+    assert {row["pfs_a_org"] for row in rows} == {"RIO", "HOU"}
+
+
+def test_every_call_is_a_fresh_query(http, server, sim):
+    sim.set_row_cap(100)
+    first = shape_a_rows(post(http, server, body()))
+    sim.insert_row("RIO", {"pfs_id": "PFA-0000000"})
+    second = shape_a_rows(post(http, server, body(cursor=101)))
+    assert second[0]["pfs_id"] == first[-1]["pfs_id"]  # the insert moved the window by one
+
+
+def test_row_offset_is_ignored(http, server):
+    first = shape_a_rows(post(http, server, body(rows=10)))
+    again = shape_a_rows(post(http, server, {**body(rows=10), "ROW_OFFSET": 10}))
+    assert again == first
+
+
+# --- filters and sort ------------------------------------------------------------------------------
+
+OPERATOR_CASES = [
+    ("pfs_f_category", "=", "crane", lambda v: v.lower() == "crane"),
+    ("pfs_f_category", "!=", "CRANE", lambda v: v != "" and v != "CRANE"),
+    ("pfs_f_rental", "<", "1,000", lambda v: v != "" and as_number(v) < 1000),
+    ("pfs_f_rental", ">", "9000", lambda v: v != "" and as_number(v) > 9000),
+    ("pfs_p_startdate", "<=", "03/01/2025", lambda v: as_date(v) <= dt.datetime(2025, 3, 1)),
+    ("pfs_lastmodified", ">=", "06/01/2026 12:00", lambda v: as_date(v) >= dt.datetime(2026, 6, 1, 12)),
+    ("pfs_f_model", "BEGINS", "ltm", lambda v: v.lower().startswith("ltm")),
+    ("pfs_f_catdesc", "ENDS", "TOWER", lambda v: v.lower().endswith("tower")),
+    ("pfs_f_manufacturer", "CONTAINS", "cop", lambda v: "cop" in v.lower()),
+    ("pfs_f_manufacturer", "NOTCONTAINS", "cat", lambda v: "cat" not in v.lower()),
+    ("pfs_f_category", "IN", "GEN,EXC, PUMP", lambda v: v in ("GEN", "EXC", "PUMP")),
+    ("pfs_a_startdate", "IS EMPTY", "", lambda v: v == ""),
+    ("pfs_equipment_tag", "NOT EMPTY", "", lambda v: v != ""),
+    ("pfs_recordid", ">", "15", lambda v: int(v) > 15),
+]
+
+
+@pytest.mark.parametrize(
+    ("alias", "operator", "value", "matches"), OPERATOR_CASES, ids=[case[1] for case in OPERATOR_CASES]
+)
+def test_filter_operator(http, server, sim, alias, operator, value, matches):
+    expected = [row["pfs_id"] for row in sim.rows("RIO") if matches(row[alias])]
+    assert 0 < len(expected) < 500  # the case really filters
+    got = filtered(http, server, [{"SEQNUM": 1, "ALIAS_NAME": alias, "OPERATOR": operator, "VALUE": value}])
+    assert got == expected
+
+
+def test_single_addon_filter(http, server, sim):
+    payload = body(ADDON_FILTER={"ALIAS_NAME": "pfs_f_source", "OPERATOR": "=", "VALUE": "Rental"})
+    got = [row["pfs_id"] for row in shape_a_rows(post(http, server, payload))]
+    assert got == [row["pfs_id"] for row in sim.rows("RIO") if row["pfs_f_source"] == "Rental"]
+
+
+def test_and_binds_tighter_than_or_unless_parenthesised(http, server, sim):
+    rows = sim.rows("RIO")
+    a = {"ALIAS_NAME": "pfs_f_source", "OPERATOR": "=", "VALUE": "Purchase"}
+    b = {"ALIAS_NAME": "pfs_f_dor", "OPERATOR": "=", "VALUE": "BEO"}
+    c = {"ALIAS_NAME": "pfs_f_discontinued", "OPERATOR": "=", "VALUE": "-1"}
+    # Sent out of SEQNUM order on purpose: the server must apply SEQNUM order.
+    plain = [{**c, "SEQNUM": 3}, {**a, "SEQNUM": 1, "JOINER": "AND"}, {**b, "SEQNUM": 2, "JOINER": "OR"}]
+    grouped = [
+        {**a, "SEQNUM": 1, "JOINER": "AND"},
+        {**b, "SEQNUM": 2, "JOINER": "OR", "LPAREN": "true"},
+        {**c, "SEQNUM": 3, "RPAREN": True},
+    ]
+    expect_plain = [
+        r["pfs_id"]
+        for r in rows
+        if (r["pfs_f_source"] == "Purchase" and r["pfs_f_dor"] == "BEO") or r["pfs_f_discontinued"] == "-1"
+    ]
+    expect_grouped = [
+        r["pfs_id"]
+        for r in rows
+        if r["pfs_f_source"] == "Purchase" and (r["pfs_f_dor"] == "BEO" or r["pfs_f_discontinued"] == "-1")
+    ]
+    assert expect_plain != expect_grouped
+    assert filtered(http, server, plain) == expect_plain
+    assert filtered(http, server, grouped) == expect_grouped
+
+
+@pytest.mark.parametrize("operator", ["EQUALS", "GREATER_THAN"])
+def test_spelled_out_operator_is_rejected(http, server, operator):
+    payload = body(ADDON_FILTER={"ALIAS_NAME": "pfs_a_org", "OPERATOR": operator, "VALUE": "RIO"})
+    response = post(http, server, payload)
+    assert response.status_code == 400
+    assert operator in error_of(response)["Message"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        (body(ADDON_FILTER={"ALIAS_NAME": "pfs_nope", "OPERATOR": "=", "VALUE": "1"}), "pfs_nope"),
+        (body(ADDON_SORT={"ALIAS_NAME": "pfs_bogus", "TYPE": "ASC"}), "pfs_bogus"),
+        (body(request_type="LIST.EVERYTHING"), "LIST.EVERYTHING"),
+        ({**body(), "GRID": {"GRID_NAME": "OTHERGRID", "CURSOR_POSITION": 1}}, "OTHERGRID"),
+        ({**body(), "GRID": {"GRID_ID": "999", "CURSOR_POSITION": 1}}, "999"),
+        (
+            body(
+                MULTIADDON_FILTERS={
+                    "MADDON_FILTER": [
+                        {"SEQNUM": 1, "ALIAS_NAME": "pfs_id", "OPERATOR": "=", "VALUE": "x", "LPAREN": True}
+                    ]
+                }
+            ),
+            "PAREN",
+        ),
+    ],
+    ids=["filter-alias", "sort-alias", "request-type", "grid-name", "grid-id", "parens"],
+)
+def test_bad_requests_are_400_naming_the_problem(http, server, payload, named):
+    response = post(http, server, payload)
+    assert response.status_code == 400
+    assert named in error_of(response)["Message"]
+
+
+def test_sort_desc_is_typed(http, server, sim):
+    payload = body(
+        ADDON_SORT={"ALIAS_NAME": "pfs_f_purchase", "TYPE": "DESC"},
+        ADDON_FILTER={"ALIAS_NAME": "pfs_f_source", "OPERATOR": "=", "VALUE": "Purchase"},
+    )
+    prices = [as_number(row["pfs_f_purchase"]) for row in shape_a_rows(post(http, server, payload))]
+    assert len(prices) > 10 and prices == sorted(prices, reverse=True)
+    payload = body(ADDON_SORT={"ALIAS_NAME": "pfs_p_startdate", "TYPE": "ASC"})
+    dates = [as_date(row["pfs_p_startdate"]) for row in shape_a_rows(post(http, server, payload))]
+    assert dates == sorted(dates)
+    payload = body(ADDON_SORT={"ALIAS_NAME": "pfs_id", "TYPE": "DESC"}, rows=3)
+    assert [row["pfs_id"] for row in shape_a_rows(post(http, server, payload))] == [
+        "PFA-0000500",
+        "PFA-0000499",
+        "PFA-0000498",
+    ]
+
+
+# --- headers, auth and sessions --------------------------------------------------------------------
+
+
+def test_basic_auth_and_api_key_both_work(http, server):
+    assert post(http, server, body(rows=1)).status_code == 200
+    hdrs = {"TENANT": DEFAULT_TENANT, "Organization": "RIO", "x-api-key": DEFAULT_API_KEY}
+    response = post(http, server, body(rows=1), hdrs=hdrs)
+    assert response.status_code == 200
+    assert response.headers["Date"] and int(response.headers["Content-Length"]) == len(response.content)
+
+
+@pytest.mark.parametrize("status", [401, 400, 500])
+def test_bad_credentials(http, server, sim, status):
+    if status != 401:
+        sim.set_auth_failure_status(status)
+    response = post(http, server, body(), Authorization=basic(password="wrong"))
+    assert response.status_code == status
+    assert "authentication" in error_of(response)["Message"].lower()
+    no_key = {"tenant": DEFAULT_TENANT, "organization": "RIO", "X-API-KEY": "nope"}
+    assert post(http, server, body(), hdrs=no_key).status_code == status
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"tenant": "OTHER"}, "OTHER"),
+        ({"tenant": ""}, "tenant"),
+        ({"organization": "XYZ"}, "XYZ"),
+        ({"organization": ""}, "organization"),
+    ],
+)
+def test_tenant_and_organization_are_checked(http, server, changes, named):
+    response = post(http, server, body(), hdrs={**headers(), **changes})
+    assert response.status_code == 400
+    assert named in error_of(response)["Message"]
+
+
+def test_keepsession_then_sessionid_then_expiry(http, server, sim):
+    response = post(http, server, body(rows=1), keepsession="true")
+    session_id = response.json()["Result"]["SessionID"]
+    assert session_id
+    without_credentials = {"tenant": DEFAULT_TENANT, "organization": "RIO", "sessionid": session_id}
+    assert post(http, server, body(rows=1), hdrs=without_credentials).status_code == 200
+    assert post(http, server, body(rows=1), hdrs={**without_credentials, "sessionid": "forged"}).status_code == 400
+    sim.expire_sessions()
+    expired = post(http, server, body(rows=1), hdrs=without_credentials)
+    assert expired.status_code == 400
+    assert error_of(expired)["Name"] == NO_SESSION_EXCEPTION
+
+
+def test_request_log_masks_secrets(http, server, sim):
+    post(http, server, body(rows=1))
+    post(
+        http, server, body(rows=1), hdrs={"tenant": DEFAULT_TENANT, "organization": "RIO", "X-API-KEY": DEFAULT_API_KEY}
+    )
+    first, second = sim.requests[-2:]
+    assert first["headers"]["authorization"] == "***" and second["headers"]["x-api-key"] == "***"
+    assert first["json"]["REQUEST_TYPE"] == "LIST.DATA_ONLY.STORED" and first["status"] == 200
+    assert sim.request_count("/grids") == 2
+
+
+def test_unknown_path_is_404(http, server):
+    assert post(http, server, body(), path="/axis/restservices/nothing").status_code == 404
+    assert http.get(server.url + GRIDS, headers=headers(), timeout=5).status_code == 404
+
+
+# --- faults ----------------------------------------------------------------------------------------
+
+
+def test_status_fault_with_retry_after_then_recovers(http, server, sim):
+    sim.inject_fault("status", count=2, status=503, retry_after=7, target="grid")
+    for _ in range(2):
+        response = post(http, server, body(rows=1))
+        assert response.status_code == 503 and response.headers["Retry-After"] == "7"
+        assert response.json()["ErrorAlert"]
+    assert post(http, server, body(rows=1)).status_code == 200
+    assert sim.faults == []
+
+
+def test_status_500_has_an_empty_body(http, server, sim):
+    sim.inject_fault("status", status=500)
+    response = post(http, server, body(rows=1))
+    assert response.status_code == 500 and response.content == b""
+
+
+def test_fault_targets_only_matching_requests(http, server, sim):
+    sim.inject_fault("status", status=429, target="count")
+    assert post(http, server, body(rows=1)).status_code == 200
+    assert http.get(server.url + "/_sim/state", timeout=5).status_code == 200  # controls are never faulted
+    assert post(http, server, body(request_type="LIST.COUNT.STORED")).status_code == 429
+    sim.inject_fault("non_json", target="record")
+    assert post(http, server, body(rows=1)).status_code == 200
+    response = http.get(server.url + "/axis/restservices/pfa/PFA-0000001%23RIO", headers=headers(), timeout=5)
+    assert response.headers["Content-Type"] == "text/html"
+    assert response.text == "<html>Service Unavailable</html>"
+
+
+def test_hang_times_out_the_client_without_blocking_others(server, sim):
+    sim.inject_fault("hang", seconds=3, target="grid")
+    outcome = {}
+
+    def slow() -> None:
+        started = time.monotonic()
+        try:
+            requests.post(server.url + GRIDS, json=body(rows=1), headers=headers(), timeout=1)
+        except requests.Timeout:
+            outcome["timeout_after"] = time.monotonic() - started
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert requests.post(server.url + GRIDS, json=body(rows=1), headers=headers(), timeout=5).status_code == 200
+    assert time.monotonic() - started < 0.9
+    thread.join()
+    assert 0.9 < outcome["timeout_after"] < 2.5
+
+
+def test_truncate_fault_breaks_the_body(http, server, sim):
+    sim.inject_fault("truncate", target="grid")
+    with pytest.raises(requests.exceptions.RequestException):
+        post(http, server, body(rows=50))
+    assert len(shape_a_rows(post(http, server, body(rows=50)))) == 50
+
+
+def test_reset_fault_drops_the_connection(http, server, sim):
+    sim.inject_fault("reset")
+    with pytest.raises(requests.ConnectionError):
+        post(http, server, body(rows=1))
+    assert post(http, server, body(rows=1)).status_code == 200
+
+
+def test_latency_delays_requests(http, server, sim):
+    sim.set_latency(0.3)
+    started = time.monotonic()
+    post(http, server, body(rows=1))
+    assert time.monotonic() - started >= 0.3
+    sim.reset()
+    assert sim.latency == 0
+
+
+# --- records ---------------------------------------------------------------------------------------
+
+
+def record_url(server, key: str) -> str:
+    return f"{server.url}/axis/restservices/pfa/{key}"
+
+
+def test_get_record(http, server, sim):
+    response = http.get(record_url(server, "PFA-0000007%23RIO"), headers=headers(), timeout=5)
+    pfa = response.json()["Result"]["ResultData"]["PFA"]
+    assert pfa == {**sim.get_row("RIO", "PFA-0000007"), "recordid": sim.get_row("RIO", "PFA-0000007")["pfs_recordid"]}
+    assert http.get(record_url(server, "PFA-9999999%23RIO"), headers=headers(), timeout=5).status_code == 404
+    assert http.get(record_url(server, "PFA-0000007%23NOPE"), headers=headers(), timeout=5).status_code == 404
+
+
+def test_patch_record_saves_only_sent_aliases_and_checks_recordid(http, server, sim):
+    before = sim.get_row("RIO", "PFA-0000007")
+    url = record_url(server, "PFA-0000007%23RIO")
+    change = {"PFA": {"recordid": before["pfs_recordid"], "pfs_f_model": "NEW MODEL", "pfs_f_rental": "6500"}}
+    response = http.patch(url, json=change, headers=headers(), timeout=5)
+    assert response.status_code == 200
+    pfa = response.json()["Result"]["ResultData"]["PFA"]
+    assert pfa["recordid"] == str(int(before["pfs_recordid"]) + 1)
+    assert pfa["pfs_lastmodified"] == sim.get_row("RIO", "PFA-0000007")["pfs_lastmodified"]
+    after = sim.get_row("RIO", "PFA-0000007")
+    assert after["pfs_f_model"] == "NEW MODEL" and after["pfs_f_rental"] == "6,500.00"
+    unchanged = {
+        k: v for k, v in after.items() if k not in ("pfs_f_model", "pfs_f_rental", "pfs_recordid", "pfs_lastmodified")
+    }
+    assert unchanged == {k: before[k] for k in unchanged}
+
+    stale = http.patch(url, json=change, headers=headers(), timeout=5)
+    assert stale.status_code == 400
+    assert "modified by another user" in error_of(stale)["Message"]
+    unknown_alias = {"PFA": {"recordid": pfa["recordid"], "pfs_nope": "x"}}
+    assert http.patch(url, json=unknown_alias, headers=headers(), timeout=5).status_code == 400
+    missing = http.patch(record_url(server, "PFA-9999999%23RIO"), json=change, headers=headers(), timeout=5)
+    assert missing.status_code == 404
+    assert sim.get_row("RIO", "PFA-0000007")["pfs_recordid"] == pfa["recordid"]
+
+
+def test_record_endpoints_require_credentials(http, server):
+    hdrs = {"tenant": DEFAULT_TENANT, "Authorization": basic(password="bad")}
+    assert http.get(record_url(server, "PFA-0000007%23RIO"), headers=hdrs, timeout=5).status_code == 401
+
+
+# --- control interface -----------------------------------------------------------------------------
+
+
+def test_control_endpoints_over_http(http, server, sim):
+    control = server.url + "/_sim/"
+    assert http.get(control + "state", timeout=5).json()["orgs"] == {"RIO": 500, "HOU": 200}
+    inserted = http.post(control + "rows", json={"org": "HOU", "row": {"pfs_id": "PFA-0000900"}}, timeout=5)
+    assert inserted.status_code == 201 and sim.get_row("HOU", "PFA-0000900")["pfs_recordid"] == "1"
+    patched = http.patch(control + "rows/HOU/PFA-0000900", json={"pfs_f_model": "M"}, timeout=5)
+    assert patched.json()["row"]["pfs_recordid"] == "2" and sim.get_row("HOU", "PFA-0000900")["pfs_f_model"] == "M"
+    assert http.delete(control + "rows/HOU/PFA-0000900", timeout=5).status_code == 200
+    assert sim.get_row("HOU", "PFA-0000900") is None
+    assert http.delete(control + "rows/HOU/PFA-0000900", timeout=5).status_code == 404
+    assert http.post(control + "rows", json={"row": {"pfs_id": "X"}}, timeout=5).status_code == 400
+
+    config = {"row_cap": 50, "shape": "B", "latency": 0.01, "auth_failure_status": 500}
+    state = http.post(control + "config", json=config, timeout=5).json()
+    assert (state["row_cap"], state["shape"], state["latency"], state["auth_failure_status"]) == (50, "B", 0.01, 500)
+    assert http.post(control + "config", json={"shape": "C"}, timeout=5).status_code == 400
+
+    fault = {"kind": "status", "count": 1, "status": 503, "retry_after": 3, "target": "grid"}
+    assert http.post(control + "faults", json=fault, timeout=5).status_code == 201
+    assert sim.faults[0]["status"] == 503
+    assert http.delete(control + "faults", timeout=5).status_code == 200 and sim.faults == []
+
+    session_id = post(http, server, body(rows=1), keepsession="true").json()["Result"]["SessionID"]
+    assert http.post(control + "expire-sessions", timeout=5).json()["expired"] == 1
+    hdrs = {"tenant": DEFAULT_TENANT, "organization": "RIO", "sessionid": session_id}
+    assert error_of(post(http, server, body(), hdrs=hdrs))["Name"] == NO_SESSION_EXCEPTION
+
+    corrupted = http.post(control + "corrupt", json={"org": "RIO", "count": 2, "kinds": ["bad_flag"]}, timeout=5)
+    assert [sim.get_row("RIO", pfa_id)["pfs_f_actualized"] for pfa_id in corrupted.json()["pfs_ids"]] == ["X", "X"]
+
+    state = http.post(control + "reset", timeout=5).json()
+    assert (state["row_cap"], state["shape"], state["latency"], state["auth_failure_status"]) == (10000, None, 0, 401)
+    assert state["orgs"]["HOU"] == 200  # data kept
+
+
+def test_cached_query_sees_changes(http, server, sim):
+    first = shape_a_rows(post(http, server, body(rows=1)))[0]
+    sim.update_row("RIO", first["pfs_id"], {"pfs_f_model": "CHANGED"})
+    assert shape_a_rows(post(http, server, body(rows=1)))[0]["pfs_f_model"] == "CHANGED"
+
+
+# --- command ---------------------------------------------------------------------------------------
+
+
+def test_parse_orgs():
+    assert parse_orgs("RIO=50000, HOU=20000") == {"RIO": 50000, "HOU": 20000}
+
+
+@pytest.mark.parametrize(
+    ("value", "bad_part"), [("RIO=50000,HOU", "HOU"), ("RIO=lots", "RIO=lots"), ("=5", "=5"), ("RIO=-1", "RIO=-1")]
+)
+def test_command_rejects_bad_orgs(value, bad_part):
+    with pytest.raises(CommandError, match=re.escape(bad_part)):
+        call_command("pems_simulator", orgs=value, port=0)
