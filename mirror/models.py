@@ -3,6 +3,7 @@
 import uuid
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -17,7 +18,7 @@ def validate_time_zone(value: str) -> None:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValidationError(f"{value!r} is not an IANA time zone name (e.g. America/Chicago).")
+        raise ValidationError(f"{value!r} is not an IANA time zone name (e.g. America/Chicago).") from None
 
 
 class Organization(models.Model):
@@ -28,6 +29,12 @@ class Organization(models.Model):
     name = models.CharField(max_length=200)
     is_active = models.BooleanField(default=True)
     sync_enabled = models.BooleanField(default=True)
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        related_name="organizations",
+        blank=True,
+        help_text="Users who see and act on this organization (staff see every organization).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -1,5 +1,6 @@
 """Django settings for pfasync: everything comes from the environment (see .env.example)."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -29,8 +30,13 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework_simplejwt",
+    "drf_spectacular",
     "mirror",
+    # Before django_q: synclog's `qcluster` command wraps django_q's with graceful sync shutdown.
     "synclog",
+    "django_q",
 ]
 
 MIDDLEWARE = [
@@ -114,6 +120,59 @@ LOGGING = {
     "loggers": {
         "mirror": {"level": LOG_LEVEL},
         "synclog": {"level": LOG_LEVEL},
-        "django_q": {"level": LOG_LEVEL},
+        "django-q": {"level": LOG_LEVEL},
     },
+}
+
+# --- Background sync worker (django-q2) -------------------------------------------------------
+
+ENABLE_SYNC_WORKER = env.bool("ENABLE_SYNC_WORKER", default=False)
+SYNC_INTERVAL = env.str("SYNC_INTERVAL", default="*/15 * * * *")
+SYNC_ORGS = [code.strip().upper() for code in env.list("SYNC_ORGS", default=[]) if code.strip()]
+# A running sync whose heartbeat is older than this is taken to have lost its worker.
+SYNC_LEASE_SECONDS = env.int("SYNC_LEASE_SECONDS", default=600)
+# Hard ceiling on one sync task; the worker process is killed past it (and the lease then frees the org).
+SYNC_TASK_TIMEOUT = env.int("SYNC_TASK_TIMEOUT", default=4 * 3600)
+REDIS_URL = env.str("REDIS_URL", default="")
+
+Q_CLUSTER = {
+    "name": "pfasync",
+    "workers": env.int("SYNC_WORKERS", default=2),
+    # A sync may legitimately run for hours on a million records; past this the worker is killed.
+    "timeout": SYNC_TASK_TIMEOUT,
+    # ORM/Redis brokers hand a task out again after `retry` seconds unless acknowledged; it must
+    # exceed `timeout` or a slow sync would be started twice.
+    "retry": SYNC_TASK_TIMEOUT + 600,
+    # A failed sync is recorded in pfa_sync_log and retried by the next tick, never by the queue.
+    "max_attempts": 1,
+    # Acknowledge failed tasks too, so a failing sync is not handed out forever.
+    "ack_failures": True,
+    # After downtime run the next tick only, not one per missed interval.
+    "catch_up": False,
+    "save_limit": 1000,
+    "label": "Task queue",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# --- REST API ---------------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework_simplejwt.authentication.JWTAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+}
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=30)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=env.int("JWT_REFRESH_DAYS", default=1)),
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "pfasync API",
+    "DESCRIPTION": "Trigger and follow PEMS-to-mirror syncs, and browse organizations.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
 }

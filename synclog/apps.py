@@ -6,3 +6,11 @@ from django.apps import AppConfig
 class SynclogConfig(AppConfig):
     name = "synclog"
     verbose_name = "PEMS sync"
+
+    def ready(self) -> None:
+        from django.conf import settings
+
+        from synclog.worker import validate_sync_interval
+
+        # A wrong cron expression stops start-up instead of silently never syncing.
+        validate_sync_interval(settings.SYNC_INTERVAL)

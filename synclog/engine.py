@@ -17,8 +17,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from mirror.models import Organization
-from mirror.services import pems_client_for, read_configuration_for
 from mirror.pems import PemsClient, PemsError, PfaRowError, organization_filter, parse_pfa_row
+from mirror.services import pems_client_for, read_configuration_for
 from mirror.store import pfa_records_upsert
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
 
@@ -126,13 +126,13 @@ def sync_run(
                             sync_log.records_processed)
                 return sync_log
     except PemsError as error:
-        _fail(sync_log, str(error), error)
+        fail_run(sync_log, str(error), error)
         raise
     except BaseException as error:
         if isinstance(error, KeyboardInterrupt | SystemExit):
             sync_log.finish(SyncStatus.CANCELLED, error_message="Interrupted; pages committed so far are kept.")
         else:
-            _fail(sync_log, f"Internal error: {type(error).__name__}: {error}", error)
+            fail_run(sync_log, f"Internal error: {type(error).__name__}: {error}", error)
         raise
     sync_log.finish(SyncStatus.COMPLETED, error_details=_error_summary(sync_log, kept_errors))
     if sync_log.api_configuration_id:
@@ -166,13 +166,8 @@ def _error_summary(sync_log: PfaSyncLog, kept_errors: int) -> dict:
     }
 
 
-def _fail(sync_log: PfaSyncLog, message: str, error: BaseException) -> None:
-    details = {"error_type": type(error).__name__, "records_processed": sync_log.records_processed}
-    for attribute in ("status", "pems_name"):
-        value = getattr(error, attribute, None)
-        if value is not None:
-            details[f"pems_{attribute}" if attribute == "status" else attribute] = value
-    sync_log.finish(SyncStatus.FAILED, error_message=message, error_details=details)
+def fail_run(sync_log: PfaSyncLog, message: str, error: BaseException) -> None:
+    sync_log.fail(message, error=error)
     logger.error("Sync %s of %s failed: %s", sync_log.id, sync_log.organization.code, message)
 
 
@@ -220,7 +215,7 @@ def sync_organizations(
         try:
             client = client_factory(organization)
         except ImproperlyConfigured as error:
-            _fail(sync_log, str(error), error)
+            fail_run(sync_log, str(error), error)
             outcomes.append(SyncOutcome(organization, sync_log, sync_log.error_message))
             continue
         try:
@@ -232,3 +227,48 @@ def sync_organizations(
             logger.exception("Sync %s of %s failed unexpectedly", sync_log.id, organization.code)
         outcomes.append(SyncOutcome(organization, sync_log, sync_log.error_message))
     return outcomes
+
+
+@dataclass
+class SyncBatch:
+    """The runs one trigger queued (sharing `batch_id`) and the organizations it could not start."""
+
+    batch_id: uuid.UUID
+    queued: list[PfaSyncLog]
+    refused: list[SyncAlreadyRunning]
+
+
+def sync_start(
+    *,
+    organizations: list[Organization],
+    trigger: str,
+    triggered_by=None,
+    sync_type: str = PfaSyncLog.SyncType.FULL,
+) -> SyncBatch:
+    """Queue a background sync per organization: the `queued` run exists before this returns.
+
+    Each task is enqueued only once the caller's transaction commits, so a worker never picks up
+    a run that is not visible yet. An organization already syncing is refused, not queued twice.
+    """
+    from django_q.tasks import async_task
+
+    batch = SyncBatch(batch_id=uuid.uuid4(), queued=[], refused=[])
+    for organization in organizations:
+        try:
+            sync_log = sync_claim(
+                organization=organization,
+                trigger=trigger,
+                sync_type=sync_type,
+                triggered_by=triggered_by,
+                batch_id=batch.batch_id,
+            )
+        except SyncAlreadyRunning as refusal:
+            batch.refused.append(refusal)
+            continue
+        batch.queued.append(sync_log)
+        transaction.on_commit(
+            lambda log_id=str(sync_log.id), code=organization.code: async_task(
+                "synclog.tasks.sync_execute", log_id, task_name=f"sync {code} {log_id}", group="pfasync-sync"
+            )
+        )
+    return batch

@@ -75,6 +75,7 @@ class PfaSyncLog(models.Model):
         db_table = "pfa_sync_log"
         verbose_name = "sync run"
         ordering = ["-created_at"]
+        permissions = [("trigger_sync", "Can start a PEMS sync")]
         constraints = [
             # The lock: a second queued/running read run for the same organization cannot exist.
             models.UniqueConstraint(
@@ -131,6 +132,15 @@ class PfaSyncLog(models.Model):
         if error_details is not None:
             self.error_details = error_details
         self.save(update_fields=["status", "completed_at", "duration_ms", "error_message", "error_details"])
+
+    def fail(self, error_message: str, *, error: BaseException | None = None, error_type: str = "") -> None:
+        """Close the run as failed, with what PEMS (or the worker) said in `error_details`."""
+        details = {"error_type": error_type or type(error).__name__, "records_processed": self.records_processed}
+        if getattr(error, "status", None) is not None:
+            details["pems_status"] = error.status
+        if getattr(error, "pems_name", None):
+            details["pems_name"] = error.pems_name
+        self.finish(SyncStatus.FAILED, error_message=error_message, error_details=details)
 
 
 class PfaSyncRecordError(models.Model):

@@ -30,7 +30,7 @@ class ApiConfigurationFactory(factory.django.DjangoModelFactory):
     time_zone = "America/Chicago"
 
     @factory.post_generation
-    def password(obj, create, extracted, **kwargs):
-        obj.set_secret(extracted or DEFAULT_PASSWORD)
+    def password(self, create, extracted, **kwargs):
+        self.set_secret(extracted or DEFAULT_PASSWORD)
         if create:
-            obj.save()
+            self.save()

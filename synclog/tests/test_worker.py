@@ -1,0 +1,215 @@
+"""The background worker for real: `manage.py qcluster` processes against the PEMS simulator."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from django_q.models import Schedule
+from django_q.tasks import async_task, fetch
+
+from mirror.models import PfaMirror
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from synclog.engine import sync_claim
+from synclog.models import PfaSyncLog, SyncStatus
+from synclog.worker import SCHEDULE_NAME
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="worker processes need a shared PostgreSQL"),
+]
+
+
+def wait_until(predicate, *, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def database_url() -> str:
+    db = connection.settings_dict
+    return f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class Cluster:
+    """A `manage.py qcluster` child process in its own session (so SIGKILL can take all of it)."""
+
+    def __init__(self, tmp_path: Path, name: str, **env):
+        self.log_path = tmp_path / f"qcluster-{name}.log"
+        environment = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "ENABLE_SYNC_WORKER": "true",
+            "SYNC_WORKERS": "2",
+            **{key: str(value) for key, value in env.items()},
+        }
+        self.log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_started(self) -> "Cluster":
+        wait_until(lambda: "running." in self.output(), timeout=30, what="the cluster to start")
+        return self
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def terminate(self) -> float:
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def clusters(tmp_path):
+    started = []
+
+    def start(name="a", **env):
+        cluster = Cluster(tmp_path, name, **env)
+        started.append(cluster)
+        return cluster.wait_started()
+
+    yield start
+    for cluster in started:
+        cluster.close()
+
+
+@pytest.fixture
+def organizations(pems_server):
+    """RIO (250 rows) and HOU (80 rows), read 20 rows a page so a sync spans many pages."""
+    return [
+        ApiConfigurationFactory(
+            organization=OrganizationFactory(code=code), base_url=pems_server.url, page_size=20
+        ).organization
+        for code in ("RIO", "HOU")
+    ]
+
+
+def runs(code: str):
+    return PfaSyncLog.objects.filter(organization__code=code).order_by("created_at")
+
+
+def test_scheduled_tick_syncs_every_configured_organization(clusters, organizations):
+    cluster = clusters(SYNC_INTERVAL="* * * * *")
+    assert "Background sync worker started with interval '* * * * *'" in cluster.output()
+    # The schedule exists once and fires on django-q2's next scheduler pass (every 30 s).
+    Schedule.objects.filter(name=SCHEDULE_NAME).update(next_run=timezone.now() - timedelta(seconds=1))
+    assert Schedule.objects.filter(name=SCHEDULE_NAME).count() == 1
+    for code, total in (("RIO", 250), ("HOU", 80)):
+        completed = runs(code).filter(status=SyncStatus.COMPLETED)
+        finished = wait_until(completed.first, timeout=90, what=f"{code} synced")
+        assert (finished.trigger, finished.records_inserted, finished.triggered_by) == ("schedule", total, None)
+    assert PfaMirror.objects.count() == 330
+    assert cluster.terminate() < 30
+    assert "Background sync worker stopped" in cluster.output()
+
+
+def test_tick_during_a_long_sync_does_not_overlap_it(clusters, organizations, pems_server):
+    pems_server.simulator.set_latency(0.2)
+    clusters()
+    async_task("synclog.tasks.sync_tick")
+    wait_until(
+        lambda: runs("RIO").filter(status=SyncStatus.RUNNING, records_processed__gt=0).exists(),
+        timeout=30,
+        what="RIO running",
+    )
+    second_tick = async_task("synclog.tasks.sync_tick")
+    task = wait_until(lambda: fetch(second_tick), timeout=30, what="the second tick")
+    # RIO is still running, so this tick skips it (HOU, 80 rows, may have finished and be queued again).
+    assert task.success and "skipped" in task.result, task.result
+    wait_until(lambda: runs("RIO").filter(status=SyncStatus.COMPLETED).exists(), timeout=60, what="RIO done")
+    assert runs("RIO").count() == 1
+    assert runs("RIO").get().records_inserted == 250
+
+
+def test_sigterm_mid_sync_cancels_the_run_and_frees_the_organization(clusters, organizations, pems_server):
+    pems_server.simulator.set_latency(0.2)
+    cluster = clusters()
+    async_task("synclog.tasks.sync_tick")
+    wait_until(lambda: runs("RIO").filter(records_processed__gte=40).exists(), timeout=30, what="RIO progress")
+    assert cluster.terminate() < 30
+    run = runs("RIO").get()
+    assert run.status == SyncStatus.CANCELLED and 0 < run.records_processed < 250
+    assert PfaMirror.objects.filter(organization__code="RIO").count() == run.records_inserted
+    assert "Background sync worker stopped" in cluster.output()
+    sync_claim(organization=organizations[0], trigger="command")  # the organization is free
+
+
+def test_sigkill_mid_sync_is_failed_by_the_lease_and_the_next_tick_syncs(clusters, organizations, pems_server):
+    pems_server.simulator.set_latency(0.2)
+    cluster = clusters(SYNC_LEASE_SECONDS=3)
+    async_task("synclog.tasks.sync_tick")
+    wait_until(lambda: runs("RIO").filter(records_processed__gte=40).exists(), timeout=30, what="RIO progress")
+    cluster.kill()
+    lost = runs("RIO").get()
+    assert lost.status == SyncStatus.RUNNING  # nobody is left to say otherwise
+    time.sleep(3.5)
+    pems_server.simulator.set_latency(0)
+    clusters("b", SYNC_LEASE_SECONDS=3)  # the check also runs when a cluster starts
+    lost.refresh_from_db()
+    assert lost.status == SyncStatus.FAILED and lost.error_message.startswith("Worker lost")
+    async_task("synclog.tasks.sync_tick")
+    done = wait_until(lambda: runs("RIO").filter(status=SyncStatus.COMPLETED).first(), timeout=60, what="resync")
+    assert done.records_processed == 250 and PfaMirror.objects.filter(organization__code="RIO").count() == 250
+
+
+def test_two_redis_clusters_never_run_one_organization_twice(clusters, organizations, pems_server):
+    redis = pytest.importorskip("redis")
+    redis_url = "redis://127.0.0.1:6379/13"
+    try:
+        redis.Redis.from_url(redis_url).flushdb()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    pems_server.simulator.set_latency(0.1)
+    for name in ("a", "b"):
+        clusters(name, REDIS_URL=redis_url)
+    enqueue = "from django_q.tasks import async_task\nfor _ in range(6): async_task('synclog.tasks.sync_tick')"
+    subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", enqueue],
+        cwd=ROOT,
+        check=True,
+        env={**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": redis_url},
+    )
+    most_active = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for code in ("RIO", "HOU"):
+            most_active = max(most_active, runs(code).filter(status__in=SyncStatus.active()).count())
+        if (
+            runs("RIO").filter(status=SyncStatus.COMPLETED).exists()
+            and not PfaSyncLog.objects.filter(status__in=SyncStatus.active()).exists()
+        ):
+            break
+        time.sleep(0.1)
+    assert most_active == 1
+    for code in ("RIO", "HOU"):
+        assert runs(code).filter(status=SyncStatus.COMPLETED).exists()
+        assert not runs(code).exclude(status=SyncStatus.COMPLETED).exists()
