@@ -11,6 +11,7 @@ from datetime import datetime
 from uuid import UUID
 
 import orjson
+import psycopg
 from django.db import connection
 
 from mirror.models import PfaMirror
@@ -91,7 +92,8 @@ def _column_values(batch: Sequence[PfaRecord], field) -> list:
 def _upsert_batch_postgresql(organization_id: UUID, batch: Sequence[PfaRecord], synced_at: datetime) -> list[int]:
     # One array parameter per column, unnested server-side: a single statement whatever the batch
     # size, with binary-dumped parameters and no per-row SQL text.
-    casts = [f"%s::{'text' if f.name == 'data' else f.db_type(connection)}[]" for f in RECORD_FIELDS]
+    # %b: psycopg dumps the arrays in binary, far cheaper than quoting every element as text.
+    casts = [f"%b::{'text' if f.name == 'data' else f.db_type(connection)}[]" for f in RECORD_FIELDS]
     aliases = ", ".join(f"c{i}" for i in range(len(RECORD_FIELDS)))
     selected = ", ".join(
         f"c{i}::jsonb" if f.name == "data" else f"c{i}" for i, f in enumerate(RECORD_FIELDS)
@@ -102,7 +104,10 @@ def _upsert_batch_postgresql(organization_id: UUID, batch: Sequence[PfaRecord], 
         + _conflict_clause("IS DISTINCT FROM")
     )
     params = [organization_id, synced_at, synced_at, *(_column_values(batch, f) for f in RECORD_FIELDS)]
-    with connection.cursor() as cursor:
+    connection.ensure_connection()
+    # Django's psycopg cursors bind client-side (every value quoted into the SQL text); a plain
+    # psycopg cursor on the same connection and transaction sends the arrays as binary parameters.
+    with psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(sql, params)
         return [version for (version,) in cursor.fetchall()]
 
