@@ -1,10 +1,13 @@
 """Domain functions of the mirror: registering organizations and building their PEMS clients."""
 
+import time
+from dataclasses import dataclass, replace
+
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
 from mirror.models import ApiConfiguration, Organization
-from mirror.pems import PemsClient
+from mirror.pems import PemsClient, organization_filter
 
 
 @transaction.atomic
@@ -56,3 +59,37 @@ def read_configuration_for(organization: Organization) -> ApiConfiguration:
 
 def pems_client_for(organization: Organization) -> PemsClient:
     return PemsClient(read_configuration_for(organization).pems_settings(organization))
+
+
+@dataclass(frozen=True)
+class ConnectionCheck:
+    """What one count request through a connection told us."""
+
+    organization_code: str
+    record_count: int
+    latency_ms: int
+
+
+def pems_connection_check(*, configuration: ApiConfiguration) -> ConnectionCheck:
+    """Ask PEMS for one count through `configuration`; raises PemsError or ImproperlyConfigured.
+
+    A global default connection has no organization of its own: it is checked with its
+    `pems_organization_code`.
+    """
+    organization = configuration.organization
+    if organization is None:
+        if not configuration.pems_organization_code:
+            raise ImproperlyConfigured(
+                "This default connection has no organization: fill in its PEMS organization code to test it."
+            )
+        organization = Organization(code=configuration.pems_organization_code)
+    # One attempt: an admin waiting on the page wants the first answer, not five retries.
+    settings = replace(configuration.pems_settings(organization), max_attempts=1)
+    started = time.monotonic()
+    with PemsClient(settings) as client:
+        record_count = client.count([organization_filter(settings.organization)])
+    return ConnectionCheck(
+        organization_code=settings.organization,
+        record_count=record_count,
+        latency_ms=round((time.monotonic() - started) * 1000),
+    )

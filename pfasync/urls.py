@@ -1,8 +1,9 @@
-"""URL configuration: the admin now; the REST API and dashboard mount here too."""
+"""URL configuration: wiring only."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 urlpatterns = [
+    path("ops/", include("synclog.urls")),
     path("admin/", admin.site.urls),
 ]

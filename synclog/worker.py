@@ -144,13 +144,16 @@ def sync_execute_queued(sync_log_id: str) -> str:
         raise
     stop = shutdown_event()
     # A SIGTERM sent to the worker process itself (systemd stops a whole cgroup) is a stop request
-    # too, not a kill mid-page.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    # too, not a kill mid-page. Only a main thread can take signals (django-q2's sync mode runs
+    # tasks in whatever thread enqueued them).
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set()) if in_main_thread else None
     try:
         with client:
             sync_run(sync_log=sync_log, client=client, stop=stop)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return f"{sync_log.organization.code}: {sync_log.status}, {sync_log.records_processed} records"
 
 

@@ -1,0 +1,273 @@
+"""Admin for PEMS connections and the mirrored PFA records.
+
+Organizations are registered in `synclog.admin`: their list shows the last sync and offers
+"Sync now", and `mirror` never imports `synclog`.
+"""
+
+import json
+from functools import cached_property
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ImproperlyConfigured
+from django.core.paginator import Paginator
+from django.db import connection
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from mirror.models import ApiConfiguration, PfaMirror
+from mirror.pems import PemsError
+from mirror.services import pems_connection_check
+
+# --- PEMS connections ---------------------------------------------------------------------------
+
+
+class ApiConfigurationForm(forms.ModelForm):
+    """Every setting of a connection; the secret can be replaced but never read back."""
+
+    # Declared so a bare host name gets https (Django 6's default) without the transition warning.
+    base_url = forms.URLField(
+        max_length=500, assume_scheme="https", help_text=ApiConfiguration._meta.get_field("base_url").help_text
+    )
+    new_secret = forms.CharField(
+        label="Password or API key",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only: leave blank to keep the stored secret.",
+    )
+
+    class Meta:
+        model = ApiConfiguration
+        fields = (
+            "organization",
+            "usage",
+            "base_url",
+            "endpoint",
+            "tenant",
+            "pems_organization_code",
+            "auth_type",
+            "username",
+            "grid_name",
+            "grid_id",
+            "page_size",
+            "request_timeout",
+            "time_zone",
+        )
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if not self.cleaned_data.get("new_secret") and not self.instance.secret:
+            self.add_error("new_secret", "A new connection needs its password or API key.")
+        return cleaned
+
+    def save(self, commit: bool = True) -> ApiConfiguration:
+        configuration = super().save(commit=False)
+        if self.cleaned_data.get("new_secret"):
+            configuration.set_secret(self.cleaned_data["new_secret"])
+        if commit:
+            configuration.save()
+        return configuration
+
+
+@admin.register(ApiConfiguration)
+class ApiConfigurationAdmin(admin.ModelAdmin):
+    form = ApiConfigurationForm
+    list_display = (
+        "__str__",
+        "organization",
+        "usage",
+        "base_url",
+        "endpoint",
+        "tenant",
+        "auth_type",
+        "username",
+        "secret_stored",
+        "last_sync_at",
+        "last_sync_record_count",
+    )
+    list_filter = ("usage", "endpoint", "auth_type")
+    list_select_related = ("organization",)
+    search_fields = ("organization__code", "tenant", "base_url", "username")
+    readonly_fields = (
+        "secret_stored",
+        "first_sync_at",
+        "last_sync_at",
+        "last_sync_record_count",
+        "total_sync_record_count",
+        "created_at",
+        "updated_at",
+    )
+    fieldsets = (
+        (None, {"fields": ("organization", "usage")}),
+        (
+            "PEMS",
+            {
+                "fields": (
+                    "base_url",
+                    "endpoint",
+                    "tenant",
+                    "pems_organization_code",
+                    "grid_name",
+                    "grid_id",
+                    "page_size",
+                    "request_timeout",
+                    "time_zone",
+                )
+            },
+        ),
+        (
+            "Credentials",
+            {"fields": ("auth_type", "username", "new_secret", "secret_stored")},
+        ),
+        (
+            "Sync tracking",
+            {
+                "fields": (
+                    "first_sync_at",
+                    "last_sync_at",
+                    "last_sync_record_count",
+                    "total_sync_record_count",
+                    "created_at",
+                    "updated_at",
+                )
+            },
+        ),
+    )
+    actions = ("test_connection",)
+
+    @admin.display(boolean=True, description="secret stored")
+    def secret_stored(self, configuration: ApiConfiguration) -> bool:
+        return bool(configuration.secret)
+
+    @admin.action(description="Test connection (one count request)")
+    def test_connection(self, request: HttpRequest, queryset: QuerySet[ApiConfiguration]) -> None:
+        for configuration in queryset.select_related("organization"):
+            try:
+                check = pems_connection_check(configuration=configuration)
+            except (PemsError, ImproperlyConfigured) as error:
+                # PemsError texts are scrubbed of secrets by the client; ours never carry one.
+                self.message_user(request, f"{configuration}: {error}", messages.ERROR)
+                continue
+            self.message_user(
+                request,
+                f"{configuration}: PEMS answered with {check.record_count} records for organization "
+                f"{check.organization_code} in {check.latency_ms} ms.",
+                messages.SUCCESS,
+            )
+
+
+# --- mirrored PFA records -----------------------------------------------------------------------
+
+
+class EstimatedCountPaginator(Paginator):
+    """Counts an unfiltered PostgreSQL table from the planner's estimate instead of a full scan.
+
+    `COUNT(*)` over a million-row table takes seconds on every page load; `reltuples` is kept up
+    to date by autovacuum and is good enough for "page 3 of about 40 000". Small or filtered
+    querysets (which ride an index) are still counted exactly.
+    """
+
+    exact_below = 100_000
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        if isinstance(queryset, QuerySet) and not queryset.query.where and connection.vendor == "postgresql":
+            estimate = _estimated_rows(queryset.model._meta.db_table)
+            if estimate >= self.exact_below:
+                return estimate
+        return super().count
+
+
+def _estimated_rows(table: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)",
+            [table],
+        )
+        row = cursor.fetchone()
+    # -1 means never analyzed: report 0 so the caller counts exactly.
+    return max(int(row[0]), 0) if row and row[0] is not None else 0
+
+
+class BoundedValuesFilter(admin.SimpleListFilter):
+    """Filter on a text column, offering the values found in a bounded sample of rows.
+
+    Django's default filter runs `SELECT DISTINCT` over the whole table on every page load. A
+    sample of `sample_size` rows (of the chosen organization when one is picked, which rides the
+    (organization, column) index) shows the common values; any other value still works by URL.
+    """
+
+    sample_size = 5_000
+    max_choices = 50
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        sample = PfaMirror.objects.exclude(**{self.parameter_name: ""}).order_by()
+        organization = request.GET.get("organization__id__exact")
+        if organization:
+            sample = sample.filter(organization_id=organization)
+        values = set(sample.values_list(self.parameter_name, flat=True)[: self.sample_size])
+        chosen = self.value()
+        if chosen:
+            values.add(chosen)
+        return [(value, value) for value in sorted(values)[: self.max_choices]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value():
+            return queryset.filter(**{self.parameter_name: self.value()})
+        return queryset
+
+
+class CategoryFilter(BoundedValuesFilter):
+    title = "category"
+    parameter_name = "category"
+
+
+class SourceFilter(BoundedValuesFilter):
+    title = "source"
+    parameter_name = "source"
+
+
+class DorFilter(BoundedValuesFilter):
+    title = "DOR"
+    parameter_name = "dor"
+
+
+@admin.register(PfaMirror)
+class PfaMirrorAdmin(admin.ModelAdmin):
+    """Read-only browsing of what PEMS last sent."""
+
+    list_display = (
+        "pfa_id",
+        "organization",
+        "category",
+        "source",
+        "dor",
+        "version",
+        "last_synced_at",
+    )
+    list_filter = ("organization", CategoryFilter, SourceFilter, DorFilter)
+    list_select_related = ("organization",)
+    search_fields = ("=pfa_id",)
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    exclude = ("data",)
+    readonly_fields = ("raw_pems_row",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: PfaMirror | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: PfaMirror | None = None) -> bool:
+        return False
+
+    @admin.display(description="raw PEMS row")
+    def raw_pems_row(self, record: PfaMirror) -> str:
+        return format_html(
+            "<pre>{}</pre>",
+            json.dumps(record.data, indent=2, sort_keys=True, ensure_ascii=False),
+        )

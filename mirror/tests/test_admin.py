@@ -1,0 +1,265 @@
+"""Admin for PEMS connections (write-only secret, Test connection) and the read-only mirror browser."""
+
+import pytest
+from django.contrib.messages import get_messages
+from django.urls import reverse
+
+from mirror import admin as mirror_admin
+from mirror.models import ApiConfiguration, PfaMirror
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+
+pytestmark = pytest.mark.django_db
+
+SECRET = "s3cret-Value-123"
+
+
+def assert_no_secret(response, configuration: ApiConfiguration) -> None:
+    body = response.content.decode()
+    assert SECRET not in body
+    assert configuration.secret and configuration.secret not in body
+
+
+def message_texts(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+@pytest.fixture
+def connection(pems_server) -> ApiConfiguration:
+    """RIO's read connection to the simulator; the simulator accepts SECRET as its password."""
+    pems_server.simulator.users["pfasync"] = SECRET
+    return ApiConfigurationFactory(
+        organization=OrganizationFactory(code="RIO"),
+        base_url=pems_server.url,
+        password=SECRET,
+    )
+
+
+def mirror_row(organization, pfa_id: str, **fields) -> PfaMirror:
+    data = {
+        "pfs_id": pfa_id,
+        "pfs_a_org": organization.code,
+        "pfs_notes": "raw value",
+        **fields.pop("data", {}),
+    }
+    return PfaMirror.objects.create(
+        organization=organization,
+        pfa_id=pfa_id,
+        data=data,
+        content_hash="0" * 32,
+        **fields,
+    )
+
+
+# --- PEMS connections ---------------------------------------------------------------------------
+
+
+def test_connection_list_shows_settings_but_never_the_secret(admin_client, connection):
+    response = admin_client.get(reverse("admin:mirror_apiconfiguration_changelist"))
+    assert response.status_code == 200
+    assert connection.tenant in response.content.decode()
+    assert_no_secret(response, connection)
+
+
+def test_connection_change_form_has_an_empty_write_only_secret_field(admin_client, connection):
+    response = admin_client.get(reverse("admin:mirror_apiconfiguration_change", args=[connection.pk]))
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert 'name="new_secret"' in body and 'type="password"' in body
+    assert "Sync tracking" in body and "last_sync_record_count" not in response.context["adminform"].form.fields
+    assert_no_secret(response, connection)
+
+
+def change_form_data(connection: ApiConfiguration, **overrides) -> dict:
+    data = {
+        "organization": connection.organization_id,
+        "usage": connection.usage,
+        "base_url": connection.base_url,
+        "endpoint": connection.endpoint,
+        "tenant": connection.tenant,
+        "pems_organization_code": "",
+        "auth_type": connection.auth_type,
+        "username": connection.username,
+        "new_secret": "",
+        "grid_name": connection.grid_name,
+        "grid_id": connection.grid_id,
+        "page_size": connection.page_size,
+        "request_timeout": connection.request_timeout,
+        "time_zone": connection.time_zone,
+    }
+    return {**data, **overrides}
+
+
+def test_saving_with_a_blank_secret_keeps_the_stored_one(admin_client, connection):
+    url = reverse("admin:mirror_apiconfiguration_change", args=[connection.pk])
+    response = admin_client.post(url, change_form_data(connection, tenant="OTHER"))
+    assert response.status_code == 302
+    connection.refresh_from_db()
+    assert connection.tenant == "OTHER"
+    assert connection.get_secret() == SECRET
+
+
+def test_saving_a_new_secret_replaces_the_stored_one(admin_client, connection):
+    url = reverse("admin:mirror_apiconfiguration_change", args=[connection.pk])
+    response = admin_client.post(url, change_form_data(connection, new_secret="another-Secret-456"))
+    assert response.status_code == 302
+    connection.refresh_from_db()
+    assert connection.get_secret() == "another-Secret-456"
+
+
+def test_adding_a_connection_requires_a_secret_and_never_echoes_it(admin_client):
+    organization = OrganizationFactory(code="NEW")
+    url = reverse("admin:mirror_apiconfiguration_add")
+    data = change_form_data(ApiConfiguration(organization=organization, base_url="http://pems.test", tenant="T"))
+    data["username"] = "someone"
+    response = admin_client.post(url, data)
+    assert response.status_code == 200
+    assert "needs its password or API key" in response.content.decode()
+
+    data["new_secret"] = SECRET
+    data["time_zone"] = "Invalid/Zone"  # a form error re-renders the page: the secret must not come back
+    response = admin_client.post(url, data)
+    assert response.status_code == 200 and SECRET not in response.content.decode()
+
+    data["time_zone"] = "UTC"
+    assert admin_client.post(url, data).status_code == 302
+    assert ApiConfiguration.objects.get(organization=organization).get_secret() == SECRET
+
+
+def run_test_connection(admin_client, *configurations):
+    return admin_client.post(
+        reverse("admin:mirror_apiconfiguration_changelist"),
+        {
+            "action": "test_connection",
+            "_selected_action": [str(c.pk) for c in configurations],
+        },
+        follow=True,
+    )
+
+
+def test_test_connection_reports_the_count_and_latency(admin_client, connection):
+    response = run_test_connection(admin_client, connection)
+    (text,) = message_texts(response)
+    assert "250 records for organization RIO" in text and " ms" in text
+    assert_no_secret(response, connection)
+
+
+def test_test_connection_of_a_default_connection_uses_its_pems_organization_code(admin_client, pems_server):
+    default = ApiConfigurationFactory(organization=None, base_url=pems_server.url, pems_organization_code="HOU")
+    response = run_test_connection(admin_client, default)
+    assert "80 records for organization HOU" in message_texts(response)[0]
+
+
+def test_test_connection_reports_the_pems_error_in_plain_words(admin_client, pems_server):
+    pems_server.simulator.users["pfasync"] = "the-real-password"
+    connection = ApiConfigurationFactory(
+        organization=OrganizationFactory(code="RIO"),
+        base_url=pems_server.url,
+        password=SECRET,
+    )
+    response = run_test_connection(admin_client, connection)
+    (text,) = message_texts(response)
+    assert "Authentication failed: invalid user name, password or API key." in text
+    assert SECRET not in text and connection.secret not in text
+    assert_no_secret(response, connection)
+
+
+def test_test_connection_of_an_unreachable_pems_says_so(admin_client):
+    connection = ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url="http://127.0.0.1:1")
+    (text,) = message_texts(run_test_connection(admin_client, connection))
+    assert text.startswith(str(connection))
+    assert "PEMS" in text
+
+
+# --- mirrored PFA records -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def records():
+    rio, hou = OrganizationFactory(code="RIO"), OrganizationFactory(code="HOU")
+    return [
+        mirror_row(rio, "PFA-1", category="CRANES", source="RENTAL", dor="BEO"),
+        mirror_row(rio, "PFA-2", category="TRUCKS", source="OWNED", dor="PROJECT"),
+        mirror_row(hou, "PFA-3", category="CRANES", source="OWNED", dor="BEO"),
+    ]
+
+
+def changelist(admin_client, **params):
+    response = admin_client.get(reverse("admin:mirror_pfamirror_changelist"), params)
+    assert response.status_code == 200
+    return response, {record.pfa_id for record in response.context["cl"].result_list}
+
+
+def test_mirror_list_shows_records(admin_client, records):
+    response, shown = changelist(admin_client)
+    assert shown == {"PFA-1", "PFA-2", "PFA-3"}
+    assert response.context["cl"].show_full_result_count is False
+
+
+def test_mirror_search_by_pfa_id(admin_client, records):
+    assert changelist(admin_client, q="PFA-2")[1] == {"PFA-2"}
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"category": "CRANES"}, {"PFA-1", "PFA-3"}),
+        ({"source": "OWNED"}, {"PFA-2", "PFA-3"}),
+        ({"dor": "PROJECT"}, {"PFA-2"}),
+        ({"dor": "BEO", "source": "OWNED"}, {"PFA-3"}),
+    ],
+)
+def test_mirror_filters(admin_client, records, params, expected):
+    assert changelist(admin_client, **params)[1] == expected
+
+
+def test_mirror_organization_filter_narrows_the_offered_values(admin_client, records):
+    organization = records[2].organization
+    response, shown = changelist(admin_client, organization__id__exact=str(organization.pk))
+    assert shown == {"PFA-3"}
+    category_filter = next(
+        f for f in response.context["cl"].filter_specs if getattr(f, "parameter_name", "") == "category"
+    )
+    assert [value for value, _ in category_filter.lookup_choices] == ["CRANES"]
+
+
+def test_mirror_filter_choices_come_from_a_bounded_sample(admin_client, records, monkeypatch):
+    monkeypatch.setattr(mirror_admin.BoundedValuesFilter, "sample_size", 1)
+    response, _ = changelist(admin_client)
+    category_filter = next(
+        f for f in response.context["cl"].filter_specs if getattr(f, "parameter_name", "") == "category"
+    )
+    assert len(category_filter.lookup_choices) == 1
+
+
+def test_mirror_detail_pretty_prints_the_raw_row_and_is_read_only(admin_client, records):
+    record = records[0]
+    response = admin_client.get(reverse("admin:mirror_pfamirror_change", args=[record.pk]))
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "<pre>{\n  &quot;pfs_a_org&quot;: &quot;RIO&quot;," in body
+    assert 'name="_save"' not in body
+    assert admin_client.get(reverse("admin:mirror_pfamirror_add")).status_code == 403
+    response = admin_client.post(reverse("admin:mirror_pfamirror_delete", args=[record.pk]), {"post": "yes"})
+    assert response.status_code == 403
+    assert PfaMirror.objects.filter(pk=record.pk).exists()
+
+
+def test_unfiltered_mirror_list_counts_from_the_planner_estimate(admin_client, records, monkeypatch):
+    monkeypatch.setattr(mirror_admin, "_estimated_rows", lambda table: 1_234_567)
+    response, _ = changelist(admin_client)
+    if response.context["cl"].paginator.count != 1_234_567:
+        pytest.skip("the estimate is PostgreSQL-only")
+    assert "1234567" in response.content.decode()
+    # A filtered list is counted exactly.
+    response, _ = changelist(admin_client, category="CRANES")
+    assert response.context["cl"].result_count == 2
+
+
+def test_estimated_rows_reads_pg_class(records):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE pfa_mirror")
+    assert mirror_admin._estimated_rows("pfa_mirror") == 3

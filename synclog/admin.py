@@ -1,0 +1,295 @@
+"""Admin for organizations (with their last sync and "Sync now") and the read-only sync history.
+
+Organizations live in `mirror` but are registered here: their list joins the sync history and
+starts syncs, and `mirror` never imports `synclog`.
+"""
+
+import json
+import uuid
+
+from django.contrib import admin, messages
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from mirror.models import Organization, PfaMirror
+from synclog.engine import sync_start
+from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+
+STATUS_COLOURS = {
+    SyncStatus.QUEUED: "#6c757d",
+    SyncStatus.RUNNING: "#0d6efd",
+    SyncStatus.COMPLETED: "#198754",
+    SyncStatus.FAILED: "#dc3545",
+    SyncStatus.CANCELLED: "#b8860b",
+}
+
+
+def status_badge(status: str) -> str:
+    """A sync status as a coloured label (shared with the dashboard)."""
+    return format_html(
+        '<span style="color:#fff;background:{};padding:1px 6px;border-radius:3px;white-space:nowrap">{}</span>',
+        STATUS_COLOURS.get(status, "#6c757d"),
+        SyncStatus(status).label if status in SyncStatus.values else status,
+    )
+
+
+def format_duration(duration_ms: int | None) -> str:
+    if duration_ms is None:
+        return "-"
+    if duration_ms < 1000:
+        return f"{duration_ms} ms"
+    seconds = duration_ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def mirror_size_subquery() -> Subquery:
+    """Rows in the mirror per organization, as one correlated count (rides the org index)."""
+    counted = (
+        PfaMirror.objects.filter(organization=OuterRef("pk"))
+        .order_by()
+        .values("organization")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
+
+
+# --- organizations ------------------------------------------------------------------------------
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = (
+        "code",
+        "name",
+        "is_active",
+        "sync_enabled",
+        "last_sync_at",
+        "last_sync_status",
+        "last_sync_records",
+        "mirror_size",
+    )
+    list_filter = ("is_active", "sync_enabled")
+    search_fields = ("code", "name")
+    actions = ("sync_now", "enable_sync", "disable_sync")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Organization]:
+        last_run = PfaSyncLog.objects.filter(organization=OuterRef("pk"), direction="read").order_by("-created_at")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                last_run_at=Subquery(last_run.values("created_at")[:1]),
+                last_run_status=Subquery(last_run.values("status")[:1]),
+                last_run_records=Subquery(last_run.values("records_processed")[:1]),
+                pfa_record_count=mirror_size_subquery(),
+            )
+        )
+
+    @admin.display(description="last sync", ordering="last_run_at")
+    def last_sync_at(self, organization: Organization):
+        return organization.last_run_at
+
+    @admin.display(description="last status")
+    def last_sync_status(self, organization: Organization) -> str:
+        return status_badge(organization.last_run_status) if organization.last_run_status else "-"
+
+    @admin.display(description="last records")
+    def last_sync_records(self, organization: Organization) -> int | None:
+        return organization.last_run_records
+
+    @admin.display(description="mirror size", ordering="pfa_record_count")
+    def mirror_size(self, organization: Organization) -> int:
+        return organization.pfa_record_count
+
+    @admin.action(description="Sync now")
+    def sync_now(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
+        try:
+            batch = sync_start(
+                organizations=list(queryset),
+                trigger=PfaSyncLog.Trigger.ADMIN,
+                triggered_by=request.user,
+            )
+        except ImproperlyConfigured as error:
+            self.message_user(request, str(error), messages.ERROR)
+            return
+        for sync_log in batch.queued:
+            self.message_user(
+                request,
+                f"Sync of {sync_log.organization.code} queued (run {sync_log.id}).",
+                messages.SUCCESS,
+            )
+        for refusal in batch.refused:
+            self.message_user(request, str(refusal), messages.WARNING)
+
+    @admin.action(description="Enable scheduled sync")
+    def enable_sync(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
+        changed = queryset.update(sync_enabled=True)
+        self.message_user(request, f"Sync enabled for {changed} organization(s).", messages.SUCCESS)
+
+    @admin.action(description="Disable scheduled sync")
+    def disable_sync(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
+        changed = queryset.update(sync_enabled=False)
+        self.message_user(request, f"Sync disabled for {changed} organization(s).", messages.SUCCESS)
+
+
+# --- sync history -------------------------------------------------------------------------------
+
+
+class ReadOnlyAdminMixin:
+    """History is written by the engine only; the admin shows it."""
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+def pretty_json(value) -> str:
+    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+class RecordErrorInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = PfaSyncRecordError
+    fields = ("pfa_id", "reason", "raw_pems_row")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    @admin.display(description="raw PEMS row")
+    def raw_pems_row(self, record_error: PfaSyncRecordError) -> str:
+        return pretty_json(record_error.raw_row)
+
+
+@admin.register(PfaSyncLog)
+class PfaSyncLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "started",
+        "organization",
+        "sync_type",
+        "trigger",
+        "coloured_status",
+        "records_processed",
+        "records_inserted",
+        "records_updated",
+        "records_errored",
+        "duration",
+    )
+    list_filter = (
+        "status",
+        "organization",
+        "sync_type",
+        "trigger",
+        "direction",
+        ("created_at", admin.DateFieldListFilter),
+    )
+    list_select_related = ("organization",)
+    # Searching is exact on the batch (or run) UUID; see get_search_results.
+    search_fields = ("batch_id",)
+    search_help_text = "Exact batch id (or run id) UUID."
+    inlines = (RecordErrorInline,)
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "organization",
+                    "api_configuration",
+                    "batch_id",
+                    "coloured_status",
+                    "progress",
+                )
+            },
+        ),
+        ("Run", {"fields": ("sync_type", "direction", "trigger", "triggered_by")}),
+        (
+            "Records",
+            {
+                "fields": (
+                    "records_total",
+                    "records_processed",
+                    "records_inserted",
+                    "records_updated",
+                    "records_unchanged",
+                    "records_deleted",
+                    "records_errored",
+                )
+            },
+        ),
+        (
+            "Timing",
+            {
+                "fields": (
+                    "created_at",
+                    "started_at",
+                    "heartbeat_at",
+                    "completed_at",
+                    "duration",
+                )
+            },
+        ),
+        ("Error", {"fields": ("error_message", "pretty_error_details")}),
+    )
+    readonly_fields = (
+        "coloured_status",
+        "progress",
+        "duration",
+        "pretty_error_details",
+    )
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
+        # A UUID column cannot be searched with icontains; anything else than a UUID matches nothing.
+        search_term = search_term.strip()
+        if not search_term:
+            return queryset, False
+        try:
+            wanted = uuid.UUID(search_term)
+        except ValueError:
+            return queryset.none(), False
+        return queryset.filter(Q(batch_id=wanted) | Q(pk=wanted)), False
+
+    @admin.display(description="started", ordering="created_at")
+    def started(self, sync_log: PfaSyncLog):
+        return sync_log.started_at or sync_log.created_at
+
+    @admin.display(description="status", ordering="status")
+    def coloured_status(self, sync_log: PfaSyncLog) -> str:
+        return status_badge(sync_log.status)
+
+    @admin.display(description="duration", ordering="duration_ms")
+    def duration(self, sync_log: PfaSyncLog) -> str:
+        return format_duration(sync_log.duration_ms)
+
+    @admin.display(description="progress")
+    def progress(self, sync_log: PfaSyncLog) -> str:
+        total = sync_log.records_total
+        if not total:
+            return f"{sync_log.records_processed} records processed" + (
+                " (total not known yet)" if sync_log.is_active else ""
+            )
+        percent = min(100, round(100 * sync_log.records_processed / total))
+        return format_html(
+            '<progress max="100" value="{}"></progress> {}% ({} of {} records)',
+            percent,
+            percent,
+            sync_log.records_processed,
+            total,
+        )
+
+    @admin.display(description="error details")
+    def pretty_error_details(self, sync_log: PfaSyncLog) -> str:
+        return pretty_json(sync_log.error_details) if sync_log.error_details else "-"

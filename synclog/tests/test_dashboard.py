@@ -1,0 +1,148 @@
+"""The ops dashboard at /ops/dashboard/: staff only, one row per organization, SVG charts, Sync now."""
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.contrib.messages import get_messages
+from django.urls import reverse
+from django.utils import timezone
+
+from mirror.models import PfaMirror
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from synclog.dashboard import bar_chart, compact_number, interval_length
+from synclog.models import PfaSyncLog, SyncStatus
+
+pytestmark = pytest.mark.django_db
+
+DASHBOARD = reverse("synclog:dashboard")
+
+
+def configured(code: str):
+    return ApiConfigurationFactory(organization=OrganizationFactory(code=code)).organization
+
+
+def run(organization, status=SyncStatus.COMPLETED, *, ago: timedelta = timedelta(0), **fields) -> PfaSyncLog:
+    moment = timezone.now() - ago
+    values = {"trigger": PfaSyncLog.Trigger.SCHEDULE, "created_at": moment, "started_at": moment}
+    if status in SyncStatus.terminal():
+        values.update(completed_at=moment + timedelta(seconds=2), duration_ms=2000)
+    return PfaSyncLog.objects.create(organization=organization, status=status, **{**values, **fields})
+
+
+def org_row(body: str, code: str) -> str:
+    match = re.search(rf'<tr class="org-row[^"]*" data-org="{code}">.*?</tr>', body, re.S)
+    assert match, f"no row for {code}"
+    return match.group(0)
+
+
+def test_anonymous_and_non_staff_users_are_sent_to_the_login(client, django_user_model):
+    assert client.get(DASHBOARD).status_code == 302
+    user = django_user_model.objects.create_user("viewer", password="pw")
+    client.force_login(user)
+    response = client.get(DASHBOARD)
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_admin_index_links_the_dashboard(admin_client):
+    assert f'href="{DASHBOARD}"' in admin_client.get(reverse("admin:index")).content.decode()
+
+
+def test_dashboard_shows_the_worker_and_one_row_per_organization(admin_client, settings):
+    settings.SYNC_INTERVAL = "*/15 * * * *"
+    rio = configured("RIO")
+    configured("HOU")
+    PfaMirror.objects.create(organization=rio, pfa_id="PFA-1", data={}, content_hash="0" * 32)
+    run(rio, ago=timedelta(minutes=5), records_processed=250)
+    response = admin_client.get(DASHBOARD)
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert 'id="worker"' in body and "<code>*/15 * * * *</code>" in body and "0:15:00" in body
+    rio_row, hou_row = org_row(body, "RIO"), org_row(body, "HOU")
+    assert '<td class="mirror-size">1</td>' in rio_row and "Completed" in rio_row
+    assert "never" in hou_row
+    assert 'http-equiv="refresh"' not in body
+
+
+def test_a_sync_older_than_two_intervals_is_highlighted(admin_client, settings):
+    settings.SYNC_INTERVAL = "*/15 * * * *"
+    fresh, old = configured("FRESH"), configured("OLD")
+    run(fresh, ago=timedelta(minutes=20))
+    run(old, ago=timedelta(minutes=40))
+    body = admin_client.get(DASHBOARD).content.decode()
+    assert 'class="org-row" data-org="FRESH"' in body
+    assert 'class="org-row stale" data-org="OLD"' in body and "(stale)" in org_row(body, "OLD")
+
+
+def test_consecutive_failures_count_only_failures_after_the_last_success(admin_client):
+    rio, hou = configured("RIO"), configured("HOU")
+    run(rio, SyncStatus.FAILED, ago=timedelta(hours=5))
+    run(rio, ago=timedelta(hours=4))
+    run(rio, SyncStatus.FAILED, ago=timedelta(hours=3))
+    run(rio, SyncStatus.CANCELLED, ago=timedelta(hours=2))
+    run(rio, SyncStatus.FAILED, ago=timedelta(hours=1))
+    run(hou, SyncStatus.FAILED, ago=timedelta(hours=1))
+    body = admin_client.get(DASHBOARD).content.decode()
+    assert '<td class="failures failures-bad">2</td>' in org_row(body, "RIO")
+    assert '<td class="failures failures-bad">1</td>' in org_row(body, "HOU")
+
+
+def test_charts_are_inline_svg_with_values_printed(admin_client):
+    rio = configured("RIO")
+    run(rio, ago=timedelta(days=2), records_processed=1234, duration_ms=61_000)
+    run(rio, SyncStatus.FAILED, ago=timedelta(days=1), records_processed=17)
+    run(rio, ago=timedelta(days=40), records_processed=999_999)  # outside the 30 days
+    body = admin_client.get(DASHBOARD).content.decode()
+    assert body.count('<figure class="chart">') == 3  # failures per day, then records and duration for RIO
+    assert "RIO: records processed per run (every run, 30 days)" in body
+    assert ">1.2k</text>" in body and ">17</text>" in body and ">61</text>" in body
+    assert "1M" not in body
+    assert 'class="bar failed"' in body
+    assert "https://" not in body.split("<svg", 1)[1]  # nothing loaded from outside
+
+
+def test_dashboard_refreshes_itself_while_a_run_is_active(admin_client):
+    rio = configured("RIO")
+    run(rio, SyncStatus.RUNNING, records_total=250, records_processed=100)
+    body = admin_client.get(DASHBOARD).content.decode()
+    assert '<meta http-equiv="refresh" content="5">' in body
+    assert "100 of 250 records" in body
+
+
+def test_sync_now_queues_an_admin_run_and_redirects_back(admin_client, admin_user, django_capture_on_commit_callbacks):
+    rio = configured("RIO")
+    url = reverse("synclog:sync-now", args=["RIO"])
+    assert admin_client.get(url).status_code == 405
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = admin_client.post(url)
+    assert response.status_code == 302 and response["Location"] == DASHBOARD
+    sync_log = PfaSyncLog.objects.get(organization=rio)
+    assert (sync_log.status, sync_log.trigger, sync_log.triggered_by) == ("queued", "admin", admin_user)
+    assert len(callbacks) == 1
+
+    response = admin_client.post(url, follow=True)
+    warnings = [str(m) for m in get_messages(response.wsgi_request) if m.level_tag == "warning"]
+    assert len(warnings) == 1 and str(sync_log.id) in warnings[0]
+    assert str(sync_log.id) in response.content.decode()
+
+
+def test_sync_now_needs_a_csrf_token(client, admin_user):
+    configured("RIO")
+    client.handler.enforce_csrf_checks = True
+    client.force_login(admin_user)
+    assert client.post(reverse("synclog:sync-now", args=["RIO"])).status_code == 403
+    assert not PfaSyncLog.objects.exists()
+    assert 'name="csrfmiddlewaretoken"' in client.get(DASHBOARD).content.decode()
+
+
+def test_interval_length_is_the_gap_between_the_next_two_fire_times():
+    moment = datetime(2025, 1, 1, 10, 7, tzinfo=UTC)
+    assert interval_length("*/15 * * * *", now=moment) == timedelta(minutes=15)
+    assert interval_length("0 2 * * *", now=moment) == timedelta(days=1)
+
+
+def test_bar_chart_scales_to_the_largest_value():
+    chart = bar_chart(title="t", y_label="y", x_label="x", points=[("a", 50, False), ("b", 100, True)])
+    assert [bar.height for bar in chart.bars] == [chart.plot_height / 2, chart.plot_height]
+    assert chart.y_max_label == "100" and chart.bars[1].failed
+    assert compact_number(1_500_000) == "1.5M" and compact_number(12.0) == "12"
