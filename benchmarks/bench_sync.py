@@ -56,8 +56,13 @@ def run_child(records: int, port: int) -> dict:
 
     call_command("migrate", verbosity=0)
     organization_register(
-        code="BENCH", name="Benchmark", base_url=f"http://127.0.0.1:{port}", tenant="PEMS_DEMO",
-        username="pfasync", secret="pfasync-demo", time_zone="America/Chicago",
+        code="BENCH",
+        name="Benchmark",
+        base_url=f"http://127.0.0.1:{port}",
+        tenant="PEMS_DEMO",
+        username="pfasync",
+        secret="pfasync-demo",
+        time_zone="America/Chicago",
     )
     organization = Organization.objects.get(code="BENCH")
     result = {"records": records}
@@ -82,13 +87,21 @@ def run_child(records: int, port: int) -> dict:
 def measure(records: int, database_url: str) -> dict:
     recreate_database(database_url)
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY", "bench"),
-           "PFASYNC_ENCRYPTION_KEY": os.environ.get("PFASYNC_ENCRYPTION_KEY",
-                                                    "8m9BF-yBlDUoFTQEgHhWlyx8aQSeg2GqkJHpWZ-B0Ig="),
-           "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY", "bench"),
+        "PFASYNC_ENCRYPTION_KEY": os.environ.get(
+            "PFASYNC_ENCRYPTION_KEY", "8m9BF-yBlDUoFTQEgHhWlyx8aQSeg2GqkJHpWZ-B0Ig="
+        ),
+        "LOG_LEVEL": "WARNING",
+    }
     simulator = subprocess.Popen(
         [sys.executable, "manage.py", "pems_simulator", "--port", str(port), "--orgs", f"BENCH={records}"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         for _ in range(600):
@@ -99,7 +112,11 @@ def measure(records: int, database_url: str) -> dict:
                 time.sleep(0.2)
         child = subprocess.run(
             [sys.executable, __file__, "--child", "--port", str(port), "--records", str(records)],
-            cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if child.returncode != 0:
             raise SystemExit(f"sync of {records} records failed:\n{child.stderr}")
@@ -121,14 +138,20 @@ def main() -> None:
         return
     database_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
     results = [measure(records, database_url) for records in args.records]
-    print(f"{'records':>10} {'first load rows/s':>18} {'re-sync rows/s':>15} {'re-sync speed-up':>17} {'peak RSS MB':>12}")
+    print(
+        f"{'records':>10} {'first load rows/s':>18} {'re-sync rows/s':>15} {'re-sync speed-up':>17} {'peak RSS MB':>12}"
+    )
     for r in results:
         first, again = r["first_load"], r["resync_unchanged"]
-        print(f"{r['records']:>10,} {first['rows_per_second']:>18,} {again['rows_per_second']:>15,} "
-              f"{again['rows_per_second'] / first['rows_per_second']:>16.2f}x {r['peak_rss_mb']:>12}")
+        print(
+            f"{r['records']:>10,} {first['rows_per_second']:>18,} {again['rows_per_second']:>15,} "
+            f"{again['rows_per_second'] / first['rows_per_second']:>16.2f}x {r['peak_rss_mb']:>12}"
+        )
     if len(results) > 1:
-        print(f"peak memory ratio {results[-1]['records']:,} vs {results[0]['records']:,} records: "
-              f"{results[-1]['peak_rss_mb'] / results[0]['peak_rss_mb']:.2f}x")
+        print(
+            f"peak memory ratio {results[-1]['records']:,} vs {results[0]['records']:,} records: "
+            f"{results[-1]['peak_rss_mb'] / results[0]['peak_rss_mb']:.2f}x"
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {args.output.relative_to(ROOT)}")

@@ -201,9 +201,7 @@ class PfaMirror(models.Model):
         ]
         indexes = [
             # The front end's list: organization + category + forecast window, newest first.
-            models.Index(
-                fields=["organization", "category", "-forecast_start_date"], name="pfa_mirror_org_cat_fcst"
-            ),
+            models.Index(fields=["organization", "category", "-forecast_start_date"], name="pfa_mirror_org_cat_fcst"),
             models.Index(fields=["organization", "source"], name="pfa_mirror_org_source"),
             models.Index(fields=["organization", "dor"], name="pfa_mirror_org_dor"),
             models.Index(fields=["organization", "pems_last_modified"], name="pfa_mirror_org_lastmod"),

@@ -172,9 +172,7 @@ class PemsSettings:
         try:
             ZoneInfo(self.time_zone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ImproperlyConfigured(
-                f"PEMS time_zone {self.time_zone!r} is not an IANA zone name."
-            ) from None
+            raise ImproperlyConfigured(f"PEMS time_zone {self.time_zone!r} is not an IANA zone name.") from None
 
     @property
     def zone(self) -> ZoneInfo:
@@ -376,16 +374,12 @@ class PemsClient:
         if self.settings.auth_type == "api_key":
             headers["X-API-KEY"] = self.settings.secret
         else:
-            token = base64.b64encode(f"{self.settings.username}:{self.settings.secret}".encode()).decode(
-                "ascii"
-            )
+            token = base64.b64encode(f"{self.settings.username}:{self.settings.secret}".encode()).decode("ascii")
             headers["Authorization"] = f"Basic {token}"
         headers["keepsession"] = "true"
         return headers
 
-    def _send(
-        self, method: str, path: str, body: dict[str, Any] | None = None
-    ) -> tuple[dict, requests.Response]:
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[dict, requests.Response]:
         """One PEMS call with session renewal and retries; returns the JSON object and the response."""
         url = f"{self._root}/{path}"
         data = orjson.dumps(body) if body is not None else None
@@ -397,9 +391,7 @@ class PemsClient:
             status: int | None = None
             retry_after: float | None = None
             try:
-                response = self._http.request(
-                    method, url, headers=self._headers(), data=data, timeout=timeout
-                )
+                response = self._http.request(method, url, headers=self._headers(), data=data, timeout=timeout)
                 content = response.content
             except _NETWORK_ERRORS as exc:
                 failure = self._scrub(_describe_network_error(exc, self.settings.read_timeout))
@@ -627,12 +619,7 @@ def _grid_rows(result_data: dict) -> tuple[list[dict[str, str]], int | None]:
         for row in _as_list(data.get("ROW") if isinstance(data, dict) else None):
             if not isinstance(row, dict):
                 raise PemsProtocolError("a GRID.DATA.ROW entry is not an object")
-            rows.append(
-                {
-                    _text(cell.get("ALIAS_NAME")): _text(cell.get("VALUE"))
-                    for cell in _as_list(row.get("CELL"))
-                }
-            )
+            rows.append({_text(cell.get("ALIAS_NAME")): _text(cell.get("VALUE")) for cell in _as_list(row.get("CELL"))})
         metadata = grid.get("METADATA") if isinstance(grid.get("METADATA"), dict) else {}
         if metadata.get("MORERECORDPRESENT") != "+":
             return rows, None
@@ -696,9 +683,7 @@ def content_hash(raw: dict[str, str]) -> str:
     return hashlib.blake2b(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
 
 
-def parse_pfa_row(
-    raw: dict[str, str], *, time_zone: ZoneInfo, organization_code: str | None = None
-) -> PfaRecord:
+def parse_pfa_row(raw: dict[str, str], *, time_zone: ZoneInfo, organization_code: str | None = None) -> PfaRecord:
     """Type one raw grid row; raises PfaRowError naming the first bad column."""
     pfa_id = (raw.get("pfs_id") or "").strip()
     if not pfa_id:

@@ -19,8 +19,7 @@ def _cipher_for(keys: tuple[str, ...]) -> MultiFernet:
             fernets.append(Fernet(key.strip().encode()))
         except (ValueError, TypeError):
             raise ImproperlyConfigured(
-                f"PFASYNC_ENCRYPTION_KEY entry {position} is not a valid Fernet key "
-                "(32 url-safe base64-encoded bytes)."
+                f"PFASYNC_ENCRYPTION_KEY entry {position} is not a valid Fernet key (32 url-safe base64-encoded bytes)."
             ) from None
     return MultiFernet(fernets)
 

@@ -5,9 +5,57 @@ from dataclasses import dataclass, replace
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
+from django.db.models import QuerySet
 
 from mirror.models import ApiConfiguration, Organization
 from mirror.pems import PemsClient, organization_filter
+
+
+def organizations_visible_to(user) -> QuerySet[Organization]:
+    """The organizations `user` may see and act on: their memberships, or every one for staff."""
+    if not user.is_authenticated:
+        return Organization.objects.none()
+    if user.is_staff:
+        return Organization.objects.all()
+    return Organization.objects.filter(members=user)
+
+
+def _apply_and_save(instance, fields: dict) -> None:
+    for name, value in fields.items():
+        setattr(instance, name, value)
+    instance.full_clean()
+    instance.save()
+
+
+@transaction.atomic
+def organization_create(*, code: str, name: str, is_active: bool = True, sync_enabled: bool = True) -> Organization:
+    """Create an organization (its PEMS connection is added separately); validates like the admin."""
+    organization = Organization()
+    _apply_and_save(
+        organization, {"code": code.strip().upper(), "name": name, "is_active": is_active, "sync_enabled": sync_enabled}
+    )
+    return organization
+
+
+@transaction.atomic
+def organization_update(*, organization: Organization, **fields) -> Organization:
+    """Change an organization's `code`, `name`, `is_active` or `sync_enabled`; validates first."""
+    if "code" in fields:
+        fields["code"] = fields["code"].strip().upper()
+    _apply_and_save(organization, fields)
+    return organization
+
+
+@transaction.atomic
+def read_connection_put(*, organization: Organization, secret: str = "", **fields) -> ApiConfiguration:
+    """Create or change the organization's PEMS read connection; a blank `secret` keeps the stored one."""
+    configuration = ApiConfiguration.objects.select_for_update().filter(
+        organization=organization, usage=ApiConfiguration.Usage.READ
+    ).first() or ApiConfiguration(organization=organization, usage=ApiConfiguration.Usage.READ)
+    if secret:
+        configuration.set_secret(secret)
+    _apply_and_save(configuration, fields)
+    return configuration
 
 
 @transaction.atomic
@@ -27,19 +75,18 @@ def organization_register(
 ) -> tuple[Organization, bool]:
     """Create or update an organization and its read connection; returns (organization, created)."""
     organization, created = Organization.objects.update_or_create(code=code.upper(), defaults={"name": name})
-    configuration = ApiConfiguration.objects.filter(organization=organization, usage="read").first()
-    configuration = configuration or ApiConfiguration(organization=organization, usage="read")
-    configuration.base_url = base_url
-    configuration.tenant = tenant
-    configuration.username = username
-    configuration.auth_type = auth_type
-    configuration.endpoint = endpoint
-    configuration.time_zone = time_zone
-    configuration.page_size = page_size
-    configuration.pems_organization_code = pems_organization_code
-    configuration.set_secret(secret)
-    configuration.full_clean()
-    configuration.save()
+    read_connection_put(
+        organization=organization,
+        secret=secret,
+        base_url=base_url,
+        tenant=tenant,
+        username=username,
+        auth_type=auth_type,
+        endpoint=endpoint,
+        time_zone=time_zone,
+        page_size=page_size,
+        pems_organization_code=pems_organization_code,
+    )
     return organization, created
 
 

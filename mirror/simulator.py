@@ -1159,11 +1159,11 @@ def _validate_value(alias: str, value: Any) -> str:
 _ROW_TEMPLATE_A = (
     '{"DATAFIELD":['
     + ",".join(
-        '{"FIELDNAME":"%s","FIELDVALUE":"%%s","DATATYPE":"%s"}' % (alias, column_type) for alias, column_type in COLUMNS
+        f'{{"FIELDNAME":"{alias}","FIELDVALUE":"%s","DATATYPE":"{column_type}"}}' for alias, column_type in COLUMNS
     )
     + "]}"
 )
-_ROW_TEMPLATE_B = '{"CELL":[' + ",".join('{"ALIAS_NAME":"%s","VALUE":"%%s"}' % alias for alias in ALIASES) + "]}"
+_ROW_TEMPLATE_B = '{"CELL":[' + ",".join(f'{{"ALIAS_NAME":"{alias}","VALUE":"%s"}}' for alias in ALIASES) + "]}"
 _NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
 
 

@@ -95,9 +95,7 @@ def _upsert_batch_postgresql(organization_id: UUID, batch: Sequence[PfaRecord], 
     # %b: psycopg dumps the arrays in binary, far cheaper than quoting every element as text.
     casts = [f"%b::{'text' if f.name == 'data' else f.db_type(connection)}[]" for f in RECORD_FIELDS]
     aliases = ", ".join(f"c{i}" for i in range(len(RECORD_FIELDS)))
-    selected = ", ".join(
-        f"c{i}::jsonb" if f.name == "data" else f"c{i}" for i, f in enumerate(RECORD_FIELDS)
-    )
+    selected = ", ".join(f"c{i}::jsonb" if f.name == "data" else f"c{i}" for i, f in enumerate(RECORD_FIELDS))
     sql = (
         f"INSERT INTO {_quoted(PfaMirror._meta.db_table)} ({_insert_columns()}) "
         f"SELECT %s, {selected}, 1, %s, %s FROM unnest({', '.join(casts)}) AS s({aliases}) "

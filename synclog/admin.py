@@ -8,14 +8,13 @@ import json
 import uuid
 
 from django.contrib import admin, messages
-from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.utils.html import format_html
 
 from mirror.models import Organization, PfaMirror
-from synclog.engine import sync_start
+from synclog.engine import SyncAlreadyRunning, sync_start
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
 
 STATUS_COLOURS = {
@@ -113,15 +112,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Sync now")
     def sync_now(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
-        try:
-            batch = sync_start(
-                organizations=list(queryset),
-                trigger=PfaSyncLog.Trigger.ADMIN,
-                triggered_by=request.user,
-            )
-        except ImproperlyConfigured as error:
-            self.message_user(request, str(error), messages.ERROR)
-            return
+        batch = sync_start(organizations=list(queryset), trigger=PfaSyncLog.Trigger.ADMIN, triggered_by=request.user)
         for sync_log in batch.queued:
             self.message_user(
                 request,
@@ -129,7 +120,8 @@ class OrganizationAdmin(admin.ModelAdmin):
                 messages.SUCCESS,
             )
         for refusal in batch.refused:
-            self.message_user(request, str(refusal), messages.WARNING)
+            level = messages.WARNING if isinstance(refusal, SyncAlreadyRunning) else messages.ERROR
+            self.message_user(request, str(refusal), level)
 
     @admin.action(description="Enable scheduled sync")
     def enable_sync(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:

@@ -27,17 +27,28 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[PfaSyncLog], None]
 
 
-class SyncAlreadyRunning(Exception):
+class SyncRefused(Exception):
+    """A sync of `organization` cannot be started; str() says why in words for ops."""
+
+    def __init__(self, organization: Organization, message: str):
+        self.organization = organization
+        super().__init__(message)
+
+
+class SyncAlreadyRunning(SyncRefused):
     """The organization already has a queued or running read sync."""
 
     def __init__(self, organization: Organization, active_log: PfaSyncLog | None):
-        self.organization = organization
         self.active_log = active_log
         if active_log is None:
             detail = "another run holds it"
         else:
             detail = f"run {active_log.id} (batch {active_log.batch_id}) is {active_log.status}"
-        super().__init__(f"A sync is already running for organization {organization.code}: {detail}.")
+        super().__init__(organization, f"A sync is already running for organization {organization.code}: {detail}.")
+
+
+class SyncNotConfigured(SyncRefused):
+    """The organization has no PEMS read connection (and there is no default one)."""
 
 
 def sync_claim(
@@ -48,12 +59,16 @@ def sync_claim(
     triggered_by=None,
     batch_id: uuid.UUID | None = None,
 ) -> PfaSyncLog:
-    """Create the organization's `queued` run, or raise SyncAlreadyRunning naming the active one.
+    """Create the organization's `queued` run, or raise SyncAlreadyRunning naming the active one
+    (or SyncNotConfigured when it has no PEMS connection).
 
     The partial unique index on `pfa_sync_log` is the lock: of two concurrent claims, the
     database lets exactly one insert through.
     """
-    configuration = read_configuration_for(organization)
+    try:
+        configuration = read_configuration_for(organization)
+    except ImproperlyConfigured as error:
+        raise SyncNotConfigured(organization, str(error)) from None
     try:
         with transaction.atomic():
             return PfaSyncLog.objects.create(
@@ -122,8 +137,12 @@ def sync_run(
                 on_progress(sync_log)
             if stop is not None and stop.is_set():
                 sync_log.finish(SyncStatus.CANCELLED, error_message="Stopped on request at a page boundary.")
-                logger.info("Sync %s of %s cancelled after %d records", sync_log.id, organization.code,
-                            sync_log.records_processed)
+                logger.info(
+                    "Sync %s of %s cancelled after %d records",
+                    sync_log.id,
+                    organization.code,
+                    sync_log.records_processed,
+                )
                 return sync_log
     except PemsError as error:
         fail_run(sync_log, str(error), error)
@@ -141,8 +160,14 @@ def sync_run(
         )
     logger.info(
         "Sync %s of %s completed: %d processed, %d inserted, %d updated, %d unchanged, %d errored in %d ms",
-        sync_log.id, organization.code, sync_log.records_processed, sync_log.records_inserted,
-        sync_log.records_updated, sync_log.records_unchanged, sync_log.records_errored, sync_log.duration_ms,
+        sync_log.id,
+        organization.code,
+        sync_log.records_processed,
+        sync_log.records_inserted,
+        sync_log.records_updated,
+        sync_log.records_unchanged,
+        sync_log.records_errored,
+        sync_log.duration_ms,
     )
     return sync_log
 
@@ -209,8 +234,8 @@ def sync_organizations(
                 triggered_by=triggered_by,
                 batch_id=batch_id,
             )
-        except (SyncAlreadyRunning, ImproperlyConfigured) as error:
-            outcomes.append(SyncOutcome(organization, None, str(error)))
+        except SyncRefused as refusal:
+            outcomes.append(SyncOutcome(organization, None, str(refusal)))
             continue
         try:
             client = client_factory(organization)
@@ -235,7 +260,7 @@ class SyncBatch:
 
     batch_id: uuid.UUID
     queued: list[PfaSyncLog]
-    refused: list[SyncAlreadyRunning]
+    refused: list[SyncRefused]
 
 
 def sync_start(
@@ -248,7 +273,8 @@ def sync_start(
     """Queue a background sync per organization: the `queued` run exists before this returns.
 
     Each task is enqueued only once the caller's transaction commits, so a worker never picks up
-    a run that is not visible yet. An organization already syncing is refused, not queued twice.
+    a run that is not visible yet. An organization already syncing, or without a PEMS connection,
+    is refused (listed in `refused`), not queued.
     """
     from django_q.tasks import async_task
 
@@ -262,13 +288,16 @@ def sync_start(
                 triggered_by=triggered_by,
                 batch_id=batch.batch_id,
             )
-        except SyncAlreadyRunning as refusal:
+        except SyncRefused as refusal:
             batch.refused.append(refusal)
             continue
         batch.queued.append(sync_log)
+        # robust: a broker error (or, in django-q2's sync mode, a failing sync) must not turn the
+        # already committed trigger into an error; the run itself records what happened.
         transaction.on_commit(
             lambda log_id=str(sync_log.id), code=organization.code: async_task(
                 "synclog.tasks.sync_execute", log_id, task_name=f"sync {code} {log_id}", group="pfasync-sync"
-            )
+            ),
+            robust=True,
         )
     return batch

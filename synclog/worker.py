@@ -125,10 +125,7 @@ def sync_tick() -> str:
     batch = sync_start(organizations=scheduled_organizations(), trigger=PfaSyncLog.Trigger.SCHEDULE)
     for refusal in batch.refused:
         logger.info("Scheduled sync of %s skipped: %s", refusal.organization.code, refusal)
-    return (
-        f"queued {len(batch.queued)}, skipped {len(batch.refused)} still running, "
-        f"expired {len(expired)} lost run(s)"
-    )
+    return f"queued {len(batch.queued)}, skipped {len(batch.refused)} still running, expired {len(expired)} lost run(s)"
 
 
 def sync_execute_queued(sync_log_id: str) -> str:

@@ -149,9 +149,7 @@ def test_parse_row_with_only_an_id_gives_empty_strings_and_nulls():
 
 
 def test_empty_strings_in_typed_columns_are_null():
-    raw = full_row(
-        pfs_recordid="", pfs_lastmodified="", pfs_f_rental="", pfs_p_startdate="", pfs_f_actualized=""
-    )
+    raw = full_row(pfs_recordid="", pfs_lastmodified="", pfs_f_rental="", pfs_p_startdate="", pfs_f_actualized="")
     record = parse_pfa_row(raw, time_zone=UTC_ZONE)
     assert record.pems_record_id is None
     assert record.pems_last_modified is None
@@ -160,9 +158,7 @@ def test_empty_strings_in_typed_columns_are_null():
     assert record.is_actualized is False
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"), [("-1", True), ("Y", True), ("0", False), ("N", False), ("", False)]
-)
+@pytest.mark.parametrize(("value", "expected"), [("-1", True), ("Y", True), ("0", False), ("N", False), ("", False)])
 def test_check_box_values(value, expected):
     record = parse_pfa_row(full_row(pfs_f_discontinued=value), time_zone=UTC_ZONE)
     assert record.is_discontinued is expected
@@ -270,18 +266,14 @@ def test_content_hash_is_stable_under_key_order_and_changes_with_values():
 def test_filters():
     assert organization_filter("RIO") == GridFilter("pfs_a_org", "=", "RIO")
     since = datetime(2025, 1, 15, 14, 0, 59, tzinfo=UTC)
-    assert modified_since_filter(since, time_zone=CHICAGO) == GridFilter(
-        "pfs_lastmodified", ">=", "01/15/2025 08:00"
-    )
+    assert modified_since_filter(since, time_zone=CHICAGO) == GridFilter("pfs_lastmodified", ">=", "01/15/2025 08:00")
 
 
 # --- settings -----------------------------------------------------------------------------------
 
 
 def test_settings_repr_hides_the_secret():
-    settings = PemsSettings(
-        base_url="http://x", tenant="T", organization="RIO", username="u", secret="s3cr3t-pw"
-    )
+    settings = PemsSettings(base_url="http://x", tenant="T", organization="RIO", username="u", secret="s3cr3t-pw")
     assert "s3cr3t-pw" not in repr(settings)
     assert "s3cr3t-pw" not in repr(PemsClient(settings))
 
@@ -691,9 +683,7 @@ def test_secret_never_appears_in_logs_or_errors(sim, make_client, caplog):
         with pytest.raises(PemsRequestError) as bad:
             list(client.iter_pages([GridFilter("pfs_a_org", "EQUALS", "RIO")]))
         texts.append(str(bad.value))
-    session_ids = {
-        r["headers"]["sessionid"] for r in logged_requests(sim, 1) if r["headers"].get("sessionid")
-    }
+    session_ids = {r["headers"]["sessionid"] for r in logged_requests(sim, 1) if r["headers"].get("sessionid")}
     assert len(caplog.records) >= 6  # the retries above were logged
     for text in [caplog.text, *texts, repr(client.settings), repr(client)]:
         assert secret not in text
@@ -831,9 +821,7 @@ def test_unknown_200_shape_is_a_protocol_error(sleeps, answer):
 
 def test_second_session_expiry_in_a_row_is_an_error(sleeps):
     expired = {
-        "ErrorAlert": [
-            {"Name": "com.dstm.mp.businessprocess.NoSessionException", "Message": "Session expired"}
-        ],
+        "ErrorAlert": [{"Name": "com.dstm.mp.businessprocess.NoSessionException", "Message": "Session expired"}],
         "Result": None,
     }
     with StubServer([(400, expired), (400, expired), (200, shape_a(["A"], None))]) as stub:

@@ -15,8 +15,19 @@ pytestmark = pytest.mark.django_db
 def register(monkeypatch, *extra, code="RIO", secret="s3cret-Value-123"):
     monkeypatch.setenv("TEST_PEMS_SECRET", secret)
     call_command(
-        "add_organization", code, "--name", "Rio Grande", "--pems-url", "http://127.0.0.1:8900",
-        "--tenant", "PEMS_DEMO", "--username", "pfasync", "--password-env", "TEST_PEMS_SECRET", *extra,
+        "add_organization",
+        code,
+        "--name",
+        "Rio Grande",
+        "--pems-url",
+        "http://127.0.0.1:8900",
+        "--tenant",
+        "PEMS_DEMO",
+        "--username",
+        "pfasync",
+        "--password-env",
+        "TEST_PEMS_SECRET",
+        *extra,
     )
     return ApiConfiguration.objects.get(organization__code=code)
 
@@ -26,7 +37,11 @@ def test_add_organization_stores_the_secret_encrypted(monkeypatch, capsys):
     assert "Created organization RIO" in capsys.readouterr().out
     assert "s3cret-Value-123" not in configuration.secret
     assert configuration.get_secret() == "s3cret-Value-123"
-    assert (configuration.endpoint, configuration.time_zone, configuration.usage) == ("griddata", "America/Chicago", "read")
+    assert (configuration.endpoint, configuration.time_zone, configuration.usage) == (
+        "griddata",
+        "America/Chicago",
+        "read",
+    )
     assert "s3cret" not in repr(configuration.pems_settings(configuration.organization))
 
 
@@ -40,8 +55,20 @@ def test_add_organization_updates_instead_of_duplicating(monkeypatch, capsys):
 def test_add_organization_refuses_bad_input_naming_it(monkeypatch):
     monkeypatch.delenv("NO_SUCH_VAR", raising=False)
     with pytest.raises(CommandError, match="NO_SUCH_VAR is not set"):
-        call_command("add_organization", "RIO", "--name", "x", "--pems-url", "http://h", "--tenant", "T",
-                     "--username", "u", "--password-env", "NO_SUCH_VAR")
+        call_command(
+            "add_organization",
+            "RIO",
+            "--name",
+            "x",
+            "--pems-url",
+            "http://h",
+            "--tenant",
+            "T",
+            "--username",
+            "u",
+            "--password-env",
+            "NO_SUCH_VAR",
+        )
     with pytest.raises(CommandError, match="time_zone"):
         register(monkeypatch, "--timezone", "Mars/Olympus")
     assert not ApiConfiguration.objects.exists()

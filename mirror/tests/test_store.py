@@ -20,13 +20,31 @@ T1 = datetime(2026, 1, 2, tzinfo=UTC)
 
 def raw_row(pfa_id: str, **overrides) -> dict[str, str]:
     row = {
-        "pfs_id": pfa_id, "pfs_a_org": "RIO", "pfs_recordid": "3", "pfs_lastmodified": "03/08/2026 02:30",
-        "pfs_f_area": "SILO-2", "pfs_f_category": "CRANE", "pfs_f_catdesc": "Cranes", "pfs_f_class": "CR-50",
-        "pfs_f_source": "Rental", "pfs_f_dor": "PROJECT", "pfs_f_rental": "12,500.50", "pfs_f_purchase": "",
-        "pfs_f_manufacturer": "Liebherr", "pfs_f_model": "LTM 1050", "pfs_p_projcode": "P-100",
-        "pfs_equipment_tag": "EQ-1", "pfs_p_startdate": "01/15/2026", "pfs_p_enddate": "06/30/2026",
-        "pfs_f_startdate": "02/01/2026", "pfs_f_enddate": "07/31/2026", "pfs_a_startdate": "",
-        "pfs_a_enddate": "", "pfs_f_actualized": "-1", "pfs_f_discontinued": "0", "pfs_f_fundstrans": "N",
+        "pfs_id": pfa_id,
+        "pfs_a_org": "RIO",
+        "pfs_recordid": "3",
+        "pfs_lastmodified": "03/08/2026 02:30",
+        "pfs_f_area": "SILO-2",
+        "pfs_f_category": "CRANE",
+        "pfs_f_catdesc": "Cranes",
+        "pfs_f_class": "CR-50",
+        "pfs_f_source": "Rental",
+        "pfs_f_dor": "PROJECT",
+        "pfs_f_rental": "12,500.50",
+        "pfs_f_purchase": "",
+        "pfs_f_manufacturer": "Liebherr",
+        "pfs_f_model": "LTM 1050",
+        "pfs_p_projcode": "P-100",
+        "pfs_equipment_tag": "EQ-1",
+        "pfs_p_startdate": "01/15/2026",
+        "pfs_p_enddate": "06/30/2026",
+        "pfs_f_startdate": "02/01/2026",
+        "pfs_f_enddate": "07/31/2026",
+        "pfs_a_startdate": "",
+        "pfs_a_enddate": "",
+        "pfs_f_actualized": "-1",
+        "pfs_f_discontinued": "0",
+        "pfs_f_fundstrans": "N",
         "pfs_udf_costcode": "CC-9",
     }
     row.update(overrides)
@@ -76,7 +94,10 @@ def test_changed_row_is_updated_and_its_version_grows():
     assert (counts.inserted, counts.updated, counts.unchanged) == (1, 1, 1)
     changed = PfaMirror.objects.get(pfa_id="PFA-1")
     assert (changed.version, changed.monthly_rate, changed.first_synced_at, changed.last_synced_at) == (
-        2, Decimal("9000"), T0, T1,
+        2,
+        Decimal("9000"),
+        T0,
+        T1,
     )
     assert PfaMirror.objects.get(pfa_id="PFA-2").version == 1
 

@@ -70,6 +70,7 @@ def inline_tasks(monkeypatch):
 def test_sync_now_from_the_dashboard_runs_to_completion(
     browser, live_server, pems_server, inline_tasks, django_user_model
 ):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -97,7 +98,10 @@ def test_sync_now_from_the_dashboard_runs_to_completion(
         driver.refresh()  # the page also refreshes itself every 5 s while a run is active
         return False
 
-    WebDriverWait(browser, 120, poll_frequency=1).until(rio_completed)
+    # The page may reload itself between finding the row and reading it.
+    WebDriverWait(
+        browser, 120, poll_frequency=1, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)
+    ).until(rio_completed)
     sync_log = PfaSyncLog.objects.get(organization__code="RIO")
     assert (sync_log.status, sync_log.trigger, sync_log.records_inserted) == (SyncStatus.COMPLETED, "admin", 250)
     body = browser.find_element(By.TAG_NAME, "body").text

@@ -21,8 +21,12 @@ class Command(BaseCommand):
         parser.add_argument("--pems-url", required=True, help="PEMS base URL, e.g. https://eam.example.com")
         parser.add_argument("--tenant", required=True)
         parser.add_argument("--username", default="")
-        parser.add_argument("--password-env", required=True, metavar="VAR",
-                            help="environment variable holding the password (or API key)")
+        parser.add_argument(
+            "--password-env",
+            required=True,
+            metavar="VAR",
+            help="environment variable holding the password (or API key)",
+        )
         parser.add_argument("--auth", choices=ApiConfiguration.AuthType.values, default="basic")
         parser.add_argument("--endpoint", choices=ApiConfiguration.Endpoint.values, default="grids")
         parser.add_argument("--timezone", default="UTC", help="the tenant's IANA time zone")

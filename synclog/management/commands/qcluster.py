@@ -42,8 +42,10 @@ class Command(DjangoQClusterCommand):
             if stopping.is_set():
                 return
             stopping.set()
-            logger.info("Background sync worker stopping (%s): running syncs stop at their next page",
-                        signal.Signals(signum).name)
+            logger.info(
+                "Background sync worker stopping (%s): running syncs stop at their next page",
+                signal.Signals(signum).name,
+            )
             threading.Thread(target=lambda: (shutdown.set(), cluster.stop()), daemon=True).start()
 
         signal.signal(signal.SIGTERM, stop)

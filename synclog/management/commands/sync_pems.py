@@ -20,10 +20,16 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--org", action="append", dest="orgs", metavar="CODE",
-                            help="organization code; repeat for several (default: all active)")
-        parser.add_argument("--full", action="store_true",
-                            help="full read of every record (the only mode until incremental sync lands)")
+        parser.add_argument(
+            "--org",
+            action="append",
+            dest="orgs",
+            metavar="CODE",
+            help="organization code; repeat for several (default: all active)",
+        )
+        parser.add_argument(
+            "--full", action="store_true", help="full read of every record (the only mode until incremental sync lands)"
+        )
 
     def handle(self, *args, **options):
         organizations = self._organizations(options["orgs"])
@@ -77,16 +83,27 @@ class Command(BaseCommand):
             if log is None:
                 rows.append((outcome.organization.code, "skipped", "", "", "", "", "", "", ""))
                 continue
-            rows.append((
-                outcome.organization.code, log.status, _n(log.records_total), _n(log.records_processed),
-                _n(log.records_inserted), _n(log.records_updated), _n(log.records_unchanged),
-                _n(log.records_errored), f"{(log.duration_ms or 0) / 1000:.1f}s",
-            ))
+            rows.append(
+                (
+                    outcome.organization.code,
+                    log.status,
+                    _n(log.records_total),
+                    _n(log.records_processed),
+                    _n(log.records_inserted),
+                    _n(log.records_updated),
+                    _n(log.records_unchanged),
+                    _n(log.records_errored),
+                    f"{(log.duration_ms or 0) / 1000:.1f}s",
+                )
+            )
         widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
         self.stdout.write("")
         for index, row in enumerate(rows):
-            self.stdout.write("  ".join(str(cell).rjust(w) if i > 1 else str(cell).ljust(w)
-                                        for i, (cell, w) in enumerate(zip(row, widths))))
+            self.stdout.write(
+                "  ".join(
+                    str(cell).rjust(w) if i > 1 else str(cell).ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
+                )
+            )
             if index == 0:
                 self.stdout.write("  ".join("-" * w for w in widths))
         for outcome in outcomes:
@@ -120,8 +137,10 @@ class _ProgressLine:
         total = sync_log.records_total or 0
         done = min(sync_log.records_processed / total, 1.0) if total else 0.0
         bar = "#" * int(done * 30)
-        line = (f"{sync_log.organization.code:<8} [{bar:<30}] {sync_log.records_processed:>10,}/{total:,} "
-                f"{done:6.1%}  {rate:,.0f} rec/s")
+        line = (
+            f"{sync_log.organization.code:<8} [{bar:<30}] {sync_log.records_processed:>10,}/{total:,} "
+            f"{done:6.1%}  {rate:,.0f} rec/s"
+        )
         if self.interactive:
             self.stream.write("\r" + line, ending="")
             self.stream.flush()

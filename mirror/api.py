@@ -1,0 +1,254 @@
+"""REST API of the mirror: organizations and their PEMS read connection.
+
+Who sees what: a user sees the organizations they are a member of, staff see every one. An
+organization out of reach answers 404 (no leaking which codes exist); a visible one the user may
+not change answers 403. The connection's `secret` is write-only: accepted, never returned.
+"""
+
+from uuid import UUID
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from mirror.models import ApiConfiguration, Organization, PfaMirror
+from mirror.services import organization_create, organization_update, organizations_visible_to, read_connection_put
+
+# --- Who sees what ----------------------------------------------------------------------------
+
+
+def organization_get_visible(*, user, key: str) -> Organization:
+    """The organization with UUID or code `key` among those `user` sees; NotFound otherwise."""
+    key = str(key).strip()
+    try:
+        lookup = {"pk": UUID(key)}
+    except ValueError:
+        lookup = {"code__iexact": key}
+    organization = organizations_visible_to(user).filter(**lookup).first()
+    if organization is None:
+        raise NotFound(f"Organization {key!r} not found.")
+    return organization
+
+
+def require_staff(user, action: str) -> None:
+    if not user.is_staff:
+        raise PermissionDenied(f"Only staff may {action}.")
+
+
+def raise_model_errors(error: DjangoValidationError, serializer: serializers.Serializer) -> None:
+    """Re-raise a model's full_clean() error as a 400 naming the API's (camelCase) fields."""
+    api_name = {field.source: name for name, field in serializer.fields.items()}
+    raise ValidationError(
+        {api_name.get(field, "nonFieldErrors"): messages for field, messages in error.message_dict.items()}
+    ) from None
+
+
+# --- Serializers --------------------------------------------------------------------------------
+
+
+class OrganizationCreateInputSerializer(serializers.Serializer):
+    code = serializers.CharField(max_length=32)
+    name = serializers.CharField(max_length=200)
+    isActive = serializers.BooleanField(source="is_active", default=True)
+    syncEnabled = serializers.BooleanField(source="sync_enabled", default=True)
+
+
+class OrganizationUpdateInputSerializer(serializers.Serializer):
+    code = serializers.CharField(max_length=32, required=False)
+    name = serializers.CharField(max_length=200, required=False)
+    isActive = serializers.BooleanField(source="is_active", required=False)
+    syncEnabled = serializers.BooleanField(source="sync_enabled", required=False)
+
+
+class OrganizationOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    code = serializers.CharField()
+    name = serializers.CharField()
+    isActive = serializers.BooleanField(source="is_active")
+    syncEnabled = serializers.BooleanField(source="sync_enabled")
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+
+
+class OrganizationResponseSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    organization = OrganizationOutputSerializer()
+
+
+class ConnectionInputSerializer(serializers.Serializer):
+    """A PUT: `baseUrl` and `tenant` are required; other fields left out keep their current value."""
+
+    baseUrl = serializers.URLField(source="base_url", max_length=500)
+    endpoint = serializers.ChoiceField(choices=ApiConfiguration.Endpoint.choices, required=False)
+    tenant = serializers.CharField(max_length=100)
+    pemsOrganizationCode = serializers.CharField(
+        source="pems_organization_code", max_length=32, required=False, allow_blank=True
+    )
+    authType = serializers.ChoiceField(source="auth_type", choices=ApiConfiguration.AuthType.choices, required=False)
+    username = serializers.CharField(max_length=150, required=False, allow_blank=True)
+    secret = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        help_text="Password or API key; write-only. Blank or left out keeps the stored one.",
+    )
+    gridName = serializers.CharField(source="grid_name", max_length=64, required=False)
+    gridId = serializers.CharField(source="grid_id", max_length=32, required=False)
+    pageSize = serializers.IntegerField(source="page_size", min_value=1, max_value=50_000, required=False)
+    requestTimeout = serializers.FloatField(source="request_timeout", min_value=1.0, max_value=900.0, required=False)
+    timeZone = serializers.CharField(source="time_zone", max_length=64, required=False)
+
+
+class ConnectionOutputSerializer(serializers.Serializer):
+    """The read connection as stored, without its secret (only whether one is set)."""
+
+    id = serializers.UUIDField()
+    organizationId = serializers.UUIDField(source="organization_id")
+    baseUrl = serializers.CharField(source="base_url")
+    endpoint = serializers.CharField()
+    tenant = serializers.CharField()
+    pemsOrganizationCode = serializers.CharField(source="pems_organization_code")
+    authType = serializers.CharField(source="auth_type")
+    username = serializers.CharField()
+    hasSecret = serializers.SerializerMethodField()
+    gridName = serializers.CharField(source="grid_name")
+    gridId = serializers.CharField(source="grid_id")
+    pageSize = serializers.IntegerField(source="page_size")
+    requestTimeout = serializers.FloatField(source="request_timeout")
+    timeZone = serializers.CharField(source="time_zone")
+    firstSyncAt = serializers.DateTimeField(source="first_sync_at", allow_null=True)
+    lastSyncAt = serializers.DateTimeField(source="last_sync_at", allow_null=True)
+    lastSyncRecordCount = serializers.IntegerField(source="last_sync_record_count")
+    totalSyncRecordCount = serializers.IntegerField(source="total_sync_record_count")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+
+    def get_hasSecret(self, configuration: ApiConfiguration) -> bool:  # noqa: N802 (API field name)
+        return bool(configuration.secret)
+
+
+class ConnectionResponseSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    connection = ConnectionOutputSerializer()
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error answer has this shape; validation errors add `fields` (API field -> messages)."""
+
+    success = serializers.BooleanField(default=False)
+    error = serializers.CharField(help_text="A stable code: VALIDATION_ERROR, UNAUTHORIZED, NOT_FOUND, ...")
+    message = serializers.CharField()
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
+
+
+def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
+    """Schema entries for the error answers of an operation (every one has the ErrorSerializer shape)."""
+    described = {
+        400: "Invalid input; `fields` names each invalid field.",
+        401: "Missing, invalid or expired access token.",
+        403: "Visible, but the user lacks the right to do this.",
+        404: "Unknown, or not visible to this user.",
+        409: "Conflicts with the current state.",
+    }
+    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in codes}
+
+
+# --- Views ----------------------------------------------------------------------------------------
+
+
+class OrganizationListApi(APIView):
+    """List the organizations the user sees; staff create new ones."""
+
+    output_serializer_class: type[serializers.Serializer] = OrganizationOutputSerializer
+
+    def organizations_for(self, user) -> QuerySet[Organization]:
+        """The listed queryset; the sync app's subclass annotates each organization's last run."""
+        mirror_count = (
+            PfaMirror.objects.filter(organization=OuterRef("pk"))
+            .order_by()
+            .values("organization")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        return organizations_visible_to(user).annotate(
+            mirror_record_count=Coalesce(Subquery(mirror_count, output_field=IntegerField()), 0)
+        )
+
+    def get(self, request: Request) -> Response:
+        organizations = self.organizations_for(request.user)
+        return Response({"success": True, "organizations": self.output_serializer_class(organizations, many=True).data})
+
+    @extend_schema(
+        request=OrganizationCreateInputSerializer,
+        responses={201: OrganizationResponseSerializer, **error_responses(400, 401, 403)},
+    )
+    def post(self, request: Request) -> Response:
+        require_staff(request.user, "create organizations")
+        serializer = OrganizationCreateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            organization = organization_create(**serializer.validated_data)
+        except DjangoValidationError as error:
+            raise_model_errors(error, serializer)
+        return Response(
+            {"success": True, "organization": OrganizationOutputSerializer(organization).data},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class OrganizationDetailApi(APIView):
+    """One organization (by UUID or code); staff edit it."""
+
+    @extend_schema(responses={200: OrganizationResponseSerializer, **error_responses(401, 404)})
+    def get(self, request: Request, key: str) -> Response:
+        organization = organization_get_visible(user=request.user, key=key)
+        return Response({"success": True, "organization": OrganizationOutputSerializer(organization).data})
+
+    @extend_schema(
+        request=OrganizationUpdateInputSerializer,
+        responses={200: OrganizationResponseSerializer, **error_responses(400, 401, 403, 404)},
+    )
+    def patch(self, request: Request, key: str) -> Response:
+        organization = organization_get_visible(user=request.user, key=key)
+        require_staff(request.user, "edit organizations")
+        serializer = OrganizationUpdateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            organization = organization_update(organization=organization, **serializer.validated_data)
+        except DjangoValidationError as error:
+            raise_model_errors(error, serializer)
+        return Response({"success": True, "organization": OrganizationOutputSerializer(organization).data})
+
+
+class ReadConnectionApi(APIView):
+    """The organization's PEMS read connection (staff only; the secret is write-only)."""
+
+    @extend_schema(responses={200: ConnectionResponseSerializer, **error_responses(401, 403, 404)})
+    def get(self, request: Request, key: str) -> Response:
+        organization = organization_get_visible(user=request.user, key=key)
+        require_staff(request.user, "see PEMS connections")
+        configuration = organization.api_configurations.filter(usage=ApiConfiguration.Usage.READ).first()
+        if configuration is None:
+            raise NotFound(f"Organization {organization.code} has no PEMS read connection yet.")
+        return Response({"success": True, "connection": ConnectionOutputSerializer(configuration).data})
+
+    @extend_schema(
+        request=ConnectionInputSerializer,
+        responses={200: ConnectionResponseSerializer, **error_responses(400, 401, 403, 404)},
+    )
+    def put(self, request: Request, key: str) -> Response:
+        organization = organization_get_visible(user=request.user, key=key)
+        require_staff(request.user, "change PEMS connections")
+        serializer = ConnectionInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            configuration = read_connection_put(organization=organization, **serializer.validated_data)
+        except DjangoValidationError as error:
+            raise_model_errors(error, serializer)
+        return Response({"success": True, "connection": ConnectionOutputSerializer(configuration).data})

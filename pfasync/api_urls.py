@@ -1,0 +1,24 @@
+"""REST API routes, mounted at /api/: wiring only."""
+
+from django.urls import path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from mirror import api as mirror_api
+from synclog import api as synclog_api
+
+urlpatterns = [
+    path("auth/login", synclog_api.LoginApi.as_view(), name="api-login"),
+    path("auth/refresh", synclog_api.TokenRefreshApi.as_view(), name="api-refresh"),
+    path("sync/trigger", synclog_api.SyncTriggerApi.as_view(), name="api-sync-trigger"),
+    path("sync/status", synclog_api.SyncStatusListApi.as_view(), name="api-sync-status"),
+    path("sync/status/<uuid:key>", synclog_api.SyncStatusDetailApi.as_view(), name="api-sync-status-detail"),
+    path("sync/worker-status", synclog_api.WorkerStatusApi.as_view(), name="api-worker-status"),
+    path("organizations", synclog_api.OrganizationListApi.as_view(), name="api-organizations"),
+    path("organizations/<str:key>", mirror_api.OrganizationDetailApi.as_view(), name="api-organization"),
+    path(
+        "organizations/<str:key>/connection", mirror_api.ReadConnectionApi.as_view(), name="api-organization-connection"
+    ),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    re_path(r"^", synclog_api.NotFoundApi.as_view()),
+]

@@ -1,0 +1,504 @@
+"""REST API of sync runs: log in, trigger and follow syncs, the worker's status, and the error shape.
+
+Views are thin: validate with an input serializer, call one function (`sync_start`, `worker_status`
+or a query), shape the output. Every error answers `{"success": false, "error": CODE, "message": ...}`
+through `exception_handler` (wired as REST_FRAMEWORK["EXCEPTION_HANDLER"]).
+"""
+
+import logging
+import uuid
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import transaction
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.http import Http404
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from rest_framework import exceptions, serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
+from rest_framework_simplejwt.views import TokenRefreshView
+
+from mirror import api as mirror_api
+from mirror.api import error_responses, organization_get_visible, organizations_visible_to
+from mirror.models import Organization
+from synclog.engine import SyncNotConfigured, SyncRefused, sync_start
+from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+from synclog.worker import worker_status
+
+logger = logging.getLogger(__name__)
+
+TRIGGER_PERMISSION = "synclog.trigger_sync"
+RECORDS_KEPT_ASIDE_SHOWN = 50
+
+# --- Errors -------------------------------------------------------------------------------------
+
+ERROR_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    406: "NOT_ACCEPTABLE",
+    409: "CONFLICT",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    429: "THROTTLED",
+}
+
+
+class ApiError(exceptions.APIException):
+    """An error with its own code and extra keys in the body (e.g. the active run of a 409)."""
+
+    def __init__(self, *, status_code: int, error: str, message: str, **extra):
+        super().__init__(detail=message)
+        self.status_code = status_code
+        self.error = error
+        self.extra = extra
+
+
+def exception_handler(exc: Exception, context: dict) -> Response:
+    """DRF's handler (headers, rollback), with every error answered in the one JSON shape."""
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        logger.exception("Unhandled error in %s", context.get("view").__class__.__name__, exc_info=exc)
+        return Response(
+            {"success": False, "error": "SERVER_ERROR", "message": "Internal server error."},
+            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        # DRF answers 403 on views without an authenticator (login, refresh); a bad credential is a 401.
+        response.status_code = status.HTTP_401_UNAUTHORIZED
+        response.headers.setdefault("WWW-Authenticate", 'Bearer realm="api"')
+    body = {"success": False, "error": _error_code(exc, response.status_code), "message": _message(exc.detail)}
+    if isinstance(exc, exceptions.ValidationError):
+        fields = exc.detail if isinstance(exc.detail, dict) else {"nonFieldErrors": exc.detail}
+        body["fields"] = {name: _messages(errors) for name, errors in fields.items()}
+        body["message"] = "Invalid input: " + "; ".join(f"{name}: {' '.join(m)}" for name, m in body["fields"].items())
+    if isinstance(exc, ApiError):
+        body.update(exc.extra)
+    response.data = body
+    return response
+
+
+def _error_code(exc: exceptions.APIException, status_code: int) -> str:
+    if isinstance(exc, ApiError):
+        return exc.error
+    if isinstance(exc, exceptions.ValidationError):
+        return "VALIDATION_ERROR"
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        return "UNAUTHORIZED"
+    if isinstance(exc, exceptions.ParseError):
+        return "MALFORMED_REQUEST"
+    return ERROR_CODES.get(status_code) or str(exc.default_code).upper()
+
+
+def _message(detail) -> str:
+    if isinstance(detail, dict):  # simplejwt's token errors: {"detail": ..., "code": ..., "messages": [...]}
+        return str(detail.get("detail") or next(iter(detail.values()), ""))
+    if isinstance(detail, list):
+        return " ".join(str(item) for item in detail)
+    return str(detail)
+
+
+def _messages(errors) -> list[str]:
+    if isinstance(errors, dict):  # a nested serializer's errors, flattened to "field: message"
+        return [f"{name}: {message}" for name, nested in errors.items() for message in _messages(nested)]
+    if isinstance(errors, list):
+        return [message for error in errors for message in _messages(error)]
+    return [str(errors)]
+
+
+@extend_schema(exclude=True)
+class NotFoundApi(APIView):
+    """Any other path under /api/: a JSON 404 instead of Django's HTML page."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    def dispatch(self, request, *args, **kwargs):
+        return super().dispatch(request)
+
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        raise exceptions.NotFound()
+
+    def get(self, request: Request) -> Response:
+        raise exceptions.NotFound()
+
+
+# --- Login ------------------------------------------------------------------------------------------
+
+
+class LoginInputSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(trim_whitespace=False)
+
+
+class UserOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    isStaff = serializers.BooleanField(source="is_staff")
+    isSuperuser = serializers.BooleanField(source="is_superuser")
+    canTriggerSync = serializers.SerializerMethodField()
+    organizations = serializers.SerializerMethodField(help_text="Codes of the organizations the user sees.")
+
+    def get_canTriggerSync(self, user) -> bool:  # noqa: N802 (API field name)
+        return user.has_perm(TRIGGER_PERMISSION)
+
+    def get_organizations(self, user) -> list[str]:
+        return list(organizations_visible_to(user).values_list("code", flat=True))
+
+
+class LoginOutputSerializer(serializers.Serializer):
+    access = serializers.CharField()
+    refresh = serializers.CharField()
+    user = UserOutputSerializer()
+
+
+class LoginApi(APIView):
+    """Exchange a username and password for a JWT access/refresh pair."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        request=LoginInputSerializer,
+        responses={200: LoginOutputSerializer, **error_responses(400, 401)},
+        auth=[],
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TokenObtainPairSerializer(data=request.data)  # bad credentials raise AuthenticationFailed
+        serializer.is_valid(raise_exception=True)
+        return Response({**serializer.validated_data, "user": UserOutputSerializer(serializer.user).data})
+
+
+class RefreshOutputSerializer(serializers.Serializer):
+    access = serializers.CharField()
+    refresh = serializers.CharField(required=False)
+
+
+class TokenRefreshApi(TokenRefreshView):
+    """Exchange a refresh token for a new access token."""
+
+    @extend_schema(responses={200: RefreshOutputSerializer, **error_responses(400, 401)}, auth=[])
+    def post(self, request: Request, *args, **kwargs) -> Response:
+        return super().post(request, *args, **kwargs)
+
+
+# --- Sync runs ------------------------------------------------------------------------------------
+
+
+class SyncLogOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    batchId = serializers.UUIDField(source="batch_id")
+    organizationId = serializers.UUIDField(source="organization_id")
+    organizationCode = serializers.CharField(source="organization.code")
+    organizationName = serializers.CharField(source="organization.name")
+    syncType = serializers.CharField(source="sync_type")
+    direction = serializers.CharField()
+    status = serializers.ChoiceField(choices=SyncStatus.choices)
+    trigger = serializers.CharField()
+    triggeredBy = serializers.SerializerMethodField(help_text="Username, or `system` for the schedule.")
+    recordsTotal = serializers.IntegerField(source="records_total", allow_null=True)
+    recordsProcessed = serializers.IntegerField(source="records_processed")
+    recordsInserted = serializers.IntegerField(source="records_inserted")
+    recordsUpdated = serializers.IntegerField(source="records_updated")
+    recordsUnchanged = serializers.IntegerField(source="records_unchanged")
+    recordsDeleted = serializers.IntegerField(source="records_deleted")
+    recordsErrored = serializers.IntegerField(source="records_errored")
+    createdAt = serializers.DateTimeField(source="created_at")
+    startedAt = serializers.DateTimeField(source="started_at", allow_null=True)
+    completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)
+    heartbeatAt = serializers.DateTimeField(source="heartbeat_at", allow_null=True)
+    durationMs = serializers.IntegerField(source="duration_ms", allow_null=True)
+    errorMessage = serializers.CharField(source="error_message")
+
+    def get_triggeredBy(self, sync_log: PfaSyncLog) -> str:  # noqa: N802 (API field name)
+        return sync_log.triggered_by.username if sync_log.triggered_by_id else "system"
+
+
+class RecordKeptAsideSerializer(serializers.Serializer):
+    pfaId = serializers.CharField(source="pfa_id")
+    reason = serializers.CharField()
+    rawRow = serializers.JSONField(source="raw_row")
+
+
+class SyncLogProgressSerializer(SyncLogOutputSerializer):
+    """A run with its live progress and the first rows it had to keep aside."""
+
+    progressPercent = serializers.SerializerMethodField()
+    recordsKeptAside = serializers.SerializerMethodField()
+
+    def get_progressPercent(self, sync_log: PfaSyncLog) -> float:  # noqa: N802 (API field name)
+        if sync_log.status == SyncStatus.COMPLETED:
+            return 100.0
+        if not sync_log.records_total:
+            return 0.0
+        return round(min(100.0, 100.0 * sync_log.records_processed / sync_log.records_total), 1)
+
+    @extend_schema_field(RecordKeptAsideSerializer(many=True))
+    def get_recordsKeptAside(self, sync_log: PfaSyncLog) -> list[dict]:  # noqa: N802 (API field name)
+        kept = PfaSyncRecordError.objects.filter(sync_log=sync_log).order_by("id")[:RECORDS_KEPT_ASIDE_SHOWN]
+        return RecordKeptAsideSerializer(kept, many=True).data
+
+
+class SyncTriggerInputSerializer(serializers.Serializer):
+    organizationId = serializers.CharField(
+        required=False, max_length=64, help_text="UUID or code; left out (staff only): every active organization."
+    )
+    syncType = serializers.ChoiceField(choices=PfaSyncLog.SyncType.choices, default=PfaSyncLog.SyncType.FULL)
+
+
+class SkippedOrganizationSerializer(serializers.Serializer):
+    organizationId = serializers.UUIDField()
+    organizationCode = serializers.CharField()
+    batchId = serializers.UUIDField(allow_null=True, help_text="The batch of the run already active.")
+    logId = serializers.UUIDField(allow_null=True, help_text="The run already active.")
+    message = serializers.CharField()
+
+
+class SyncTriggerOutputSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    batchId = serializers.UUIDField()
+    logId = serializers.UUIDField(required=False, help_text="The queued run (single organization).")
+    logIds = serializers.ListField(child=serializers.UUIDField())
+    skipped = SkippedOrganizationSerializer(many=True, help_text="Organizations left out: already syncing.")
+    message = serializers.CharField()
+
+
+class SyncInProgressSerializer(serializers.Serializer):
+    success = serializers.BooleanField(default=False)
+    error = serializers.CharField(default="SYNC_IN_PROGRESS")
+    message = serializers.CharField()
+    batchId = serializers.UUIDField(allow_null=True)
+    logId = serializers.UUIDField(allow_null=True)
+    organizationCode = serializers.CharField()
+
+
+def _skipped(refusal: SyncRefused) -> dict:
+    active = getattr(refusal, "active_log", None)
+    return {
+        "organizationId": str(refusal.organization.pk),
+        "organizationCode": refusal.organization.code,
+        "batchId": str(active.batch_id) if active else None,
+        "logId": str(active.pk) if active else None,
+        "message": str(refusal),
+    }
+
+
+class SyncTriggerApi(APIView):
+    """Queue a read sync: the `queued` run exists when this answers; a worker runs it."""
+
+    @extend_schema(
+        request=SyncTriggerInputSerializer,
+        responses={
+            202: SyncTriggerOutputSerializer,
+            **error_responses(400, 401, 403, 404),
+            409: OpenApiResponse(SyncInProgressSerializer, description="A sync of this organization is active."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        serializer = SyncTriggerInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        key = serializer.validated_data.get("organizationId")
+        if key:
+            organizations = [organization_get_visible(user=request.user, key=key)]
+        elif request.user.is_staff:
+            organizations = list(Organization.objects.filter(is_active=True))
+        else:
+            raise exceptions.ValidationError({"organizationId": ["This field is required."]})
+        if not request.user.has_perm(TRIGGER_PERMISSION):
+            raise exceptions.PermissionDenied("You do not have permission to start a sync.")
+        # One transaction: every run of the batch is visible before any task is enqueued.
+        with transaction.atomic():
+            batch = sync_start(
+                organizations=organizations,
+                trigger=PfaSyncLog.Trigger.API,
+                triggered_by=request.user,
+                sync_type=serializer.validated_data["syncType"],
+            )
+        skipped = [_skipped(refusal) for refusal in batch.refused]
+        if key and not batch.queued:
+            refusal = batch.refused[0]
+            if isinstance(refusal, SyncNotConfigured):
+                raise ApiError(status_code=400, error="NOT_CONFIGURED", message=str(refusal))
+            raise ApiError(
+                status_code=status.HTTP_409_CONFLICT,
+                error="SYNC_IN_PROGRESS",
+                message=skipped[0]["message"],
+                batchId=skipped[0]["batchId"],
+                logId=skipped[0]["logId"],
+                organizationCode=skipped[0]["organizationCode"],
+            )
+        body = {
+            "success": True,
+            "batchId": str(batch.batch_id),
+            "logIds": [str(sync_log.pk) for sync_log in batch.queued],
+            "skipped": skipped,
+        }
+        if key:
+            body["logId"] = body["logIds"][0]
+            body["message"] = f"Sync triggered for organization {organizations[0].code}"
+        else:
+            codes = ", ".join(sync_log.organization.code for sync_log in batch.queued) or "none"
+            body["message"] = f"Sync triggered for {len(batch.queued)} organization(s): {codes}"
+            if skipped:
+                body["message"] += f"; {len(skipped)} skipped, already syncing"
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+class SyncStatusFilterSerializer(serializers.Serializer):
+    organizationId = serializers.CharField(required=False, max_length=64, help_text="UUID or code.")
+    limit = serializers.IntegerField(min_value=1, max_value=100, default=10)
+
+
+class SyncSummarySerializer(serializers.Serializer):
+    totalSyncs = serializers.IntegerField()
+    successfulSyncs = serializers.IntegerField()
+    failedSyncs = serializers.IntegerField()
+    lastSync = serializers.DateTimeField(allow_null=True, help_text="completedAt of the newest run.")
+
+
+class SyncStatusListOutputSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    logs = SyncLogOutputSerializer(many=True)
+    summary = SyncSummarySerializer()
+
+
+def sync_logs_visible_to(user) -> QuerySet[PfaSyncLog]:
+    return PfaSyncLog.objects.filter(organization__in=organizations_visible_to(user)).select_related(
+        "organization", "triggered_by"
+    )
+
+
+class SyncStatusListApi(APIView):
+    """The newest runs of one or every visible organization, with totals over the same filter."""
+
+    @extend_schema(
+        parameters=[SyncStatusFilterSerializer],
+        operation_id="sync_status_list",
+        responses={200: SyncStatusListOutputSerializer, **error_responses(400, 401, 404)},
+    )
+    def get(self, request: Request) -> Response:
+        filters = SyncStatusFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        sync_logs = sync_logs_visible_to(request.user)
+        if key := filters.validated_data.get("organizationId"):
+            sync_logs = sync_logs.filter(organization=organization_get_visible(user=request.user, key=key))
+        totals = sync_logs.aggregate(
+            totalSyncs=Count("pk"),
+            successfulSyncs=Count("pk", filter=Q(status=SyncStatus.COMPLETED)),
+            failedSyncs=Count("pk", filter=Q(status=SyncStatus.FAILED)),
+        )
+        newest = list(sync_logs.order_by("-created_at", "-pk")[: filters.validated_data["limit"]])
+        summary = {**totals, "lastSync": newest[0].completed_at if newest else None}
+        return Response(
+            {
+                "success": True,
+                "logs": SyncLogOutputSerializer(newest, many=True).data,
+                "summary": SyncSummarySerializer(summary).data,
+            }
+        )
+
+
+class SyncBatchOutputSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    batchId = serializers.UUIDField()
+    finished = serializers.BooleanField(help_text="Every run of the batch has ended.")
+    logs = SyncLogProgressSerializer(many=True)
+
+
+class SyncStatusDetailApi(APIView):
+    """One run (by its id) or every run of a batch (by batch id), with live progress."""
+
+    @extend_schema(responses={200: SyncBatchOutputSerializer, **error_responses(401, 404)})
+    def get(self, request: Request, key: uuid.UUID) -> Response:
+        sync_logs = list(
+            sync_logs_visible_to(request.user).filter(Q(pk=key) | Q(batch_id=key)).order_by("organization__code")
+        )
+        if not sync_logs:
+            raise exceptions.NotFound(f"No sync run or batch {key}.")
+        return Response(
+            {
+                "success": True,
+                "batchId": str(sync_logs[0].batch_id),
+                "finished": all(sync_log.status in SyncStatus.terminal() for sync_log in sync_logs),
+                "logs": SyncLogProgressSerializer(sync_logs, many=True).data,
+            }
+        )
+
+
+class LastRunSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.CharField()
+    createdAt = serializers.DateTimeField(source="created_at")
+    completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)
+
+
+class WorkerSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField()
+    running = serializers.BooleanField(help_text="A sync is running now.")
+    nextRun = serializers.DateTimeField(source="next_run", allow_null=True)
+    interval = serializers.CharField(help_text="Cron expression of the schedule.")
+    lastRuns = serializers.DictField(
+        source="last_runs", child=LastRunSerializer(allow_null=True), help_text="Newest run per visible organization."
+    )
+
+
+class WorkerStatusOutputSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    worker = WorkerSerializer()
+
+
+class WorkerStatusApi(APIView):
+    """Whether the background worker is enabled, busy, and when it runs next."""
+
+    @extend_schema(responses={200: WorkerStatusOutputSerializer, **error_responses(401)})
+    def get(self, request: Request) -> Response:
+        worker = worker_status()
+        visible = set(organizations_visible_to(request.user).values_list("code", flat=True))
+        worker["last_runs"] = {code: run for code, run in worker["last_runs"].items() if code in visible}
+        return Response({"success": True, "worker": WorkerSerializer(worker).data})
+
+
+# --- Organizations, with their last run -------------------------------------------------------
+
+
+class OrganizationSyncOutputSerializer(mirror_api.OrganizationOutputSerializer):
+    lastSyncAt = serializers.DateTimeField(source="last_sync_at", allow_null=True, help_text="Of the newest run.")
+    lastSyncStatus = serializers.CharField(source="last_sync_status", allow_null=True)
+    mirrorRecordCount = serializers.IntegerField(source="mirror_record_count")
+
+
+class OrganizationListOutputSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    organizations = OrganizationSyncOutputSerializer(many=True)
+
+
+class OrganizationListApi(mirror_api.OrganizationListApi):
+    """The mirror's organization list, with each organization's newest run."""
+
+    output_serializer_class = OrganizationSyncOutputSerializer
+
+    def organizations_for(self, user) -> QuerySet[Organization]:
+        newest = PfaSyncLog.objects.filter(organization=OuterRef("pk")).order_by("-created_at", "-pk")
+        return (
+            super()
+            .organizations_for(user)
+            .annotate(
+                last_sync_at=Subquery(newest.values("completed_at")[:1]),
+                last_sync_status=Subquery(newest.values("status")[:1]),
+            )
+        )
+
+    @extend_schema(
+        operation_id="organizations_list", responses={200: OrganizationListOutputSerializer, **error_responses(401)}
+    )
+    def get(self, request: Request) -> Response:
+        return super().get(request)

@@ -1,0 +1,440 @@
+"""The sync REST API: login, the error shape, trigger (with its 409 race), status, worker status."""
+
+import threading
+import uuid
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.db import connection
+from rest_framework.test import APIClient
+
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+
+pytestmark = pytest.mark.django_db
+
+LOG_KEYS = {
+    "id",
+    "batchId",
+    "organizationCode",
+    "organizationName",
+    "syncType",
+    "status",
+    "recordsTotal",
+    "recordsProcessed",
+    "recordsInserted",
+    "recordsUpdated",
+    "recordsErrored",
+    "startedAt",
+    "completedAt",
+    "durationMs",
+    "errorMessage",
+    "triggeredBy",
+    "trigger",
+    "recordsUnchanged",
+    "recordsDeleted",
+    "heartbeatAt",
+}
+
+
+@pytest.fixture(autouse=True)
+def api_settings(settings):
+    """The settings the lead adds to pfasync/settings.py (harmless once they are there)."""
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "EXCEPTION_HANDLER": "synclog.api.exception_handler"}
+
+
+def make_user(username: str, *, organizations=(), can_trigger: bool = True, **flags) -> User:
+    user = User.objects.create_user(username=username, password="pw-" + username, **flags)
+    user.organizations.set(organizations)
+    if can_trigger:
+        user.user_permissions.add(Permission.objects.get(codename="trigger_sync", content_type__app_label="synclog"))
+    return user
+
+
+def client_for(user: User | None) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
+def rio():
+    return ApiConfigurationFactory(organization=OrganizationFactory(code="RIO", name="Rio Tinto")).organization
+
+
+@pytest.fixture
+def hou():
+    return ApiConfigurationFactory(organization=OrganizationFactory(code="HOU", name="Houston")).organization
+
+
+@pytest.fixture
+def rio_user(rio):
+    return make_user("ana", organizations=[rio])
+
+
+def assert_error(response, status_code: int, code: str) -> dict:
+    assert response.status_code == status_code, response.content
+    body = response.json()
+    assert body["success"] is False and body["error"] == code and body["message"], body
+    return body
+
+
+# --- login and the error shape --------------------------------------------------------------------
+
+
+def test_login_returns_tokens_and_the_user_with_their_organizations(rio_user):
+    response = APIClient().post("/api/auth/login", {"username": "ana", "password": "pw-ana"}, format="json")
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) >= {"access", "refresh", "user"}
+    assert body["user"] == {
+        "id": rio_user.id,
+        "username": "ana",
+        "isStaff": False,
+        "isSuperuser": False,
+        "canTriggerSync": True,
+        "organizations": ["RIO"],
+    }
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {body['access']}")
+    assert client.get("/api/organizations").status_code == 200
+    refreshed = APIClient().post("/api/auth/refresh", {"refresh": body["refresh"]}, format="json")
+    assert refreshed.status_code == 200 and refreshed.json()["access"]
+
+
+def test_login_with_a_wrong_password_is_401(rio_user):
+    response = APIClient().post("/api/auth/login", {"username": "ana", "password": "nope"}, format="json")
+    assert_error(response, 401, "UNAUTHORIZED")
+
+
+def test_login_without_password_is_400_naming_it():
+    body = assert_error(
+        APIClient().post("/api/auth/login", {"username": "ana"}, format="json"), 400, "VALIDATION_ERROR"
+    )
+    assert set(body["fields"]) == {"password"} and "password" in body["message"]
+
+
+def test_refresh_with_a_bad_token_is_401():
+    assert_error(APIClient().post("/api/auth/refresh", {"refresh": "garbage"}, format="json"), 401, "UNAUTHORIZED")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/api/sync/trigger"),
+        ("get", "/api/sync/status"),
+        ("get", f"/api/sync/status/{uuid.uuid4()}"),
+        ("get", "/api/sync/worker-status"),
+        ("get", "/api/organizations"),
+        ("post", "/api/organizations"),
+        ("get", "/api/organizations/RIO"),
+        ("patch", "/api/organizations/RIO"),
+        ("get", "/api/organizations/RIO/connection"),
+        ("put", "/api/organizations/RIO/connection"),
+    ],
+)
+def test_every_endpoint_needs_a_token(method, path):
+    response = getattr(APIClient(), method)(path, {}, format="json")
+    assert_error(response, 401, "UNAUTHORIZED")
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_an_invalid_token_is_401():
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Bearer not-a-jwt")
+    assert_error(client.get("/api/sync/status"), 401, "UNAUTHORIZED")
+
+
+def test_unknown_api_path_is_a_json_404():
+    assert_error(APIClient().get("/api/nothing/here"), 404, "NOT_FOUND")
+
+
+def test_malformed_json_is_400(rio_user):
+    response = client_for(rio_user).post("/api/sync/trigger", "{not json", content_type="application/json")
+    assert_error(response, 400, "MALFORMED_REQUEST")
+
+
+def test_wrong_method_is_405(rio_user):
+    assert_error(client_for(rio_user).delete("/api/sync/trigger"), 405, "METHOD_NOT_ALLOWED")
+
+
+# --- trigger --------------------------------------------------------------------------------------------
+
+
+def test_trigger_creates_the_queued_run_before_answering(rio, rio_user, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client_for(rio_user).post("/api/sync/trigger", {"organizationId": "RIO"}, format="json")
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["success"] is True and body["message"] == "Sync triggered for organization RIO"
+    sync_log = PfaSyncLog.objects.get(pk=body["logId"])
+    assert str(sync_log.batch_id) == body["batchId"] and body["logIds"] == [body["logId"]]
+    assert sync_log.status == SyncStatus.QUEUED and sync_log.organization == rio
+    assert sync_log.triggered_by == rio_user and sync_log.trigger == PfaSyncLog.Trigger.API
+    assert sync_log.sync_type == "full"
+    assert len(callbacks) == 1  # the task is enqueued only once the run is committed
+
+
+def test_trigger_accepts_the_uuid_and_a_sync_type(rio, rio_user):
+    response = client_for(rio_user).post(
+        "/api/sync/trigger", {"organizationId": str(rio.pk), "syncType": "incremental"}, format="json"
+    )
+    assert response.status_code == 202
+    assert PfaSyncLog.objects.get(pk=response.json()["logId"]).sync_type == "incremental"
+
+
+def test_trigger_while_a_run_is_active_is_409_naming_it(rio, rio_user):
+    first = client_for(rio_user).post("/api/sync/trigger", {"organizationId": "RIO"}, format="json").json()
+    body = assert_error(
+        client_for(rio_user).post("/api/sync/trigger", {"organizationId": "RIO"}, format="json"),
+        409,
+        "SYNC_IN_PROGRESS",
+    )
+    assert (body["batchId"], body["logId"]) == (first["batchId"], first["logId"])
+    assert PfaSyncLog.objects.filter(organization=rio).count() == 1
+
+
+def test_trigger_an_unknown_organization_is_404(rio_user):
+    assert_error(
+        client_for(rio_user).post("/api/sync/trigger", {"organizationId": "NOPE"}, format="json"), 404, "NOT_FOUND"
+    )
+
+
+def test_trigger_another_users_organization_is_404_and_creates_nothing(rio_user, hou):
+    for key in ("HOU", str(hou.pk)):
+        response = client_for(rio_user).post("/api/sync/trigger", {"organizationId": key}, format="json")
+        assert_error(response, 404, "NOT_FOUND")
+    assert not PfaSyncLog.objects.exists()
+
+
+def test_trigger_without_the_permission_is_403(rio):
+    viewer = make_user("viewer", organizations=[rio], can_trigger=False)
+    response = client_for(viewer).post("/api/sync/trigger", {"organizationId": "RIO"}, format="json")
+    assert_error(response, 403, "FORBIDDEN")
+    assert not PfaSyncLog.objects.exists()
+
+
+def test_staff_without_the_permission_is_403_but_a_superuser_may(rio):
+    staff = make_user("staff", can_trigger=False, is_staff=True)
+    assert_error(
+        client_for(staff).post("/api/sync/trigger", {"organizationId": "RIO"}, format="json"), 403, "FORBIDDEN"
+    )
+    root = User.objects.create_superuser("root", password="pw")
+    assert client_for(root).post("/api/sync/trigger", {"organizationId": "RIO"}, format="json").status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"organizationId": "RIO", "syncType": "sideways"}, "syncType"),
+        ({"organizationId": ""}, "organizationId"),
+        ({"organizationId": ["RIO"]}, "organizationId"),
+        ({}, "organizationId"),  # only staff may leave it out
+    ],
+)
+def test_trigger_with_a_malformed_body_is_400_naming_the_field(rio_user, payload, field):
+    body = assert_error(client_for(rio_user).post("/api/sync/trigger", payload, format="json"), 400, "VALIDATION_ERROR")
+    assert field in body["fields"] and field in body["message"]
+
+
+def test_staff_trigger_without_organization_queues_every_active_one_in_one_batch(rio, hou):
+    OrganizationFactory(code="OLD", is_active=False)
+    staff = make_user("staff", is_staff=True)
+    running = PfaSyncLog.objects.create(organization=hou, trigger="schedule", status=SyncStatus.RUNNING)
+    response = client_for(staff).post("/api/sync/trigger", {}, format="json")
+    assert response.status_code == 202, response.content
+    body = response.json()
+    queued = PfaSyncLog.objects.filter(batch_id=body["batchId"])
+    assert [str(sync_log.pk) for sync_log in queued] == body["logIds"]
+    assert [sync_log.organization.code for sync_log in queued] == ["RIO"]
+    assert body["skipped"] == [
+        {
+            "organizationId": str(hou.pk),
+            "organizationCode": "HOU",
+            "batchId": str(running.batch_id),
+            "logId": str(running.pk),
+            "message": body["skipped"][0]["message"],
+        }
+    ]
+
+
+def test_trigger_an_organization_without_a_connection_is_400():
+    bare = OrganizationFactory(code="BARE")
+    user = make_user("bob", organizations=[bare])
+    body = assert_error(
+        client_for(user).post("/api/sync/trigger", {"organizationId": "BARE"}, format="json"), 400, "NOT_CONFIGURED"
+    )
+    assert "BARE" in body["message"]
+    assert not PfaSyncLog.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite serializes writers; the race needs PostgreSQL")
+def test_twenty_concurrent_triggers_start_exactly_one_run():
+    rio = ApiConfigurationFactory(organization=OrganizationFactory(code="RIO")).organization
+    user = make_user("ana", organizations=[rio])
+    barrier = threading.Barrier(20)
+    statuses: list[int] = []
+
+    def trigger():
+        try:
+            client = client_for(user)
+            barrier.wait()
+            statuses.append(client.post("/api/sync/trigger", {"organizationId": "RIO"}, format="json").status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=trigger) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [202] + [409] * 19
+    assert PfaSyncLog.objects.filter(organization=rio).count() == 1
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+def make_log(organization, **fields) -> PfaSyncLog:
+    return PfaSyncLog.objects.create(organization=organization, trigger=fields.pop("trigger", "schedule"), **fields)
+
+
+def test_status_lists_newest_first_with_a_summary(rio, rio_user):
+    failed = make_log(rio, status=SyncStatus.FAILED, error_message="PEMS said no")
+    completed = make_log(
+        rio,
+        status=SyncStatus.COMPLETED,
+        triggered_by=rio_user,
+        trigger="api",
+        records_total=5,
+        records_processed=5,
+        records_inserted=5,
+        duration_ms=12,
+    )
+    completed.finish(SyncStatus.COMPLETED)
+    response = client_for(rio_user).get("/api/sync/status", {"organizationId": "RIO"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["success"] is True
+    assert [log["id"] for log in body["logs"]] == [str(completed.pk), str(failed.pk)]
+    newest = body["logs"][0]
+    assert set(newest) >= LOG_KEYS
+    assert (newest["organizationCode"], newest["organizationName"], newest["triggeredBy"]) == (
+        "RIO",
+        "Rio Tinto",
+        "ana",
+    )
+    assert body["logs"][1]["triggeredBy"] == "system" and body["logs"][1]["errorMessage"] == "PEMS said no"
+    assert newest["completedAt"].endswith(("Z", "+00:00"))
+    assert body["summary"] == {
+        "totalSyncs": 2,
+        "successfulSyncs": 1,
+        "failedSyncs": 1,
+        "lastSync": newest["completedAt"],
+    }
+
+
+def test_status_limit_and_summary_count_the_same_filter(rio, hou, rio_user):
+    for _ in range(3):
+        make_log(rio, status=SyncStatus.COMPLETED)
+    make_log(hou, status=SyncStatus.COMPLETED)
+    body = client_for(rio_user).get("/api/sync/status", {"limit": 2}).json()
+    assert len(body["logs"]) == 2 and {log["organizationCode"] for log in body["logs"]} == {"RIO"}
+    assert body["summary"]["totalSyncs"] == 3
+    staff = make_user("staff", is_staff=True)
+    assert client_for(staff).get("/api/sync/status").json()["summary"]["totalSyncs"] == 4
+
+
+def test_status_of_nothing_has_an_empty_summary(rio_user):
+    body = client_for(rio_user).get("/api/sync/status").json()
+    assert body["logs"] == []
+    assert body["summary"] == {"totalSyncs": 0, "successfulSyncs": 0, "failedSyncs": 0, "lastSync": None}
+
+
+@pytest.mark.parametrize("limit", ["0", "101", "x", "-1"])
+def test_status_limit_out_of_range_is_400(rio_user, limit):
+    body = assert_error(client_for(rio_user).get("/api/sync/status", {"limit": limit}), 400, "VALIDATION_ERROR")
+    assert "limit" in body["fields"]
+
+
+def test_status_of_another_users_organization_is_404(rio_user, hou):
+    make_log(hou)
+    assert_error(client_for(rio_user).get("/api/sync/status", {"organizationId": "HOU"}), 404, "NOT_FOUND")
+
+
+def test_status_of_one_run_has_progress_and_records_kept_aside(rio, rio_user):
+    sync_log = make_log(rio, status=SyncStatus.RUNNING, records_total=200, records_processed=50, records_errored=60)
+    PfaSyncRecordError.objects.bulk_create(
+        PfaSyncRecordError(sync_log=sync_log, pfa_id=f"PFA-{n}", reason="bad date", raw_row={"n": n}) for n in range(60)
+    )
+    response = client_for(rio_user).get(f"/api/sync/status/{sync_log.pk}")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["batchId"] == str(sync_log.batch_id) and body["finished"] is False
+    (log,) = body["logs"]
+    assert set(log) >= LOG_KEYS | {"progressPercent", "recordsKeptAside"}
+    assert log["progressPercent"] == 25.0
+    assert len(log["recordsKeptAside"]) == 50
+    assert log["recordsKeptAside"][0] == {"pfaId": "PFA-0", "reason": "bad date", "rawRow": {"n": 0}}
+
+
+def test_status_of_a_batch_lists_its_runs(rio, hou):
+    batch_id = uuid.uuid4()
+    make_log(rio, batch_id=batch_id, status=SyncStatus.COMPLETED)
+    make_log(hou, batch_id=batch_id, status=SyncStatus.FAILED)
+    staff = make_user("staff", is_staff=True)
+    body = client_for(staff).get(f"/api/sync/status/{batch_id}").json()
+    assert [log["organizationCode"] for log in body["logs"]] == ["HOU", "RIO"]
+    assert body["finished"] is True
+    assert [log["progressPercent"] for log in body["logs"]] == [0.0, 100.0]
+
+
+def test_status_of_an_invisible_or_unknown_run_is_404(rio_user, hou):
+    other = make_log(hou)
+    for key in (other.pk, other.batch_id, uuid.uuid4()):
+        assert_error(client_for(rio_user).get(f"/api/sync/status/{key}"), 404, "NOT_FOUND")
+    assert_error(client_for(rio_user).get("/api/sync/status/not-a-uuid"), 404, "NOT_FOUND")
+
+
+# --- worker status ----------------------------------------------------------------------------------
+
+
+def test_worker_status(rio, hou, rio_user, settings):
+    settings.ENABLE_SYNC_WORKER = False
+    make_log(hou, status=SyncStatus.RUNNING)
+    body = client_for(rio_user).get("/api/sync/worker-status").json()
+    assert body["success"] is True
+    worker = body["worker"]
+    assert set(worker) >= {"enabled", "running", "nextRun", "interval"}
+    assert (worker["enabled"], worker["running"], worker["nextRun"]) == (False, True, None)
+    assert worker["interval"] == settings.SYNC_INTERVAL
+    assert worker["lastRuns"] == {"RIO": None}  # HOU's run is not this user's to see
+
+
+# --- schema and docs ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sidecar_settings(monkeypatch):
+    """The lead's SPECTACULAR_SETTINGS for serving Swagger UI from drf-spectacular-sidecar (no CDN).
+
+    drf-spectacular reads its settings once and ignores setting_changed, so patch the loaded ones.
+    """
+    from drf_spectacular.settings import spectacular_settings
+
+    for name in ("SWAGGER_UI_DIST", "SWAGGER_UI_FAVICON_HREF", "REDOC_DIST"):
+        monkeypatch.setattr(spectacular_settings, name, "SIDECAR")
+
+
+def test_schema_and_docs_are_served(sidecar_settings):
+    schema = APIClient().get("/api/schema/", {"format": "json"})
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    assert {"/api/sync/trigger", "/api/sync/status", "/api/sync/status/{key}", "/api/organizations"} <= set(paths)
+    assert set(paths["/api/sync/trigger"]["post"]["responses"]) == {"202", "400", "401", "403", "404", "409"}
+    docs = APIClient().get("/api/docs/")
+    assert docs.status_code == 200
+    assert b"/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in docs.content
+    assert b"jsdelivr" not in docs.content  # no CDN: the page must work offline

@@ -1,0 +1,49 @@
+"""Property-based API test: every operation of the published OpenAPI schema, as a staff user, over HTTP.
+
+Schemathesis generates requests from /api/schema/ and checks that no answer is a server error and
+that every answer matches the schema's declared response shape.
+"""
+
+import pytest
+import schemathesis
+from django.contrib.auth.models import User
+from hypothesis import HealthCheck, settings
+from rest_framework_simplejwt.tokens import RefreshToken
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
+
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+
+
+@pytest.fixture
+def api_settings(settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "EXCEPTION_HANDLER": "synclog.api.exception_handler"}
+
+
+@pytest.fixture
+def access_token(transactional_db) -> str:
+    staff = User.objects.create_superuser("schema", password="pw")
+    ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"))
+    return str(RefreshToken.for_user(staff).access_token)
+
+
+@pytest.fixture
+def api_schema(live_server, api_settings, access_token):
+    return schemathesis.openapi.from_url(f"{live_server.url}/api/schema/?format=json")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much, HealthCheck.too_slow],
+)
+def test_api_answers_match_the_schema(case, access_token, live_server):
+    case.call_and_validate(
+        base_url=live_server.url,
+        headers={"Authorization": f"Bearer {access_token}"},
+        checks=[not_a_server_error, response_schema_conformance],
+    )
