@@ -278,6 +278,10 @@ class PemsClient:
             body = self._grid_body("LIST.DATA_ONLY.STORED", filters, sort=sort, cursor=cursor)
             payload, response = self._send("POST", self.settings.endpoint, body)
             rows, next_cursor = _grid_rows(_result_data(payload))
+            server_date = _server_date(response)
+            # Only `rows` lives on while the caller works on the page: the body and its parsed
+            # form are released first.
+            del payload, response
             number += 1
             if not rows:
                 # An empty page ends the read whatever the cursor says.
@@ -291,7 +295,7 @@ class PemsClient:
                 )
                 next_cursor = None
             if rows or number == 1:
-                yield GridPage(number, rows, next_cursor, _server_date(response))
+                yield GridPage(number, rows, next_cursor, server_date)
             if next_cursor is None:
                 return
             cursor = next_cursor
@@ -601,31 +605,29 @@ def _cursor(value: Any, what: str) -> int | None:
 def _grid_rows(result_data: dict) -> tuple[list[dict[str, str]], int | None]:
     """Rows (alias -> value) and the next cursor position, whichever shape PEMS answered in."""
     if "DATARECORD" in result_data:
-        rows = []
-        for record in _as_list(result_data["DATARECORD"]):
-            if not isinstance(record, dict):
-                raise PemsProtocolError("a DATARECORD entry is not an object")
-            rows.append(
-                {
-                    _text(cell.get("FIELDNAME")): _text(cell.get("FIELDVALUE"))
-                    for cell in _as_list(record.get("DATAFIELD"))
-                }
-            )
+        rows = _cell_rows(_as_list(result_data["DATARECORD"]), "DATAFIELD", "FIELDNAME", "FIELDVALUE", "DATARECORD")
         return rows, _cursor(result_data.get("NEXTCURSORPOSITION"), "NEXTCURSORPOSITION")
     grid = result_data.get("GRID")
     if isinstance(grid, dict):
         data = grid.get("DATA")
-        rows = []
-        for row in _as_list(data.get("ROW") if isinstance(data, dict) else None):
-            if not isinstance(row, dict):
-                raise PemsProtocolError("a GRID.DATA.ROW entry is not an object")
-            rows.append({_text(cell.get("ALIAS_NAME")): _text(cell.get("VALUE")) for cell in _as_list(row.get("CELL"))})
+        entries = _as_list(data.get("ROW") if isinstance(data, dict) else None)
+        rows = _cell_rows(entries, "CELL", "ALIAS_NAME", "VALUE", "GRID.DATA.ROW")
         metadata = grid.get("METADATA") if isinstance(grid.get("METADATA"), dict) else {}
         if metadata.get("MORERECORDPRESENT") != "+":
             return rows, None
         current = _cursor(metadata.get("CURRENTCURSORPOSITION"), "CURRENTCURSORPOSITION")
         return rows, (current + 1 if current is not None else None)
     raise PemsProtocolError("the grid answer has neither ResultData.DATARECORD nor ResultData.GRID")
+
+
+def _cell_rows(entries: list, cells_key: str, name_key: str, value_key: str, what: str) -> list[dict[str, str]]:
+    rows = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise PemsProtocolError(f"a {what} entry is not an object")
+        rows.append({_text(cell.get(name_key)): _text(cell.get(value_key)) for cell in _as_list(entry.get(cells_key))})
+        entries[index] = None  # free the parsed cells as we go: they weigh several times the rows
+    return rows
 
 
 def _pfa_result(payload: dict) -> dict[str, str]:

@@ -133,6 +133,7 @@ def sync_run(
                     unchanged=counts.unchanged,
                     errored=len(rejected),
                 )
+            del page, records, rejected  # before the next page arrives: one page in memory at a time
             if on_progress:
                 on_progress(sync_log)
             if stop is not None and stop.is_set():
