@@ -856,3 +856,31 @@ def test_non_json_400_is_a_request_error_with_the_body_text(sleeps):
         with pytest.raises(PemsRequestError, match="grid locked"):
             stub_client(stub, sleeps).count()
     assert len(stub.bodies) == 1 and sleeps == []
+
+
+def test_grid_cells_with_null_or_number_values_become_strings():
+    from mirror.pems import _grid_rows
+
+    data = {
+        "DATARECORD": [
+            {
+                "DATAFIELD": [
+                    {"FIELDNAME": "pfs_id", "FIELDVALUE": "A"},
+                    {"FIELDNAME": "pfs_f_rental", "FIELDVALUE": None},
+                ]
+            },
+            {"DATAFIELD": [{"FIELDNAME": "pfs_id", "FIELDVALUE": "B"}, {"FIELDNAME": "pfs_recordid", "FIELDVALUE": 7}]},
+            {"DATAFIELD": [{"FIELDNAME": "pfs_id"}]},
+        ],
+        "NEXTCURSORPOSITION": None,
+    }
+    rows, cursor = _grid_rows(data)
+    assert rows == [{"pfs_id": "A", "pfs_f_rental": ""}, {"pfs_id": "B", "pfs_recordid": "7"}, {"pfs_id": ""}]
+    assert cursor is None
+
+
+def test_a_grid_cell_that_is_not_an_object_is_a_protocol_error():
+    from mirror.pems import _grid_rows
+
+    with pytest.raises(PemsProtocolError, match="cell is not an object"):
+        _grid_rows({"GRID": {"DATA": {"ROW": [{"CELL": [{"ALIAS_NAME": "pfs_id", "VALUE": "A"}, "junk"]}]}}})
