@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/pfasync
 DEMO_PORT ?= 8900
 
-.PHONY: demo test test-sqlite lint install run worker clean
+.PHONY: demo test test-sqlite lint install migrate run worker clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ test: $(BIN)/.installed
 
 test-sqlite: $(BIN)/.installed
 	DATABASE_URL=sqlite:///$(CURDIR)/test.sqlite3 $(BIN)/pytest
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+
+# The web server (API, admin, dashboard) for development; in production serve pfasync.wsgi:application.
+run: migrate
+	$(BIN)/python manage.py runserver 127.0.0.1:8000
+
+# The background sync worker (set ENABLE_SYNC_WORKER=true in .env for the schedule).
+worker: migrate
+	$(BIN)/python manage.py qcluster
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
