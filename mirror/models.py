@@ -98,6 +98,12 @@ class ApiConfiguration(models.Model):
     last_sync_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_sync_record_count = models.PositiveBigIntegerField(default=0, editable=False)
     total_sync_record_count = models.PositiveBigIntegerField(default=0, editable=False)
+    incremental_watermark = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Incremental reads ask for rows saved since this moment, less the lookback.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -143,17 +149,18 @@ class ApiConfiguration(models.Model):
             time_zone=self.time_zone,
         )
 
-    def record_sync(self, *, finished_at, record_count: int) -> None:
-        """Update the sync-tracking fields after a completed read."""
-        ApiConfiguration.objects.filter(pk=self.pk).update(
-            first_sync_at=models.functions.Coalesce(F("first_sync_at"), finished_at),
-            last_sync_at=finished_at,
-            last_sync_record_count=record_count,
-            total_sync_record_count=F("total_sync_record_count") + record_count,
-        )
-        self.refresh_from_db(
-            fields=["first_sync_at", "last_sync_at", "last_sync_record_count", "total_sync_record_count"]
-        )
+    def record_sync(self, *, finished_at, record_count: int, watermark=None) -> None:
+        """Update the sync-tracking fields after a completed read (and the watermark, if given)."""
+        changes = {
+            "first_sync_at": models.functions.Coalesce(F("first_sync_at"), finished_at),
+            "last_sync_at": finished_at,
+            "last_sync_record_count": record_count,
+            "total_sync_record_count": F("total_sync_record_count") + record_count,
+        }
+        if watermark is not None:
+            changes["incremental_watermark"] = watermark
+        ApiConfiguration.objects.filter(pk=self.pk).update(**changes)
+        self.refresh_from_db(fields=[*changes, "incremental_watermark"])
 
 
 class PfaMirror(models.Model):

@@ -112,6 +112,9 @@ if not PFASYNC_ENCRYPTION_KEYS:
 
 SYNC_BATCH_SIZE = env.int("SYNC_BATCH_SIZE", default=1000)
 SYNC_MAX_KEPT_ERRORS = env.int("SYNC_MAX_KEPT_ERRORS", default=1000)
+# Incremental reads go back this far before the watermark: PEMS times have minute precision and
+# no offset, and a save can land on a page already read.
+SYNC_INCREMENTAL_LOOKBACK_MINUTES = env.int("SYNC_INCREMENTAL_LOOKBACK_MINUTES", default=10)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOGGING = {

@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -17,7 +18,15 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from mirror.models import Organization
-from mirror.pems import PemsClient, PemsError, PfaRowError, organization_filter, parse_pfa_row
+from mirror.pems import (
+    GridFilter,
+    PemsClient,
+    PemsError,
+    PfaRowError,
+    modified_since_filter,
+    organization_filter,
+    parse_pfa_row,
+)
 from mirror.services import pems_client_for, read_configuration_for
 from mirror.store import pfa_records_upsert
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
@@ -105,10 +114,11 @@ def sync_run(
     organization = sync_log.organization
     pems_code = client.settings.organization
     time_zone = ZoneInfo(client.settings.time_zone)
-    filters = [organization_filter(pems_code)]
+    filters = [organization_filter(pems_code), *_incremental_filters(sync_log, time_zone)]
     sync_log.start()
-    logger.info("Sync %s of %s started", sync_log.id, organization.code)
+    logger.info("Sync %s of %s started (%s)", sync_log.id, organization.code, sync_log.sync_type)
     kept_errors = 0
+    newest_modified = server_started = None
     try:
         sync_log.set_total(client.count(filters))
         for page in client.iter_pages(filters):
@@ -118,6 +128,10 @@ def sync_run(
                     records.append(parse_pfa_row(raw, time_zone=time_zone, organization_code=pems_code))
                 except PfaRowError as error:
                     rejected.append((error, raw))
+            server_started = server_started or page.server_date
+            newest_modified = max(
+                filter(None, (newest_modified, *(r.pems_last_modified for r in records))), default=None
+            )
             with transaction.atomic():
                 counts = pfa_records_upsert(
                     organization_id=organization.pk,
@@ -157,7 +171,9 @@ def sync_run(
     sync_log.finish(SyncStatus.COMPLETED, error_details=_error_summary(sync_log, kept_errors))
     if sync_log.api_configuration_id:
         sync_log.api_configuration.record_sync(
-            finished_at=sync_log.completed_at, record_count=sync_log.records_processed
+            finished_at=sync_log.completed_at,
+            record_count=sync_log.records_processed,
+            watermark=_next_watermark(newest_modified, server_started),
         )
     logger.info(
         "Sync %s of %s completed: %d processed, %d inserted, %d updated, %d unchanged, %d errored in %d ms",
@@ -171,6 +187,33 @@ def sync_run(
         sync_log.duration_ms,
     )
     return sync_log
+
+
+def _incremental_filters(sync_log: PfaSyncLog, time_zone: ZoneInfo) -> list[GridFilter]:
+    """The `pfs_lastmodified` filter of an incremental read; none for a full one.
+
+    Without a watermark (no completed read yet) an incremental run reads everything and says so
+    by becoming a full run.
+    """
+    if sync_log.sync_type != PfaSyncLog.SyncType.INCREMENTAL:
+        return []
+    configuration = sync_log.api_configuration
+    watermark = configuration.incremental_watermark if configuration else None
+    if watermark is None:
+        sync_log.sync_type = PfaSyncLog.SyncType.FULL
+        sync_log.save(update_fields=["sync_type"])
+        logger.info("Sync %s: no completed read yet, so a full read instead of an incremental one", sync_log.id)
+        return []
+    since = watermark - timedelta(minutes=settings.SYNC_INCREMENTAL_LOOKBACK_MINUTES)
+    return [modified_since_filter(since, time_zone=time_zone)]
+
+
+def _next_watermark(newest_modified: datetime | None, server_started: datetime | None) -> datetime | None:
+    """The newest save seen, but never later than PEMS's clock when the read began: a row saved
+    during the read on a page already passed is then read next time."""
+    if newest_modified is None:
+        return None  # nothing read: keep the watermark
+    return min(newest_modified, server_started) if server_started else newest_modified
 
 
 def _keep_rejected(sync_log: PfaSyncLog, rejected: list[tuple[PfaRowError, dict]], *, room: int) -> int:

@@ -122,7 +122,11 @@ def sync_expire_stale_runs(*, now: datetime | None = None) -> list[PfaSyncLog]:
 
 def sync_tick() -> str:
     expired = sync_expire_stale_runs()
-    batch = sync_start(organizations=scheduled_organizations(), trigger=PfaSyncLog.Trigger.SCHEDULE)
+    batch = sync_start(
+        organizations=scheduled_organizations(),
+        trigger=PfaSyncLog.Trigger.SCHEDULE,
+        sync_type=PfaSyncLog.SyncType.INCREMENTAL,
+    )
     for refusal in batch.refused:
         logger.info("Scheduled sync of %s skipped: %s", refusal.organization.code, refusal)
     return f"queued {len(batch.queued)}, skipped {len(batch.refused)} still running, expired {len(expired)} lost run(s)"

@@ -189,3 +189,42 @@ def test_sync_pems_command_prints_summary_and_fails_when_an_organization_fails(r
         call_command("sync_pems", "--org", "RIO")
     with pytest.raises(CommandError, match="Unknown organization code"):
         call_command("sync_pems", "--org", "NOPE")
+
+
+def run_incremental(organization) -> PfaSyncLog:
+    sync_log = sync_claim(organization=organization, trigger="command", sync_type=PfaSyncLog.SyncType.INCREMENTAL)
+    with fast_client(organization) as client:
+        return sync_run(sync_log=sync_log, client=client)
+
+
+def test_incremental_sync_reads_only_rows_saved_since_the_watermark(rio, pems_server):
+    simulator = pems_server.simulator
+    first = run_incremental(rio)
+    assert first.sync_type == "full"  # no watermark yet: everything is read
+    configuration = ApiConfiguration.objects.get(organization=rio)
+    newest = max(PfaMirror.objects.filter(organization=rio).values_list("pems_last_modified", flat=True))
+    assert configuration.incremental_watermark == newest  # the newest save seen (before PEMS's clock)
+    for pfa_id in ("PFA-0000007", "PFA-0000200"):
+        simulator.update_row("RIO", pfa_id, {"pfs_f_model": "Re-saved"})
+    simulator.insert_row("RIO", {"pfs_id": "PFA-9000001", "pfs_f_category": "GEN"})
+    second = run_incremental(rio)
+    assert second.sync_type == "incremental"
+    # The re-saved rows, the new one, and at most the rows saved within the lookback before it.
+    assert (second.records_inserted, second.records_updated) == (1, 2)
+    assert second.records_processed == second.records_total < 250
+    sent = [r["json"] for r in simulator.requests if r["json"] and "REQUEST_TYPE" in r["json"]][-1]
+    assert any(f["ALIAS_NAME"] == "pfs_lastmodified" for f in sent["MULTIADDON_FILTERS"]["MADDON_FILTER"])
+    configuration.refresh_from_db()
+    assert configuration.incremental_watermark > newest
+    assert PfaMirror.objects.get(organization=rio, pfa_id="PFA-0000200").model == "Re-saved"
+
+
+def test_watermark_never_passes_the_servers_clock_at_the_start():
+    from datetime import UTC, datetime
+
+    from synclog.engine import _next_watermark
+
+    started = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert _next_watermark(datetime(2026, 1, 1, 12, 5, tzinfo=UTC), started) == started
+    assert _next_watermark(datetime(2026, 1, 1, 11, 0, tzinfo=UTC), started) == datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
+    assert _next_watermark(None, started) is None  # nothing read: the watermark stays

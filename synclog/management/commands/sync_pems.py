@@ -28,7 +28,9 @@ class Command(BaseCommand):
             help="organization code; repeat for several (default: all active)",
         )
         parser.add_argument(
-            "--full", action="store_true", help="full read of every record (the only mode until incremental sync lands)"
+            "--full",
+            action="store_true",
+            help="read every record (default: only those saved since the last completed read)",
         )
 
     def handle(self, *args, **options):
@@ -40,7 +42,7 @@ class Command(BaseCommand):
             outcomes = sync_organizations(
                 organizations=organizations,
                 trigger=PfaSyncLog.Trigger.COMMAND,
-                sync_type=PfaSyncLog.SyncType.FULL,
+                sync_type=PfaSyncLog.SyncType.FULL if options["full"] else PfaSyncLog.SyncType.INCREMENTAL,
                 stop=stop,
                 on_progress=progress.update,
             )
