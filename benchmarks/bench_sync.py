@@ -1,29 +1,288 @@
-"""End-to-end sync benchmark: PEMS simulator over HTTP -> pfasync -> PostgreSQL.
+"""Sync benchmark: pfasync against PostgreSQL's own limit and against dlt, on one data set in one run.
 
-For each record count it starts a simulator process, then a fresh sync process that runs a first
-load and a no-change re-sync, and reports rows/s and the sync process's peak memory (the simulator
-is a separate process and is not counted).
+    .venv/bin/python benchmarks/bench_sync.py --records 1000000
 
-    .venv/bin/python benchmarks/bench_sync.py --records 50000 200000
+On N synthetic PFA rows (the simulator's generator, seed 1) it measures, in this order:
 
-Needs PostgreSQL; BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/pfasync_bench)
-names a database that is dropped and re-created for every record count.
+1. the physical limit: the rows already typed (generated and parsed untimed), psycopg COPY into an
+   UNLOGGED staging table, ANALYZE, and one INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE
+   the content hash differs, into a freshly migrated `pfa_mirror`; first load, unchanged re-sync
+   and 1%-changed re-sync;
+2. pfasync end to end (simulator over HTTP -> client -> parse -> store -> pfa_sync_log) through
+   `synclog.engine.sync_organizations`, each sync in a fresh process: first load, unchanged re-sync
+   (verified to write no row and bump no version) and 1%-changed re-sync (verified to update exactly
+   the rows the simulator changed); plus a first load of a small organization to show that peak
+   memory does not grow with N;
+3. the mirror's list query (organization + category + forecast window, newest 100) on the N-row
+   table: p50/p95 and the plan's index;
+4. dlt (its own venv, `.venv-dlt`, from benchmarks/requirements-dlt.txt) reading the same grid over
+   HTTP and merging it by (organization, pfs_id) into a separate database: first load and a
+   1%-changed re-sync. If dlt cannot be installed the run says so and goes on.
+
+It prints a table and writes it with every detail to benchmarks/results/bench_sync.json. The exit
+status is 1 if a correctness check failed (the numbers are still written).
+
+Needs PostgreSQL: BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/pfasync_bench)
+names a database that is dropped and re-created per phase; dlt writes to the same name + `_dlt`.
 """
 
+from __future__ import annotations
+
 import argparse
+import datetime as dt
 import json
 import os
+import platform
+import random
+import re
 import resource
+import shlex
+import shutil
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/pfasync_bench"
 RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/pfasync_bench"
+DLT_VENV = ROOT / ".venv-dlt"
+DLT_REQUIREMENTS = ROOT / "benchmarks" / "requirements-dlt.txt"
+ORG = "BENCH"
+SMALL_ORG = "SMALL"
+SMALL_RECORDS = 50_000
+CHANGED_FRACTION = 0.01
+# What the simulator command serves by default; the limit's rows must be the very same rows.
+SIM_SEED = 1
+SIM_TIME_ZONE = "America/Chicago"
+# Peak memory within this factor between the small and the large run counts as flat.
+FLAT_MEMORY_FACTOR = 1.2
+LIST_QUERY_INDEX = "pfa_mirror_org_cat_fcst"
+
+
+# --- the children: each runs in a fresh process and prints one JSON line -------------------------
+
+
+def _django() -> None:
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pfasync.settings")
+    import django
+
+    django.setup()
+
+
+def child_setup(*, port: int) -> dict[str, Any]:
+    """Migrate the fresh database and register both organizations against the simulator."""
+    _django()
+    from django.core.management import call_command
+
+    from mirror.services import organization_register
+
+    call_command("migrate", verbosity=0)
+    for code in (ORG, SMALL_ORG):
+        organization_register(
+            code=code,
+            name=f"Benchmark {code}",
+            base_url=f"http://127.0.0.1:{port}",
+            tenant="PEMS_DEMO",
+            username="pfasync",
+            secret="pfasync-demo",
+            time_zone=SIM_TIME_ZONE,
+        )
+    return {}
+
+
+def _mirror_state(organization) -> dict[str, Any]:
+    from django.db.models import Count, Max, Sum
+
+    from mirror.models import PfaMirror
+
+    state = PfaMirror.objects.filter(organization=organization).aggregate(
+        rows=Count("id"), version_sum=Sum("version"), last_synced_at=Max("last_synced_at")
+    )
+    state["last_synced_at"] = state["last_synced_at"].isoformat() if state["last_synced_at"] else None
+    return state
+
+
+def child_sync(*, org: str) -> dict[str, Any]:
+    """One real sync of `org`, exactly as `manage.py sync` would run it; mirror state before and after."""
+    _django()
+    from mirror.models import Organization
+    from synclog.engine import sync_organizations
+
+    organization = Organization.objects.get(code=org)
+    before = _mirror_state(organization)
+    started = time.perf_counter()
+    [outcome] = sync_organizations(organizations=[organization], trigger="command")
+    seconds = time.perf_counter() - started
+    log = outcome.sync_log
+    return {
+        "status": log.status,
+        "error": log.error_message,
+        "seconds": seconds,
+        "processed": log.records_processed,
+        "inserted": log.records_inserted,
+        "updated": log.records_updated,
+        "unchanged": log.records_unchanged,
+        "errored": log.records_errored,
+        "before": before,
+        "after": _mirror_state(organization),
+    }
+
+
+def _record_fields():
+    from mirror.models import PfaMirror
+
+    bookkeeping = {"id", "organization", "version", "first_synced_at", "last_synced_at"}
+    return [field for field in PfaMirror._meta.concrete_fields if field.name not in bookkeeping]
+
+
+def child_limit(*, records: int, database_url: str) -> dict[str, Any]:
+    """PostgreSQL's limit for the mirror write: COPY typed rows, ANALYZE, one hash-skipping merge."""
+    _django()
+    from zoneinfo import ZoneInfo
+
+    import orjson
+    import psycopg
+    from django.core.management import call_command
+    from django.db import connection
+
+    from mirror.models import Organization
+    from mirror.pems import parse_pfa_row
+    from mirror.simulator import PemsSimulator
+
+    call_command("migrate", verbosity=0)
+    organization = Organization.objects.create(code=ORG, name="Benchmark limit")
+    fields = _record_fields()
+    names = [field.name for field in fields]
+    zone = ZoneInfo(SIM_TIME_ZONE)
+
+    def typed(raw: dict[str, str]) -> tuple:
+        record = parse_pfa_row(raw, time_zone=zone, organization_code=ORG)
+        # `data` goes in as JSON text and is cast in the merge, as the store does.
+        return tuple(orjson.dumps(record.data).decode() if name == "data" else getattr(record, name) for name in names)
+
+    # Untimed: the simulator generates the rows it would serve, and they are parsed once.
+    prepared = time.perf_counter()
+    simulator = PemsSimulator(orgs={ORG: records}, seed=SIM_SEED, time_zone=SIM_TIME_ZONE)
+    rows = [typed(raw) for raw in simulator.rows(ORG)]
+    prepare_seconds = time.perf_counter() - prepared
+
+    quoted = connection.ops.quote_name
+    stage_columns = ", ".join(
+        f"{quoted(field.column)} {'text' if field.name == 'data' else field.db_type(connection)}" for field in fields
+    )
+    columns = ", ".join(quoted(field.column) for field in fields)
+    selected = ", ".join(f"{quoted(f.column)}::jsonb" if f.name == "data" else quoted(f.column) for f in fields)
+    assignments = ", ".join(f"{quoted(f.column)} = EXCLUDED.{quoted(f.column)}" for f in fields)
+    merge = (
+        f"INSERT INTO pfa_mirror (organization_id, {columns}, version, first_synced_at, last_synced_at) "
+        f"SELECT %s, {selected}, 1, %s, %s FROM pfa_stage "
+        f"ON CONFLICT (organization_id, pfa_id) DO UPDATE SET {assignments}, "
+        "version = pfa_mirror.version + 1, last_synced_at = EXCLUDED.last_synced_at "
+        "WHERE pfa_mirror.content_hash IS DISTINCT FROM EXCLUDED.content_hash"
+    )
+    result: dict[str, Any] = {"prepare_seconds": round(prepare_seconds, 2)}
+    with psycopg.connect(database_url) as pg:
+        pg.execute(f"CREATE UNLOGGED TABLE pfa_stage ({stage_columns})")
+        oids = [
+            oid
+            for (oid,) in pg.execute(
+                "SELECT atttypid FROM pg_attribute WHERE attrelid = 'pfa_stage'::regclass AND attnum > 0 "
+                "AND NOT attisdropped ORDER BY attnum"
+            )
+        ]
+        pg.commit()
+
+        def load(label: str) -> None:
+            pg.execute("TRUNCATE pfa_stage")
+            pg.commit()
+            synced_at = dt.datetime.now(dt.UTC)
+            started = time.perf_counter()
+            with pg.cursor() as cursor:
+                with cursor.copy(f"COPY pfa_stage ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(oids)
+                    for row in rows:
+                        copy.write_row(row)
+                copied = time.perf_counter()
+                # Without statistics the planner takes the just-truncated staging table for empty.
+                cursor.execute("ANALYZE pfa_stage")
+                analyzed = time.perf_counter()
+                cursor.execute(merge, (organization.pk, synced_at, synced_at))
+                written = cursor.rowcount
+            pg.commit()
+            finished = time.perf_counter()
+            result[label] = {
+                "seconds": finished - started,
+                "copy_seconds": round(copied - started, 2),
+                "analyze_seconds": round(analyzed - copied, 2),
+                "merge_seconds": round(finished - analyzed, 2),
+                "rows_written": written,
+            }
+
+        load("first_load")
+        load("resync_unchanged")
+        # The same kind of change the simulator makes for the pfasync run: a save of 1% of the rows.
+        touched = simulator.touch_rows(ORG, CHANGED_FRACTION, seed=1)
+        position = {row[0]: n for n, row in enumerate(rows)}
+        for pfa_id in touched:
+            rows[position[pfa_id]] = typed(simulator.get_row(ORG, pfa_id))
+        load("resync_changed")
+        result["resync_changed"]["changed"] = len(touched)
+    return result
+
+
+def child_query(*, runs: int) -> dict[str, Any]:
+    """The front end's list query on the N-row mirror: latency percentiles and the plan."""
+    _django()
+    from django.db import connection
+
+    from mirror.models import Organization
+    from mirror.services import pfa_records_list
+    from mirror.simulator import CATEGORIES
+
+    # As autovacuum would have done by now on a table that just took N rows.
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE pfa_mirror")
+    organization = Organization.objects.get(code=ORG)
+    rng = random.Random(42)
+    first_day = dt.date(2024, 1, 1)
+
+    def query() -> Any:
+        category = CATEGORIES[rng.randrange(len(CATEGORIES))][0]
+        start = first_day + dt.timedelta(days=rng.randrange(3 * 365))
+        end = start + dt.timedelta(days=rng.choice((30, 90, 180, 365)))
+        return pfa_records_list(organization=organization, category=category, forecast_from=start, forecast_to=end)
+
+    for _ in range(10):  # warm the cache and the connection; not measured
+        list(query())
+    timings = []
+    returned = []
+    for _ in range(runs):
+        queryset = query()
+        started = time.perf_counter()
+        found = list(queryset)
+        timings.append((time.perf_counter() - started) * 1000)
+        returned.append(len(found))
+    timings.sort()
+    plan = query().explain(analyze=True)
+    return {
+        "runs": runs,
+        "p50_ms": round(statistics.median(timings), 2),
+        "p95_ms": round(timings[min(len(timings) - 1, round(0.95 * len(timings)) - 1)], 2),
+        "max_ms": round(timings[-1], 2),
+        "mean_rows_returned": round(statistics.mean(returned), 1),
+        "indexes_used": sorted(set(re.findall(r"Index (?:Only )?Scan(?: Backward)? using (\w+)", plan))),
+        "explain": plan,
+    }
+
+
+# --- the parent: processes, databases, phases, the table ----------------------------------------
 
 
 def free_port() -> int:
@@ -35,58 +294,121 @@ def free_port() -> int:
 def recreate_database(url: str) -> None:
     import psycopg
 
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
+    server, name = url.rsplit("/", 1)
+    with psycopg.connect(server + "/postgres", autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         connection.execute(f'CREATE DATABASE "{name}"')
 
 
-def run_child(records: int, port: int) -> dict:
-    """In a fresh process: migrate, register the organization, sync twice, measure."""
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pfasync.settings")
-    import django
+def postgres_version(url: str) -> str:
+    import psycopg
 
-    django.setup()
-    from django.core.management import call_command
-
-    from mirror.models import Organization
-    from mirror.services import organization_register
-    from synclog.engine import sync_organizations
-
-    call_command("migrate", verbosity=0)
-    organization_register(
-        code="BENCH",
-        name="Benchmark",
-        base_url=f"http://127.0.0.1:{port}",
-        tenant="PEMS_DEMO",
-        username="pfasync",
-        secret="pfasync-demo",
-        time_zone="America/Chicago",
-    )
-    organization = Organization.objects.get(code="BENCH")
-    result = {"records": records}
-    for label in ("first_load", "resync_unchanged"):
-        started = time.perf_counter()
-        [outcome] = sync_organizations(organizations=[organization], trigger="command")
-        elapsed = time.perf_counter() - started
-        log = outcome.sync_log
-        assert log.status == "completed", log.error_message
-        assert log.records_processed == records, (log.records_processed, records)
-        result[label] = {
-            "seconds": round(elapsed, 2),
-            "rows_per_second": round(records / elapsed),
-            "inserted": log.records_inserted,
-            "updated": log.records_updated,
-            "unchanged": log.records_unchanged,
-        }
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    return result
+    with psycopg.connect(url) as connection:
+        return connection.execute("SHOW server_version").fetchone()[0]
 
 
-def measure(records: int, database_url: str) -> dict:
-    recreate_database(database_url)
+def run_measured(command: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float]:
+    """Run a child to its end; its last stdout line (JSON) and its peak RSS in MB, as the kernel saw it."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=err)
+        # wait4 gives this child's own peak RSS, not the running maximum over all children.
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    label = shlex.join(command[1:])
+    if process.returncode != 0:
+        raise ChildFailed(f"{label} exited {process.returncode}:\n{stderr[-4000:]}")
+    lines = stdout.strip().splitlines()
+    if not lines:
+        raise ChildFailed(f"{label} printed no result:\n{stderr[-4000:]}")
+    return json.loads(lines[-1]), round(usage.ru_maxrss / 1024, 1)
+
+
+class ChildFailed(Exception):
+    """A measuring child process failed; the message carries its stderr tail."""
+
+
+def child_command(kind: str, *options: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--child", kind, *options]
+
+
+def start_simulator(env: dict[str, str], orgs: dict[str, int]) -> tuple[subprocess.Popen, int]:
     port = free_port()
+    spec = ",".join(f"{org}={count}" for org, count in orgs.items())
+    simulator = subprocess.Popen(
+        [sys.executable, "manage.py", "pems_simulator", "--port", str(port), "--orgs", spec, "--seed", str(SIM_SEED)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600  # generating a few million rows takes a while
+    while time.monotonic() < deadline:
+        if simulator.poll() is not None:
+            raise SystemExit(f"the simulator exited with {simulator.returncode} before it served")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_sim/state", timeout=2)
+            return simulator, port
+        except OSError:
+            time.sleep(0.5)
+    simulator.terminate()
+    raise SystemExit("the simulator did not start within 10 minutes")
+
+
+def simulator_touch(port: int, org: str, seed: int) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/_sim/touch",
+        data=json.dumps({"org": org, "fraction": CHANGED_FRACTION, "seed": seed}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.load(response)["count"]
+
+
+def ensure_dlt_venv() -> tuple[Path | None, str]:
+    """The dlt venv's python, installing it if missing or stale; (None, why) if that is not possible."""
+    python = DLT_VENV / "bin" / "python"
+    marker = DLT_VENV / "requirements-dlt.txt"
+    wanted = DLT_REQUIREMENTS.read_text()
+    steps: list[list[str]] = []
+    if not python.exists():
+        steps.append([shutil.which("python3") or sys.executable, "-m", "venv", str(DLT_VENV)])
+    if not python.exists() or not marker.exists() or marker.read_text() != wanted:
+        steps.append([str(python), "-m", "pip", "install", "--quiet", "-r", str(DLT_REQUIREMENTS)])
+    for step in steps:
+        print(f"dlt venv: {shlex.join(step)}", flush=True)
+        try:
+            completed = subprocess.run(step, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return None, f"{shlex.join(step)} failed: {error}"
+        if completed.returncode != 0:
+            last_lines = "\n".join(completed.stderr.strip().splitlines()[-3:])[-1500:]
+            return None, f"{shlex.join(step)} exited {completed.returncode}: {last_lines}"
+    if steps:
+        marker.write_text(wanted)
+        # Keep the venv out of git without touching the project's .gitignore.
+        (DLT_VENV / ".gitignore").write_text("*\n")
+    check = subprocess.run(
+        [str(python), "-c", "import dlt; print(dlt.__version__)"], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        return None, f"dlt does not import in {DLT_VENV.name}: {check.stderr.strip()[-1500:]}"
+    return python, check.stdout.strip()
+
+
+def rate(records: int, seconds: float) -> int:
+    return round(records / seconds) if seconds > 0 else 0
+
+
+def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, Any], list[str]]:
+    records = args.records
+    # Below two 10,000-row pages the "small" run would not hold a full page and would flatter the ratio.
+    small = SMALL_RECORDS if records > SMALL_RECORDS else max(1_000, records // 2)
+    database_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
+    dlt_database_url = database_url + "_dlt"
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -96,65 +418,281 @@ def measure(records: int, database_url: str) -> dict:
         ),
         "LOG_LEVEL": "WARNING",
     }
-    simulator = subprocess.Popen(
-        [sys.executable, "manage.py", "pems_simulator", "--port", str(port), "--orgs", f"BENCH={records}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    failures: list[str] = []
+    phases: dict[str, dict[str, Any]] = {}
+    report: dict[str, Any] = {
+        "command": command_line,
+        "records": records,
+        "small_records": small,
+        "changed_fraction": CHANGED_FRACTION,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "postgresql": postgres_version(database_url.rsplit("/", 1)[0] + "/postgres"),
+        },
+        "phases": phases,
+    }
+
+    def phase(name: str, seconds: float, **details: Any) -> dict[str, Any]:
+        phases[name] = {"rows_per_second": rate(records, seconds), "seconds": round(seconds, 2), **details}
+        return phases[name]
+
+    # 1. The limit: no simulator, no HTTP, no parsing in the timed part.
+    print(f"limit: generating and parsing {records:,} rows (untimed), then COPY + merge", flush=True)
+    recreate_database(database_url)
+    limit, _ = run_measured(child_command("limit", "--records", str(records), "--database-url", database_url), env)
+    for name in ("first_load", "resync_unchanged", "resync_changed"):
+        details = {key: value for key, value in limit[name].items() if key != "seconds"}
+        phase(f"limit.{name}", limit[name]["seconds"], **details)
+    report["limit_prepare_seconds"] = limit["prepare_seconds"]
+    expected = {"first_load": records, "resync_unchanged": 0, "resync_changed": limit["resync_changed"]["changed"]}
+    for name, count in expected.items():
+        if limit[name]["rows_written"] != count:
+            failures.append(f"limit {name}: wrote {limit[name]['rows_written']:,} rows, expected {count:,}")
+
+    simulator, port = start_simulator(env, {ORG: records, SMALL_ORG: small})
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_sim/state", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        child = subprocess.run(
-            [sys.executable, __file__, "--child", "--port", str(port), "--records", str(records)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if child.returncode != 0:
-            raise SystemExit(f"sync of {records} records failed:\n{child.stderr}")
-        return json.loads(child.stdout.strip().splitlines()[-1])
+        # 2. pfasync end to end, each sync in a fresh process.
+        recreate_database(database_url)
+        run_measured(child_command("setup", "--port", str(port)), env)
+        syncs: dict[str, dict[str, Any]] = {}
+        for name in ("first_load", "resync_unchanged", "resync_changed"):
+            if name == "resync_changed":
+                syncs["touched"] = {"count": simulator_touch(port, ORG, seed=1)}
+            print(f"pfasync: {name.replace('_', ' ')} of {records:,} rows", flush=True)
+            result, peak = run_measured(child_command("sync", "--org", ORG), env)
+            syncs[name] = result
+            phase(
+                f"pfasync.{name}",
+                result["seconds"],
+                peak_rss_mb=peak,
+                **{key: result[key] for key in ("inserted", "updated", "unchanged", "errored")},
+                mirror_before=result["before"],
+                mirror_after=result["after"],
+            )
+            if result["status"] != "completed" or result["processed"] != records:
+                failures.append(
+                    f"pfasync {name}: {result['status']} with {result['processed']:,} rows: {result['error']}"
+                )
+        unchanged, changed, touched = syncs["resync_unchanged"], syncs["resync_changed"], syncs["touched"]["count"]
+        if unchanged["updated"] or unchanged["inserted"] or unchanged["before"] != unchanged["after"]:
+            failures.append(
+                "pfasync unchanged re-sync wrote rows: "
+                f"{unchanged['inserted']} inserted, {unchanged['updated']} updated, "
+                f"mirror {unchanged['before']} -> {unchanged['after']}"
+            )
+        version_growth = changed["after"]["version_sum"] - changed["before"]["version_sum"]
+        if changed["updated"] != touched or changed["inserted"] or version_growth != touched:
+            failures.append(
+                f"pfasync 1% re-sync: records_updated {changed['updated']:,}, versions +{version_growth:,}, "
+                f"but the simulator changed {touched:,} rows"
+            )
+        report["checks"] = {
+            "unchanged_resync_wrote_nothing": not unchanged["updated"] and unchanged["before"] == unchanged["after"],
+            "changed_resync_updated": changed["updated"],
+            "changed_in_simulator": touched,
+        }
+
+        print(f"pfasync: first load of {small:,} rows (memory baseline)", flush=True)
+        result, small_peak = run_measured(child_command("sync", "--org", SMALL_ORG), env)
+        large_peak = phases["pfasync.first_load"]["peak_rss_mb"]
+        report["memory"] = {
+            "small_records": small,
+            "small_peak_rss_mb": small_peak,
+            "small_rows_per_second": rate(small, result["seconds"]),
+            "records": records,
+            "peak_rss_mb": large_peak,
+            "ratio": round(large_peak / small_peak, 2),
+            # Judged only against the full 50,000-row baseline: two runs of a page or two say little.
+            "flat": large_peak / small_peak <= FLAT_MEMORY_FACTOR if records > SMALL_RECORDS else None,
+        }
+
+        # 3. The list query on the N-row table the syncs just wrote.
+        print(f"list query: {args.query_runs} runs", flush=True)
+        report["list_query"], _ = run_measured(child_command("query", "--runs", str(args.query_runs)), env)
+        if LIST_QUERY_INDEX not in report["list_query"]["indexes_used"]:
+            failures.append(f"list query does not use {LIST_QUERY_INDEX}: {report['list_query']['indexes_used']}")
+
+        # 4. dlt on the same simulator data.
+        report["dlt"] = run_dlt(args, port, records, dlt_database_url, env, phase, failures)
     finally:
         simulator.terminate()
         simulator.wait()
+    report["table"] = table_rows(phases, report)
+    return report, failures
+
+
+def run_dlt(args, port: int, records: int, database_url: str, env, phase, failures: list[str]) -> dict[str, Any]:
+    if args.skip_dlt:
+        return {"available": False, "reason": "skipped (--skip-dlt)"}
+    python, version_or_reason = ensure_dlt_venv()
+    if python is None:
+        print(f"dlt: not available, going on without it: {version_or_reason}", flush=True)
+        return {"available": False, "reason": version_or_reason}
+    recreate_database(database_url)
+    info: dict[str, Any] = {"available": True, "version": version_or_reason, "database": database_url.rsplit("/", 1)[1]}
+    dlt_env = {key: value for key, value in env.items() if not key.startswith(("DJANGO", "PFASYNC", "DATABASE_URL"))}
+    with tempfile.TemporaryDirectory(prefix="pfasync-dlt-") as pipelines_dir:
+        command = [
+            str(python),
+            str(ROOT / "benchmarks" / "dlt_pems.py"),
+            "--base-url",
+            f"http://127.0.0.1:{port}",
+            "--org",
+            ORG,
+            "--database-url",
+            database_url,
+            "--pipelines-dir",
+            pipelines_dir,
+        ]
+        for name in ("first_load", "resync_changed"):
+            if name == "resync_changed":
+                # Another 1% of rows saved, so the re-sync reads a change as pfasync's did.
+                info["touched"] = simulator_touch(port, ORG, seed=2)
+            print(f"dlt: {name.replace('_', ' ')} of {records:,} rows", flush=True)
+            try:
+                result, peak = run_measured(command, dlt_env)
+            except ChildFailed as error:
+                print(f"dlt: {name} failed: {error}", flush=True)
+                info.setdefault("errors", {})[name] = str(error)[-2000:]
+                continue
+            phase(f"dlt.{name}", result["seconds"], peak_rss_mb=peak, rows_stored=result["rows_stored"])
+            if result["rows_stored"] != records:
+                failures.append(f"dlt {name}: {result['rows_stored']:,} rows stored, expected {records:,}")
+    return info
+
+
+LABELS = {
+    "first_load": "first load",
+    "resync_unchanged": "re-sync, unchanged",
+    "resync_changed": "re-sync, 1% changed",
+}
+
+
+def table_rows(phases: dict[str, dict[str, Any]], report: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for tool in ("limit", "pfasync", "dlt"):
+        for name, label in LABELS.items():
+            measured = phases.get(f"{tool}.{name}")
+            if measured is None:
+                continue
+            limit = phases.get(f"limit.{name}")
+            dlt = phases.get(f"dlt.{name}")
+            per_second = measured["rows_per_second"]
+            rows.append(
+                {
+                    "run": f"{tool}: {label}",
+                    "rows_per_second": per_second,
+                    "ratio_to_limit": round(per_second / limit["rows_per_second"], 3) if limit else None,
+                    "ratio_pfasync_to_dlt": (
+                        round(per_second / dlt["rows_per_second"], 2) if tool == "pfasync" and dlt else None
+                    ),
+                    "peak_rss_mb": measured.get("peak_rss_mb"),
+                    "seconds": measured["seconds"],
+                }
+            )
+    return rows
+
+
+def print_table(report: dict[str, Any]) -> None:
+    def cell(value: Any, fmt: str) -> str:
+        return format("-" if value is None else value, fmt)
+
+    print()
+    print(
+        f"pfasync sync benchmark: {report['records']:,} PFA rows, PostgreSQL {report['machine']['postgresql']}, "
+        f"{report['machine']['cores']} cores"
+    )
+    header = f"{'run':<30} {'rows/s':>10} {'vs limit':>9} {'pfasync/dlt':>12} {'peak RSS MB':>12} {'seconds':>9}"
+    print(header)
+    print("-" * len(header))
+    for row in report["table"]:
+        ratio_limit = None if row["ratio_to_limit"] is None else f"{row['ratio_to_limit']:.2f}x"
+        ratio_dlt = None if row["ratio_pfasync_to_dlt"] is None else f"{row['ratio_pfasync_to_dlt']:.2f}x"
+        print(
+            f"{row['run']:<30} {row['rows_per_second']:>10,} {cell(ratio_limit, '>9')} {cell(ratio_dlt, '>12')} "
+            f"{cell(row['peak_rss_mb'], '>12')} {row['seconds']:>9.1f}"
+        )
+    dlt = report.get("dlt", {})
+    if not dlt.get("available"):
+        print(f"dlt: not measured ({dlt.get('reason', 'not reached')})")
+    elif dlt.get("errors"):
+        print(f"dlt: failed in {', '.join(dlt['errors'])} (see the JSON)")
+    query = report.get("list_query")
+    if query:
+        print(
+            f"list query (org + category + forecast window, newest 100), {query['runs']} runs: "
+            f"p50 {query['p50_ms']} ms, p95 {query['p95_ms']} ms; index: {', '.join(query['indexes_used']) or 'none'}"
+        )
+    memory = report.get("memory")
+    if memory:
+        print(
+            f"pfasync peak RSS: {memory['small_peak_rss_mb']} MB at {memory['small_records']:,} rows, "
+            f"{memory['peak_rss_mb']} MB at {memory['records']:,} rows: {memory['ratio']:.2f}x "
+            + (
+                f"(too few rows to judge flatness; needs more than {SMALL_RECORDS:,})"
+                if memory["flat"] is None
+                else f"({'flat' if memory['flat'] else 'NOT flat'}, threshold {FLAT_MEMORY_FACTOR}x)"
+            )
+        )
+    checks = report.get("checks")
+    if checks:
+        print(
+            f"checks: unchanged re-sync wrote nothing: {checks['unchanged_resync_wrote_nothing']}; "
+            f"1% re-sync updated {checks['changed_resync_updated']:,} of {checks['changed_in_simulator']:,} changed"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, nargs="+", default=[50_000, 200_000])
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--records", type=int, default=None, help="PFA rows (default 1,000,000; --quick: 20,000)")
+    parser.add_argument("--skip-dlt", action="store_true", help="do not install or run dlt")
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: 20,000 rows and 50 list queries")
+    parser.add_argument("--query-runs", type=int, default=None, help="list-query runs (default 200)")
     parser.add_argument("--output", type=Path, default=RESULTS / "bench_sync.json")
+    parser.add_argument("--child", choices=("setup", "sync", "limit", "query"), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--org", help=argparse.SUPPRESS)
+    parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_child(args.records[0], args.port)))
+        children = {
+            "setup": lambda: child_setup(port=args.port),
+            "sync": lambda: child_sync(org=args.org),
+            "limit": lambda: child_limit(records=args.records, database_url=args.database_url),
+            "query": lambda: child_query(runs=args.runs),
+        }
+        print(json.dumps(children[args.child](), default=str))
         return
-    database_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
-    results = [measure(records, database_url) for records in args.records]
-    print(
-        f"{'records':>10} {'first load rows/s':>18} {'re-sync rows/s':>15} {'re-sync speed-up':>17} {'peak RSS MB':>12}"
-    )
-    for r in results:
-        first, again = r["first_load"], r["resync_unchanged"]
-        print(
-            f"{r['records']:>10,} {first['rows_per_second']:>18,} {again['rows_per_second']:>15,} "
-            f"{again['rows_per_second'] / first['rows_per_second']:>16.2f}x {r['peak_rss_mb']:>12}"
-        )
-    if len(results) > 1:
-        print(
-            f"peak memory ratio {results[-1]['records']:,} vs {results[0]['records']:,} records: "
-            f"{results[-1]['peak_rss_mb'] / results[0]['peak_rss_mb']:.2f}x"
-        )
+    if args.records is None:
+        args.records = 20_000 if args.quick else 1_000_000
+    if args.query_runs is None:
+        args.query_runs = 50 if args.quick else 200
+    if args.records < 1_000:
+        parser.error("--records must be at least 1,000")
+    python = Path(sys.executable)
+    shown = os.path.relpath(python, ROOT) if python.is_relative_to(ROOT) else str(python)
+    command_line = shlex.join([shown, os.path.relpath(Path(__file__).resolve(), ROOT), *sys.argv[1:]])
+    print(f"command: {command_line}", flush=True)
+    started = time.perf_counter()
+    try:
+        report, failures = benchmark(args, command_line)
+    except ChildFailed as error:
+        raise SystemExit(f"benchmark failed: {error}") from None
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
+    report["failures"] = failures
+    report["parent_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print_table(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {args.output.relative_to(ROOT)}")
+    args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"command: {command_line}")
+    print(f"written to {os.path.relpath(args.output.resolve(), ROOT)} in {report['total_seconds']:.0f} s")
+    for failure in failures:
+        print(f"CHECK FAILED: {failure}", file=sys.stderr)
+    if failures:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import QuerySet
 
-from mirror.models import ApiConfiguration, Organization
+from mirror.models import ApiConfiguration, Organization, PfaMirror
 from mirror.pems import PemsClient, organization_filter
 
 
@@ -140,3 +140,21 @@ def pems_connection_check(*, configuration: ApiConfiguration) -> ConnectionCheck
         record_count=record_count,
         latency_ms=round((time.monotonic() - started) * 1000),
     )
+
+
+def pfa_records_list(
+    *, organization: Organization, category: str = "", forecast_from=None, forecast_to=None, limit: int = 100
+) -> QuerySet[PfaMirror]:
+    """The front end's list: newest forecast first, optionally one category and a forecast window.
+
+    The raw PEMS row (`data`) is left out: decoding it is most of the cost of a list and it is only
+    needed to show one record.
+    """
+    records = PfaMirror.objects.filter(organization=organization).defer("data")
+    if category:
+        records = records.filter(category=category)
+    if forecast_from:
+        records = records.filter(forecast_start_date__gte=forecast_from)
+    if forecast_to:
+        records = records.filter(forecast_start_date__lte=forecast_to)
+    return records.order_by("-forecast_start_date")[:limit]

@@ -640,6 +640,35 @@ def test_control_endpoints_over_http(http, server, sim):
     assert state["orgs"]["HOU"] == 200  # data kept
 
 
+def test_touch_saves_a_deterministic_fraction_like_pems(sim):
+    twin = PemsSimulator(orgs={"RIO": 500}, seed=1, reference_time=REFERENCE_TIME)
+    before = {row["pfs_id"]: row for row in sim.rows("RIO")}
+    touched = sim.touch_rows("RIO", 0.02, seed=7)
+    assert touched == twin.touch_rows("RIO", 0.02, seed=7)
+    assert len(touched) == 10
+    now = sim.now()
+    for pfa_id in touched:
+        old, new = before[pfa_id], sim.get_row("RIO", pfa_id)
+        assert int(new["pfs_recordid"]) == int(old["pfs_recordid"]) + 1
+        assert new["pfs_lastmodified"][:10] == now[:10]
+        unchanged = set(ALIASES) - {"pfs_recordid", "pfs_lastmodified"}
+        assert {alias: new[alias] for alias in unchanged} == {alias: old[alias] for alias in unchanged}
+    assert len(sim.rows("RIO")) == 500
+    assert sim.touch_rows("RIO", 0.02, seed=8) != touched
+
+
+def test_touch_over_http_returns_the_count_and_rejects_bad_input(http, server, sim):
+    control = server.url + "/_sim/touch"
+    version = sim.data_version
+    answer = http.post(control, json={"org": "HOU", "fraction": 0.05, "seed": 3}, timeout=5)
+    assert answer.status_code == 200 and answer.json() == {"count": 10}
+    assert sim.data_version > version
+    assert http.post(control, json={"org": "HOU", "fraction": 0}, timeout=5).json() == {"count": 0}
+    assert http.post(control, json={"org": "HOU", "fraction": 1.5}, timeout=5).status_code == 400
+    assert http.post(control, json={"fraction": 0.1}, timeout=5).status_code == 400
+    assert http.post(control, json={"org": "NOPE", "fraction": 0.1}, timeout=5).status_code == 404
+
+
 def test_cached_query_sees_changes(http, server, sim):
     first = shape_a_rows(post(http, server, body(rows=1)))[0]
     sim.update_row("RIO", first["pfs_id"], {"pfs_f_model": "CHANGED"})

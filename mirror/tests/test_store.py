@@ -119,3 +119,23 @@ def test_same_key_in_two_organizations_is_two_rows():
     counts = upsert(hou, [record("PFA-1")])
     assert counts.inserted == 1
     assert PfaMirror.objects.filter(pfa_id="PFA-1").count() == 2
+
+
+def test_list_selector_filters_orders_and_leaves_out_the_raw_row():
+    from datetime import date
+
+    from mirror.services import pfa_records_list
+
+    organization = OrganizationFactory(code="RIO")
+    upsert(
+        organization,
+        [
+            record("PFA-1", pfs_f_startdate="03/01/2026"),
+            record("PFA-2", pfs_f_startdate="05/01/2026"),
+            record("PFA-3", pfs_f_startdate="07/01/2026", pfs_f_category="GEN"),
+        ],
+    )
+    listed = list(pfa_records_list(organization=organization, category="CRANE", forecast_from=date(2026, 1, 1)))
+    assert [r.pfa_id for r in listed] == ["PFA-2", "PFA-1"]
+    assert "data" in listed[0].get_deferred_fields()
+    assert [r.pfa_id for r in pfa_records_list(organization=organization, forecast_to=date(2026, 4, 1))] == ["PFA-1"]
