@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/pfasync
 DEMO_PORT ?= 8900
 
-.PHONY: demo test test-sqlite lint install migrate run worker clean
+.PHONY: demo test test-sqlite lint install migrate run worker bench bench-quick clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +40,16 @@ run: migrate
 worker: migrate
 	$(BIN)/python manage.py qcluster
 
+# The throughput benchmark (PostgreSQL; about 15 minutes for a million rows) and its CI-sized run.
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_sync.py --records 1000000
+
+bench-quick: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_sync.py --quick
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) db.sqlite3 db.sqlite3-* .pytest_cache
+	rm -rf $(VENV) .venv-dlt db.sqlite3 db.sqlite3-* test.sqlite3* .pytest_cache

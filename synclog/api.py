@@ -23,8 +23,9 @@ from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
 from rest_framework_simplejwt.views import TokenRefreshView
 
 from mirror import api as mirror_api
-from mirror.api import error_responses, organization_get_visible, organizations_visible_to
+from mirror.api import error_responses, organization_get_visible
 from mirror.models import Organization
+from mirror.services import organizations_visible_to
 from synclog.engine import SyncNotConfigured, SyncRefused, sync_start
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
 from synclog.worker import worker_status
