@@ -15,6 +15,7 @@ from uuid import UUID
 import orjson
 import psycopg
 from django.db import connection
+from django.db.models import Max
 
 from mirror.models import PfaMirror
 from mirror.pems import PfaRecord
@@ -63,6 +64,32 @@ def pfa_records_upsert(
             inserted=inserted, updated=len(versions) - inserted, unchanged=len(batch) - len(versions)
         )
     return counts
+
+
+def pfa_content_hashes(*, organization_id: UUID, pfa_ids: Sequence[str]) -> dict[str, str]:
+    """The stored content hash of each of `pfa_ids` that the organization's mirror holds."""
+    if connection.vendor == "postgresql":
+        # One array parameter, bound server-side: the ORM would quote 10,000 keys into the SQL.
+        connection.ensure_connection()
+        with psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(
+                f"SELECT pfa_id, content_hash FROM {_quoted(PfaMirror._meta.db_table)} "
+                "WHERE organization_id = %s AND pfa_id = ANY(%s)",
+                [organization_id, list(pfa_ids)],
+            )
+            return dict(cursor.fetchall())
+    hashes: dict[str, str] = {}
+    records = PfaMirror.objects.filter(organization_id=organization_id)
+    for start in range(0, len(pfa_ids), 5000):  # SQLite binds a limited number of parameters
+        hashes.update(records.filter(pfa_id__in=pfa_ids[start : start + 5000]).values_list("pfa_id", "content_hash"))
+    return hashes
+
+
+def pfa_newest_modified(*, organization_id: UUID) -> datetime | None:
+    """The latest `pems_last_modified` in the organization's mirror."""
+    return PfaMirror.objects.filter(organization_id=organization_id).aggregate(Max("pems_last_modified"))[
+        "pems_last_modified__max"
+    ]
 
 
 def _quoted(column: str) -> str:

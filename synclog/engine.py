@@ -23,12 +23,13 @@ from mirror.pems import (
     PemsClient,
     PemsError,
     PfaRowError,
+    content_hash,
     modified_since_filter,
     organization_filter,
     parse_pfa_row,
 )
 from mirror.services import pems_client_for, read_configuration_for
-from mirror.store import pfa_records_upsert
+from mirror.store import pfa_content_hashes, pfa_newest_modified, pfa_records_upsert
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
 
 logger = logging.getLogger(__name__)
@@ -118,20 +119,24 @@ def sync_run(
     sync_log.start()
     logger.info("Sync %s of %s started (%s)", sync_log.id, organization.code, sync_log.sync_type)
     kept_errors = 0
-    newest_modified = server_started = None
+    server_started = None
     try:
         sync_log.set_total(client.count(filters))
         for page in client.iter_pages(filters):
-            records, rejected = [], []
+            # A row whose content hash is the stored one is unchanged: no need to type it again.
+            stored = pfa_content_hashes(
+                organization_id=organization.pk, pfa_ids=[(raw.get("pfs_id") or "").strip() for raw in page.rows]
+            )
+            records, rejected, unchanged = [], [], 0
             for raw in page.rows:
+                if stored and stored.get((raw.get("pfs_id") or "").strip()) == content_hash(raw):
+                    unchanged += 1
+                    continue
                 try:
                     records.append(parse_pfa_row(raw, time_zone=time_zone, organization_code=pems_code))
                 except PfaRowError as error:
                     rejected.append((error, raw))
             server_started = server_started or page.server_date
-            newest_modified = max(
-                filter(None, (newest_modified, *(r.pems_last_modified for r in records))), default=None
-            )
             with transaction.atomic():
                 counts = pfa_records_upsert(
                     organization_id=organization.pk,
@@ -144,7 +149,7 @@ def sync_run(
                     processed=len(page.rows),
                     inserted=counts.inserted,
                     updated=counts.updated,
-                    unchanged=counts.unchanged,
+                    unchanged=counts.unchanged + unchanged,
                     errored=len(rejected),
                 )
             del page, records, rejected  # before the next page arrives: one page in memory at a time
@@ -173,7 +178,7 @@ def sync_run(
         sync_log.api_configuration.record_sync(
             finished_at=sync_log.completed_at,
             record_count=sync_log.records_processed,
-            watermark=_next_watermark(newest_modified, server_started),
+            watermark=_next_watermark(pfa_newest_modified(organization_id=organization.pk), server_started),
         )
     logger.info(
         "Sync %s of %s completed: %d processed, %d inserted, %d updated, %d unchanged, %d errored in %d ms",
@@ -209,8 +214,8 @@ def _incremental_filters(sync_log: PfaSyncLog, time_zone: ZoneInfo) -> list[Grid
 
 
 def _next_watermark(newest_modified: datetime | None, server_started: datetime | None) -> datetime | None:
-    """The newest save seen, but never later than PEMS's clock when the read began: a row saved
-    during the read on a page already passed is then read next time."""
+    """The newest save the mirror holds, but never later than PEMS's clock when the read began: a
+    row saved during the read on a page already passed is then read next time."""
     if newest_modified is None:
         return None  # nothing read: keep the watermark
     return min(newest_modified, server_started) if server_started else newest_modified
