@@ -120,12 +120,18 @@ def sync_run(
     logger.info("Sync %s of %s started (%s)", sync_log.id, organization.code, sync_log.sync_type)
     kept_errors = 0
     server_started = None
+    # A first load finds nothing stored: it skips the per-page lookups.
+    mirror_had_rows = organization.pfa_records.exists()
     try:
         sync_log.set_total(client.count(filters))
         for page in client.iter_pages(filters):
             # A row whose content hash is the stored one is unchanged: no need to type it again.
-            stored = pfa_content_hashes(
-                organization_id=organization.pk, pfa_ids=[(raw.get("pfs_id") or "").strip() for raw in page.rows]
+            stored = (
+                pfa_content_hashes(
+                    organization_id=organization.pk, pfa_ids=[(raw.get("pfs_id") or "").strip() for raw in page.rows]
+                )
+                if mirror_had_rows
+                else {}
             )
             records, rejected, unchanged = [], [], 0
             for raw in page.rows:
