@@ -23,6 +23,18 @@ from mirror.services import pems_connection_check
 # --- PEMS connections ---------------------------------------------------------------------------
 
 
+# Written by syncs, shown read-only.
+TRACKING_FIELDS = (
+    "first_sync_at",
+    "last_sync_at",
+    "last_sync_record_count",
+    "total_sync_record_count",
+    "incremental_watermark",
+    "created_at",
+    "updated_at",
+)
+
+
 class ApiConfigurationForm(forms.ModelForm):
     """Every setting of a connection; the secret can be replaced but never read back."""
 
@@ -90,15 +102,7 @@ class ApiConfigurationAdmin(admin.ModelAdmin):
     list_filter = ("usage", "endpoint", "auth_type")
     list_select_related = ("organization",)
     search_fields = ("organization__code", "tenant", "base_url", "username")
-    readonly_fields = (
-        "secret_stored",
-        "first_sync_at",
-        "last_sync_at",
-        "last_sync_record_count",
-        "total_sync_record_count",
-        "created_at",
-        "updated_at",
-    )
+    readonly_fields = ("secret_stored", *TRACKING_FIELDS)
     fieldsets = (
         (None, {"fields": ("organization", "usage")}),
         (
@@ -123,16 +127,7 @@ class ApiConfigurationAdmin(admin.ModelAdmin):
         ),
         (
             "Sync tracking",
-            {
-                "fields": (
-                    "first_sync_at",
-                    "last_sync_at",
-                    "last_sync_record_count",
-                    "total_sync_record_count",
-                    "created_at",
-                    "updated_at",
-                )
-            },
+            {"fields": TRACKING_FIELDS},
         ),
     )
     actions = ("test_connection",)

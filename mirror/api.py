@@ -8,8 +8,7 @@ not change answers 403. The connection's `secret` is write-only: accepted, never
 from uuid import UUID
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
@@ -17,8 +16,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from mirror.models import ApiConfiguration, Organization, PfaMirror
-from mirror.services import organization_create, organization_update, organizations_visible_to, read_connection_put
+from mirror.models import ApiConfiguration, Organization
+from mirror.services import (
+    mirror_size_subquery,
+    organization_create,
+    organization_update,
+    organizations_visible_to,
+    read_connection_put,
+)
 
 # --- Who sees what ----------------------------------------------------------------------------
 
@@ -169,16 +174,7 @@ class OrganizationListApi(APIView):
 
     def organizations_for(self, user) -> QuerySet[Organization]:
         """The listed queryset; the sync app's subclass annotates each organization's last run."""
-        mirror_count = (
-            PfaMirror.objects.filter(organization=OuterRef("pk"))
-            .order_by()
-            .values("organization")
-            .annotate(n=Count("pk"))
-            .values("n")
-        )
-        return organizations_visible_to(user).annotate(
-            mirror_record_count=Coalesce(Subquery(mirror_count, output_field=IntegerField()), 0)
-        )
+        return organizations_visible_to(user).annotate(mirror_record_count=mirror_size_subquery())
 
     def get(self, request: Request) -> Response:
         organizations = self.organizations_for(request.user)

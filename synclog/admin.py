@@ -8,14 +8,14 @@ import json
 import uuid
 
 from django.contrib import admin, messages
-from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Q, QuerySet, Subquery
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from mirror.models import Organization, PfaMirror
+from mirror.models import Organization
+from mirror.services import mirror_size_subquery
 from synclog.engine import SyncAlreadyRunning, sync_start
-from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus, latest_read_runs
 
 STATUS_COLOURS = {
     SyncStatus.QUEUED: "#6c757d",
@@ -50,18 +50,6 @@ def format_duration(duration_ms: int | None) -> str:
     return f"{hours} h {minutes} min"
 
 
-def mirror_size_subquery() -> Subquery:
-    """Rows in the mirror per organization, as one correlated count (rides the org index)."""
-    counted = (
-        PfaMirror.objects.filter(organization=OuterRef("pk"))
-        .order_by()
-        .values("organization")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
-
-
 # --- organizations ------------------------------------------------------------------------------
 
 
@@ -82,7 +70,7 @@ class OrganizationAdmin(admin.ModelAdmin):
     actions = ("sync_now", "enable_sync", "disable_sync")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Organization]:
-        last_run = PfaSyncLog.objects.filter(organization=OuterRef("pk"), direction="read").order_by("-created_at")
+        last_run = latest_read_runs()
         return (
             super()
             .get_queryset(request)

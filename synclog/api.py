@@ -10,7 +10,7 @@ import uuid
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import transaction
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Q, QuerySet, Subquery
 from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import exceptions, serializers, status
@@ -27,7 +27,7 @@ from mirror.api import error_responses, organization_get_visible
 from mirror.models import Organization
 from mirror.services import organizations_visible_to
 from synclog.engine import SyncNotConfigured, SyncRefused, sync_start
-from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus, latest_read_runs
 from synclog.worker import worker_status
 
 logger = logging.getLogger(__name__)
@@ -488,7 +488,7 @@ class OrganizationListApi(mirror_api.OrganizationListApi):
     output_serializer_class = OrganizationSyncOutputSerializer
 
     def organizations_for(self, user) -> QuerySet[Organization]:
-        newest = PfaSyncLog.objects.filter(organization=OuterRef("pk")).order_by("-created_at", "-pk")
+        newest = latest_read_runs()
         return (
             super()
             .organizations_for(user)

@@ -22,8 +22,9 @@ from django.db.models import (
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from mirror.models import Organization, PfaMirror
-from synclog.models import PfaSyncLog, SyncStatus
+from mirror.models import Organization
+from mirror.services import mirror_size_subquery
+from synclog.models import PfaSyncLog, SyncStatus, latest_read_runs
 from synclog.worker import worker_status
 
 CHART_DAYS = 30
@@ -132,18 +133,13 @@ def bar_chart(
 
 
 def _organization_rows(*, now: datetime, interval: timedelta, last_runs: dict) -> list[dict]:
-    completed = PfaSyncLog.objects.filter(
-        organization=OuterRef("pk"), direction="read", status=SyncStatus.COMPLETED
-    ).order_by("-created_at")
+    completed = latest_read_runs().filter(status=SyncStatus.COMPLETED)
     epoch = datetime(1970, 1, 1, tzinfo=timezone.get_current_timezone())
     failures_since = PfaSyncLog.objects.filter(
         organization=OuterRef("pk"),
         direction="read",
         status=SyncStatus.FAILED,
         created_at__gt=OuterRef("last_success_created"),
-    )
-    mirror_size = (
-        PfaMirror.objects.filter(organization=OuterRef("pk")).order_by().values("organization").annotate(n=Count("pk"))
     )
     organizations = (
         Organization.objects.annotate(
@@ -161,7 +157,7 @@ def _organization_rows(*, now: datetime, interval: timedelta, last_runs: dict) -
                 ),
                 0,
             ),
-            mirror_size=Coalesce(Subquery(mirror_size.values("n"), output_field=IntegerField()), 0),
+            mirror_size=mirror_size_subquery(),
         )
         .order_by("code")
     )

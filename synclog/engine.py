@@ -114,7 +114,7 @@ def sync_run(
     """
     organization = sync_log.organization
     pems_code = client.settings.organization
-    time_zone = ZoneInfo(client.settings.time_zone)
+    time_zone = client.settings.zone
     filters = [organization_filter(pems_code), *_incremental_filters(sync_log, time_zone)]
     sync_log.start()
     logger.info("Sync %s of %s started (%s)", sync_log.id, organization.code, sync_log.sync_type)
@@ -126,16 +126,11 @@ def sync_run(
         sync_log.set_total(client.count(filters))
         for page in client.iter_pages(filters):
             # A row whose content hash is the stored one is unchanged: no need to type it again.
-            stored = (
-                pfa_content_hashes(
-                    organization_id=organization.pk, pfa_ids=[(raw.get("pfs_id") or "").strip() for raw in page.rows]
-                )
-                if mirror_had_rows
-                else {}
-            )
+            keys = [(raw.get("pfs_id") or "").strip() for raw in page.rows]
+            stored = pfa_content_hashes(organization_id=organization.pk, pfa_ids=keys) if mirror_had_rows else {}
             records, rejected, unchanged = [], [], 0
-            for raw in page.rows:
-                if stored and stored.get((raw.get("pfs_id") or "").strip()) == content_hash(raw):
+            for key, raw in zip(keys, page.rows, strict=True):
+                if stored and stored.get(key) == content_hash(raw):
                     unchanged += 1
                     continue
                 try:

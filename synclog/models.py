@@ -4,7 +4,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from mirror.models import ApiConfiguration, Organization
@@ -141,6 +141,16 @@ class PfaSyncLog(models.Model):
         if getattr(error, "pems_name", None):
             details["pems_name"] = error.pems_name
         self.finish(SyncStatus.FAILED, error_message=error_message, error_details=details)
+
+
+def latest_read_runs() -> QuerySet[PfaSyncLog]:
+    """Read runs of the organization in the enclosing query (`OuterRef("pk")`), newest first.
+
+    Slice `[:1]` inside a Subquery to annotate organizations with their last run.
+    """
+    return PfaSyncLog.objects.filter(organization=OuterRef("pk"), direction=PfaSyncLog.Direction.READ).order_by(
+        "-created_at", "-pk"
+    )
 
 
 class PfaSyncRecordError(models.Model):

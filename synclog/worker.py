@@ -14,13 +14,13 @@ from datetime import datetime, timedelta
 from croniter import croniter
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db.models import OuterRef, Subquery
+from django.db.models import Subquery
 from django.utils import timezone
 
 from mirror.models import Organization
 from mirror.services import pems_client_for
 from synclog.engine import fail_run, sync_run, sync_start
-from synclog.models import PfaSyncLog, SyncStatus
+from synclog.models import PfaSyncLog, SyncStatus, latest_read_runs
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +163,7 @@ def worker_status() -> dict:
     from django_q.models import Schedule
 
     schedule = Schedule.objects.filter(name=SCHEDULE_NAME).first() if settings.ENABLE_SYNC_WORKER else None
-    last_run = PfaSyncLog.objects.filter(organization=OuterRef("pk"), direction="read").order_by("-created_at")
-    organizations = Organization.objects.annotate(last_run_id=Subquery(last_run.values("pk")[:1]))
+    organizations = Organization.objects.annotate(last_run_id=Subquery(latest_read_runs().values("pk")[:1]))
     last_runs = PfaSyncLog.objects.in_bulk([o.last_run_id for o in organizations if o.last_run_id])
     return {
         "enabled": settings.ENABLE_SYNC_WORKER,
