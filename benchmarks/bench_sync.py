@@ -153,7 +153,7 @@ def child_limit(*, records: int, database_url: str) -> dict[str, Any]:
     from django.db import connection
 
     from mirror.models import Organization
-    from mirror.pems import parse_pfa_row
+    from mirror.records import parse_pfa_row
     from mirror.simulator import PemsSimulator
 
     call_command("migrate", verbosity=0)

@@ -18,7 +18,7 @@ from django.db import connection
 from django.db.models import Max
 
 from mirror.models import PfaMirror
-from mirror.pems import PfaRecord
+from mirror.records import PfaRecord
 
 # Columns filled from a PfaRecord, in model order; everything else is bookkeeping.
 _BOOKKEEPING = {"id", "organization", "version", "first_synced_at", "last_synced_at"}

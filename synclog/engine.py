@@ -22,12 +22,10 @@ from mirror.pems import (
     GridFilter,
     PemsClient,
     PemsError,
-    PfaRowError,
-    content_hash,
     modified_since_filter,
     organization_filter,
-    parse_pfa_row,
 )
+from mirror.records import PfaRowError, content_hash, parse_pfa_row
 from mirror.services import pems_client_for, read_configuration_for
 from mirror.store import pfa_content_hashes, pfa_newest_modified, pfa_records_upsert
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from mirror.models import PfaMirror
-from mirror.pems import content_hash, parse_pfa_row
+from mirror.records import content_hash, parse_pfa_row
 from mirror.store import pfa_records_upsert
 from mirror.tests.factories import OrganizationFactory
 
