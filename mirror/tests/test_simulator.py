@@ -10,6 +10,7 @@ import time
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 import requests
 from django.core.management import call_command
@@ -297,6 +298,72 @@ def test_row_offset_is_ignored(http, server):
     first = shape_a_rows(post(http, server, body(rows=10)))
     again = shape_a_rows(post(http, server, {**body(rows=10), "ROW_OFFSET": 10}))
     assert again == first
+
+
+def grid_answer(result_data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ErrorAlert": None,
+        "ConfirmationAlert": None,
+        "Result": {"ResultData": result_data, "InfoAlert": None, "WarningAlert": None, "SessionID": None},
+    }
+
+
+@pytest.mark.parametrize(("cursor", "rows"), [(2, 333), (1, 500), (501, 10)])
+def test_a_page_is_byte_for_byte_the_json_of_its_answer(http, server, sim, cursor, rows):
+    # The rows are written in chunks spliced into the envelope: no seam may show.
+    expected = sim.rows("RIO")[cursor - 1 : cursor - 1 + rows]
+    last, more = cursor - 1 + len(expected), cursor - 1 + len(expected) < 500
+    shape_a = {
+        "DATARECORD": [
+            {"DATAFIELD": [{"FIELDNAME": alias, "FIELDVALUE": row[alias], "DATATYPE": kind} for alias, kind in COLUMNS]}
+            for row in expected
+        ],
+        "CURRENTCURSORPOSITION": str(last),
+        "NEXTCURSORPOSITION": str(last + 1) if more else None,
+        "RECORDS": str(len(expected)),
+    }
+    assert post(http, server, body(rows=rows, cursor=cursor)).content == orjson.dumps(grid_answer(shape_a))
+
+    answer = post(http, server, body(rows=rows, cursor=cursor), path=GRIDDATA)
+    metadata = {
+        "CURRENTCURSORPOSITION": str(last),
+        "MORERECORDPRESENT": "+" if more else "-",
+        "CLIENTROWS": str(len(expected)),
+        "RECORDS": str(len(expected)),
+        "SERVERTIMESTAMP": answer.json()["Result"]["ResultData"]["GRID"]["METADATA"]["SERVERTIMESTAMP"],
+    }
+    cells = [{"CELL": [{"ALIAS_NAME": alias, "VALUE": row[alias]} for alias in ALIASES]} for row in expected]
+    shape_b = {"GRID": {"GRIDID": "100541", "GRIDNAME": "CUPFAG", "METADATA": metadata, "DATA": {"ROW": cells}}}
+    assert answer.content == orjson.dumps(grid_answer(shape_b))
+
+
+# A quote, backslashes, control characters (two with short escapes), non-ASCII and a line separator.
+NEEDS_ESCAPING = 'say "hi" \\ C:\\tmp\ttab\x01\x1f line\nbreak é 漢字 \u2028 😀'
+
+
+def test_values_json_must_escape_are_served_exactly_in_both_shapes(http, server, sim):
+    post(http, server, body())  # a query cached before the rows change
+    control = server.url + "/_sim/"
+    row = {"pfs_id": "PFA-0000250a", "pfs_f_model": NEEDS_ESCAPING}
+    assert http.post(control + "rows", json={"org": "RIO", "row": row}, timeout=5).status_code == 201
+    assert http.patch(control + "rows/RIO/PFA-0000003", json={"pfs_f_area": NEEDS_ESCAPING}, timeout=5).ok
+    saved = {"recordid": sim.get_row("RIO", "PFA-0000400")["pfs_recordid"], "pfs_f_catdesc": NEEDS_ESCAPING}
+    patched = http.patch(record_url(server, "PFA-0000400%23RIO"), json={"PFA": saved}, headers=headers(), timeout=5)
+    assert patched.status_code == 200
+    assert sim.get_row("RIO", "PFA-0000400")["pfs_f_catdesc"] == NEEDS_ESCAPING
+
+    expected = sim.rows("RIO")
+    assert shape_a_rows(post(http, server, body())) == expected
+    assert shape_b_rows(post(http, server, body(), path=GRIDDATA)) == expected
+    everyone = shape_a_rows(post(http, server, body(), org="*"))
+    assert [row for row in everyone if row["pfs_a_org"] == "RIO"] == expected
+
+
+def test_generated_rows_of_an_organization_whose_code_json_must_escape(http, server, sim):
+    sim.add_organization('O"\\RG', 30)
+    expected = sim.rows('O"\\RG')
+    assert shape_a_rows(post(http, server, body(), org='O"\\RG')) == expected
+    assert shape_b_rows(post(http, server, body(), path=GRIDDATA, org='O"\\RG')) == expected
 
 
 # --- filters and sort ------------------------------------------------------------------------------
