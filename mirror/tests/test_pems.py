@@ -12,7 +12,9 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
+import requests
 
+from mirror import pems
 from mirror.pems import (
     GridFilter,
     PemsAuthError,
@@ -661,3 +663,248 @@ def test_a_grid_cell_that_is_not_an_object_is_a_protocol_error():
 
     with pytest.raises(PemsProtocolError, match="cell is not an object"):
         _grid_rows({"GRID": {"DATA": {"ROW": [{"CELL": [{"ALIAS_NAME": "pfs_id", "VALUE": "A"}, "junk"]}]}}})
+
+
+# --- decoding grid pages: the typed fast path and the generic path ------------------------------
+
+
+@pytest.fixture
+def decode_paths(monkeypatch):
+    """Which decode each grid page went through: "typed" or "generic"."""
+    paths = []
+    typed, generic = pems._typed_grid_rows, pems._grid_rows
+
+    def spy_typed(result_data):
+        paths.append("typed")
+        return typed(result_data)
+
+    def spy_generic(result_data):
+        paths.append("generic")
+        return generic(result_data)
+
+    monkeypatch.setattr(pems, "_typed_grid_rows", spy_typed)
+    monkeypatch.setattr(pems, "_grid_rows", spy_generic)
+    return paths
+
+
+def fetch_page_body(server, cursor: int) -> bytes:
+    """A raw grid page from the simulator, as the client receives it."""
+    body = {
+        "GRID": {
+            "GRID_NAME": "CUPFAG",
+            "GRID_ID": "100541",
+            "NUMBER_OF_ROWS_FIRST_RETURNED": 200,
+            "CURSOR_POSITION": cursor,
+        },
+        "REQUEST_TYPE": "LIST.DATA_ONLY.STORED",
+        "ADDON_SORT": {"ALIAS_NAME": "pfs_id", "TYPE": "ASC"},
+        "ADDON_FILTER": {"ALIAS_NAME": "pfs_a_org", "OPERATOR": "=", "VALUE": "RIO"},
+    }
+    headers = {"tenant": DEFAULT_TENANT, "organization": "RIO"}
+    response = requests.post(
+        f"{server.url}/axis/restservices/grids",
+        json=body,
+        headers=headers,
+        auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD),
+        timeout=5,
+    )
+    assert response.status_code == 200
+    return response.content
+
+
+@pytest.mark.parametrize("shape", ["A", "B"])
+def test_typed_decode_of_a_simulator_page_equals_the_generic_decode(sim, server, shape):
+    sim.set_shape(shape)
+    first_id = sim.rows("RIO")[0]["pfs_id"]
+    sim.update_row("RIO", first_id, {"pfs_f_model": 'Müller "Q" 5\\6\ttab € 😀', "pfs_f_manufacturer": "Ünïcödé"})
+    cursors = []
+    for cursor in (1, 401):  # a page with more to come, then the last page
+        body = fetch_page_body(server, cursor)
+        answer = pems._GRID_PAGE_DECODER.decode(body)  # raises if the typed path rejects a plain page
+        typed_rows, typed_cursor = pems._typed_grid_rows(answer.Result.ResultData)
+        generic_rows, generic_cursor = pems._grid_rows(orjson.loads(body)["Result"]["ResultData"])
+        assert typed_rows == generic_rows
+        assert typed_cursor == generic_cursor
+        assert all(type(v) is str for row in typed_rows for v in (*row, *row.values()))
+        cursors.append(typed_cursor)
+        if cursor == 1:
+            assert len(typed_rows) == 200
+            assert typed_rows[0]["pfs_f_model"] == 'Müller "Q" 5\\6\ttab € 😀'
+            assert typed_rows[0]["pfs_f_manufacturer"] == "Ünïcödé"
+    assert cursors == [201, None]
+
+
+@pytest.mark.parametrize("shape", ["A", "B"])
+def test_simulator_pages_take_the_typed_path_with_the_same_rows(sim, make_client, decode_paths, shape):
+    sim.set_shape(shape)
+    sim.set_row_cap(150)
+    rows, pages = read_all(make_client(page_size=1000))
+    assert decode_paths == ["typed"] * 4
+    assert rows == sim.rows("RIO")
+    assert [page.cursor for page in pages] == [151, 301, 451, None]
+
+
+def a_row(*cells) -> dict:
+    return {"DATAFIELD": [{"FIELDNAME": name, "FIELDVALUE": value, "DATATYPE": "VARCHAR"} for name, value in cells]}
+
+
+def b_row(*cells) -> dict:
+    return {"CELL": [{"ALIAS_NAME": name, "VALUE": value} for name, value in cells]}
+
+
+def a_answer(records, next_cursor="5", **result_data) -> dict:
+    data = {"DATARECORD": records, "CURRENTCURSORPOSITION": "4", "NEXTCURSORPOSITION": next_cursor, **result_data}
+    return {"ErrorAlert": None, "ConfirmationAlert": None, "Result": {"ResultData": data, "SessionID": None}}
+
+
+def b_answer(rows, current="4", more="+", **metadata) -> dict:
+    grid = {
+        "METADATA": {"CURRENTCURSORPOSITION": current, "MORERECORDPRESENT": more, **metadata},
+        "DATA": {"ROW": rows},
+    }
+    return {"ErrorAlert": None, "Result": {"ResultData": {"GRID": grid}}}
+
+
+ODD_VALUES = 'Müller "Q" 5\\6\n€ 😀 \u2028'
+
+
+def with_extra_key(answer: dict, *where: str) -> dict:
+    target = answer
+    for key in where:
+        target = target[key]
+    target["SOMETHING_NEW"] = {"nested": [1, 2.5, None]}
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "path", "rows", "cursor"),
+    [
+        # plain pages, odd only in ways the typed path knows
+        (a_answer([a_row(("pfs_id", "A"))]), "typed", [{"pfs_id": "A"}], 5),
+        (a_answer([a_row(("pfs_id", ODD_VALUES), ("é", "ü"))]), "typed", [{"pfs_id": ODD_VALUES, "é": "ü"}], 5),
+        (a_answer([a_row(("pfs_id", "A"), ("pfs_id", "B"))]), "typed", [{"pfs_id": "B"}], 5),
+        (a_answer([a_row(("pfs_id", "A"))], next_cursor=5), "typed", [{"pfs_id": "A"}], 5),
+        (a_answer([a_row(("pfs_id", "A"))], next_cursor="1,001"), "typed", [{"pfs_id": "A"}], 1001),
+        (a_answer([a_row(("pfs_id", "A"))], next_cursor=None), "typed", [{"pfs_id": "A"}], None),
+        (a_answer([a_row(("pfs_id", "A"))], next_cursor=""), "typed", [{"pfs_id": "A"}], None),
+        (a_answer([a_row(("pfs_id", "A"))], GRID={"DATA": {"ROW": "ignored"}}), "generic", [{"pfs_id": "A"}], 5),
+        (a_answer(None, next_cursor=None), "typed", [], None),
+        (a_answer([], next_cursor=None), "typed", [], None),
+        (b_answer([b_row(("pfs_id", "A"), ("x", ODD_VALUES))]), "typed", [{"pfs_id": "A", "x": ODD_VALUES}], 5),
+        (b_answer([b_row(("pfs_id", "A"))], current=4), "typed", [{"pfs_id": "A"}], 5),
+        (b_answer([b_row(("pfs_id", "A"))], more="-"), "typed", [{"pfs_id": "A"}], None),
+        (b_answer([b_row(("pfs_id", "A"))], more=None), "typed", [{"pfs_id": "A"}], None),
+        (b_answer([b_row(("pfs_id", "A"))], more="-", current=4.5), "generic", [{"pfs_id": "A"}], None),
+        # odd but legal answers the typed path leaves to the generic one
+        (a_answer([a_row(("pfs_id", "A"), ("pfs_recordid", 7))]), "generic", [{"pfs_id": "A", "pfs_recordid": "7"}], 5),
+        (a_answer([a_row(("pfs_id", "A"), ("pfs_f_rental", None))]), "generic", [{"pfs_id": "A", "pfs_f_rental": ""}], 5),
+        (b_answer([b_row(("pfs_id", "A"), ("pfs_f_rental", None))]), "generic", [{"pfs_id": "A", "pfs_f_rental": ""}], 5),
+        (b_answer([b_row(("pfs_id", "A"), ("pfs_f_flag", True))]), "generic", [{"pfs_id": "A", "pfs_f_flag": "True"}], 5),
+        (b_answer([{"CELL": [{"ALIAS_NAME": "pfs_id"}]}]), "generic", [{"pfs_id": ""}], 5),
+        (a_answer({"DATAFIELD": {"FIELDNAME": "pfs_id", "FIELDVALUE": "A"}}), "generic", [{"pfs_id": "A"}], 5),
+        (b_answer({"CELL": []}), "generic", [{}], 5),
+        (a_answer([{"DATAFIELD": None}, a_row(("pfs_id", "B"))]), "generic", [{}, {"pfs_id": "B"}], 5),
+        (a_answer("", next_cursor=None), "generic", [], None),
+        (with_extra_key(a_answer([a_row(("pfs_id", "A"))]), "Result", "ResultData", "DATARECORD", 0, "DATAFIELD", 0),
+         "generic", [{"pfs_id": "A"}], 5),
+        (with_extra_key(b_answer([b_row(("pfs_id", "A"))]), "Result", "ResultData", "GRID", "METADATA"),
+         "generic", [{"pfs_id": "A"}], 5),
+        (with_extra_key(a_answer([a_row(("pfs_id", "A"))])), "generic", [{"pfs_id": "A"}], 5),
+        ({**a_answer([a_row(("pfs_id", "A"))]), "ErrorAlert": [{"Name": "W", "Message": "m"}]}, "generic",
+         [{"pfs_id": "A"}], 5),
+        (b_answer([b_row(("pfs_id", "A"))], current=2**63), "generic", [{"pfs_id": "A"}], 2**63 + 1),
+    ],
+)  # fmt: skip
+def test_grid_page_decodes_the_same_on_either_path(sleeps, decode_paths, answer, path, rows, cursor):
+    body = orjson.dumps(answer)
+    with StubServer([(200, body)]) as stub:
+        page = next(stub_client(stub, sleeps).iter_pages())
+    assert decode_paths == [path]
+    assert page.rows == rows
+    assert page.cursor == cursor
+    assert pems._grid_rows(orjson.loads(body)["Result"]["ResultData"]) == (rows, cursor)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (a_answer([{"DATAFIELD": [["pfs_id", "A"]]}]), "DATARECORD cell is not an object"),
+        (b_answer([b_row(("pfs_id", "A")), "junk"]), "GRID.DATA.ROW entry is not an object"),
+        (a_answer([a_row(("pfs_id", "A"))], next_cursor="abc"), "NEXTCURSORPOSITION 'abc' is not a whole number"),
+        (a_answer([a_row(("pfs_id", "A"))], next_cursor=5.0), "NEXTCURSORPOSITION 5.0 is not a whole number"),
+        (b_answer([b_row(("pfs_id", "A"))], current="-1"), "CURRENTCURSORPOSITION '-1' is not a whole number"),
+        (a_answer(7), "expected a list of rows, got int"),
+        ({"Result": {"ResultData": {"NEXTCURSORPOSITION": "2"}}}, "neither ResultData.DATARECORD nor ResultData.GRID"),
+        ({"Result": {"ResultData": None}}, "no Result.ResultData object"),
+    ],
+)
+def test_malformed_grid_pages_raise_the_generic_errors(sleeps, answer, error):
+    with StubServer([(200, answer)]) as stub, pytest.raises(PemsProtocolError) as caught:
+        list(stub_client(stub, sleeps).iter_pages())
+    assert error in caught.value.message
+    assert len(stub.bodies) == 1 and sleeps == []
+
+
+PLAIN_A = orjson.dumps(a_answer([a_row(("pfs_id", "A"))], next_cursor=None))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        PLAIN_A[:-2],  # truncated JSON
+        PLAIN_A + b"x",  # trailing garbage
+        PLAIN_A.replace(b'"VARCHAR"', b'"VAR\xffCHAR"'),  # not UTF-8 in a value the client ignores
+        PLAIN_A.replace(b'"VARCHAR"', b'"\\ud800"'),  # a lone surrogate
+        PLAIN_A.replace(b'"VARCHAR"', b"1e400"),  # a number beyond a double
+        PLAIN_A.replace(b'"VARCHAR"', b"[" * 2000 + b"]" * 2000),  # nested deeper than orjson allows
+        PLAIN_A.replace(b'"A"', b'"A\x01"'),  # a raw control character
+        PLAIN_A.replace(b'"A"', b'"\xc3\xa9\xed\xa0\x80"'),  # an encoded surrogate
+    ],
+)
+def test_a_200_page_that_is_not_json_is_retried_as_before(sleeps, body):
+    with StubServer([(200, body), (200, PLAIN_A)]) as stub:
+        pages = list(stub_client(stub, sleeps).iter_pages())
+    assert len(sleeps) == 1  # the broken answer was retried once
+    assert [page.rows for page in pages] == [[{"pfs_id": "A"}]]
+    with (
+        StubServer([(200, body)]) as stub,
+        pytest.raises(PemsUnavailable, match="HTTP 200 with a body that is not JSON"),
+    ):
+        list(stub_client(stub, sleeps, max_attempts=1).iter_pages())
+
+
+def test_a_chunked_answer_is_read_whole(sleeps):
+    body = orjson.dumps(
+        a_answer([a_row(("pfs_id", f"PFA-{n:05d}"), ("x", "y" * 300)) for n in range(400)], next_cursor=None)
+    )
+    with ChunkedStubServer(body) as stub:
+        pages = list(stub_client(stub, sleeps).iter_pages())
+    assert [row["pfs_id"] for row in pages[0].rows] == [f"PFA-{n:05d}" for n in range(400)]
+    assert pages[0].cursor is None and sleeps == []
+
+
+class ChunkedStubServer(StubServer):
+    """A StubServer answering once, with `Transfer-Encoding: chunked` in small uneven chunks."""
+
+    def __init__(self, body: bytes):
+        super().__init__([])
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                stub.bodies.append(orjson.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for start in range(0, len(body), 4093):
+                    chunk = body[start : start + 4093]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.write(b"0\r\n\r\n")
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd.RequestHandlerClass = Handler
