@@ -1,14 +1,22 @@
-"""PFA rows typed for the mirror: `parse_pfa_row` turns one raw grid row (alias -> string) into a
-`PfaRecord` whose fields are the columns of `mirror.models.PfaMirror`, or a PfaRowError naming
-the bad column."""
+"""PFA grid rows typed for the mirror.
+
+`parse_pfa_rows` types a whole page of raw rows (alias -> string) column by column into
+`PfaRecord`s, whose fields are the columns of `mirror.models.PfaMirror`, and sets aside each row
+that cannot be stored with a PfaRowError naming its first bad column. A page is typed per column
+because a grid repeats few distinct dates, amounts and flags: each column is one pass of cached
+converters at C speed instead of a dozen Python calls per row.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
+from functools import cache, lru_cache, partial
+from operator import itemgetter
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -27,9 +35,9 @@ class PfaRowError(ValueError):
         return f"{who} cannot be stored: {self.reason}"
 
 
-@dataclass(frozen=True, slots=True)
-class PfaRecord:
-    """One PFA row, typed for the `pfa_mirror` table; `data` keeps the whole raw row."""
+class PfaRecord(NamedTuple):
+    """One PFA row, typed for the `pfa_mirror` table (same columns, same order); `data` keeps the
+    whole raw row."""
 
     pfa_id: str
     pems_record_id: int | None
@@ -59,96 +67,142 @@ class PfaRecord:
     content_hash: str
 
 
+_new_record = partial(tuple.__new__, PfaRecord)  # PfaRecord._make without its Python-level check
+
+
+@dataclass
+class ParsedRows:
+    """A page of rows typed: the records to store and the rows set aside, with why."""
+
+    records: list[PfaRecord] = field(default_factory=list)
+    rejected: list[tuple[PfaRowError, dict[str, str]]] = field(default_factory=list)
+
+
 PFA_ID_MAX_LENGTH = 64
 _DECIMAL_PLACES = 4
 _DECIMAL_WHOLE_DIGITS = 18 - _DECIMAL_PLACES
 _DECIMAL_QUANTUM = Decimal(1).scaleb(-_DECIMAL_PLACES)
 _BIGINT_MAX = 2**63 - 1
 _FLAGS = {"-1": True, "Y": True, "0": False, "N": False, "": False}
+_sorted_json = orjson.OPT_SORT_KEYS
+_59_MINUTES = timedelta(minutes=59)
 
 
 def content_hash(raw: dict[str, str]) -> str:
     """A stable 32-hex digest of a raw row, independent of key order."""
-    return hashlib.blake2b(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+    return hashlib.blake2b(orjson.dumps(raw, option=_sorted_json), digest_size=16).hexdigest()
 
 
 def parse_pfa_row(raw: dict[str, str], *, time_zone: ZoneInfo, organization_code: str | None = None) -> PfaRecord:
     """Type one raw grid row; raises PfaRowError naming the first bad column."""
-    pfa_id = (raw.get("pfs_id") or "").strip()
-    if not pfa_id:
-        raise PfaRowError(None, f"pfs_id: {raw.get('pfs_id')!r} is missing or empty")
-    if len(pfa_id) > PFA_ID_MAX_LENGTH:
-        raise PfaRowError(pfa_id, f"pfs_id: {pfa_id!r} is longer than {PFA_ID_MAX_LENGTH} characters")
+    parsed = parse_pfa_rows([raw], time_zone=time_zone, organization_code=organization_code)
+    if parsed.rejected:
+        raise parsed.rejected[0][0]
+    return parsed.records[0]
+
+
+def parse_pfa_rows(
+    rows: Sequence[dict[str, str]], *, time_zone: ZoneInfo, organization_code: str | None = None
+) -> ParsedRows:
+    """Type a page of raw grid rows. A row with a bad value is set aside with the reason of its
+    first bad column (in `PfaRecord` order); the others become records, in page order.
+
+    `organization_code`, when given, is the only `pfs_a_org` accepted.
+    """
+    reasons: dict[int, str] = {}  # row index -> why it is set aside; the first column to fail wins
+    keys = [(row.get("pfs_id") or "").strip() for row in rows]
+    if not all(keys) or max(map(len, keys), default=0) > PFA_ID_MAX_LENGTH:
+        for index, key in enumerate(keys):
+            if not key:
+                reasons[index] = f"pfs_id: {rows[index].get('pfs_id')!r} is missing or empty"
+            elif len(key) > PFA_ID_MAX_LENGTH:
+                reasons[index] = f"pfs_id: {key!r} is longer than {PFA_ID_MAX_LENGTH} characters"
     if organization_code is not None:
-        org = (raw.get("pfs_a_org") or "").strip()
-        if org != organization_code:
-            raise PfaRowError(pfa_id, f"pfs_a_org: {org!r} is not the organization {organization_code!r}")
-    get = raw.get
+        orgs = [(row.get("pfs_a_org") or "").strip() for row in rows]
+        if orgs.count(organization_code) != len(orgs):
+            for index, org in enumerate(orgs):
+                if org != organization_code:
+                    reasons.setdefault(index, f"pfs_a_org: {org!r} is not the organization {organization_code!r}")
+    columns: list[Sequence] = [keys]
+    for (alias, converter), raw_values in zip(_column_converters(time_zone), _raw_columns(rows), strict=True):
+        if converter is None:  # text
+            columns.append(raw_values if None not in raw_values else [value or "" for value in raw_values])
+            continue
+        values = list(map(converter, raw_values))
+        if _Bad in set(map(type, values)):
+            for index, value in enumerate(values):
+                if type(value) is _Bad:
+                    reasons.setdefault(index, f"{alias}: {raw_values[index]!r} {value}")
+        columns.append(values)
+    columns.append(rows)
+    columns.append([content_hash(row) for row in rows])
+    records = list(map(_new_record, zip(*columns, strict=True)))
+    if not reasons:
+        return ParsedRows(records)
+    return ParsedRows(
+        [record for index, record in enumerate(records) if index not in reasons],
+        [(PfaRowError(keys[index] or None, reasons[index]), rows[index]) for index in sorted(reasons)],
+    )
+
+
+def _raw_columns(rows: Sequence[dict[str, str]]) -> list[Sequence[str | None]]:
+    """The values of each `_COLUMN_ALIASES` column of `rows`; "" or None where a row lacks it."""
+    if not rows:
+        return [()] * len(_COLUMN_ALIASES)
     try:
-        return PfaRecord(
-            pfa_id=pfa_id,
-            pems_record_id=_parse_int(get("pfs_recordid"), "pfs_recordid"),
-            pems_last_modified=_parse_datetime(get("pfs_lastmodified"), "pfs_lastmodified", time_zone),
-            area_silo=get("pfs_f_area") or "",
-            category=get("pfs_f_category") or "",
-            category_description=get("pfs_f_catdesc") or "",
-            pfa_class=get("pfs_f_class") or "",
-            source=get("pfs_f_source") or "",
-            dor=get("pfs_f_dor") or "",
-            monthly_rate=_parse_decimal(get("pfs_f_rental"), "pfs_f_rental"),
-            purchase_price=_parse_decimal(get("pfs_f_purchase"), "pfs_f_purchase"),
-            manufacturer=get("pfs_f_manufacturer") or "",
-            model=get("pfs_f_model") or "",
-            project_code=get("pfs_p_projcode") or "",
-            equipment_tag=get("pfs_equipment_tag") or "",
-            plan_start_date=_parse_date(get("pfs_p_startdate"), "pfs_p_startdate"),
-            plan_end_date=_parse_date(get("pfs_p_enddate"), "pfs_p_enddate"),
-            forecast_start_date=_parse_date(get("pfs_f_startdate"), "pfs_f_startdate"),
-            forecast_end_date=_parse_date(get("pfs_f_enddate"), "pfs_f_enddate"),
-            actual_start_date=_parse_date(get("pfs_a_startdate"), "pfs_a_startdate"),
-            actual_end_date=_parse_date(get("pfs_a_enddate"), "pfs_a_enddate"),
-            is_actualized=_parse_flag(get("pfs_f_actualized"), "pfs_f_actualized"),
-            is_discontinued=_parse_flag(get("pfs_f_discontinued"), "pfs_f_discontinued"),
-            is_funds_transferred=_parse_flag(get("pfs_f_fundstrans"), "pfs_f_fundstrans"),
-            data=raw,
-            content_hash=content_hash(raw),
-        )
-    except _BadValue as exc:
-        raise PfaRowError(pfa_id, str(exc)) from None
+        # The common case, every column in every row, at C speed: one tuple per row, transposed.
+        return list(zip(*map(_column_values, rows), strict=True))
+    except KeyError:
+        return [[row.get(alias) for row in rows] for alias in _COLUMN_ALIASES]
 
 
-class _BadValue(Exception):
-    """A column value that does not parse; the row parser adds the PFA id."""
+class _Bad(str):
+    """A converter's answer for a value that does not parse: what is wrong with it."""
 
 
-def _parse_int(value: str | None, column: str) -> int | None:
+# Grids repeat a few thousand distinct dates, amounts and counters over a million rows: the
+# converters below are cached by text (their answers are immutable), far cheaper than parsing.
+
+
+_NOT_WHOLE = _Bad("is not a whole number")
+_NOT_DECIMAL = _Bad("is not a decimal number")
+_TOO_MANY_PLACES = _Bad(f"has more than {_DECIMAL_PLACES} decimal places")
+_TOO_MANY_DIGITS = _Bad(f"has more than {_DECIMAL_WHOLE_DIGITS} digits before the point")
+_NOT_DATE = _Bad("is not a MM/DD/YYYY date")
+_NOT_DATETIME = _Bad("is not a MM/DD/YYYY HH:mm date and time")
+_NOT_FLAG = _Bad("is not a check box value (-1/0 or Y/N)")
+
+
+@lru_cache(maxsize=20_000)  # `pfs_recordid` counts saves: a few distinct values
+def _whole_number(value: str | None) -> int | None:
     if not value or not (text := value.strip()):
         return None
     digits = text.replace(",", "")
     if not (digits.isascii() and digits.isdigit()) or int(digits) > _BIGINT_MAX:
-        raise _BadValue(f"{column}: {value!r} is not a whole number")
+        return _NOT_WHOLE
     return int(digits)
 
 
-def _parse_decimal(value: str | None, column: str) -> Decimal | None:
+@lru_cache(maxsize=20_000)
+def _decimal(value: str | None) -> Decimal | None:
     if not value or not (text := value.strip()):
         return None
     number = text.replace(",", "")
     # Decimal() also takes "1e5", "NaN" and "1_000"; PEMS sends none of those, so they are errors.
     unsigned = number[1:] if number[:1] in "+-" else number
     if not (unsigned.isascii() and unsigned.replace(".", "", 1).isdigit()):
-        raise _BadValue(f"{column}: {value!r} is not a decimal number")
+        return _NOT_DECIMAL
     try:
         parsed = Decimal(number)
     except InvalidOperation:
-        raise _BadValue(f"{column}: {value!r} is not a decimal number") from None
+        return _NOT_DECIMAL
     if parsed.as_tuple().exponent < -_DECIMAL_PLACES:
         rounded = parsed.quantize(_DECIMAL_QUANTUM)
         if rounded != parsed:
-            raise _BadValue(f"{column}: {value!r} has more than {_DECIMAL_PLACES} decimal places")
+            return _TOO_MANY_PLACES
         parsed = rounded
     if abs(parsed) >= Decimal(10) ** _DECIMAL_WHOLE_DIGITS:
-        raise _BadValue(f"{column}: {value!r} has more than {_DECIMAL_WHOLE_DIGITS} digits before the point")
+        return _TOO_MANY_DIGITS
     return parsed
 
 
@@ -164,54 +218,98 @@ def _split_date(text: str) -> tuple[int, int, int] | None:
     return int(year), int(month), int(day)
 
 
-# Grids repeat a few thousand distinct dates over a million rows, so caching by text is far
-# cheaper than parsing each cell; splitting by hand is itself several times faster than strptime.
-@lru_cache(maxsize=100_000)
-def _date_from_text(text: str) -> date | None:
+@lru_cache(maxsize=20_000)
+def _date(value: str | None) -> date | None:
+    if not value or not (text := value.strip()):
+        return None
     parts = _split_date(text)
     if parts is None:
-        return None
+        return _NOT_DATE
     try:
         return date(*parts)
     except ValueError:
-        return None
+        return _NOT_DATE
 
 
-@lru_cache(maxsize=100_000)
-def _utc_from_text(text: str, time_zone: ZoneInfo) -> datetime | None:
+def _wall_time_to_utc(text: str, time_zone: ZoneInfo) -> datetime:
+    """`MM/DD/YYYY HH:mm` in `time_zone` as UTC, or _NOT_DATETIME."""
     date_text, _, time_text = text.partition(" ")
     parts = _split_date(date_text)
     hour, _, minute = time_text.strip().partition(":")
     if parts is None or not (hour.isdigit() and minute.isdigit() and len(minute) == 2 and len(hour) <= 2):
-        return None
+        return _NOT_DATETIME
     try:
-        # fold=0 makes skipped and repeated wall times (DST) resolve to the earlier offset, every time.
+        # fold=0: skipped and repeated wall times (DST) resolve to the earlier offset, every time.
         local = datetime(*parts, int(hour), int(minute), tzinfo=time_zone, fold=0)
     except ValueError:
-        return None
+        return _NOT_DATETIME
     return local.astimezone(UTC)
 
 
-def _parse_date(value: str | None, column: str) -> date | None:
-    if not value or not (text := value.strip()):
+@cache
+def _utc_datetime_in(time_zone: ZoneInfo) -> Callable[[str | None], datetime | None]:
+    """The converter of `pfs_lastmodified` values (wall times in `time_zone`) to UTC.
+
+    Nearly every value is a distinct minute, but few are a distinct hour: the start of each
+    wall-clock hour is converted once and the minutes added, except in an hour whose UTC offset
+    changes within it, where each minute is converted on its own.
+    """
+
+    @lru_cache(maxsize=20_000)
+    def hour_start(hour_text: str) -> datetime | None:
+        start = _wall_time_to_utc(f"{hour_text}:00", time_zone)
+        if type(start) is _Bad or _wall_time_to_utc(f"{hour_text}:59", time_zone) - start == _59_MINUTES:
+            return start
         return None
-    parsed = _date_from_text(text)
-    if parsed is None:
-        raise _BadValue(f"{column}: {value!r} is not a MM/DD/YYYY date")
-    return parsed
+
+    def utc_datetime(value: str | None) -> datetime | None:
+        if not value or not (text := value.strip()):
+            return None
+        hour_text, _, minute = text.rpartition(":")
+        if not (len(minute) == 2 and minute.isdigit() and int(minute) < 60):
+            return _NOT_DATETIME
+        start = hour_start(hour_text)
+        if start is None:
+            return _wall_time_to_utc(text, time_zone)
+        return start if type(start) is _Bad else start + timedelta(minutes=int(minute))
+
+    return utc_datetime
 
 
-def _parse_datetime(value: str | None, column: str, time_zone: ZoneInfo) -> datetime | None:
-    if not value or not (text := value.strip()):
-        return None
-    parsed = _utc_from_text(text, time_zone)
-    if parsed is None:
-        raise _BadValue(f"{column}: {value!r} is not a MM/DD/YYYY HH:mm date and time")
-    return parsed
+@lru_cache(maxsize=64)
+def _flag(value: str | None) -> bool:
+    return _FLAGS.get((value or "").strip(), _NOT_FLAG)
 
 
-def _parse_flag(value: str | None, column: str) -> bool:
-    flag = _FLAGS.get((value or "").strip())
-    if flag is None:
-        raise _BadValue(f"{column}: {value!r} is not a check box value (-1/0 or Y/N)")
-    return flag
+@cache
+def _column_converters(time_zone: ZoneInfo) -> tuple[tuple[str, Callable | None], ...]:
+    """(alias, converter) of every `PfaRecord` field between `pfa_id` and `data`; None: text."""
+    return (
+        ("pfs_recordid", _whole_number),
+        ("pfs_lastmodified", _utc_datetime_in(time_zone)),
+        ("pfs_f_area", None),
+        ("pfs_f_category", None),
+        ("pfs_f_catdesc", None),
+        ("pfs_f_class", None),
+        ("pfs_f_source", None),
+        ("pfs_f_dor", None),
+        ("pfs_f_rental", _decimal),
+        ("pfs_f_purchase", _decimal),
+        ("pfs_f_manufacturer", None),
+        ("pfs_f_model", None),
+        ("pfs_p_projcode", None),
+        ("pfs_equipment_tag", None),
+        ("pfs_p_startdate", _date),
+        ("pfs_p_enddate", _date),
+        ("pfs_f_startdate", _date),
+        ("pfs_f_enddate", _date),
+        ("pfs_a_startdate", _date),
+        ("pfs_a_enddate", _date),
+        ("pfs_f_actualized", _flag),
+        ("pfs_f_discontinued", _flag),
+        ("pfs_f_fundstrans", _flag),
+    )
+
+
+_COLUMN_ALIASES = tuple(alias for alias, _ in _column_converters(ZoneInfo("UTC")))
+_column_values = itemgetter(*_COLUMN_ALIASES)

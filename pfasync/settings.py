@@ -113,7 +113,7 @@ if not PFASYNC_ENCRYPTION_KEYS:
         "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`."
     )
 
-SYNC_BATCH_SIZE = env.int("SYNC_BATCH_SIZE", default=1000)
+SYNC_BATCH_SIZE = env.int("SYNC_BATCH_SIZE", default=10000)
 SYNC_MAX_KEPT_ERRORS = env.int("SYNC_MAX_KEPT_ERRORS", default=1000)
 # Incremental reads go back this far before the watermark: PEMS times have minute precision and
 # no offset, and a save can land on a page already read.

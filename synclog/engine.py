@@ -4,11 +4,13 @@ Every interface (command, schedule, API, admin) goes through `sync_claim` and `s
 started anywhere leaves the same `pfa_sync_log` row.
 """
 
+import functools
 import logging
+import queue
 import threading
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -20,12 +22,13 @@ from django.utils import timezone
 from mirror.models import Organization
 from mirror.pems import (
     GridFilter,
+    GridPage,
     PemsClient,
     PemsError,
     modified_since_filter,
     organization_filter,
 )
-from mirror.records import PfaRowError, content_hash, parse_pfa_row
+from mirror.records import ParsedRows, PfaRowError, content_hash, parse_pfa_rows
 from mirror.services import pems_client_for, read_configuration_for
 from mirror.store import pfa_content_hashes, pfa_newest_modified, pfa_records_upsert
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
@@ -122,47 +125,50 @@ def sync_run(
     mirror_had_rows = organization.pfa_records.exists()
     try:
         sync_log.set_total(client.count(filters))
-        for page in client.iter_pages(filters):
-            # A row whose content hash is the stored one is unchanged: no need to type it again.
-            keys = [(raw.get("pfs_id") or "").strip() for raw in page.rows]
-            stored = pfa_content_hashes(organization_id=organization.pk, pfa_ids=keys) if mirror_had_rows else {}
-            records, rejected, unchanged = [], [], 0
-            for key, raw in zip(keys, page.rows, strict=True):
-                if stored and stored.get(key) == content_hash(raw):
-                    unchanged += 1
-                    continue
-                try:
-                    records.append(parse_pfa_row(raw, time_zone=time_zone, organization_code=pems_code))
-                except PfaRowError as error:
-                    rejected.append((error, raw))
-            server_started = server_started or page.server_date
-            with transaction.atomic():
-                counts = pfa_records_upsert(
-                    organization_id=organization.pk,
-                    records=records,
-                    synced_at=timezone.now(),
-                    batch_size=settings.SYNC_BATCH_SIZE,
-                )
-                kept_errors += _keep_rejected(sync_log, rejected, room=settings.SYNC_MAX_KEPT_ERRORS - kept_errors)
-                sync_log.add_page(
-                    processed=len(page.rows),
-                    inserted=counts.inserted,
-                    updated=counts.updated,
-                    unchanged=counts.unchanged + unchanged,
-                    errored=len(rejected),
-                )
-            del page, records, rejected  # before the next page arrives: one page in memory at a time
-            if on_progress:
-                on_progress(sync_log)
-            if stop is not None and stop.is_set():
-                sync_log.finish(SyncStatus.CANCELLED, error_message="Stopped on request at a page boundary.")
-                logger.info(
-                    "Sync %s of %s cancelled after %d records",
-                    sync_log.id,
-                    organization.code,
-                    sync_log.records_processed,
-                )
-                return sync_log
+        # The read-ahead thread decodes, hashes and (on a first load) types each page while the
+        # page before it is being stored.
+        prepare = functools.partial(
+            _prepare_page, time_zone=time_zone, organization_code=pems_code, type_rows=not mirror_had_rows
+        )
+        with _ReadAhead(client.iter_pages(filters), prepare) as pages:
+            for page in pages:
+                parsed, unchanged = page.parsed, 0
+                if parsed is None:
+                    pages.read_next()  # a re-sync types and writes few rows: the next page can start now
+                    changed = _changed_rows(organization, page)
+                    unchanged = len(page.rows) - len(changed)
+                    parsed = parse_pfa_rows(changed, time_zone=time_zone, organization_code=pems_code)
+                server_started = server_started or page.server_date
+                with transaction.atomic():
+                    counts = pfa_records_upsert(
+                        organization_id=organization.pk,
+                        records=parsed.records,
+                        synced_at=timezone.now(),
+                        batch_size=settings.SYNC_BATCH_SIZE,
+                        on_staged=pages.read_next,
+                    )
+                    kept_errors += _keep_rejected(
+                        sync_log, parsed.rejected, room=settings.SYNC_MAX_KEPT_ERRORS - kept_errors
+                    )
+                    sync_log.add_page(
+                        processed=len(page.rows),
+                        inserted=counts.inserted,
+                        updated=counts.updated,
+                        unchanged=counts.unchanged + unchanged,
+                        errored=len(parsed.rejected),
+                    )
+                del page, parsed  # the next page is already on its way: two pages in memory at most
+                if on_progress:
+                    on_progress(sync_log)
+                if stop is not None and stop.is_set():
+                    sync_log.finish(SyncStatus.CANCELLED, error_message="Stopped on request at a page boundary.")
+                    logger.info(
+                        "Sync %s of %s cancelled after %d records",
+                        sync_log.id,
+                        organization.code,
+                        sync_log.records_processed,
+                    )
+                    return sync_log
     except PemsError as error:
         fail_run(sync_log, str(error), error)
         raise
@@ -191,6 +197,95 @@ def sync_run(
         sync_log.duration_ms,
     )
     return sync_log
+
+
+@dataclass
+class _PreparedPage:
+    """A grid page as the read-ahead thread hands it over: typed on a first load; otherwise each
+    row's key and content hash, for finding the rows that changed."""
+
+    rows: list[dict[str, str]]
+    server_date: datetime | None
+    parsed: ParsedRows | None = None
+    keys: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+
+
+def _prepare_page(page: GridPage, *, time_zone: ZoneInfo, organization_code: str, type_rows: bool) -> _PreparedPage:
+    prepared = _PreparedPage(page.rows, page.server_date)
+    if type_rows:
+        prepared.parsed = parse_pfa_rows(page.rows, time_zone=time_zone, organization_code=organization_code)
+    else:
+        prepared.keys = [(raw.get("pfs_id") or "").strip() for raw in page.rows]
+        prepared.hashes = list(map(content_hash, page.rows))
+    return prepared
+
+
+def _changed_rows(organization: Organization, page: _PreparedPage) -> list[dict[str, str]]:
+    """The page's rows whose content hash is not the one the mirror holds: only those need typing."""
+    stored = pfa_content_hashes(organization_id=organization.pk, pfa_ids=page.keys)
+    return [
+        raw for key, digest, raw in zip(page.keys, page.hashes, page.rows, strict=True) if stored.get(key) != digest
+    ]
+
+
+class _ReadAhead:
+    """Reads and prepares grid pages in a thread, one page ahead of the caller.
+
+    The thread starts on page N+1 once the caller calls `read_next()` while it works on page N
+    (at the latest when it asks for page N+1). The caller calls it when what is left of page N is
+    waiting on the database, so PEMS and the parsing work while PostgreSQL merges, not while
+    the caller still needs the interpreter. The thread never touches the database. An error
+    raised while reading or preparing is raised to the caller, in order, after the pages before it.
+    """
+
+    _END = object()
+
+    def __init__(self, pages: Iterator[GridPage], prepare: Callable[[GridPage], _PreparedPage]) -> None:
+        self._pages = pages
+        self._prepare = prepare
+        self._handoff: queue.SimpleQueue = queue.SimpleQueue()
+        self._may_read_next = threading.Semaphore(0)
+        self._read_next_granted = False
+        self._closed = threading.Event()
+
+    def __enter__(self) -> "_ReadAhead":
+        threading.Thread(target=self._read, name="pems-read-ahead", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._closed.set()
+
+    def __iter__(self) -> Iterator[_PreparedPage]:
+        while (item := self._handoff.get()) is not self._END:
+            if isinstance(item, BaseException):
+                raise item
+            self._read_next_granted = False
+            yield item
+            del item
+            self.read_next()
+
+    def read_next(self) -> None:
+        """Let the thread read the next page (once per page; later calls do nothing)."""
+        if not self._read_next_granted:
+            self._read_next_granted = True
+            self._may_read_next.release()
+
+    def _read(self) -> None:
+        try:
+            for page in self._pages:
+                self._handoff.put(self._prepare(page))
+                del page
+                while not self._may_read_next.acquire(timeout=0.5):
+                    if self._closed.is_set():
+                        return
+                if self._closed.is_set():
+                    return
+            self._handoff.put(self._END)
+        except BaseException as error:  # handed to the caller, which raises it
+            self._handoff.put(error)
+        finally:
+            self._pages.close()
 
 
 def _incremental_filters(sync_log: PfaSyncLog, time_zone: ZoneInfo) -> list[GridFilter]:

@@ -1,6 +1,5 @@
 """Tests for typing PFA grid rows into mirror records."""
 
-import dataclasses
 import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -8,7 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from mirror.records import PfaRecord, PfaRowError, content_hash, parse_pfa_row
+from mirror.models import PfaMirror
+from mirror.records import PfaRecord, PfaRowError, content_hash, parse_pfa_row, parse_pfa_rows
 
 UTC_ZONE = ZoneInfo("UTC")
 CHICAGO = ZoneInfo("America/Chicago")
@@ -89,10 +89,11 @@ def test_parsed_record_fields_match_the_mirror_model_columns():
         "forecast_end_date", "actual_start_date", "actual_end_date", "is_actualized", "is_discontinued",
         "is_funds_transferred", "data", "content_hash",
     ]  # fmt: skip
-    assert list(PfaRecord.__dataclass_fields__) == expected
+    assert list(PfaRecord._fields) == expected
+    assert expected == [f.name for f in PfaMirror._meta.concrete_fields if f.name in expected]
     record = parse_pfa_row(full_row(), time_zone=UTC_ZONE)
-    assert not hasattr(record, "__dict__")  # slots: a million of these stay small
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    assert not hasattr(record, "__dict__")  # a tuple: a page of these stays small
+    with pytest.raises(AttributeError):
         record.pfa_id = "other"
 
 
@@ -225,3 +226,53 @@ def test_content_hash_is_stable_under_key_order_and_changes_with_values():
     assert re.fullmatch(r"[0-9a-f]{32}", content_hash(raw))
     assert content_hash(raw) != content_hash(full_row(pfs_f_model="LTM 1101"))
     assert content_hash(raw) != content_hash({**raw, "udf_new_column": ""})
+
+
+# --- a page at once -----------------------------------------------------------------------------
+
+
+def test_a_page_sets_aside_only_its_bad_rows_and_keeps_the_order_of_the_rest():
+    rows = [
+        full_row(pfs_id=f"PFA-{n}", pfs_f_model=f"M{n}", pfs_f_rental=f"{n},000.50", pfs_p_startdate=f"01/{n:02}/2025")
+        for n in range(1, 9)
+    ]
+    rows[1]["pfs_f_startdate"] = "2025-02-01"
+    rows[4]["pfs_id"] = ""
+    rows[6]["pfs_a_org"] = "HOU"
+    parsed = parse_pfa_rows(rows, time_zone=CHICAGO, organization_code="RIO")
+
+    assert [record.pfa_id for record in parsed.records] == ["PFA-1", "PFA-3", "PFA-4", "PFA-6", "PFA-8"]
+    # Column by column, each record still gets its own row's values.
+    for record in parsed.records:
+        n = int(record.pfa_id.removeprefix("PFA-"))
+        assert record == parse_pfa_row(rows[n - 1], time_zone=CHICAGO)
+        assert record.model == f"M{n}" and record.monthly_rate == Decimal(f"{n}000.50")
+        assert record.plan_start_date == date(2025, 1, n) and record.data is rows[n - 1]
+    assert [(error.pfa_id, error.reason, raw) for error, raw in parsed.rejected] == [
+        ("PFA-2", "pfs_f_startdate: '2025-02-01' is not a MM/DD/YYYY date", rows[1]),
+        (None, "pfs_id: '' is missing or empty", rows[4]),
+        ("PFA-7", "pfs_a_org: 'HOU' is not the organization 'RIO'", rows[6]),
+    ]
+
+
+def test_a_row_with_several_bad_columns_is_named_by_its_first_one():
+    raw = full_row(pfs_f_fundstrans="maybe", pfs_p_enddate="31/12/2025", pfs_f_purchase="1.23456")
+    parsed = parse_pfa_rows([full_row(pfs_id="OK"), raw], time_zone=UTC_ZONE)
+    assert [record.pfa_id for record in parsed.records] == ["OK"]
+    [(error, _)] = parsed.rejected
+    assert error.reason == "pfs_f_purchase: '1.23456' has more than 4 decimal places"
+
+
+def test_cached_converters_answer_per_time_zone_and_per_value():
+    raw = full_row(pfs_lastmodified="01/15/2025 08:00")
+    assert parse_pfa_row(raw, time_zone=CHICAGO).pems_last_modified == datetime(2025, 1, 15, 14, 0, tzinfo=UTC)
+    assert parse_pfa_row(raw, time_zone=UTC_ZONE).pems_last_modified == datetime(2025, 1, 15, 8, 0, tzinfo=UTC)
+    # A value seen bad once is bad every time, and a good one after it is still good.
+    for _ in range(2):
+        assert len(parse_pfa_rows([full_row(pfs_f_rental="1e5")], time_zone=UTC_ZONE).rejected) == 1
+        assert parse_pfa_row(full_row(pfs_f_rental="1,00"), time_zone=UTC_ZONE).monthly_rate == Decimal(100)
+
+
+def test_an_empty_page_gives_nothing():
+    parsed = parse_pfa_rows([], time_zone=UTC_ZONE, organization_code="RIO")
+    assert parsed.records == [] and parsed.rejected == []

@@ -1,6 +1,5 @@
 """The mirror upsert: exact counts, content-hash skips, versions, and values stored as typed."""
 
-from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -106,7 +105,7 @@ def test_counts_are_exact_across_batches_and_duplicate_keys():
     organization = OrganizationFactory(code="RIO")
     upsert(organization, [record(f"PFA-{i:03d}") for i in range(0, 40, 2)])  # even keys exist
     batch = [record(f"PFA-{i:03d}", pfs_f_model="changed" if i % 4 == 0 else "LTM 1050") for i in range(40)]
-    batch.append(replace(batch[1]))  # the same key twice in one call: stored once
+    batch.append(batch[1]._replace())  # the same key twice in one call: stored once
     counts = upsert(organization, batch, T1, batch_size=7)
     assert (counts.inserted, counts.updated, counts.unchanged) == (20, 10, 11)
     assert counts.inserted + counts.updated + counts.unchanged == len(batch)

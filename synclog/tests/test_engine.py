@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -102,7 +103,12 @@ def test_pems_outage_mid_run_fails_the_run_and_keeps_committed_pages(rio, pems_s
     simulator.set_row_cap(50)
 
     def outage_after_two_pages(sync_log):
-        if sync_log.records_processed == 100:
+        # Page 2 is read ahead while page 1 is stored: once PEMS has served it (the count, then
+        # two pages), PEMS goes down.
+        if sync_log.records_processed == 50:
+            deadline = time.monotonic() + 10
+            while simulator.request_count("grids") < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
             simulator.inject_fault("status", status=503, count=50, target="grid")
 
     with pytest.raises(PemsUnavailable):
@@ -115,6 +121,21 @@ def test_pems_outage_mid_run_fails_the_run_and_keeps_committed_pages(rio, pems_s
     assert PfaMirror.objects.filter(organization=rio).count() == 100
     simulator.clear_faults()
     assert run_sync(rio).records_inserted == 150  # the organization is free again
+
+
+def test_the_next_page_is_read_while_a_page_is_stored_but_no_further(rio, pems_server):
+    simulator = pems_server.simulator
+    simulator.set_row_cap(100)  # 250 rows: three pages
+    grid_requests = []
+
+    def note_requests(sync_log):
+        time.sleep(0.3)  # time enough to read ahead, were it unbounded
+        grid_requests.append(simulator.request_count("grids"))
+
+    sync_log = run_sync(rio, on_progress=note_requests)
+    assert sync_log.records_inserted == 250
+    # The count, page 1 and page 2 once page 1 is stored; everything by the end of page 2.
+    assert grid_requests == [3, 4, 4]
 
 
 def test_stop_request_cancels_at_a_page_boundary(rio, pems_server):
