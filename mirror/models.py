@@ -167,7 +167,9 @@ class PfaMirror(models.Model):
     """One PFA record as PEMS last sent it: typed columns for queries, the whole row in `data`."""
 
     id = models.BigAutoField(primary_key=True)
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="pfa_records")
+    # No index of its own: the unique (organization, pfa_id) index serves every lookup by organization,
+    # and one index less is one write less per row synced.
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="pfa_records", db_index=False)
     pfa_id = models.CharField(max_length=64)
     pems_record_id = models.BigIntegerField(null=True, blank=True)
     pems_last_modified = models.DateTimeField(null=True, blank=True)

@@ -792,11 +792,10 @@ def _typed_grid_rows(result_data: _GridResultData) -> tuple[list[dict[str, str]]
     return rows, _grid_next_cursor(metadata.MORERECORDPRESENT, metadata.CURRENTCURSORPOSITION)
 
 
-# Rows share one string object per column name (interned): a page holds 10,000 copies of each name
-# otherwise, and looking a column up by a name that is the very same object skips comparing text.
-
-
 def _struct_rows(entries: list | None, cells_key: str, name_key: str, value_key: str) -> list[dict[str, str]]:
+    """Rows (alias -> value) of decoded cells. Rows share one string object per column name
+    (interned): a page would otherwise hold 10,000 copies of each name, and looking a column up
+    by a name that is the very same object skips comparing text."""
     if not entries:
         return []
     cells_of, name_of, value_of = attrgetter(cells_key), attrgetter(name_key), attrgetter(value_key)

@@ -86,6 +86,7 @@ _BIGINT_MAX = 2**63 - 1
 _FLAGS = {"-1": True, "Y": True, "0": False, "N": False, "": False}
 _sorted_json = orjson.OPT_SORT_KEYS
 _59_MINUTES = timedelta(minutes=59)
+_MINUTES = {f"{minute:02}": timedelta(minutes=minute) for minute in range(60)}
 
 
 def content_hash(raw: dict[str, str]) -> str:
@@ -129,7 +130,7 @@ def parse_pfa_rows(
             columns.append(raw_values if None not in raw_values else [value or "" for value in raw_values])
             continue
         values = list(map(converter, raw_values))
-        if _Bad in set(map(type, values)):
+        if _Bad in map(type, values):
             for index, value in enumerate(values):
                 if type(value) is _Bad:
                     reasons.setdefault(index, f"{alias}: {raw_values[index]!r} {value}")
@@ -266,12 +267,13 @@ def _utc_datetime_in(time_zone: ZoneInfo) -> Callable[[str | None], datetime | N
         if not value or not (text := value.strip()):
             return None
         hour_text, _, minute = text.rpartition(":")
-        if not (len(minute) == 2 and minute.isdigit() and int(minute) < 60):
+        minutes = _MINUTES.get(minute)
+        if minutes is None:
             return _NOT_DATETIME
         start = hour_start(hour_text)
         if start is None:
             return _wall_time_to_utc(text, time_zone)
-        return start if type(start) is _Bad else start + timedelta(minutes=int(minute))
+        return start if type(start) is _Bad else start + minutes
 
     return utc_datetime
 

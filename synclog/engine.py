@@ -5,11 +5,13 @@ started anywhere leaves the same `pfa_sync_log` row.
 """
 
 import functools
+import gc
 import logging
 import queue
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -130,7 +132,7 @@ def sync_run(
         prepare = functools.partial(
             _prepare_page, time_zone=time_zone, organization_code=pems_code, type_rows=not mirror_had_rows
         )
-        with _ReadAhead(client.iter_pages(filters), prepare) as pages:
+        with _ReadAhead(client.iter_pages(filters), prepare) as pages, _fewer_gc_passes():
             for page in pages:
                 parsed, unchanged = page.parsed, 0
                 if parsed is None:
@@ -227,6 +229,22 @@ def _changed_rows(organization: Organization, page: _PreparedPage) -> list[dict[
     return [
         raw for key, digest, raw in zip(page.keys, page.hashes, page.rows, strict=True) if stored.get(key) != digest
     ]
+
+
+@contextmanager
+def _fewer_gc_passes() -> Iterator[None]:
+    """Let the cyclic garbage collector run every 100,000 container allocations instead of 700.
+
+    A page allocates tens of thousands of short-lived containers (and frees them): at the default
+    threshold the collector ran hundreds of times per 100,000 rows, each pass walking every live
+    object, about a sixth of the sync's CPU time. The rows hold no reference cycles.
+    """
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], 100_000), *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
 
 
 class _ReadAhead:
