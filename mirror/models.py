@@ -10,7 +10,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
-from mirror.pems import PemsSettings
+from mirror.pems import DEFAULT_PAGE_SIZE, PemsSettings
 from mirror.secrets import decrypt_secret, encrypt_secret
 
 
@@ -84,7 +84,7 @@ class ApiConfiguration(models.Model):
     grid_name = models.CharField(max_length=64, default="CUPFAG")
     grid_id = models.CharField(max_length=32, default="100541")
     page_size = models.PositiveIntegerField(
-        default=10_000, validators=[MinValueValidator(1), MaxValueValidator(50_000)]
+        default=DEFAULT_PAGE_SIZE, validators=[MinValueValidator(1), MaxValueValidator(50_000)]
     )
     request_timeout = models.FloatField(
         default=60.0,

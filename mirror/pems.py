@@ -37,6 +37,9 @@ logger = logging.getLogger("mirror.pems")
 NO_SESSION_EXCEPTION = "com.dstm.mp.businessprocess.NoSessionException"
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 ENDPOINTS = ("grids", "griddata")
+# Rows asked for per grid call. A 5,000-row page is about 10 MB of JSON and some 30 MB once
+# parsed, and the sync holds two; larger pages save little time (PEMS caps them anyway).
+DEFAULT_PAGE_SIZE = 5_000
 AUTH_TYPES = ("basic", "api_key")
 
 # A zero delay would turn backoff into a hammer when jitter draws 0.
@@ -135,7 +138,7 @@ class PemsSettings:
     secret: str = field(default="", repr=False)
     grid_name: str = "CUPFAG"
     grid_id: str = "100541"
-    page_size: int = 10_000
+    page_size: int = DEFAULT_PAGE_SIZE
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     time_zone: str = "UTC"

@@ -9,7 +9,7 @@ from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
 from mirror.models import ApiConfiguration, Organization, PfaMirror
-from mirror.pems import PemsClient, organization_filter
+from mirror.pems import DEFAULT_PAGE_SIZE, PemsClient, organization_filter
 
 
 def organizations_visible_to(user) -> QuerySet[Organization]:
@@ -83,7 +83,7 @@ def organization_register(
     auth_type: str = ApiConfiguration.AuthType.BASIC,
     endpoint: str = ApiConfiguration.Endpoint.GRIDS,
     time_zone: str = "UTC",
-    page_size: int = 10_000,
+    page_size: int = DEFAULT_PAGE_SIZE,
     pems_organization_code: str = "",
 ) -> tuple[Organization, bool]:
     """Create or update an organization and its read connection; returns (organization, created)."""

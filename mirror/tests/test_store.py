@@ -5,10 +5,11 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.db import connection
 
 from mirror.models import PfaMirror
 from mirror.records import content_hash, parse_pfa_row
-from mirror.store import pfa_records_upsert
+from mirror.store import pfa_content_hashes, pfa_records_upsert
 from mirror.tests.factories import OrganizationFactory
 
 pytestmark = pytest.mark.django_db
@@ -138,3 +139,29 @@ def test_list_selector_filters_orders_and_leaves_out_the_raw_row():
     assert [r.pfa_id for r in listed] == ["PFA-2", "PFA-1"]
     assert "data" in listed[0].get_deferred_fields()
     assert [r.pfa_id for r in pfa_records_list(organization=organization, forecast_to=date(2026, 4, 1))] == ["PFA-1"]
+
+
+def test_stored_hashes_are_those_of_the_keys_asked_for():
+    organization, other = OrganizationFactory(code="RIO"), OrganizationFactory(code="HOU")
+    upsert(organization, [record(f"PFA-{i:03d}", pfs_f_model=f"M{i}") for i in range(10)])
+    upsert(other, [record("PFA-004", pfs_a_org="RIO")])
+    expected = {f"PFA-{i:03d}": content_hash(raw_row(f"PFA-{i:03d}", pfs_f_model=f"M{i}")) for i in (2, 4, 7)}
+
+    # Keys inside the range that were not asked for, other organizations' rows, unknown and empty
+    # keys: none of them is answered.
+    asked = ["PFA-002", "PFA-004", "PFA-007", "PFA-999", ""]
+    assert pfa_content_hashes(organization_id=organization.pk, pfa_ids=asked) == expected
+    assert pfa_content_hashes(organization_id=organization.pk, pfa_ids=["", "PFA-999"]) == {}
+
+
+def test_stored_hashes_of_keys_far_apart_are_cut_short_but_never_wrong():
+    organization = OrganizationFactory(code="RIO")
+    upsert(organization, [record(f"PFA-{i:03d}") for i in range(100)])
+    # Two keys with 98 stored between them: the range read stops after four rows.
+    hashes = pfa_content_hashes(organization_id=organization.pk, pfa_ids=["PFA-000", "PFA-099"])
+    assert (
+        hashes.items()
+        <= {"PFA-000": content_hash(raw_row("PFA-000")), "PFA-099": content_hash(raw_row("PFA-099"))}.items()
+    )
+    if connection.vendor == "postgresql":
+        assert list(hashes) == ["PFA-000"]

@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from mirror.models import ApiConfiguration
+from mirror.pems import DEFAULT_PAGE_SIZE
 from mirror.services import organization_register
 
 
@@ -30,7 +31,7 @@ class Command(BaseCommand):
         parser.add_argument("--auth", choices=ApiConfiguration.AuthType.values, default="basic")
         parser.add_argument("--endpoint", choices=ApiConfiguration.Endpoint.values, default="grids")
         parser.add_argument("--timezone", default="UTC", help="the tenant's IANA time zone")
-        parser.add_argument("--page-size", type=int, default=10_000)
+        parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE)
         parser.add_argument("--pems-org", default="", help="PEMS organization code if it differs from CODE")
 
     def handle(self, *args, **options):
