@@ -136,9 +136,10 @@ def test_list_selector_filters_orders_and_leaves_out_the_raw_row():
         ],
     )
     listed = list(pfa_records_list(organization=organization, category="CRANE", forecast_from=date(2026, 1, 1)))
-    assert [r.pfa_id for r in listed] == ["PFA-2", "PFA-1"]
-    assert "data" in listed[0].get_deferred_fields()
-    assert [r.pfa_id for r in pfa_records_list(organization=organization, forecast_to=date(2026, 4, 1))] == ["PFA-1"]
+    assert [r["pfa_id"] for r in listed] == ["PFA-2", "PFA-1"]
+    assert listed[0]["forecast_start_date"] == date(2026, 5, 1) and listed[0]["monthly_rate"] == Decimal("12500.5")
+    assert "data" not in listed[0] and "content_hash" not in listed[0]
+    assert [r["pfa_id"] for r in pfa_records_list(organization=organization, forecast_to=date(2026, 4, 1))] == ["PFA-1"]
 
 
 def test_stored_hashes_are_those_of_the_keys_asked_for():
