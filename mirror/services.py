@@ -3,8 +3,9 @@
 import time
 from dataclasses import dataclass, replace
 
+import psycopg
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
@@ -187,10 +188,10 @@ PFA_LIST_COLUMNS = (
 )
 
 
-def pfa_records_list(
+def pfa_records_list_query(
     *, organization: Organization, category: str = "", forecast_from=None, forecast_to=None, limit: int = 100
 ) -> QuerySet:
-    """The front end's list, as dicts of `PFA_LIST_COLUMNS`: newest forecast first, optionally one
+    """The front end's list query: `PFA_LIST_COLUMNS` of the newest forecasts first, optionally one
     category and a forecast window."""
     records = PfaMirror.objects.filter(organization=organization)
     if category:
@@ -199,4 +200,21 @@ def pfa_records_list(
         records = records.filter(forecast_start_date__gte=forecast_from)
     if forecast_to:
         records = records.filter(forecast_start_date__lte=forecast_to)
-    return records.order_by("-forecast_start_date").values(*PFA_LIST_COLUMNS)[:limit]
+    return records.order_by("-forecast_start_date").values_list(*PFA_LIST_COLUMNS)[:limit]
+
+
+def pfa_records_list(**filters) -> list[dict]:
+    """The front end's list (see `pfa_records_list_query` for the filters), as dicts.
+
+    On PostgreSQL the query is run with binary results: psycopg then decodes every column in C,
+    where the text results Django asks for cost milliseconds per 100 rows (timestamps are parsed
+    in Python), several times the query itself.
+    """
+    rows = pfa_records_list_query(**filters)
+    if connection.vendor != "postgresql":
+        return [dict(zip(PFA_LIST_COLUMNS, row, strict=True)) for row in rows]
+    sql, params = rows.query.sql_with_params()
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, binary=True)
+        return [dict(zip(PFA_LIST_COLUMNS, row, strict=True)) for row in cursor]

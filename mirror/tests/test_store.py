@@ -124,7 +124,7 @@ def test_same_key_in_two_organizations_is_two_rows():
 def test_list_selector_filters_orders_and_leaves_out_the_raw_row():
     from datetime import date
 
-    from mirror.services import pfa_records_list
+    from mirror.services import PFA_LIST_COLUMNS, pfa_records_list
 
     organization = OrganizationFactory(code="RIO")
     upsert(
@@ -140,6 +140,9 @@ def test_list_selector_filters_orders_and_leaves_out_the_raw_row():
     assert listed[0]["forecast_start_date"] == date(2026, 5, 1) and listed[0]["monthly_rate"] == Decimal("12500.5")
     assert "data" not in listed[0] and "content_hash" not in listed[0]
     assert [r["pfa_id"] for r in pfa_records_list(organization=organization, forecast_to=date(2026, 4, 1))] == ["PFA-1"]
+    # Every column as the model has it, whichever way the rows were read.
+    stored = PfaMirror.objects.get(organization=organization, pfa_id="PFA-2")
+    assert listed[0] == {column: getattr(stored, column) for column in PFA_LIST_COLUMNS}
 
 
 def test_stored_hashes_are_those_of_the_keys_asked_for():

@@ -1,5 +1,6 @@
 """The read sync end to end: simulator over HTTP -> client -> parser -> mirror -> pfa_sync_log."""
 
+import gc
 import logging
 import threading
 import time
@@ -136,6 +137,14 @@ def test_the_next_page_is_read_while_a_page_is_stored_but_no_further(rio, pems_s
     assert sync_log.records_inserted == 250
     # The count, page 1 and page 2 once page 1 is stored; everything by the end of page 2.
     assert grid_requests == [3, 4, 4]
+
+
+def test_the_collector_runs_less_often_during_a_sync_and_as_before_after_it(rio):
+    before = gc.get_threshold()
+    during = []
+    run_sync(rio, on_progress=lambda sync_log: during.append(gc.get_threshold()))
+    assert during and all(thresholds[0] >= 100_000 for thresholds in during)
+    assert gc.get_threshold() == before
 
 
 def test_stop_request_cancels_at_a_page_boundary(rio, pems_server):
