@@ -161,10 +161,6 @@ class _Bad(str):
     """A converter's answer for a value that does not parse: what is wrong with it."""
 
 
-# Grids repeat a few thousand distinct dates, amounts and counters over a million rows: the
-# converters below are cached by text (their answers are immutable), far cheaper than parsing.
-
-
 _NOT_WHOLE = _Bad("is not a whole number")
 _NOT_DECIMAL = _Bad("is not a decimal number")
 _TOO_MANY_PLACES = _Bad(f"has more than {_DECIMAL_PLACES} decimal places")
@@ -174,6 +170,8 @@ _NOT_DATETIME = _Bad("is not a MM/DD/YYYY HH:mm date and time")
 _NOT_FLAG = _Bad("is not a check box value (-1/0 or Y/N)")
 
 
+# Grids repeat a few thousand distinct dates, amounts and counters over a million rows: the
+# converters below are cached by text (their answers are immutable), far cheaper than parsing.
 @lru_cache(maxsize=20_000)  # `pfs_recordid` counts saves: a few distinct values
 def _whole_number(value: str | None) -> int | None:
     if not value or not (text := value.strip()):
