@@ -94,6 +94,11 @@ def content_hash(raw: dict[str, str]) -> str:
     return hashlib.blake2b(orjson.dumps(raw, option=_sorted_json), digest_size=16).hexdigest()
 
 
+def pfa_keys(rows: Sequence[dict[str, str]]) -> list[str]:
+    """Each row's key (`pfs_id`) as the mirror stores it; "" for a row without one."""
+    return [(row.get("pfs_id") or "").strip() for row in rows]
+
+
 def parse_pfa_row(raw: dict[str, str], *, time_zone: ZoneInfo, organization_code: str | None = None) -> PfaRecord:
     """Type one raw grid row; raises PfaRowError naming the first bad column."""
     parsed = parse_pfa_rows([raw], time_zone=time_zone, organization_code=organization_code)
@@ -111,7 +116,7 @@ def parse_pfa_rows(
     `organization_code`, when given, is the only `pfs_a_org` accepted.
     """
     reasons: dict[int, str] = {}  # row index -> why it is set aside; the first column to fail wins
-    keys = [(row.get("pfs_id") or "").strip() for row in rows]
+    keys = pfa_keys(rows)
     if not all(keys) or max(map(len, keys), default=0) > PFA_ID_MAX_LENGTH:
         for index, key in enumerate(keys):
             if not key:

@@ -181,11 +181,8 @@ def _upsert_batch_postgresql(
         cursor.execute(create)
         with cursor.copy(copy_sql) as copy:
             copy.set_types(copy_types)
-            stage_row = list(PfaRecord._fields)
             for record in batch:
-                stage_row[:] = record
-                stage_row[_DATA_INDEX] = orjson.dumps(record.data).decode()
-                copy.write_row(stage_row)
+                copy.write_row((*record[:_DATA_INDEX], orjson.dumps(record.data).decode(), *record[_DATA_INDEX + 1 :]))
         if on_staged:
             on_staged()
         cursor.execute(merge, [organization_id, synced_at, synced_at])

@@ -30,7 +30,7 @@ from mirror.pems import (
     modified_since_filter,
     organization_filter,
 )
-from mirror.records import ParsedRows, PfaRowError, content_hash, parse_pfa_rows
+from mirror.records import ParsedRows, PfaRowError, content_hash, parse_pfa_rows, pfa_keys
 from mirror.services import pems_client_for, read_configuration_for
 from mirror.store import pfa_content_hashes, pfa_newest_modified, pfa_records_upsert
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
@@ -218,7 +218,7 @@ def _prepare_page(page: GridPage, *, time_zone: ZoneInfo, organization_code: str
     if type_rows:
         prepared.parsed = parse_pfa_rows(page.rows, time_zone=time_zone, organization_code=organization_code)
     else:
-        prepared.keys = [(raw.get("pfs_id") or "").strip() for raw in page.rows]
+        prepared.keys = pfa_keys(page.rows)
         prepared.hashes = list(map(content_hash, page.rows))
     return prepared
 
