@@ -123,7 +123,7 @@ def sync_run(
     logger.info("Sync %s of %s started (%s)", sync_log.id, organization.code, sync_log.sync_type)
     kept_errors = 0
     server_started = None
-    # A first load finds nothing stored: it skips the per-page lookups.
+    # A first load finds nothing stored: it skips the per-page lookups and inserts without merging.
     mirror_had_rows = organization.pfa_records.exists()
     try:
         sync_log.set_total(client.count(filters))
@@ -148,6 +148,7 @@ def sync_run(
                         synced_at=timezone.now(),
                         batch_size=settings.SYNC_BATCH_SIZE,
                         on_staged=pages.read_next,
+                        expect_new=not mirror_had_rows,
                     )
                     kept_errors += _keep_rejected(
                         sync_log, parsed.rejected, room=settings.SYNC_MAX_KEPT_ERRORS - kept_errors

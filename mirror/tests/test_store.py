@@ -55,15 +55,25 @@ def record(pfa_id: str, **overrides):
     return parse_pfa_row(raw_row(pfa_id, **overrides), time_zone=CHICAGO, organization_code="RIO")
 
 
-def upsert(organization, records, synced_at=T0, batch_size=1000):
+def upsert(organization, records, synced_at=T0, batch_size=1000, expect_new=False):
     return pfa_records_upsert(
-        organization_id=organization.pk, records=records, synced_at=synced_at, batch_size=batch_size
+        organization_id=organization.pk,
+        records=records,
+        synced_at=synced_at,
+        batch_size=batch_size,
+        expect_new=expect_new,
     )
 
 
-def test_first_load_inserts_every_row_with_typed_columns():
+# `expect_new` (a first load) takes another way into the mirror on PostgreSQL: COPY straight into
+# the table, falling back to the merge for a batch with a key already stored.
+either_way = pytest.mark.parametrize("expect_new", [False, True], ids=["merge", "expect_new"])
+
+
+@either_way
+def test_first_load_inserts_every_row_with_typed_columns(expect_new):
     organization = OrganizationFactory(code="RIO")
-    counts = upsert(organization, [record(f"PFA-{i:03d}") for i in range(5)])
+    counts = upsert(organization, [record(f"PFA-{i:03d}") for i in range(5)], expect_new=expect_new)
     assert (counts.inserted, counts.updated, counts.unchanged) == (5, 0, 0)
     stored = PfaMirror.objects.get(organization=organization, pfa_id="PFA-003")
     assert stored.monthly_rate == Decimal("12500.5")
@@ -102,15 +112,52 @@ def test_changed_row_is_updated_and_its_version_grows():
     assert PfaMirror.objects.get(pfa_id="PFA-2").version == 1
 
 
-def test_counts_are_exact_across_batches_and_duplicate_keys():
+@either_way
+def test_counts_are_exact_across_batches_and_duplicate_keys(expect_new):
     organization = OrganizationFactory(code="RIO")
     upsert(organization, [record(f"PFA-{i:03d}") for i in range(0, 40, 2)])  # even keys exist
     batch = [record(f"PFA-{i:03d}", pfs_f_model="changed" if i % 4 == 0 else "LTM 1050") for i in range(40)]
     batch.append(batch[1]._replace())  # the same key twice in one call: stored once
-    counts = upsert(organization, batch, T1, batch_size=7)
+    counts = upsert(organization, batch, T1, batch_size=7, expect_new=expect_new)
     assert (counts.inserted, counts.updated, counts.unchanged) == (20, 10, 11)
     assert counts.inserted + counts.updated + counts.unchanged == len(batch)
     assert PfaMirror.objects.filter(organization=organization).count() == 40
+    assert PfaMirror.objects.filter(organization=organization, version=2).count() == 10
+
+
+def test_rows_expected_new_are_stored_exactly_as_the_merge_stores_them():
+    merged, copied = OrganizationFactory(code="RIO"), OrganizationFactory(code="HOU")
+    records = [
+        record("PFA-1"),
+        record("PFA-2", pfs_f_purchase="1,234,567.8912", pfs_lastmodified="", pfs_f_model='quote " and \\ é'),
+        record("PFA-3", pfs_recordid="", pfs_a_startdate="12/31/2025", pfs_udf_extra=""),
+    ]
+    upsert(merged, records)
+    upsert(copied, records, expect_new=True)
+    columns = [field.attname for field in PfaMirror._meta.concrete_fields if field.name not in {"id", "organization"}]
+
+    def stored(organization):
+        return list(PfaMirror.objects.filter(organization=organization).order_by("pfa_id").values_list(*columns))
+
+    assert stored(copied) == stored(merged)
+    assert len(stored(copied)) == 3
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="only PostgreSQL has the COPY path")
+def test_a_batch_expected_new_that_meets_a_stored_key_is_merged_and_the_next_is_copied(caplog):
+    organization = OrganizationFactory(code="RIO")
+    upsert(organization, [record("PFA-003")])
+    records = [record(f"PFA-{i:03d}", pfs_f_model="new") for i in range(10)]
+    with caplog.at_level("INFO", logger="mirror.store"):
+        counts = upsert(organization, records, T1, batch_size=5, expect_new=True)
+    assert (counts.inserted, counts.updated, counts.unchanged) == (9, 1, 0)
+    # Only the first batch (PFA-000..004) held a stored key; the second went in by COPY.
+    assert [message for message in caplog.messages if "merging them" in message] == [
+        "Some of 5 rows expected to be new are in the mirror already: merging them"
+    ]
+    assert PfaMirror.objects.get(pfa_id="PFA-003").version == 2
+    assert set(PfaMirror.objects.values_list("model", flat=True)) == {"new"}
+    assert PfaMirror.objects.count() == 10
 
 
 def test_same_key_in_two_organizations_is_two_rows():
