@@ -19,6 +19,8 @@ On N synthetic PFA rows (the simulator's generator, seed 1) it measures, in this
    HTTP and merging it by (organization, pfs_id) into a separate database: first load and a
    1%-changed re-sync. If dlt cannot be installed the run says so and goes on.
 
+Each timed process also reports its CPU seconds and how busy all cores were while it ran: a
+process near one core's worth of CPU on a half-idle machine is bound by itself, not by PostgreSQL.
 It prints a table and writes it with every detail to benchmarks/results/bench_sync.json. The exit
 status is 1 if a correctness check failed (the numbers are still written).
 
@@ -46,7 +48,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -307,12 +309,35 @@ def postgres_version(url: str) -> str:
         return connection.execute("SHOW server_version").fetchone()[0]
 
 
-def run_measured(command: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float]:
-    """Run a child to its end; its last stdout line (JSON) and its peak RSS in MB, as the kernel saw it."""
+def machine_busy_seconds() -> float | None:
+    """CPU seconds this machine has spent busy (all cores, all processes) since boot; None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(value) for value in stat.readline().split()[1:]]
+    except OSError:
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+
+
+class Measured(NamedTuple):
+    """What a child printed, and what the kernel saw of it while it ran."""
+
+    result: dict[str, Any]
+    peak_rss_mb: float
+    cpu_seconds: float  # the child's own user + system time
+    machine_busy: float | None  # share of all cores busy while it ran (every process), 0..1
+
+
+def run_measured(command: list[str], env: dict[str, str]) -> Measured:
+    """Run a child to its end: its last stdout line (JSON), its peak RSS and CPU time, and how busy
+    the machine was meanwhile, which tells whether it waited on itself or on the database."""
+    busy_before, started = machine_busy_seconds(), time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=err)
         # wait4 gives this child's own peak RSS, not the running maximum over all children.
         _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        busy_after = machine_busy_seconds()
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
@@ -323,7 +348,15 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[dict[str, Any
     lines = stdout.strip().splitlines()
     if not lines:
         raise ChildFailed(f"{label} printed no result:\n{stderr[-4000:]}")
-    return json.loads(lines[-1]), round(usage.ru_maxrss / 1024, 1)
+    machine_busy = None
+    if busy_before is not None and busy_after is not None and wall > 0:
+        machine_busy = round((busy_after - busy_before) / (wall * (os.cpu_count() or 1)), 3)
+    return Measured(
+        json.loads(lines[-1]),
+        round(usage.ru_maxrss / 1024, 1),
+        round(usage.ru_utime + usage.ru_stime, 1),
+        machine_busy,
+    )
 
 
 class ChildFailed(Exception):
@@ -441,7 +474,7 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
     # 1. The limit: no simulator, no HTTP, no parsing in the timed part.
     print(f"limit: generating and parsing {records:,} rows (untimed), then COPY + merge", flush=True)
     recreate_database(database_url)
-    limit, _ = run_measured(child_command("limit", "--records", str(records), "--database-url", database_url), env)
+    limit = run_measured(child_command("limit", "--records", str(records), "--database-url", database_url), env).result
     for name in ("first_load", "resync_unchanged", "resync_changed"):
         details = {key: value for key, value in limit[name].items() if key != "seconds"}
         phase(f"limit.{name}", limit[name]["seconds"], **details)
@@ -461,12 +494,14 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
             if name == "resync_changed":
                 syncs["touched"] = {"count": simulator_touch(port, ORG, seed=1)}
             print(f"pfasync: {name.replace('_', ' ')} of {records:,} rows", flush=True)
-            result, peak = run_measured(child_command("sync", "--org", ORG), env)
+            result, peak, cpu_seconds, machine_busy = run_measured(child_command("sync", "--org", ORG), env)
             syncs[name] = result
             phase(
                 f"pfasync.{name}",
                 result["seconds"],
                 peak_rss_mb=peak,
+                process_cpu_seconds=cpu_seconds,
+                machine_busy=machine_busy,
                 **{key: result[key] for key in ("inserted", "updated", "unchanged", "errored")},
                 mirror_before=result["before"],
                 mirror_after=result["after"],
@@ -495,7 +530,7 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
         }
 
         print(f"pfasync: first load of {small:,} rows (memory baseline)", flush=True)
-        result, small_peak = run_measured(child_command("sync", "--org", SMALL_ORG), env)
+        result, small_peak, *_ = run_measured(child_command("sync", "--org", SMALL_ORG), env)
         large_peak = phases["pfasync.first_load"]["peak_rss_mb"]
         report["memory"] = {
             "small_records": small,
@@ -510,7 +545,7 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
 
         # 3. The list query on the N-row table the syncs just wrote.
         print(f"list query: {args.query_runs} runs", flush=True)
-        report["list_query"], _ = run_measured(child_command("query", "--runs", str(args.query_runs)), env)
+        report["list_query"] = run_measured(child_command("query", "--runs", str(args.query_runs)), env).result
         if LIST_QUERY_INDEX not in report["list_query"]["indexes_used"]:
             failures.append(f"list query does not use {LIST_QUERY_INDEX}: {report['list_query']['indexes_used']}")
 
@@ -552,12 +587,19 @@ def run_dlt(args, port: int, records: int, database_url: str, env, phase, failur
                 info["touched"] = simulator_touch(port, ORG, seed=2)
             print(f"dlt: {name.replace('_', ' ')} of {records:,} rows", flush=True)
             try:
-                result, peak = run_measured(command, dlt_env)
+                result, peak, cpu_seconds, machine_busy = run_measured(command, dlt_env)
             except ChildFailed as error:
                 print(f"dlt: {name} failed: {error}", flush=True)
                 info.setdefault("errors", {})[name] = str(error)[-2000:]
                 continue
-            phase(f"dlt.{name}", result["seconds"], peak_rss_mb=peak, rows_stored=result["rows_stored"])
+            phase(
+                f"dlt.{name}",
+                result["seconds"],
+                peak_rss_mb=peak,
+                process_cpu_seconds=cpu_seconds,
+                machine_busy=machine_busy,
+                rows_stored=result["rows_stored"],
+            )
             if result["rows_stored"] != records:
                 failures.append(f"dlt {name}: {result['rows_stored']:,} rows stored, expected {records:,}")
     return info
@@ -590,6 +632,8 @@ def table_rows(phases: dict[str, dict[str, Any]], report: dict[str, Any]) -> lis
                     ),
                     "peak_rss_mb": measured.get("peak_rss_mb"),
                     "seconds": measured["seconds"],
+                    "process_cpu_seconds": measured.get("process_cpu_seconds"),
+                    "machine_busy": measured.get("machine_busy"),
                 }
             )
     return rows
@@ -604,15 +648,20 @@ def print_table(report: dict[str, Any]) -> None:
         f"pfasync sync benchmark: {report['records']:,} PFA rows, PostgreSQL {report['machine']['postgresql']}, "
         f"{report['machine']['cores']} cores"
     )
-    header = f"{'run':<30} {'rows/s':>10} {'vs limit':>9} {'pfasync/dlt':>12} {'peak RSS MB':>12} {'seconds':>9}"
+    header = (
+        f"{'run':<30} {'rows/s':>10} {'vs limit':>9} {'pfasync/dlt':>12} {'peak RSS MB':>12} {'seconds':>9} "
+        f"{'CPU s':>7} {'machine busy':>13}"
+    )
     print(header)
     print("-" * len(header))
     for row in report["table"]:
         ratio_limit = None if row["ratio_to_limit"] is None else f"{row['ratio_to_limit']:.2f}x"
         ratio_dlt = None if row["ratio_pfasync_to_dlt"] is None else f"{row['ratio_pfasync_to_dlt']:.2f}x"
+        busy = None if row["machine_busy"] is None else f"{row['machine_busy']:.0%}"
         print(
             f"{row['run']:<30} {row['rows_per_second']:>10,} {cell(ratio_limit, '>9')} {cell(ratio_dlt, '>12')} "
-            f"{cell(row['peak_rss_mb'], '>12')} {row['seconds']:>9.1f}"
+            f"{cell(row['peak_rss_mb'], '>12')} {row['seconds']:>9.1f} {cell(row['process_cpu_seconds'], '>7')} "
+            f"{cell(busy, '>13')}"
         )
     dlt = report.get("dlt", {})
     if not dlt.get("available"):

@@ -3,6 +3,7 @@
 Rows whose content hash did not change are not rewritten (no new tuple, no `version` bump).
 The statement's RETURNING clause tells inserted from updated without a second query: a freshly
 inserted row has version 1, an updated one a version above 1, and a skipped one is not returned.
+On an organization's first load there is nothing to merge with: batches are COPYed straight in.
 """
 
 import logging
