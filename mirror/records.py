@@ -91,7 +91,27 @@ _MINUTES = {f"{minute:02}": timedelta(minutes=minute) for minute in range(60)}
 
 def content_hash(raw: dict[str, str]) -> str:
     """A stable 32-hex digest of a raw row, independent of key order."""
-    return hashlib.blake2b(orjson.dumps(raw, option=_sorted_json), digest_size=16).hexdigest()
+    return _digest(orjson.dumps(raw, option=_sorted_json))
+
+
+def _digest(canonical_json: bytes) -> str:
+    return hashlib.blake2b(canonical_json, digest_size=16).hexdigest()
+
+
+# PostgreSQL stores no NUL character, in text or in jsonb: a row holding one is set aside, and
+# kept aside with each NUL shown as U+2400 (␀). JSON writes NUL as this escape; a value holding
+# a backslash and "u0000" matches too, and is then looked at more closely.
+_JSON_NUL = b"\\u0000"
+_NUL_SHOWN = "\u2400"
+
+
+def _nul_column(row: dict[str, str]) -> str | None:
+    """The first column of `row` whose name or value holds a NUL character."""
+    return next((alias for alias, value in row.items() if "\x00" in alias or "\x00" in value), None)
+
+
+def _without_nul(row: dict[str, str]) -> dict[str, str]:
+    return {alias.replace("\x00", _NUL_SHOWN): value.replace("\x00", _NUL_SHOWN) for alias, value in row.items()}
 
 
 def pfa_keys(rows: Sequence[dict[str, str]]) -> list[str]:
@@ -140,15 +160,24 @@ def parse_pfa_rows(
                 if type(value) is _Bad:
                     reasons.setdefault(index, f"{alias}: {raw_values[index]!r} {value}")
         columns.append(values)
+    canonical = [orjson.dumps(row, option=_sorted_json) for row in rows]
+    with_nul = {index for index, text in enumerate(canonical) if _JSON_NUL in text and _nul_column(rows[index])}
+    for index in with_nul:
+        alias = _nul_column(rows[index])
+        where = f"{alias!r} (a column name)" if "\x00" in alias else f"{alias}: {rows[index][alias]!r}"
+        reasons.setdefault(index, f"{where} holds a NUL character, which the database cannot store")
     columns.append(rows)
-    columns.append([content_hash(row) for row in rows])
+    columns.append(list(map(_digest, canonical)))
     records = list(map(_new_record, zip(*columns, strict=True)))
     if not reasons:
         return ParsedRows(records)
-    return ParsedRows(
-        [record for index, record in enumerate(records) if index not in reasons],
-        [(PfaRowError(keys[index] or None, reasons[index]), rows[index]) for index in sorted(reasons)],
-    )
+    rejected = []
+    for index in sorted(reasons):
+        key, raw = keys[index] or None, rows[index]
+        if index in with_nul:
+            key, raw = key and key.replace("\x00", _NUL_SHOWN), _without_nul(raw)
+        rejected.append((PfaRowError(key, reasons[index]), raw))
+    return ParsedRows([record for index, record in enumerate(records) if index not in reasons], rejected)
 
 
 def _raw_columns(rows: Sequence[dict[str, str]]) -> list[Sequence[str | None]]:

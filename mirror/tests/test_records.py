@@ -255,6 +255,26 @@ def test_a_page_sets_aside_only_its_bad_rows_and_keeps_the_order_of_the_rest():
     ]
 
 
+def test_a_row_holding_a_nul_character_is_set_aside_and_kept_without_it():
+    # PostgreSQL cannot store NUL in text or jsonb: one such row must not fail its whole page.
+    rows = [full_row(pfs_id=f"PFA-{n}") for n in range(1, 5)]
+    rows[0]["pfs_f_model"] = "LTM\x001050"
+    rows[1]["pfs_udf_note"] = "\\u0000 typed as text"  # backslash-u0000 is six characters, not a NUL
+    rows[2]["pfs_udf\x00"] = "x"
+    rows[3]["pfs_id"] = "PFA-\x004"
+    parsed = parse_pfa_rows(rows, time_zone=CHICAGO, organization_code="RIO")
+
+    assert [record.pfa_id for record in parsed.records] == ["PFA-2"]
+    assert [(error.pfa_id, error.reason) for error, _ in parsed.rejected] == [
+        ("PFA-1", "pfs_f_model: 'LTM\\x001050' holds a NUL character, which the database cannot store"),
+        ("PFA-3", "'pfs_udf\\x00' (a column name) holds a NUL character, which the database cannot store"),
+        ("PFA-\u24004", "pfs_id: 'PFA-\\x004' holds a NUL character, which the database cannot store"),
+    ]
+    kept = [raw for _, raw in parsed.rejected]
+    assert kept[0]["pfs_f_model"] == "LTM\u24001050" and kept[1]["pfs_udf\u2400"] == "x"
+    assert not any("\x00" in alias + value for raw in kept for alias, value in raw.items())
+
+
 def test_a_row_with_several_bad_columns_is_named_by_its_first_one():
     raw = full_row(pfs_f_fundstrans="maybe", pfs_p_enddate="31/12/2025", pfs_f_purchase="1.23456")
     parsed = parse_pfa_rows([full_row(pfs_id="OK"), raw], time_zone=UTC_ZONE)

@@ -99,6 +99,21 @@ def test_bad_rows_are_kept_aside_while_the_rest_land(rio, pems_server):
     assert sync_log.error_details == {"records_kept_aside": 4, "records_not_kept": 0}
 
 
+@pytest.mark.parametrize("first_load", [True, False], ids=["first_load", "resync"])
+def test_a_row_holding_a_nul_character_is_kept_aside_and_the_page_lands(rio, pems_server, first_load):
+    simulator = pems_server.simulator
+    if not first_load:
+        run_sync(rio)
+    simulator.update_row("RIO", "PFA-0000007", {"pfs_f_model": "LTM\x001050"})
+    sync_log = run_sync(rio)
+    assert sync_log.status == SyncStatus.COMPLETED
+    assert sync_log.records_errored == 1
+    assert PfaMirror.objects.filter(organization=rio).count() == (249 if first_load else 250)
+    [kept] = PfaSyncRecordError.objects.filter(sync_log=sync_log)
+    assert kept.pfa_id == "PFA-0000007" and kept.reason.startswith("pfs_f_model: 'LTM\\x001050' holds a NUL")
+    assert kept.raw_row["pfs_f_model"] == "LTM\u24001050"
+
+
 def test_pems_outage_mid_run_fails_the_run_and_keeps_committed_pages(rio, pems_server):
     simulator = pems_server.simulator
     simulator.set_row_cap(50)
