@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from http.client import IncompleteRead
 from operator import attrgetter, itemgetter
 from sys import intern
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -265,9 +266,10 @@ class PemsClient:
         """
         cursor = 1
         number = 0
+        columns = _GridColumns()
         while True:
             body = self._grid_body("LIST.DATA_ONLY.STORED", filters, sort=sort, cursor=cursor)
-            answer, response = self._send("POST", self.settings.endpoint, body, typed=_GRID_PAGE_DECODER)
+            answer, response = self._send("POST", self.settings.endpoint, body, typed=columns.decode)
             if isinstance(answer, _GridPageAnswer):
                 rows, next_cursor = _typed_grid_rows(answer.Result.ResultData)
             else:
@@ -383,12 +385,12 @@ class PemsClient:
         path: str,
         body: dict[str, Any] | None = None,
         *,
-        typed: msgspec.json.Decoder | None = None,
+        typed: Callable[[bytes], Any] | None = None,
     ) -> tuple[Any, requests.Response]:
         """One PEMS call with session renewal and retries; returns the answer and the response.
 
-        The answer is the JSON object, or, when `typed` can decode a 2xx answer, its struct (which
-        carries `Result.SessionID` like the JSON does).
+        The answer is the JSON object, or, when `typed` can decode a 2xx answer (it returns None
+        when it cannot), its struct, which carries `Result.SessionID` like the JSON does.
         """
         url = f"{self._root}/{path}"
         data = orjson.dumps(body) if body is not None else None
@@ -410,7 +412,7 @@ class PemsClient:
                 failure = self._scrub(_describe_network_error(exc, self.settings.read_timeout))
             else:
                 status = response.status_code
-                answer = _decode_typed(typed, content) if typed is not None and 200 <= status < 300 else None
+                answer = typed(content) if typed is not None and 200 <= status < 300 else None
                 if answer is not None:
                     self._remember_session(answer.Result.SessionID)
                     return answer, response
@@ -685,37 +687,43 @@ class _Wire(msgspec.Struct, forbid_unknown_fields=True):
     """Base of the grid page structs: keys as PEMS spells them, nothing undeclared."""
 
 
-class _DataField(_Wire, gc=False):
+# A cell's column name and data type: `str` for any page, or a Literal of the names a read has
+# met so far, which hands every cell the one string object of its name (see `_GridColumns`).
+_Name = TypeVar("_Name")
+_DataType = TypeVar("_DataType")
+
+
+class _DataField(_Wire, Generic[_Name, _DataType], gc=False):
     """One shape A cell."""
 
-    FIELDNAME: str
+    FIELDNAME: _Name
     FIELDVALUE: str
-    DATATYPE: str = ""  # unused; declared so that it is checked like the rest of the body
+    DATATYPE: _DataType = ""  # unused; declared so that it is checked like the rest of the body
 
 
-class _DataRecord(_Wire, gc=False):
+class _DataRecord(_Wire, Generic[_Name, _DataType], gc=False):
     """One shape A row."""
 
-    DATAFIELD: list[_DataField]
+    DATAFIELD: list[_DataField[_Name, _DataType]]
 
 
-class _Cell(_Wire, gc=False):
+class _Cell(_Wire, Generic[_Name], gc=False):
     """One shape B cell."""
 
-    ALIAS_NAME: str
+    ALIAS_NAME: _Name
     VALUE: str
 
 
-class _Row(_Wire, gc=False):
+class _Row(_Wire, Generic[_Name], gc=False):
     """One shape B row."""
 
-    CELL: list[_Cell]
+    CELL: list[_Cell[_Name]]
 
 
-class _GridData(_Wire):
+class _GridData(_Wire, Generic[_Name]):
     """Shape B's GRID.DATA."""
 
-    ROW: list[_Row] | None = None
+    ROW: list[_Row[_Name]] | None = None
 
 
 class _GridMetadata(_Wire):
@@ -728,24 +736,24 @@ class _GridMetadata(_Wire):
     SERVERTIMESTAMP: str | None = None
 
 
-class _Grid(_Wire):
+class _Grid(_Wire, Generic[_Name]):
     """Shape B's ResultData.GRID."""
 
     GRIDID: str | None = None
     GRIDNAME: str | None = None
     METADATA: _GridMetadata | None = None
-    DATA: _GridData | None = None
+    DATA: _GridData[_Name] | None = None
 
 
-class _GridResultData(_Wire):
+class _GridResultData(_Wire, Generic[_Name, _DataType]):
     """Result.ResultData of a data page, in either shape."""
 
     # UNSET tells a missing DATARECORD (then shape B) from a null one (shape A, no rows).
-    DATARECORD: list[_DataRecord] | None | msgspec.UnsetType = msgspec.UNSET
+    DATARECORD: list[_DataRecord[_Name, _DataType]] | None | msgspec.UnsetType = msgspec.UNSET
     CURRENTCURSORPOSITION: _TypedCursor = None
     NEXTCURSORPOSITION: _TypedCursor = None
     RECORDS: str | None = None
-    GRID: _Grid | None = None
+    GRID: _Grid[_Name] | None = None
 
     def __post_init__(self) -> None:
         if self.DATARECORD is msgspec.UNSET and self.GRID is None:
@@ -753,25 +761,82 @@ class _GridResultData(_Wire):
             raise ValueError("neither DATARECORD nor GRID")
 
 
-class _GridResult(_Wire):
+class _GridResult(_Wire, Generic[_Name, _DataType]):
     """Result of a data page."""
 
-    ResultData: _GridResultData
+    ResultData: _GridResultData[_Name, _DataType]
     InfoAlert: None = None
     WarningAlert: None = None
     SessionID: str | None = None
 
 
-class _GridPageAnswer(_Wire):
+class _GridPageAnswer(_Wire, Generic[_Name, _DataType]):
     """A successful grid data page."""
 
-    Result: _GridResult
+    Result: _GridResult[_Name, _DataType]
     ErrorAlert: None = None
     ConfirmationAlert: None = None
 
 
-_GRID_PAGE_DECODER = msgspec.json.Decoder(_GridPageAnswer)
+_GRID_PAGE_DECODER = msgspec.json.Decoder(_GridPageAnswer[str, str])
 _NO_METADATA = _GridMetadata()
+# A read that meets more column names than this (no real grid has them) stops learning them.
+_MAX_KNOWN_COLUMNS = 2_000
+
+
+class _GridColumns:
+    """The column names (and shape A data types) one grid read has met, and a page decoder that
+    accepts those and no others.
+
+    That decoder gives each cell the one string object of its name and of its type where the
+    general one makes two new strings per cell and frees them again: a page decodes about a third
+    cheaper. A page with a name or type it does not know fails it and is decoded the general way,
+    which also teaches the read the new ones, so a column never goes missing.
+    """
+
+    def __init__(self) -> None:
+        self._names: set[str] = set()
+        self._datatypes: set[str] = set()
+        self._decoder: msgspec.json.Decoder | None = None
+
+    def decode(self, content: bytes) -> _GridPageAnswer | None:
+        """The page's struct, or None when only the generic JSON decode can read it."""
+        if self._decoder is not None and (answer := _decode_typed(self._decoder, content)) is not None:
+            return answer
+        answer = _decode_typed(_GRID_PAGE_DECODER, content)
+        if answer is not None:
+            self._learn(answer.Result.ResultData)
+        return answer
+
+    def _learn(self, result_data: _GridResultData) -> None:
+        names: set[str] = set()
+        datatypes: set[str] = set()
+        if result_data.DATARECORD:
+            for record in result_data.DATARECORD:
+                names.update(map(_field_name, record.DATAFIELD))
+                datatypes.update(map(_field_datatype, record.DATAFIELD))
+        elif result_data.GRID and result_data.GRID.DATA and result_data.GRID.DATA.ROW:
+            for row in result_data.GRID.DATA.ROW:
+                names.update(map(_cell_name, row.CELL))
+        if names <= self._names and datatypes <= self._datatypes:
+            return
+        self._names |= names
+        self._datatypes |= datatypes
+        if len(self._names) > _MAX_KNOWN_COLUMNS:
+            self._decoder = None
+        else:
+            self._decoder = _known_columns_decoder(
+                tuple(sorted(map(intern, self._names))), tuple(sorted(self._datatypes))
+            )
+
+
+_field_name, _field_datatype, _cell_name = attrgetter("FIELDNAME"), attrgetter("DATATYPE"), attrgetter("ALIAS_NAME")
+
+
+@lru_cache(maxsize=64)
+def _known_columns_decoder(names: tuple[str, ...], datatypes: tuple[str, ...]) -> msgspec.json.Decoder:
+    """A grid page decoder that accepts only these column names and data types (any type if none)."""
+    return msgspec.json.Decoder(_GridPageAnswer[Literal[names], Literal[datatypes] if datatypes else str])
 
 
 def _decode_typed(decoder: msgspec.json.Decoder, content: bytes) -> Any:

@@ -4,12 +4,14 @@ import base64
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from zoneinfo import ZoneInfo
 
+import msgspec
 import orjson
 import pytest
 import requests
@@ -742,6 +744,54 @@ def test_simulator_pages_take_the_typed_path_with_the_same_rows(sim, make_client
     assert decode_paths == ["typed"] * 4
     assert rows == sim.rows("RIO")
     assert [page.cursor for page in pages] == [151, 301, 451, None]
+
+
+def cell_names(answer) -> list:
+    """The column name objects of a decoded page's first row, either shape."""
+    data = answer.Result.ResultData
+    if data.DATARECORD is not msgspec.UNSET:
+        return [cell.FIELDNAME for cell in data.DATARECORD[0].DATAFIELD]
+    return [cell.ALIAS_NAME for cell in data.GRID.DATA.ROW[0].CELL]
+
+
+@pytest.mark.parametrize("shape", ["A", "B"])
+def test_a_read_decodes_known_columns_to_shared_names_and_still_reads_a_new_column(shape):
+    def page(*cells):
+        answer = a_answer([a_row(*cells)]) if shape == "A" else b_answer([b_row(*cells)])
+        return orjson.dumps(answer)
+
+    columns = pems._GridColumns()
+    first = columns.decode(page(("pfs_id", "A"), ("pfs_f_model", "M1")))
+    # The first page is read the general way: names are new strings, not the shared ones.
+    assert [name is sys.intern(name) for name in cell_names(first)] == [False, False]
+    second = columns.decode(page(("pfs_id", "B"), ("pfs_f_model", "M2")))
+    assert [name is sys.intern(name) for name in cell_names(second)] == [True, True]
+    assert pems._typed_grid_rows(second.Result.ResultData)[0] == [{"pfs_id": "B", "pfs_f_model": "M2"}]
+    # A column the read has not met yet is not lost: the page is read the general way, and learnt.
+    third = columns.decode(page(("pfs_id", "C"), ("pfs_udf_new", "N")))
+    assert pems._typed_grid_rows(third.Result.ResultData)[0] == [{"pfs_id": "C", "pfs_udf_new": "N"}]
+    fourth = columns.decode(page(("pfs_udf_new", "N2"), ("pfs_id", "D")))
+    assert [name is sys.intern(name) for name in cell_names(fourth)] == [True, True]
+    assert pems._typed_grid_rows(fourth.Result.ResultData)[0] == [{"pfs_udf_new": "N2", "pfs_id": "D"}]
+
+
+def test_a_data_type_the_read_has_not_met_is_read_the_general_way():
+    columns = pems._GridColumns()
+    columns.decode(orjson.dumps(a_answer([a_row(("pfs_id", "A"))])))
+    answer = a_answer([a_row(("pfs_id", "B"))])
+    answer["Result"]["ResultData"]["DATARECORD"][0]["DATAFIELD"][0]["DATATYPE"] = "MIXVARCHAR"
+    decoded = columns.decode(orjson.dumps(answer))
+    assert cell_names(decoded)[0] is not sys.intern("pfs_id")
+    assert pems._typed_grid_rows(decoded.Result.ResultData)[0] == [{"pfs_id": "B"}]
+
+
+def test_a_read_with_too_many_column_names_stops_learning_them_and_reads_on(monkeypatch):
+    monkeypatch.setattr(pems, "_MAX_KNOWN_COLUMNS", 2)
+    columns = pems._GridColumns()
+    for n in range(3):
+        decoded = columns.decode(orjson.dumps(a_answer([a_row(("pfs_id", "A"), (f"col{n}", "x"))])))
+        assert pems._typed_grid_rows(decoded.Result.ResultData)[0] == [{"pfs_id": "A", f"col{n}": "x"}]
+    assert columns._decoder is None
 
 
 def a_row(*cells) -> dict:
