@@ -467,7 +467,14 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
         "phases": phases,
     }
 
-    def phase(name: str, seconds: float, **details: Any) -> dict[str, Any]:
+    def phase(name: str, seconds: float, measured: Measured | None = None, **details: Any) -> dict[str, Any]:
+        """Record a timed run; `measured` adds what the kernel saw of its process."""
+        if measured is not None:
+            details.update(
+                peak_rss_mb=measured.peak_rss_mb,
+                process_cpu_seconds=measured.cpu_seconds,
+                machine_busy=measured.machine_busy,
+            )
         phases[name] = {"rows_per_second": rate(records, seconds), "seconds": round(seconds, 2), **details}
         return phases[name]
 
@@ -494,14 +501,12 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
             if name == "resync_changed":
                 syncs["touched"] = {"count": simulator_touch(port, ORG, seed=1)}
             print(f"pfasync: {name.replace('_', ' ')} of {records:,} rows", flush=True)
-            result, peak, cpu_seconds, machine_busy = run_measured(child_command("sync", "--org", ORG), env)
-            syncs[name] = result
+            measured = run_measured(child_command("sync", "--org", ORG), env)
+            syncs[name] = result = measured.result
             phase(
                 f"pfasync.{name}",
                 result["seconds"],
-                peak_rss_mb=peak,
-                process_cpu_seconds=cpu_seconds,
-                machine_busy=machine_busy,
+                measured,
                 **{key: result[key] for key in ("inserted", "updated", "unchanged", "errored")},
                 mirror_before=result["before"],
                 mirror_after=result["after"],
@@ -587,21 +592,15 @@ def run_dlt(args, port: int, records: int, database_url: str, env, phase, failur
                 info["touched"] = simulator_touch(port, ORG, seed=2)
             print(f"dlt: {name.replace('_', ' ')} of {records:,} rows", flush=True)
             try:
-                result, peak, cpu_seconds, machine_busy = run_measured(command, dlt_env)
+                measured = run_measured(command, dlt_env)
             except ChildFailed as error:
                 print(f"dlt: {name} failed: {error}", flush=True)
                 info.setdefault("errors", {})[name] = str(error)[-2000:]
                 continue
-            phase(
-                f"dlt.{name}",
-                result["seconds"],
-                peak_rss_mb=peak,
-                process_cpu_seconds=cpu_seconds,
-                machine_busy=machine_busy,
-                rows_stored=result["rows_stored"],
-            )
-            if result["rows_stored"] != records:
-                failures.append(f"dlt {name}: {result['rows_stored']:,} rows stored, expected {records:,}")
+            stored = measured.result["rows_stored"]
+            phase(f"dlt.{name}", measured.result["seconds"], measured, rows_stored=stored)
+            if stored != records:
+                failures.append(f"dlt {name}: {stored:,} rows stored, expected {records:,}")
     return info
 
 
