@@ -780,7 +780,8 @@ class _GridPageAnswer(_Wire, Generic[_Name, _DataType]):
 
 _GRID_PAGE_DECODER = msgspec.json.Decoder(_GridPageAnswer[str, str])
 _NO_METADATA = _GridMetadata()
-# A read that meets more column names than this (no real grid has them) stops learning them.
+# A read that meets more column names than this (no real grid has so many) stops learning them
+# and decodes every page the general way.
 _MAX_KNOWN_COLUMNS = 2_000
 
 
@@ -804,7 +805,7 @@ class _GridColumns:
         if self._decoder is not None and (answer := _decode_typed(self._decoder, content)) is not None:
             return answer
         answer = _decode_typed(_GRID_PAGE_DECODER, content)
-        if answer is not None:
+        if answer is not None and len(self._names) <= _MAX_KNOWN_COLUMNS:
             self._learn(answer.Result.ResultData)
         return answer
 

@@ -792,6 +792,8 @@ def test_a_read_with_too_many_column_names_stops_learning_them_and_reads_on(monk
         decoded = columns.decode(orjson.dumps(a_answer([a_row(("pfs_id", "A"), (f"col{n}", "x"))])))
         assert pems._typed_grid_rows(decoded.Result.ResultData)[0] == [{"pfs_id": "A", f"col{n}": "x"}]
     assert columns._decoder is None
+    columns.decode(orjson.dumps(a_answer([a_row(("pfs_id", "A"), ("col9", "x"))])))
+    assert "col9" not in columns._names  # learning has stopped: what it holds stays bounded
 
 
 def a_row(*cells) -> dict:
