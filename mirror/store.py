@@ -211,16 +211,12 @@ _JSONB_VERSION = b"\x01"  # jsonb's binary form: this version byte, then the JSO
 
 @cache
 def _insert_new_statement() -> tuple[str, list[str]]:
-    columns = ["organization_id", *(f.column for f in RECORD_FIELDS), "version", "first_synced_at", "last_synced_at"]
+    # The columns and order of `_insert_columns()`.
     types = ["uuid", *(_COPY_TYPES[f.get_internal_type()] for f in RECORD_FIELDS), "int4", "timestamptz", "timestamptz"]
     # `data` is sent as jsonb's binary form, written by hand (below): psycopg's jsonb dumper would
     # cost a Python call per row.
     types[1 + _DATA_INDEX] = "bytea"
-    copy = (
-        f"COPY {_quoted(PfaMirror._meta.db_table)} ({', '.join(_quoted(column) for column in columns)}) "
-        "FROM STDIN (FORMAT BINARY)"
-    )
-    return copy, types
+    return f"COPY {_quoted(PfaMirror._meta.db_table)} ({_insert_columns()}) FROM STDIN (FORMAT BINARY)", types
 
 
 def _insert_new_batch_postgresql(
