@@ -161,9 +161,12 @@ def parse_pfa_rows(
                     reasons.setdefault(index, f"{alias}: {raw_values[index]!r} {value}")
         columns.append(values)
     canonical = [orjson.dumps(row, option=_sorted_json) for row in rows]
-    with_nul = {index for index, text in enumerate(canonical) if _JSON_NUL in text and _nul_column(rows[index])}
-    for index in with_nul:
-        alias = _nul_column(rows[index])
+    with_nul = {
+        index: alias
+        for index, text in enumerate(canonical)
+        if _JSON_NUL in text and (alias := _nul_column(rows[index])) is not None
+    }
+    for index, alias in with_nul.items():
         where = f"{alias!r} (a column name)" if "\x00" in alias else f"{alias}: {rows[index][alias]!r}"
         reasons.setdefault(index, f"{where} holds a NUL character, which the database cannot store")
     columns.append(rows)
