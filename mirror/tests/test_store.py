@@ -4,8 +4,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 
 from mirror.models import PfaMirror
 from mirror.records import content_hash, parse_pfa_row
@@ -216,3 +217,63 @@ def test_stored_hashes_of_keys_far_apart_are_cut_short_but_never_wrong():
     )
     if connection.vendor == "postgresql":
         assert list(hashes) == ["PFA-000"]
+
+
+# The mirror's organization is checked by triggers, once per statement, not by a per-row foreign key
+# (migration 0005). SQLite, the single-user default, has no such triggers.
+postgresql_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="the triggers are PostgreSQL's")
+
+
+@postgresql_only
+@either_way
+def test_rows_naming_an_organization_that_does_not_exist_are_refused(expect_new):
+    organization = OrganizationFactory(code="RIO")
+    upsert(organization, [record("PFA-1")])
+    missing = OrganizationFactory.build(code="GONE")  # never saved
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="names an organization that does not exist"):
+        with transaction.atomic():
+            upsert(missing, [record("PFA-1"), record("PFA-2")], expect_new=expect_new)
+    with pytest.raises(IntegrityError, match="names an organization that does not exist"):
+        with transaction.atomic():
+            PfaMirror.objects.filter(organization=organization).update(organization_id=missing.pk)
+    assert list(PfaMirror.objects.values_list("organization_id", "pfa_id")) == [(organization.pk, "PFA-1")]
+
+
+def test_deleting_an_organization_deletes_its_rows_and_no_others():
+    rio, hou = OrganizationFactory(code="RIO"), OrganizationFactory(code="HOU")
+    upsert(rio, [record("PFA-1"), record("PFA-2")])
+    upsert(hou, [record("PFA-1")])
+    rio.delete()
+    assert list(PfaMirror.objects.values_list("organization__code", "pfa_id")) == [("HOU", "PFA-1")]
+
+
+@postgresql_only
+def test_deleting_an_organization_in_sql_deletes_its_rows():
+    rio, hou = OrganizationFactory(code="RIO"), OrganizationFactory(code="HOU")
+    upsert(rio, [record("PFA-1"), record("PFA-2")])
+    upsert(hou, [record("PFA-1")])
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM organizations WHERE code = 'RIO'")
+    assert list(PfaMirror.objects.values_list("organization_id", flat=True)) == [hou.pk]
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+@either_way
+def test_an_organization_cannot_be_deleted_while_rows_for_it_are_being_written(expect_new):
+    """The check locks the organization like a foreign key does: a delete waits for the writing
+    transaction, then deletes what it committed too."""
+    organization = OrganizationFactory(code="RIO")
+    other = psycopg.connect(**connection.get_connection_params(), autocommit=True)
+    delete = "DELETE FROM organizations WHERE id = %s"
+    try:
+        other.execute("SET lock_timeout = '200ms'")
+        with transaction.atomic():
+            upsert(organization, [record("PFA-1"), record("PFA-2")], expect_new=expect_new)
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                other.execute(delete, [organization.pk])
+        assert PfaMirror.objects.count() == 2
+        other.execute(delete, [organization.pk])
+    finally:
+        other.close()
+    assert PfaMirror.objects.count() == 0
