@@ -149,7 +149,6 @@ def child_limit(*, records: int, database_url: str) -> dict[str, Any]:
     _django()
     from zoneinfo import ZoneInfo
 
-    import orjson
     import psycopg
     from django.core.management import call_command
     from django.db import connection
@@ -166,8 +165,8 @@ def child_limit(*, records: int, database_url: str) -> dict[str, Any]:
 
     def typed(raw: dict[str, str]) -> tuple:
         record = parse_pfa_row(raw, time_zone=zone, organization_code=ORG)
-        # `data` goes in as JSON text and is cast in the merge, as the store does.
-        return tuple(orjson.dumps(record.data).decode() if name == "data" else getattr(record, name) for name in names)
+        # `data` goes in as JSON text and is cast in the merge.
+        return tuple(record.data.decode() if name == "data" else getattr(record, name) for name in names)
 
     # Untimed: the simulator generates the rows it would serve, and they are parsed once.
     prepared = time.perf_counter()

@@ -37,7 +37,7 @@ class PfaRowError(ValueError):
 
 class PfaRecord(NamedTuple):
     """One PFA row, typed for the `pfa_mirror` table (same columns, same order); `data` keeps the
-    whole raw row."""
+    whole raw row as JSON with its keys sorted, the text `content_hash` digests."""
 
     pfa_id: str
     pems_record_id: int | None
@@ -63,7 +63,7 @@ class PfaRecord(NamedTuple):
     is_actualized: bool
     is_discontinued: bool
     is_funds_transferred: bool
-    data: dict[str, str]
+    data: bytes
     content_hash: str
 
 
@@ -169,7 +169,7 @@ def parse_pfa_rows(
     for index, alias in with_nul.items():
         where = f"{alias!r} (a column name)" if "\x00" in alias else f"{alias}: {rows[index][alias]!r}"
         reasons.setdefault(index, f"{where} holds a NUL character, which the database cannot store")
-    columns.append(rows)
+    columns.append(canonical)
     columns.append(list(map(_digest, canonical)))
     records = list(map(_new_record, zip(*columns, strict=True)))
     if not reasons:

@@ -13,10 +13,10 @@ from datetime import datetime
 from functools import cache
 from uuid import UUID
 
-import orjson
 import psycopg
 from django.db import connection, transaction
 from django.db.models import Max
+from psycopg.adapt import PyFormat
 
 from mirror.models import PfaMirror
 from mirror.records import PfaRecord
@@ -151,10 +151,10 @@ def _insert_columns() -> str:
 # PostgreSQL: each batch is COPYed (binary) into a session-local staging table, then merged by
 # one INSERT ... SELECT. COPY is the cheapest way into PostgreSQL from Python (rows are encoded by
 # psycopg's C dumpers), and the merge is the same statement the benchmark's physical limit runs.
-# The staging table has the record's columns in the record's order; `data` is staged as JSON text.
+# The staging table has the record's columns in the record's order.
 _STAGE_TABLE = "pfa_mirror_stage"
 _DATA_INDEX = PfaRecord._fields.index("data")
-_COPY_TYPES = {
+_COLUMN_TYPES = {
     "CharField": "text",
     "TextField": "text",
     "BigIntegerField": "int8",
@@ -162,60 +162,69 @@ _COPY_TYPES = {
     "DecimalField": "numeric",
     "DateField": "date",
     "BooleanField": "bool",
-    "JSONField": "text",
+    "JSONField": "jsonb",
 }
+# Two columns go into a COPY already in their binary form, as bytes: `data` as jsonb's (a version
+# byte, then the record's JSON text) and the organization as a UUID's 16 bytes. The dumpers psycopg
+# has for jsonb and uuid are Python code, called for every row; its dumper of bytes is C.
+_JSONB_VERSION = b"\x01"
+_BYTES_DUMPER = psycopg.adapters.get_dumper(bytes, PyFormat.BINARY)
+
+
+def _copy_types(fields) -> list[str]:
+    """The types a binary COPY names for `fields`' values."""
+    return ["bytea" if f.name == "data" else _COLUMN_TYPES[f.get_internal_type()] for f in fields]
+
+
+def _copy_cursor() -> psycopg.Cursor:
+    """A cursor on Django's connection, in its transaction, that can COPY.
+
+    Django's psycopg cursors bind client-side; a plain psycopg cursor binds server-side. Bytes
+    are dumped by psycopg's C dumper even into a column the COPY names bytea, where psycopg would
+    pick a Python one.
+    """
+    connection.ensure_connection()
+    cursor = psycopg.Cursor(connection.connection)
+    cursor.adapters.register_dumper(bytes, _BYTES_DUMPER)
+    return cursor
 
 
 @cache
 def _postgresql_statements() -> tuple[str, str, list[str], str]:
-    stage_columns = [(f.column, _COPY_TYPES[f.get_internal_type()]) for f in RECORD_FIELDS]
+    stage_columns = ", ".join(_quoted(f.column) for f in RECORD_FIELDS)
     create = (
         f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_TABLE} ("
-        + ", ".join(f"{_quoted(column)} {kind}" for column, kind in stage_columns)
+        + ", ".join(f"{_quoted(f.column)} {_COLUMN_TYPES[f.get_internal_type()]}" for f in RECORD_FIELDS)
         + f"); TRUNCATE {_STAGE_TABLE}"
     )
-    copy = (
-        f"COPY {_STAGE_TABLE} ({', '.join(_quoted(column) for column, _ in stage_columns)}) FROM STDIN (FORMAT BINARY)"
-    )
-    selected = ", ".join(
-        f"s.{_quoted(f.column)}::jsonb" if f.name == "data" else f"s.{_quoted(f.column)}" for f in RECORD_FIELDS
-    )
+    copy = f"COPY {_STAGE_TABLE} ({stage_columns}) FROM STDIN (FORMAT BINARY)"
     merge = (
         f"INSERT INTO {_quoted(PfaMirror._meta.db_table)} ({_insert_columns()}) "
-        f"SELECT %s, {selected}, 1, %s, %s FROM {_STAGE_TABLE} s " + _conflict_clause("IS DISTINCT FROM")
+        f"SELECT %s, {stage_columns}, 1, %s, %s FROM {_STAGE_TABLE} " + _conflict_clause("IS DISTINCT FROM")
     )
-    return create, copy, [kind for _, kind in stage_columns], merge
+    return create, copy, _copy_types(RECORD_FIELDS), merge
 
 
 def _upsert_batch_postgresql(
     organization_id: UUID, batch: Sequence[PfaRecord], synced_at: datetime, on_staged: Callable[[], None] | None
 ) -> list[int]:
     create, copy_sql, copy_types, merge = _postgresql_statements()
-    connection.ensure_connection()
-    # Django's psycopg cursors bind client-side; a plain psycopg cursor on the same connection and
-    # transaction binds server-side and can COPY.
-    with psycopg.Cursor(connection.connection) as cursor:
+    with _copy_cursor() as cursor:
         cursor.execute(create)
         with cursor.copy(copy_sql) as copy:
             copy.set_types(copy_types)
             for record in batch:
-                copy.write_row((*record[:_DATA_INDEX], orjson.dumps(record.data).decode(), *record[_DATA_INDEX + 1 :]))
+                copy.write_row((*record[:_DATA_INDEX], _JSONB_VERSION + record.data, *record[_DATA_INDEX + 1 :]))
         if on_staged:
             on_staged()
         cursor.execute(merge, [organization_id, synced_at, synced_at])
         return [version for (version,) in cursor.fetchall()]
 
 
-_JSONB_VERSION = b"\x01"  # jsonb's binary form: this version byte, then the JSON text
-
-
 @cache
 def _insert_new_statement() -> tuple[str, list[str]]:
-    # The columns and order of `_insert_columns()`.
-    types = ["uuid", *(_COPY_TYPES[f.get_internal_type()] for f in RECORD_FIELDS), "int4", "timestamptz", "timestamptz"]
-    # `data` is sent as jsonb's binary form, written by hand (below): psycopg's jsonb dumper would
-    # cost a Python call per row.
-    types[1 + _DATA_INDEX] = "bytea"
+    # The columns and order of `_insert_columns()`; the organization goes in as its bytes.
+    types = ["bytea", *_copy_types(RECORD_FIELDS), "int4", "timestamptz", "timestamptz"]
     return f"COPY {_quoted(PfaMirror._meta.db_table)} ({_insert_columns()}) FROM STDIN (FORMAT BINARY)", types
 
 
@@ -229,19 +238,19 @@ def _insert_new_batch_postgresql(
     the rest is the database's work. The savepoint costs far less than the merge it saves.
     """
     copy_sql, copy_types = _insert_new_statement()
-    connection.ensure_connection()
+    organization = organization_id.bytes
     if on_staged:
         on_staged()
     try:
-        with transaction.atomic(), psycopg.Cursor(connection.connection) as cursor:
+        with transaction.atomic(), _copy_cursor() as cursor:
             with cursor.copy(copy_sql) as copy:
                 copy.set_types(copy_types)
                 for record in batch:
                     copy.write_row(
                         (
-                            organization_id,
+                            organization,
                             *record[:_DATA_INDEX],
-                            _JSONB_VERSION + orjson.dumps(record.data),
+                            _JSONB_VERSION + record.data,
                             *record[_DATA_INDEX + 1 :],
                             1,
                             synced_at,
@@ -265,7 +274,9 @@ def _upsert_batch_sqlite(
     for record in batch:
         params.append(org_value)
         for field in RECORD_FIELDS:
-            params.append(field.get_db_prep_save(getattr(record, field.name), connection))
+            value = getattr(record, field.name)
+            # `data` is JSON text already, which the field would encode once more, as a JSON string.
+            params.append(value.decode() if field.name == "data" else field.get_db_prep_save(value, connection))
         params.extend((1, synced_value, synced_value))
     sql = (
         f"INSERT INTO {_quoted(PfaMirror._meta.db_table)} ({_insert_columns()}) "

@@ -5,6 +5,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 
 from mirror.models import PfaMirror
@@ -76,8 +77,8 @@ def test_parse_row_types_every_known_column_and_keeps_unknown_ones():
     assert record.is_actualized is True
     assert record.is_discontinued is False
     assert record.is_funds_transferred is True
-    assert record.data == raw
-    assert record.data["udf_tenant_extra"] == "kept as is"
+    assert orjson.loads(record.data) == raw
+    assert orjson.loads(record.data)["udf_tenant_extra"] == "kept as is"
     assert record.content_hash == content_hash(raw)
 
 
@@ -215,7 +216,7 @@ def test_row_of_another_organization_is_rejected_when_an_organization_is_given()
         parse_pfa_row(full_row(pfs_a_org="HOU"), time_zone=UTC_ZONE, organization_code="RIO")
     assert caught.value.reason == "pfs_a_org: 'HOU' is not the organization 'RIO'"
     # Without an expected organization any organization is accepted.
-    assert parse_pfa_row(full_row(pfs_a_org="HOU"), time_zone=UTC_ZONE).data["pfs_a_org"] == "HOU"
+    assert orjson.loads(parse_pfa_row(full_row(pfs_a_org="HOU"), time_zone=UTC_ZONE).data)["pfs_a_org"] == "HOU"
 
 
 def test_content_hash_is_stable_under_key_order_and_changes_with_values():
@@ -247,7 +248,7 @@ def test_a_page_sets_aside_only_its_bad_rows_and_keeps_the_order_of_the_rest():
         n = int(record.pfa_id.removeprefix("PFA-"))
         assert record == parse_pfa_row(rows[n - 1], time_zone=CHICAGO)
         assert record.model == f"M{n}" and record.monthly_rate == Decimal(f"{n}000.50")
-        assert record.plan_start_date == date(2025, 1, n) and record.data is rows[n - 1]
+        assert record.plan_start_date == date(2025, 1, n) and orjson.loads(record.data) == rows[n - 1]
     assert [(error.pfa_id, error.reason, raw) for error, raw in parsed.rejected] == [
         ("PFA-2", "pfs_f_startdate: '2025-02-01' is not a MM/DD/YYYY date", rows[1]),
         (None, "pfs_id: '' is missing or empty", rows[4]),
