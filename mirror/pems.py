@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from http.client import IncompleteRead
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from sys import intern
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from urllib.parse import quote
@@ -693,31 +693,36 @@ _Name = TypeVar("_Name")
 _DataType = TypeVar("_DataType")
 
 
+# The cells and rows of both shapes have the same attribute names (`cells`, `name`, `value`), so
+# that one loop makes rows of either.
+
+
 class _DataField(_Wire, Generic[_Name, _DataType], gc=False):
     """One shape A cell."""
 
-    FIELDNAME: _Name
-    FIELDVALUE: str
-    DATATYPE: _DataType = ""  # unused; declared so that it is checked like the rest of the body
+    name: _Name = msgspec.field(name="FIELDNAME")
+    value: str = msgspec.field(name="FIELDVALUE")
+    # Unused; declared so that it is checked like the rest of the body.
+    datatype: _DataType = msgspec.field(default="", name="DATATYPE")
 
 
 class _DataRecord(_Wire, Generic[_Name, _DataType], gc=False):
     """One shape A row."""
 
-    DATAFIELD: list[_DataField[_Name, _DataType]]
+    cells: list[_DataField[_Name, _DataType]] = msgspec.field(name="DATAFIELD")
 
 
 class _Cell(_Wire, Generic[_Name], gc=False):
     """One shape B cell."""
 
-    ALIAS_NAME: _Name
-    VALUE: str
+    name: _Name = msgspec.field(name="ALIAS_NAME")
+    value: str = msgspec.field(name="VALUE")
 
 
 class _Row(_Wire, Generic[_Name], gc=False):
     """One shape B row."""
 
-    CELL: list[_Cell[_Name]]
+    cells: list[_Cell[_Name]] = msgspec.field(name="CELL")
 
 
 class _GridData(_Wire, Generic[_Name]):
@@ -814,11 +819,11 @@ class _GridColumns:
         datatypes: set[str] = set()
         if result_data.DATARECORD:
             for record in result_data.DATARECORD:
-                names.update(map(_field_name, record.DATAFIELD))
-                datatypes.update(map(_field_datatype, record.DATAFIELD))
+                names.update(cell.name for cell in record.cells)
+                datatypes.update(cell.datatype for cell in record.cells)
         elif result_data.GRID and result_data.GRID.DATA and result_data.GRID.DATA.ROW:
             for row in result_data.GRID.DATA.ROW:
-                names.update(map(_cell_name, row.CELL))
+                names.update(cell.name for cell in row.cells)
         if names <= self._names and datatypes <= self._datatypes:
             return
         self._names |= names
@@ -829,9 +834,6 @@ class _GridColumns:
             self._decoder = _known_columns_decoder(
                 tuple(sorted(map(intern, self._names))), tuple(sorted(self._datatypes))
             )
-
-
-_field_name, _field_datatype, _cell_name = attrgetter("FIELDNAME"), attrgetter("DATATYPE"), attrgetter("ALIAS_NAME")
 
 
 @lru_cache(maxsize=64)
@@ -853,24 +855,24 @@ def _decode_typed(decoder: msgspec.json.Decoder, content: bytes) -> Any:
 def _typed_grid_rows(result_data: _GridResultData) -> tuple[list[dict[str, str]], int | None]:
     """What `_grid_rows` makes of the same page: the rows and the next cursor position."""
     if result_data.DATARECORD is not msgspec.UNSET:
-        rows = _struct_rows(result_data.DATARECORD, "DATAFIELD", "FIELDNAME", "FIELDVALUE")
-        return rows, _cursor(result_data.NEXTCURSORPOSITION, "NEXTCURSORPOSITION")
+        return _struct_rows(result_data.DATARECORD), _cursor(result_data.NEXTCURSORPOSITION, "NEXTCURSORPOSITION")
     grid = result_data.GRID
-    rows = _struct_rows(grid.DATA.ROW if grid.DATA else None, "CELL", "ALIAS_NAME", "VALUE")
+    rows = _struct_rows(grid.DATA.ROW if grid.DATA else None)
     metadata = grid.METADATA or _NO_METADATA
     return rows, _grid_next_cursor(metadata.MORERECORDPRESENT, metadata.CURRENTCURSORPOSITION)
 
 
-def _struct_rows(entries: list | None, cells_key: str, name_key: str, value_key: str) -> list[dict[str, str]]:
-    """Rows (alias -> value) of decoded cells. Rows share one string object per column name
-    (interned): a page would otherwise hold 10,000 copies of each name, and looking a column up
-    by a name that is the very same object skips comparing text."""
+def _struct_rows(entries: list[_DataRecord] | list[_Row] | None) -> list[dict[str, str]]:
+    """Rows (alias -> value) of decoded cells.
+
+    Once a read knows its columns, the rows share one string object per column name (see
+    `_GridColumns`). A dict comprehension makes a row about twice as fast as
+    `dict(zip(map(attrgetter(...), cells), ...))`: it reads each attribute in one specialized step.
+    """
     if not entries:
         return []
-    cells_of, name_of, value_of = attrgetter(cells_key), attrgetter(name_key), attrgetter(value_key)
     rows = []
     for index, entry in enumerate(entries):
-        cells = cells_of(entry)
-        rows.append(dict(zip(map(intern, map(name_of, cells)), map(value_of, cells))))
+        rows.append({cell.name: cell.value for cell in entry.cells})
         entries[index] = None  # free the cells as we go, like `_cell_rows`
     return rows

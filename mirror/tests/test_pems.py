@@ -750,8 +750,8 @@ def cell_names(answer) -> list:
     """The column name objects of a decoded page's first row, either shape."""
     data = answer.Result.ResultData
     if data.DATARECORD is not msgspec.UNSET:
-        return [cell.FIELDNAME for cell in data.DATARECORD[0].DATAFIELD]
-    return [cell.ALIAS_NAME for cell in data.GRID.DATA.ROW[0].CELL]
+        return [cell.name for cell in data.DATARECORD[0].cells]
+    return [cell.name for cell in data.GRID.DATA.ROW[0].cells]
 
 
 @pytest.mark.parametrize("shape", ["A", "B"])
