@@ -217,4 +217,4 @@ def pfa_records_list(**filters) -> list[dict]:
     connection.ensure_connection()
     with psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(sql, params, binary=True)
-        return [dict(zip(PFA_LIST_COLUMNS, row, strict=True)) for row in cursor]
+        return [dict(zip(PFA_LIST_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
