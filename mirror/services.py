@@ -3,7 +3,6 @@
 import time
 from dataclasses import dataclass, replace
 
-import psycopg
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
@@ -11,6 +10,7 @@ from django.db.models.functions import Coalesce
 
 from mirror.models import ApiConfiguration, Organization, PfaMirror
 from mirror.pems import DEFAULT_PAGE_SIZE, PemsClient, organization_filter
+from mirror.store import psycopg_cursor
 
 
 def organizations_visible_to(user) -> QuerySet[Organization]:
@@ -214,7 +214,6 @@ def pfa_records_list(**filters) -> list[dict]:
     if connection.vendor != "postgresql":
         return [dict(zip(PFA_LIST_COLUMNS, row, strict=True)) for row in rows]
     sql, params = rows.query.sql_with_params()
-    connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
+    with psycopg_cursor() as cursor:
         cursor.execute(sql, params, binary=True)
         return [dict(zip(PFA_LIST_COLUMNS, row, strict=True)) for row in cursor.fetchall()]

@@ -30,6 +30,23 @@ RECORD_FIELDS = [f for f in PfaMirror._meta.concrete_fields if f.name not in _BO
 _SQLITE_MAX_PARAMS = 32_000
 
 
+# A COPY sends bytes (below) through psycopg's C dumper of bytes, even into a column it names
+# bytea, where psycopg would pick its Python dumper.
+_BYTES_DUMPER = psycopg.adapters.get_dumper(bytes, PyFormat.BINARY)
+
+
+def psycopg_cursor() -> psycopg.Cursor:
+    """A plain psycopg cursor on Django's PostgreSQL connection, in its transaction.
+
+    Django's psycopg cursors bind parameters client-side; this one binds them server-side, can
+    COPY and can ask for binary results, which psycopg decodes in C.
+    """
+    connection.ensure_connection()
+    cursor = psycopg.Cursor(connection.connection)
+    cursor.adapters.register_dumper(bytes, _BYTES_DUMPER)
+    return cursor
+
+
 @dataclass
 class UpsertCounts:
     inserted: int = 0
@@ -105,8 +122,7 @@ def pfa_content_hashes(*, organization_id: UUID, pfa_ids: Sequence[str]) -> dict
     if not wanted:
         return {}
     if connection.vendor == "postgresql":
-        connection.ensure_connection()
-        with psycopg.Cursor(connection.connection) as cursor:
+        with psycopg_cursor() as cursor:
             cursor.execute(
                 f"SELECT pfa_id, content_hash FROM {_quoted(PfaMirror._meta.db_table)} "
                 "WHERE organization_id = %s AND pfa_id BETWEEN %s AND %s LIMIT %s",
@@ -168,7 +184,6 @@ _COLUMN_TYPES = {
 # byte, then the record's JSON text) and the organization as a UUID's 16 bytes. The dumpers psycopg
 # has for jsonb and uuid are Python code, called for every row; its dumper of bytes is C.
 _JSONB_VERSION = b"\x01"
-_BYTES_DUMPER = psycopg.adapters.get_dumper(bytes, PyFormat.BINARY)
 
 
 def _copy_types(fields) -> list[str]:
@@ -176,17 +191,21 @@ def _copy_types(fields) -> list[str]:
     return ["bytea" if f.name == "data" else _COLUMN_TYPES[f.get_internal_type()] for f in fields]
 
 
-def _copy_cursor() -> psycopg.Cursor:
-    """A cursor on Django's connection, in its transaction, that can COPY.
-
-    Django's psycopg cursors bind client-side; a plain psycopg cursor binds server-side. Bytes
-    are dumped by psycopg's C dumper even into a column the COPY names bytea, where psycopg would
-    pick a Python one.
-    """
-    connection.ensure_connection()
-    cursor = psycopg.Cursor(connection.connection)
-    cursor.adapters.register_dumper(bytes, _BYTES_DUMPER)
-    return cursor
+def _copy_records(
+    cursor: psycopg.Cursor,
+    statement: str,
+    types: list[str],
+    batch: Sequence[PfaRecord],
+    head: tuple = (),
+    tail: tuple = (),
+) -> None:
+    """COPY each record of `batch` as one row: `head`, the record's values, `tail`."""
+    with cursor.copy(statement) as copy:
+        copy.set_types(types)
+        for record in batch:
+            copy.write_row(
+                (*head, *record[:_DATA_INDEX], _JSONB_VERSION + record.data, *record[_DATA_INDEX + 1 :], *tail)
+            )
 
 
 @cache
@@ -209,12 +228,9 @@ def _upsert_batch_postgresql(
     organization_id: UUID, batch: Sequence[PfaRecord], synced_at: datetime, on_staged: Callable[[], None] | None
 ) -> list[int]:
     create, copy_sql, copy_types, merge = _postgresql_statements()
-    with _copy_cursor() as cursor:
+    with psycopg_cursor() as cursor:
         cursor.execute(create)
-        with cursor.copy(copy_sql) as copy:
-            copy.set_types(copy_types)
-            for record in batch:
-                copy.write_row((*record[:_DATA_INDEX], _JSONB_VERSION + record.data, *record[_DATA_INDEX + 1 :]))
+        _copy_records(cursor, copy_sql, copy_types, batch)
         if on_staged:
             on_staged()
         cursor.execute(merge, [organization_id, synced_at, synced_at])
@@ -238,25 +254,13 @@ def _insert_new_batch_postgresql(
     the rest is the database's work. The savepoint costs far less than the merge it saves.
     """
     copy_sql, copy_types = _insert_new_statement()
-    organization = organization_id.bytes
     if on_staged:
         on_staged()
     try:
-        with transaction.atomic(), _copy_cursor() as cursor:
-            with cursor.copy(copy_sql) as copy:
-                copy.set_types(copy_types)
-                for record in batch:
-                    copy.write_row(
-                        (
-                            organization,
-                            *record[:_DATA_INDEX],
-                            _JSONB_VERSION + record.data,
-                            *record[_DATA_INDEX + 1 :],
-                            1,
-                            synced_at,
-                            synced_at,
-                        )
-                    )
+        with transaction.atomic(), psycopg_cursor() as cursor:
+            _copy_records(
+                cursor, copy_sql, copy_types, batch, head=(organization_id.bytes,), tail=(1, synced_at, synced_at)
+            )
     except psycopg.errors.UniqueViolation:
         return False
     return True
