@@ -534,7 +534,8 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
         }
 
         print(f"pfasync: first load of {small:,} rows (memory baseline)", flush=True)
-        result, small_peak, *_ = run_measured(child_command("sync", "--org", SMALL_ORG), env)
+        small_run = run_measured(child_command("sync", "--org", SMALL_ORG), env)
+        result, small_peak = small_run.result, small_run.peak_rss_mb
         large_peak = phases["pfasync.first_load"]["peak_rss_mb"]
         report["memory"] = {
             "small_records": small,
