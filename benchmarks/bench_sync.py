@@ -179,7 +179,10 @@ def child_limit(*, records: int, database_url: str) -> dict[str, Any]:
         f"{quoted(field.column)} {'text' if field.name == 'data' else field.db_type(connection)}" for field in fields
     )
     columns = ", ".join(quoted(field.column) for field in fields)
-    selected = ", ".join(f"{quoted(f.column)}::jsonb" if f.name == "data" else quoted(f.column) for f in fields)
+    # Cast to the mirror's own type for `data` (json), as pfasync's COPY delivers it.
+    selected = ", ".join(
+        f"{quoted(f.column)}::{f.db_type(connection)}" if f.name == "data" else quoted(f.column) for f in fields
+    )
     assignments = ", ".join(f"{quoted(f.column)} = EXCLUDED.{quoted(f.column)}" for f in fields)
     merge = (
         f"INSERT INTO pfa_mirror (organization_id, {columns}, version, first_synced_at, last_synced_at) "

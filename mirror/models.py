@@ -10,6 +10,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from mirror.fields import JSONTextField
 from mirror.pems import DEFAULT_PAGE_SIZE, PemsSettings
 from mirror.secrets import decrypt_secret, encrypt_secret
 
@@ -199,7 +200,7 @@ class PfaMirror(models.Model):
     is_actualized = models.BooleanField(default=False)
     is_discontinued = models.BooleanField(default=False)
     is_funds_transferred = models.BooleanField(default=False)
-    data = models.JSONField(help_text="The whole PEMS row, unknown tenant columns included.")
+    data = JSONTextField(help_text="The whole PEMS row, unknown tenant columns included.")
     content_hash = models.CharField(max_length=32)
     version = models.PositiveIntegerField(default=1, help_text="Grows by one each time the content changes.")
     first_synced_at = models.DateTimeField(default=timezone.now)

@@ -98,9 +98,9 @@ def _digest(canonical_json: bytes) -> str:
     return hashlib.blake2b(canonical_json, digest_size=16).hexdigest()
 
 
-# PostgreSQL stores no NUL character, in text or in jsonb: a row holding one is set aside, and
-# kept aside with each NUL shown as U+2400 (␀). JSON writes NUL as this escape; a value holding
-# a backslash and "u0000" matches too, and is then looked at more closely.
+# PostgreSQL stores no NUL character in text, and its JSON functions refuse one: a row holding
+# one is set aside, and kept aside with each NUL shown as U+2400 (␀). JSON writes NUL as this
+# escape; a value holding a backslash and "u0000" matches too, and is then looked at more closely.
 _JSON_NUL = b"\\u0000"
 _NUL_SHOWN = "\u2400"
 

@@ -169,7 +169,6 @@ def _insert_columns() -> str:
 # psycopg's C dumpers), and the merge is the same statement the benchmark's physical limit runs.
 # The staging table has the record's columns in the record's order.
 _STAGE_TABLE = "pfa_mirror_stage"
-_DATA_INDEX = PfaRecord._fields.index("data")
 _COLUMN_TYPES = {
     "CharField": "text",
     "TextField": "text",
@@ -178,12 +177,11 @@ _COLUMN_TYPES = {
     "DecimalField": "numeric",
     "DateField": "date",
     "BooleanField": "bool",
-    "JSONField": "jsonb",
+    "JSONField": "json",  # `data`, a JSONTextField
 }
-# Two columns go into a COPY already in their binary form, as bytes: `data` as jsonb's (a version
-# byte, then the record's JSON text) and the organization as a UUID's 16 bytes. The dumpers psycopg
-# has for jsonb and uuid are Python code, called for every row; its dumper of bytes is C.
-_JSONB_VERSION = b"\x01"
+# Two columns go into a COPY already in their binary form, as bytes: `data` as the record's JSON
+# text (what `json` receives in binary) and the organization as a UUID's 16 bytes. The dumpers
+# psycopg has for JSON and uuid are Python code, called for every row; its dumper of bytes is C.
 
 
 def _copy_types(fields) -> list[str]:
@@ -203,9 +201,7 @@ def _copy_records(
     with cursor.copy(statement) as copy:
         copy.set_types(types)
         for record in batch:
-            copy.write_row(
-                (*head, *record[:_DATA_INDEX], _JSONB_VERSION + record.data, *record[_DATA_INDEX + 1 :], *tail)
-            )
+            copy.write_row((*head, *record, *tail))
 
 
 @cache

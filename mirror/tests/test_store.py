@@ -90,6 +90,35 @@ def test_first_load_inserts_every_row_with_typed_columns(expect_new):
     assert stored.version == 1 and stored.first_synced_at == stored.last_synced_at == T0
 
 
+@either_way
+def test_data_holds_the_exact_json_the_content_hash_digests(expect_new):
+    organization = OrganizationFactory(code="RIO")
+    stored = record("PFA-1", pfs_f_model='Grove \u00e9 "GMK"')
+    upsert(organization, [stored], expect_new=expect_new)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT CAST(data AS text), content_hash FROM pfa_mirror WHERE pfa_id = %s", ["PFA-1"])
+        [(text, digest)] = cursor.fetchall()
+    assert text == stored.data.decode()  # not re-serialized by the database
+    assert digest == content_hash(raw_row("PFA-1", pfs_f_model='Grove \u00e9 "GMK"'))
+    assert PfaMirror.objects.get(pfa_id="PFA-1").data["pfs_f_model"] == 'Grove \u00e9 "GMK"'
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's column types")
+def test_data_is_stored_as_json_text_and_still_written_by_the_orm():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'pfa_mirror' AND column_name = 'data'"
+        )
+        assert cursor.fetchone() == ("json",)
+    organization = OrganizationFactory(code="RIO")
+    row = PfaMirror.objects.create(organization=organization, pfa_id="PFA-9", data={"pfs_id": "PFA-9", "n": [1, 2]})
+    row.refresh_from_db()
+    assert row.data == {"pfs_id": "PFA-9", "n": [1, 2]}
+    with connection.cursor() as cursor:  # what ops write: ->> on json, a cast for jsonb's operators
+        cursor.execute("SELECT data->>'pfs_id', data::jsonb @> '{\"n\": [2]}' FROM pfa_mirror")
+        assert cursor.fetchall() == [("PFA-9", True)]
+
+
 def test_unchanged_row_is_not_rewritten():
     organization = OrganizationFactory(code="RIO")
     upsert(organization, [record("PFA-1"), record("PFA-2")])
