@@ -256,6 +256,22 @@ def test_a_page_sets_aside_only_its_bad_rows_and_keeps_the_order_of_the_rest():
     ]
 
 
+def test_a_long_page_is_typed_in_slices_and_keeps_page_order_across_them():
+    # Slices are 500 rows: bad rows in the first, second and last slice, one on each boundary.
+    rows = [full_row(pfs_id=f"PFA-{n:04}", pfs_f_rental=f"{n}.25") for n in range(1_201)]
+    for n in (3, 499, 500, 1_200):
+        rows[n]["pfs_p_enddate"] = "13/45/2025"
+    parsed = parse_pfa_rows(rows, time_zone=CHICAGO, organization_code="RIO")
+
+    kept = [n for n in range(1_201) if n not in (3, 499, 500, 1_200)]
+    assert [record.pfa_id for record in parsed.records] == [f"PFA-{n:04}" for n in kept]
+    assert [record.monthly_rate for record in parsed.records] == [Decimal(f"{n}.25") for n in kept]
+    assert [orjson.loads(record.data) for record in parsed.records] == [rows[n] for n in kept]
+    assert [(error.pfa_id, raw) for error, raw in parsed.rejected] == [
+        (f"PFA-{n:04}", rows[n]) for n in (3, 499, 500, 1_200)
+    ]
+
+
 def test_a_row_holding_a_nul_character_is_set_aside_and_kept_without_it():
     # PostgreSQL cannot store NUL in text or jsonb: one such row must not fail its whole page.
     rows = [full_row(pfs_id=f"PFA-{n}") for n in range(1, 5)]
