@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import cache, lru_cache, partial
+from itertools import repeat
 from operator import itemgetter
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
@@ -166,15 +167,13 @@ def _parse_slice(rows: Sequence[dict[str, str]], time_zone: ZoneInfo, organizati
                 if org != organization_code:
                     reasons.setdefault(index, f"pfs_a_org: {org!r} is not the organization {organization_code!r}")
     columns: list[Sequence] = [keys]
-    for (alias, converter), raw_values in zip(_column_converters(time_zone), _raw_columns(rows), strict=True):
-        if converter is None:  # text
-            columns.append(raw_values if None not in raw_values else [value or "" for value in raw_values])
+    for (alias, column), raw_values in zip(_column_converters(time_zone), _raw_columns(rows), strict=True):
+        if column is None:  # text
+            columns.append(raw_values)
             continue
-        values = list(map(converter, raw_values))
-        if _Bad in map(type, values):
-            for index, value in enumerate(values):
-                if type(value) is _Bad:
-                    reasons.setdefault(index, f"{alias}: {raw_values[index]!r} {value}")
+        values, bad = column.convert(raw_values)
+        for index in bad:
+            reasons.setdefault(index, f"{alias}: {raw_values[index]!r} {values[index]}")
         columns.append(values)
     canonical = [orjson.dumps(row, option=_sorted_json) for row in rows]
     with_nul = {
@@ -199,15 +198,15 @@ def _parse_slice(rows: Sequence[dict[str, str]], time_zone: ZoneInfo, organizati
     return ParsedRows([record for index, record in enumerate(records) if index not in reasons], rejected)
 
 
-def _raw_columns(rows: Sequence[dict[str, str]]) -> list[Sequence[str | None]]:
-    """The values of each `_COLUMN_ALIASES` column of `rows`; "" or None where a row lacks it."""
+def _raw_columns(rows: Sequence[dict[str, str]]) -> list[Sequence[str]]:
+    """The values of each `_COLUMN_ALIASES` column of `rows`; "" where a row lacks it."""
     if not rows:
         return [()] * len(_COLUMN_ALIASES)
     try:
         # The common case, every column in every row, at C speed: one tuple per row, transposed.
         return list(zip(*map(_column_values, rows), strict=True))
     except KeyError:
-        return [[row.get(alias) for row in rows] for alias in _COLUMN_ALIASES]
+        return [[row.get(alias, "") for row in rows] for alias in _COLUMN_ALIASES]
 
 
 class _Bad(str):
@@ -223,9 +222,6 @@ _NOT_DATETIME = _Bad("is not a MM/DD/YYYY HH:mm date and time")
 _NOT_FLAG = _Bad("is not a check box value (-1/0 or Y/N)")
 
 
-# Grids repeat a few thousand distinct dates, amounts and counters over a million rows: the
-# converters below are cached by text (their answers are immutable), far cheaper than parsing.
-@lru_cache(maxsize=20_000)  # `pfs_recordid` counts saves: a few distinct values
 def _whole_number(value: str | None) -> int | None:
     if not value or not (text := value.strip()):
         return None
@@ -235,7 +231,6 @@ def _whole_number(value: str | None) -> int | None:
     return int(digits)
 
 
-@lru_cache(maxsize=20_000)
 def _decimal(value: str | None) -> Decimal | None:
     if not value or not (text := value.strip()):
         return None
@@ -270,7 +265,6 @@ def _split_date(text: str) -> tuple[int, int, int] | None:
     return int(year), int(month), int(day)
 
 
-@lru_cache(maxsize=20_000)
 def _date(value: str | None) -> date | None:
     if not value or not (text := value.strip()):
         return None
@@ -329,38 +323,83 @@ def _utc_datetime_in(time_zone: ZoneInfo) -> Callable[[str | None], datetime | N
     return utc_datetime
 
 
-@lru_cache(maxsize=64)
 def _flag(value: str | None) -> bool:
     return _FLAGS.get((value or "").strip(), _NOT_FLAG)
 
 
+_MISSING = object()
+
+
+class _Column:
+    """A typed column's converter, applied to a slice's values at once.
+
+    Grids repeat a few thousand distinct dates, amounts, counters and flags over a million rows,
+    so by default a column keeps its answers by raw text (immutable values, up to `KEEP` of them)
+    and converts a slice by one dictionary lookup per value, at C speed. Answers for bad values
+    are not kept: each bad value is a miss, converted, and noticed there.
+    """
+
+    KEEP = 20_000
+
+    def __init__(self, converter: Callable[[str], object], *, keep_answers: bool = True) -> None:
+        self._converter = converter
+        self._answers: dict[str, object] | None = {} if keep_answers else None
+
+    def convert(self, raw_values: Sequence[str]) -> tuple[list, list[int]]:
+        """The converted values, and the positions of those that did not convert (`_Bad`)."""
+        convert, answers = self._converter, self._answers
+        if answers is None:
+            values = list(map(convert, raw_values))
+            bad = (
+                [index for index, value in enumerate(values) if type(value) is _Bad]
+                if _Bad in map(type, values)
+                else []
+            )
+            return values, bad
+        values = list(map(answers.get, raw_values, repeat(_MISSING)))
+        bad = []
+        if _MISSING in values:
+            if len(answers) > self.KEEP:
+                answers.clear()
+            for index in [index for index, value in enumerate(values) if value is _MISSING]:
+                raw = raw_values[index]
+                values[index] = value = convert(raw)
+                if type(value) is _Bad:
+                    bad.append(index)
+                else:
+                    answers[raw] = value
+        return values, bad
+
+
 @cache
-def _column_converters(time_zone: ZoneInfo) -> tuple[tuple[str, Callable | None], ...]:
-    """(alias, converter) of every `PfaRecord` field between `pfa_id` and `data`; None: text."""
+def _column_converters(time_zone: ZoneInfo) -> tuple[tuple[str, _Column | None], ...]:
+    """(alias, column) of every `PfaRecord` field between `pfa_id` and `data`; None: text."""
+    whole_number, decimal, day, flag = _Column(_whole_number), _Column(_decimal), _Column(_date), _Column(_flag)
     return (
-        ("pfs_recordid", _whole_number),
-        ("pfs_lastmodified", _utc_datetime_in(time_zone)),
+        ("pfs_recordid", whole_number),
+        # Nearly every value is a distinct minute: not worth keeping (the hours are, see below).
+        ("pfs_lastmodified", _Column(_utc_datetime_in(time_zone), keep_answers=False)),
         ("pfs_f_area", None),
         ("pfs_f_category", None),
         ("pfs_f_catdesc", None),
         ("pfs_f_class", None),
         ("pfs_f_source", None),
         ("pfs_f_dor", None),
-        ("pfs_f_rental", _decimal),
-        ("pfs_f_purchase", _decimal),
+        ("pfs_f_rental", decimal),
+        ("pfs_f_purchase", decimal),
         ("pfs_f_manufacturer", None),
         ("pfs_f_model", None),
         ("pfs_p_projcode", None),
         ("pfs_equipment_tag", None),
-        ("pfs_p_startdate", _date),
-        ("pfs_p_enddate", _date),
-        ("pfs_f_startdate", _date),
-        ("pfs_f_enddate", _date),
-        ("pfs_a_startdate", _date),
-        ("pfs_a_enddate", _date),
-        ("pfs_f_actualized", _flag),
-        ("pfs_f_discontinued", _flag),
-        ("pfs_f_fundstrans", _flag),
+        ("pfs_p_startdate", day),
+        ("pfs_p_enddate", day),
+        ("pfs_f_startdate", day),
+        ("pfs_f_enddate", day),
+        ("pfs_a_startdate", day),
+        ("pfs_a_enddate", day),
+        ("pfs_f_actualized", flag),
+        ("pfs_f_discontinued", flag),
+        ("pfs_f_fundstrans", flag),
     )
 
 
