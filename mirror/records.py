@@ -350,12 +350,7 @@ class _Column:
         convert, answers = self._converter, self._answers
         if answers is None:
             values = list(map(convert, raw_values))
-            bad = (
-                [index for index, value in enumerate(values) if type(value) is _Bad]
-                if _Bad in map(type, values)
-                else []
-            )
-            return values, bad
+            return values, [index for index, value in enumerate(values) if type(value) is _Bad]
         values = list(map(answers.get, raw_values, repeat(_MISSING)))
         bad = []
         if _MISSING in values:
