@@ -167,9 +167,10 @@ def _insert_columns() -> str:
 # PostgreSQL: each batch is COPYed (binary) into a session-local staging table, then merged by
 # one INSERT ... SELECT. COPY is the cheapest way into PostgreSQL from Python (rows are encoded by
 # psycopg's C dumpers), and the merge is the same statement the benchmark's physical limit runs.
-# The staging table has the record's columns in the record's order.
+# The staging table has the record's columns, in the record's order and of the mirror's types.
 _STAGE_TABLE = "pfa_mirror_stage"
-_COLUMN_TYPES = {
+# The type each value is sent as in a binary COPY, by model field (psycopg's names).
+_COPY_TYPES = {
     "CharField": "text",
     "TextField": "text",
     "BigIntegerField": "int8",
@@ -177,7 +178,6 @@ _COLUMN_TYPES = {
     "DecimalField": "numeric",
     "DateField": "date",
     "BooleanField": "bool",
-    "JSONField": "json",  # `data`, a JSONTextField
 }
 # Two columns go into a COPY already in their binary form, as bytes: `data` as the record's JSON
 # text (what `json` receives in binary) and the organization as a UUID's 16 bytes. The dumpers
@@ -186,7 +186,7 @@ _COLUMN_TYPES = {
 
 def _copy_types(fields) -> list[str]:
     """The types a binary COPY names for `fields`' values."""
-    return ["bytea" if f.name == "data" else _COLUMN_TYPES[f.get_internal_type()] for f in fields]
+    return ["bytea" if f.name == "data" else _COPY_TYPES[f.get_internal_type()] for f in fields]
 
 
 def _copy_records(
@@ -209,7 +209,7 @@ def _postgresql_statements() -> tuple[str, str, list[str], str]:
     stage_columns = ", ".join(_quoted(f.column) for f in RECORD_FIELDS)
     create = (
         f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_TABLE} ("
-        + ", ".join(f"{_quoted(f.column)} {_COLUMN_TYPES[f.get_internal_type()]}" for f in RECORD_FIELDS)
+        + ", ".join(f"{_quoted(f.column)} {f.db_type(connection)}" for f in RECORD_FIELDS)
         + f"); TRUNCATE {_STAGE_TABLE}"
     )
     copy = f"COPY {_STAGE_TABLE} ({stage_columns}) FROM STDIN (FORMAT BINARY)"
