@@ -5,7 +5,8 @@ neither the service nor `.venv` ever imports dlt. `bench_sync.py` starts it once
 and reads one JSON line from its stdout:
 
     .venv-dlt/bin/python benchmarks/dlt_pems.py --base-url http://127.0.0.1:8900 --org BENCH \\
-        --database-url postgresql://postgres@127.0.0.1:5432/pfasync_bench_dlt --pipelines-dir /tmp/dlt
+        --database-url postgresql://postgres@127.0.0.1:5432/pfasync_bench_dlt --pipelines-dir /tmp/dlt \\
+        --page-size 5000
 
 The resource reads the grid the way the contract says a client must (POST /grids, cursor paging,
 never trusting a short page), with only the standard library and `requests` that dlt brings, so
@@ -30,14 +31,16 @@ import orjson  # noqa: E402
 import requests  # noqa: E402
 
 GRID_BODY = {
-    "GRID": {"GRID_NAME": "CUPFAG", "GRID_ID": "100541", "NUMBER_OF_ROWS_FIRST_RETURNED": 10_000},
+    "GRID": {"GRID_NAME": "CUPFAG", "GRID_ID": "100541"},
     "GRID_TYPE": {"TYPE": "LIST"},
     "REQUEST_TYPE": "LIST.DATA_ONLY.STORED",
     "ADDON_SORT": {"ALIAS_NAME": "pfs_id", "TYPE": "ASC"},
 }
 
 
-def grid_pages(*, base_url: str, org: str, tenant: str, username: str, password: str) -> Iterator[list[dict[str, str]]]:
+def grid_pages(
+    *, base_url: str, org: str, tenant: str, username: str, password: str, page_size: int
+) -> Iterator[list[dict[str, str]]]:
     """Yield the organization's grid page by page, each row a dict alias -> value plus `organization`."""
     token = base64.b64encode(f"{username}:{password}".encode()).decode()
     headers = {
@@ -51,7 +54,8 @@ def grid_pages(*, base_url: str, org: str, tenant: str, username: str, password:
     cursor = 1
     with requests.Session() as session:
         while True:
-            body = {**GRID_BODY, **org_filter, "GRID": {**GRID_BODY["GRID"], "CURSOR_POSITION": cursor}}
+            grid = {**GRID_BODY["GRID"], "NUMBER_OF_ROWS_FIRST_RETURNED": page_size, "CURSOR_POSITION": cursor}
+            body = {**GRID_BODY, **org_filter, "GRID": grid}
             response = session.post(f"{base_url}/axis/restservices/grids", json=body, headers=headers, timeout=(5, 120))
             response.raise_for_status()
             # orjson (a dlt dependency) as pfasync uses it, so JSON decoding is not what differs.
@@ -93,6 +97,7 @@ def run(args: argparse.Namespace) -> dict:
             tenant=args.tenant,
             username=args.username,
             password=args.password,
+            page_size=args.page_size,
         ),
         name="pfa",
         write_disposition="merge",
@@ -120,6 +125,7 @@ def main() -> None:
     parser.add_argument("--tenant", default="PEMS_DEMO")
     parser.add_argument("--username", default="pfasync")
     parser.add_argument("--password", default="pfasync-demo")
+    parser.add_argument("--page-size", type=int, default=5_000, help="rows per grid page (pfasync's default)")
     args = parser.parse_args()
     print(json.dumps(run(args)))
     sys.stdout.flush()
