@@ -217,14 +217,15 @@ def pfa_records_list(
     filters (`_list_statement`): building and compiling the queryset took longer than running it.
     """
     filters = {"category": category, "forecast_from": forecast_from, "forecast_to": forecast_to}
-    if connection.vendor != "postgresql":
+    if connection.vendor == "postgresql":
+        sql, parameters = _list_statement(bool(category), bool(forecast_from), bool(forecast_to), limit)
+        values = {"organization": organization.pk, **filters}
+        with psycopg_cursor() as cursor:
+            cursor.execute(sql, [values[name] for name in parameters], binary=True)
+            rows = cursor.fetchall()
+    else:
         rows = pfa_records_list_query(organization=organization, limit=limit, **filters)
-        return [dict(zip(PFA_LIST_COLUMNS, row, strict=True)) for row in rows]
-    sql, parameters = _list_statement(bool(category), bool(forecast_from), bool(forecast_to), limit)
-    values = {"organization": organization.pk, **filters}
-    with psycopg_cursor() as cursor:
-        cursor.execute(sql, [values[name] for name in parameters], binary=True)
-        return [dict(zip(PFA_LIST_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
+    return [dict(zip(PFA_LIST_COLUMNS, row, strict=True)) for row in rows]
 
 
 # Stand-ins that tell the compiled list query's parameters apart.
