@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--tenant", default="PEMS_DEMO")
     parser.add_argument("--username", default="pfasync")
     parser.add_argument("--password", default="pfasync-demo")
-    parser.add_argument("--page-size", type=int, default=5_000, help="rows per grid page (pfasync's default)")
+    parser.add_argument("--page-size", type=int, required=True, help="rows per grid page (bench_sync.PAGE_SIZE)")
     args = parser.parse_args()
     print(json.dumps(run(args)))
     sys.stdout.flush()
