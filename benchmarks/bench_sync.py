@@ -19,6 +19,10 @@ On N synthetic PFA rows (the simulator's generator, seed 1) it measures, in this
    HTTP and merging it by (organization, pfs_id) into a separate database: first load and a
    1%-changed re-sync. If dlt cannot be installed the run says so and goes on.
 
+Every first load (limit, pfasync, dlt) runs `--repeats` times (3; 1 with --quick), each into an
+empty mirror, and the run of median time counts: a single run on a shared VM can be a quarter off.
+The re-syncs run once, after the last first load.
+
 Each timed process also reports its CPU seconds and how busy all cores were while it ran: a
 process near one core's worth of CPU on a half-idle machine is bound by itself, not by PostgreSQL.
 It prints a table and writes it with every detail to benchmarks/results/bench_sync.json. The exit
@@ -47,8 +51,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -67,6 +72,7 @@ PAGE_SIZE = 5_000
 # Peak memory within this factor between the small and the large run counts as flat.
 FLAT_MEMORY_FACTOR = 1.2
 LIST_QUERY_INDEX = "pfa_mirror_org_cat_fcst"
+T = TypeVar("T")
 
 
 # --- the children: each runs in a fresh process and prints one JSON line -------------------------
@@ -147,8 +153,11 @@ def _record_fields():
     return [field for field in PfaMirror._meta.concrete_fields if field.name not in bookkeeping]
 
 
-def child_limit(*, records: int, database_url: str) -> dict[str, Any]:
-    """PostgreSQL's limit for the mirror write: COPY typed rows, ANALYZE, one hash-skipping merge."""
+def child_limit(*, records: int, database_url: str, repeats: int) -> dict[str, Any]:
+    """PostgreSQL's limit for the mirror write: COPY typed rows, ANALYZE, one hash-skipping merge.
+
+    The first load runs `repeats` times into an emptied mirror; its median run counts.
+    """
     _django()
     from zoneinfo import ZoneInfo
 
@@ -232,7 +241,14 @@ def child_limit(*, records: int, database_url: str) -> dict[str, Any]:
                 "rows_written": written,
             }
 
-        load("first_load")
+        first_loads = []
+        for _ in range(repeats):
+            pg.execute("TRUNCATE pfa_mirror")
+            pg.commit()
+            load("first_load")
+            first_loads.append(result["first_load"])
+        result["first_load"] = median_run(first_loads, lambda run: run["seconds"])
+        result["first_load"]["runs_seconds"] = [round(run["seconds"], 2) for run in first_loads]
         load("resync_unchanged")
         # The same kind of change the simulator makes for the pfasync run: a save of 1% of the rows.
         touched = simulator.touch_rows(ORG, CHANGED_FRACTION, seed=1)
@@ -441,8 +457,24 @@ def rate(records: int, seconds: float) -> int:
     return round(records / seconds) if seconds > 0 else 0
 
 
+def median_measured(runs: list[Measured]) -> Measured:
+    """The run of median time, with the highest peak RSS of all the runs: memory is judged on the worst."""
+    return median_run(runs, lambda run: run.result["seconds"])._replace(
+        peak_rss_mb=max(run.peak_rss_mb for run in runs)
+    )
+
+
+def attempt_label(attempt: int, count: int) -> str:
+    return f" (run {attempt + 1} of {count})" if count > 1 else ""
+
+
+def median_run(runs: list[T], seconds: Callable[[T], float]) -> T:
+    """The run of median time among an odd number of runs: a run that happened, not an average."""
+    return sorted(runs, key=seconds)[len(runs) // 2]
+
+
 def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, Any], list[str]]:
-    records = args.records
+    records, repeats = args.records, args.repeats
     # A quick run's memory baseline is half its rows (at least 1,000), not the 50,000 of a full run.
     small = SMALL_RECORDS if records > SMALL_RECORDS else max(1_000, records // 2)
     database_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
@@ -463,6 +495,7 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
         "records": records,
         "small_records": small,
         "changed_fraction": CHANGED_FRACTION,
+        "first_load_repeats": repeats,
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
             "cores": os.cpu_count(),
@@ -486,7 +519,10 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
     # 1. The limit: no simulator, no HTTP, no parsing in the timed part.
     print(f"limit: generating and parsing {records:,} rows (untimed), then COPY + merge", flush=True)
     recreate_database(database_url)
-    limit = run_measured(child_command("limit", "--records", str(records), "--database-url", database_url), env).result
+    limit = run_measured(
+        child_command("limit", "--records", str(records), "--database-url", database_url, "--repeats", str(repeats)),
+        env,
+    ).result
     for name in ("first_load", "resync_unchanged", "resync_changed"):
         details = {key: value for key, value in limit[name].items() if key != "seconds"}
         phase(f"limit.{name}", limit[name]["seconds"], **details)
@@ -498,20 +534,28 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
 
     simulator, port = start_simulator(env, {ORG: records, SMALL_ORG: small})
     try:
-        # 2. pfasync end to end, each sync in a fresh process.
-        recreate_database(database_url)
-        run_measured(child_command("setup", "--port", str(port)), env)
+        # 2. pfasync end to end, each sync in a fresh process; each first load into a fresh database.
         syncs: dict[str, dict[str, Any]] = {}
         for name in ("first_load", "resync_unchanged", "resync_changed"):
             if name == "resync_changed":
                 syncs["touched"] = {"count": simulator_touch(port, ORG, seed=1)}
-            print(f"pfasync: {name.replace('_', ' ')} of {records:,} rows", flush=True)
-            measured = run_measured(child_command("sync", "--org", ORG), env)
+            count = repeats if name == "first_load" else 1
+            runs = []
+            for attempt in range(count):
+                if name == "first_load":
+                    recreate_database(database_url)
+                    run_measured(child_command("setup", "--port", str(port)), env)
+                print(
+                    f"pfasync: {name.replace('_', ' ')} of {records:,} rows{attempt_label(attempt, count)}", flush=True
+                )
+                runs.append(run_measured(child_command("sync", "--org", ORG), env))
+            measured = median_measured(runs)
             syncs[name] = result = measured.result
             phase(
                 f"pfasync.{name}",
                 result["seconds"],
                 measured,
+                runs_seconds=[round(run.result["seconds"], 2) for run in runs],
                 **{key: result[key] for key in ("inserted", "updated", "unchanged", "errored")},
                 mirror_before=result["before"],
                 mirror_after=result["after"],
@@ -576,11 +620,11 @@ def run_dlt(args, port: int, records: int, database_url: str, env, phase, failur
     if python is None:
         print(f"dlt: not available, going on without it: {version_or_reason}", flush=True)
         return {"available": False, "reason": version_or_reason}
-    recreate_database(database_url)
     info: dict[str, Any] = {"available": True, "version": version_or_reason, "database": database_url.rsplit("/", 1)[1]}
     dlt_env = {key: value for key, value in env.items() if not key.startswith(("DJANGO", "PFASYNC", "DATABASE_URL"))}
-    with tempfile.TemporaryDirectory(prefix="pfasync-dlt-") as pipelines_dir:
-        command = [
+
+    def command(pipelines_dir: Path) -> list[str]:
+        return [
             str(python),
             str(ROOT / "benchmarks" / "dlt_pems.py"),
             "--base-url",
@@ -590,25 +634,45 @@ def run_dlt(args, port: int, records: int, database_url: str, env, phase, failur
             "--database-url",
             database_url,
             "--pipelines-dir",
-            pipelines_dir,
+            str(pipelines_dir),
             "--page-size",
             str(PAGE_SIZE),
         ]
+
+    with tempfile.TemporaryDirectory(prefix="pfasync-dlt-") as pipelines_root:
         for name in ("first_load", "resync_changed"):
             if name == "resync_changed":
                 # Another 1% of rows saved, so the re-sync reads a change as pfasync's did.
                 info["touched"] = simulator_touch(port, ORG, seed=2)
-            print(f"dlt: {name.replace('_', ' ')} of {records:,} rows", flush=True)
-            try:
-                measured = run_measured(command, dlt_env)
-            except ChildFailed as error:
-                print(f"dlt: {name} failed: {error}", flush=True)
-                info.setdefault("errors", {})[name] = str(error)[-2000:]
+            count = args.repeats if name == "first_load" else 1
+            runs = []
+            for attempt in range(count):
+                if name == "first_load":
+                    # A fresh database and pipeline state; the re-sync goes on from the last first load.
+                    recreate_database(database_url)
+                    pipelines_dir = Path(pipelines_root) / f"first-load-{attempt + 1}"
+                print(f"dlt: {name.replace('_', ' ')} of {records:,} rows{attempt_label(attempt, count)}", flush=True)
+                try:
+                    runs.append(run_measured(command(pipelines_dir), dlt_env))
+                except ChildFailed as error:
+                    print(f"dlt: {name} failed: {error}", flush=True)
+                    info.setdefault("errors", {})[name] = str(error)[-2000:]
+                    break
+            if len(runs) < count:
                 continue
+            measured = median_measured(runs)
             stored = measured.result["rows_stored"]
-            phase(f"dlt.{name}", measured.result["seconds"], measured, rows_stored=stored)
-            if stored != records:
-                failures.append(f"dlt {name}: {stored:,} rows stored, expected {records:,}")
+            phase(
+                f"dlt.{name}",
+                measured.result["seconds"],
+                measured,
+                rows_stored=stored,
+                runs_seconds=[round(run.result["seconds"], 2) for run in runs],
+            )
+            if any(run.result["rows_stored"] != records for run in runs):
+                failures.append(
+                    f"dlt {name}: rows stored {[run.result['rows_stored'] for run in runs]}, expected {records:,}"
+                )
     return info
 
 
@@ -670,6 +734,14 @@ def print_table(report: dict[str, Any]) -> None:
             f"{cell(row['peak_rss_mb'], '>12')} {row['seconds']:>9.1f} {cell(row['process_cpu_seconds'], '>7')} "
             f"{cell(busy, '>13')}"
         )
+    repeats = report["first_load_repeats"]
+    if repeats > 1:
+        runs = [
+            f"{tool} {', '.join(f'{seconds:.1f}' for seconds in sorted(measured['runs_seconds']))}"
+            for tool in ("limit", "pfasync", "dlt")
+            if (measured := report["phases"].get(f"{tool}.first_load"))
+        ]
+        print(f"first loads, the median of {repeats} runs counts; seconds: {'; '.join(runs)}")
     dlt = report.get("dlt", {})
     if not dlt.get("available"):
         print(f"dlt: not measured ({dlt.get('reason', 'not reached')})")
@@ -706,6 +778,12 @@ def main() -> None:
     parser.add_argument("--skip-dlt", action="store_true", help="do not install or run dlt")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: 20,000 rows and 50 list queries")
     parser.add_argument("--query-runs", type=int, default=None, help="list-query runs (default 200)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="first loads per tool, the median counts; odd (default 3; --quick: 1)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "bench_sync.json")
     parser.add_argument("--child", choices=("setup", "sync", "limit", "query"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -717,7 +795,7 @@ def main() -> None:
         children = {
             "setup": lambda: child_setup(port=args.port),
             "sync": lambda: child_sync(org=args.org),
-            "limit": lambda: child_limit(records=args.records, database_url=args.database_url),
+            "limit": lambda: child_limit(records=args.records, database_url=args.database_url, repeats=args.repeats),
             "query": lambda: child_query(runs=args.runs),
         }
         print(json.dumps(children[args.child](), default=str))
@@ -726,8 +804,12 @@ def main() -> None:
         args.records = 20_000 if args.quick else 1_000_000
     if args.query_runs is None:
         args.query_runs = 50 if args.quick else 200
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     if args.records < 1_000:
         parser.error("--records must be at least 1,000")
+    if args.repeats < 1 or args.repeats % 2 == 0:
+        parser.error("--repeats must be an odd number (1, 3, 5, ...): the median run counts")
     python = Path(sys.executable)
     shown = os.path.relpath(python, ROOT) if python.is_relative_to(ROOT) else str(python)
     command_line = shlex.join([shown, os.path.relpath(Path(__file__).resolve(), ROOT), *sys.argv[1:]])
