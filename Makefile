@@ -40,7 +40,7 @@ run: migrate
 worker: migrate
 	$(BIN)/python manage.py qcluster
 
-# The throughput benchmark (PostgreSQL; 8 to 18 minutes for a million rows, by the day) and its CI-sized run.
+# The throughput benchmark (PostgreSQL; about 15 minutes for a million rows, more on a slow day) and its CI-sized run.
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_sync.py --records 1000000
 
