@@ -457,15 +457,19 @@ def rate(records: int, seconds: float) -> int:
     return round(records / seconds) if seconds > 0 else 0
 
 
-def median_measured(runs: list[Measured]) -> Measured:
-    """The run of median time, with the highest peak RSS of all the runs: memory is judged on the worst."""
-    return median_run(runs, lambda run: run.result["seconds"])._replace(
-        peak_rss_mb=max(run.peak_rss_mb for run in runs)
-    )
+def run_repeated(label: str, count: int, run_once: Callable[[int], Measured]) -> tuple[Measured, list[float]]:
+    """Call `run_once(attempt)` `count` times, announcing each run under `label`.
 
-
-def attempt_label(attempt: int, count: int) -> str:
-    return f" (run {attempt + 1} of {count})" if count > 1 else ""
+    Returns the run of median time, carrying the highest peak RSS of all the runs (memory is judged
+    on the worst), and every run's seconds.
+    """
+    runs = []
+    for attempt in range(count):
+        print(f"{label}{f' (run {attempt + 1} of {count})' if count > 1 else ''}", flush=True)
+        runs.append(run_once(attempt))
+    median = median_run(runs, lambda run: run.result["seconds"])
+    seconds = [round(run.result["seconds"], 2) for run in runs]
+    return median._replace(peak_rss_mb=max(run.peak_rss_mb for run in runs)), seconds
 
 
 def median_run(runs: list[T], seconds: Callable[[T], float]) -> T:
@@ -539,31 +543,33 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
         for name in ("first_load", "resync_unchanged", "resync_changed"):
             if name == "resync_changed":
                 syncs["touched"] = {"count": simulator_touch(port, ORG, seed=1)}
-            count = repeats if name == "first_load" else 1
-            runs = []
-            for attempt in range(count):
-                if name == "first_load":
+            first_load = name == "first_load"
+
+            def sync_once(attempt: int, name: str = name, first_load: bool = first_load) -> Measured:
+                if first_load:
                     recreate_database(database_url)
                     run_measured(child_command("setup", "--port", str(port)), env)
-                print(
-                    f"pfasync: {name.replace('_', ' ')} of {records:,} rows{attempt_label(attempt, count)}", flush=True
-                )
-                runs.append(run_measured(child_command("sync", "--org", ORG), env))
-            measured = median_measured(runs)
+                measured = run_measured(child_command("sync", "--org", ORG), env)
+                result = measured.result
+                if result["status"] != "completed" or result["processed"] != records:
+                    failures.append(
+                        f"pfasync {name}: {result['status']} with {result['processed']:,} rows: {result['error']}"
+                    )
+                return measured
+
+            measured, runs_seconds = run_repeated(
+                f"pfasync: {name.replace('_', ' ')} of {records:,} rows", repeats if first_load else 1, sync_once
+            )
             syncs[name] = result = measured.result
             phase(
                 f"pfasync.{name}",
                 result["seconds"],
                 measured,
-                runs_seconds=[round(run.result["seconds"], 2) for run in runs],
+                runs_seconds=runs_seconds,
                 **{key: result[key] for key in ("inserted", "updated", "unchanged", "errored")},
                 mirror_before=result["before"],
                 mirror_after=result["after"],
             )
-            if result["status"] != "completed" or result["processed"] != records:
-                failures.append(
-                    f"pfasync {name}: {result['status']} with {result['processed']:,} rows: {result['error']}"
-                )
         unchanged, changed, touched = syncs["resync_unchanged"], syncs["resync_changed"], syncs["touched"]["count"]
         if unchanged["updated"] or unchanged["inserted"] or unchanged["before"] != unchanged["after"]:
             failures.append(
@@ -639,40 +645,39 @@ def run_dlt(args, port: int, records: int, database_url: str, env, phase, failur
             str(PAGE_SIZE),
         ]
 
+    pipelines_dirs: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="pfasync-dlt-") as pipelines_root:
         for name in ("first_load", "resync_changed"):
             if name == "resync_changed":
                 # Another 1% of rows saved, so the re-sync reads a change as pfasync's did.
                 info["touched"] = simulator_touch(port, ORG, seed=2)
-            count = args.repeats if name == "first_load" else 1
-            runs = []
-            for attempt in range(count):
-                if name == "first_load":
+            first_load = name == "first_load"
+
+            def load_once(attempt: int, name: str = name, first_load: bool = first_load) -> Measured:
+                if first_load:
                     # A fresh database and pipeline state; the re-sync goes on from the last first load.
                     recreate_database(database_url)
-                    pipelines_dir = Path(pipelines_root) / f"first-load-{attempt + 1}"
-                print(f"dlt: {name.replace('_', ' ')} of {records:,} rows{attempt_label(attempt, count)}", flush=True)
-                try:
-                    runs.append(run_measured(command(pipelines_dir), dlt_env))
-                except ChildFailed as error:
-                    print(f"dlt: {name} failed: {error}", flush=True)
-                    info.setdefault("errors", {})[name] = str(error)[-2000:]
-                    break
-            if len(runs) < count:
+                    pipelines_dirs.append(Path(pipelines_root) / f"first-load-{attempt + 1}")
+                measured = run_measured(command(pipelines_dirs[-1]), dlt_env)
+                if (stored := measured.result["rows_stored"]) != records:
+                    failures.append(f"dlt {name}: {stored:,} rows stored, expected {records:,}")
+                return measured
+
+            try:
+                measured, runs_seconds = run_repeated(
+                    f"dlt: {name.replace('_', ' ')} of {records:,} rows", args.repeats if first_load else 1, load_once
+                )
+            except ChildFailed as error:
+                print(f"dlt: {name} failed: {error}", flush=True)
+                info.setdefault("errors", {})[name] = str(error)[-2000:]
                 continue
-            measured = median_measured(runs)
-            stored = measured.result["rows_stored"]
             phase(
                 f"dlt.{name}",
                 measured.result["seconds"],
                 measured,
-                rows_stored=stored,
-                runs_seconds=[round(run.result["seconds"], 2) for run in runs],
+                rows_stored=measured.result["rows_stored"],
+                runs_seconds=runs_seconds,
             )
-            if any(run.result["rows_stored"] != records for run in runs):
-                failures.append(
-                    f"dlt {name}: rows stored {[run.result['rows_stored'] for run in runs]}, expected {records:,}"
-                )
     return info
 
 
