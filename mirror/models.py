@@ -36,6 +36,18 @@ class Organization(models.Model):
         blank=True,
         help_text="Users who see and act on this organization (staff see every organization).",
     )
+    read_watermark = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Incremental reads ask for rows saved since this moment, less the lookback.",
+    )
+    read_watermark_source = models.CharField(
+        max_length=700,
+        blank=True,
+        editable=False,
+        help_text="The PEMS grid (base URL, tenant, PEMS organization) the watermark was taken from.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -45,6 +57,15 @@ class Organization(models.Model):
 
     def __str__(self) -> str:
         return self.code
+
+    def watermark_for(self, source: str):
+        """The read watermark, if it was taken from `source`; None: the next read must be full."""
+        return self.read_watermark if self.read_watermark_source == source else None
+
+    def move_watermark(self, watermark, *, source: str) -> None:
+        """Keep `watermark` (taken from `source`) for the organization's next incremental read."""
+        Organization.objects.filter(pk=self.pk).update(read_watermark=watermark, read_watermark_source=source)
+        self.read_watermark, self.read_watermark_source = watermark, source
 
 
 class ApiConfiguration(models.Model):
@@ -76,7 +97,9 @@ class ApiConfiguration(models.Model):
     endpoint = models.CharField(max_length=16, choices=Endpoint, default=Endpoint.GRIDS)
     tenant = models.CharField(max_length=100)
     pems_organization_code = models.CharField(
-        max_length=32, blank=True, help_text="Defaults to the organization's code."
+        max_length=32,
+        blank=True,
+        help_text="Defaults to the organization's code. Not allowed on the global default connection.",
     )
     auth_type = models.CharField(max_length=16, choices=AuthType, default=AuthType.BASIC)
     username = models.CharField(max_length=150, blank=True)
@@ -92,19 +115,14 @@ class ApiConfiguration(models.Model):
         validators=[MinValueValidator(1.0), MaxValueValidator(900.0)],
         help_text="Seconds to wait for one PEMS answer.",
     )
+    # No default: a wrong zone shifts every incremental read's window by hours, so it is always asked for.
     time_zone = models.CharField(
-        max_length=64, default="UTC", validators=[validate_time_zone], help_text="IANA zone of the tenant."
+        max_length=64, validators=[validate_time_zone], help_text="IANA zone of the tenant, e.g. America/Chicago."
     )
     first_sync_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_sync_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_sync_record_count = models.PositiveBigIntegerField(default=0, editable=False)
     total_sync_record_count = models.PositiveBigIntegerField(default=0, editable=False)
-    incremental_watermark = models.DateTimeField(
-        null=True,
-        blank=True,
-        editable=False,
-        help_text="Incremental reads ask for rows saved since this moment, less the lookback.",
-    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -127,6 +145,16 @@ class ApiConfiguration(models.Model):
         owner = self.organization.code if self.organization_id else "default"
         return f"{owner} {self.usage} connection ({self.tenant})"
 
+    def clean(self) -> None:
+        super().clean()
+        if self.organization_id is None and self.pems_organization_code:
+            raise ValidationError(
+                {
+                    "pems_organization_code": "The global default connection serves many organizations: each "
+                    "reads its own PEMS organization, so it cannot name one."
+                }
+            )
+
     def set_secret(self, plaintext: str) -> None:
         self.secret = encrypt_secret(plaintext)
 
@@ -139,7 +167,8 @@ class ApiConfiguration(models.Model):
             base_url=self.base_url,
             endpoint=self.endpoint,
             tenant=self.tenant,
-            organization=self.pems_organization_code or organization.code,
+            # The default connection never names a PEMS organization: each organization reads its own.
+            organization=(self.organization_id and self.pems_organization_code) or organization.code,
             auth_type=self.auth_type,
             username=self.username,
             secret=self.get_secret(),
@@ -150,18 +179,22 @@ class ApiConfiguration(models.Model):
             time_zone=self.time_zone,
         )
 
-    def record_sync(self, *, finished_at, record_count: int, watermark=None) -> None:
-        """Update the sync-tracking fields after a completed read (and the watermark, if given)."""
+    def record_sync(self, *, finished_at, record_count: int) -> None:
+        """Update the sync-tracking fields after a completed read."""
         changes = {
             "first_sync_at": models.functions.Coalesce(F("first_sync_at"), finished_at),
             "last_sync_at": finished_at,
             "last_sync_record_count": record_count,
             "total_sync_record_count": F("total_sync_record_count") + record_count,
         }
-        if watermark is not None:
-            changes["incremental_watermark"] = watermark
         ApiConfiguration.objects.filter(pk=self.pk).update(**changes)
-        self.refresh_from_db(fields=[*changes, "incremental_watermark"])
+        self.refresh_from_db(fields=list(changes))
+
+
+class PfaMirrorQuerySet(models.QuerySet):
+    def live(self) -> "PfaMirrorQuerySet":
+        """Records PEMS still holds (not marked deleted by a full read)."""
+        return self.filter(deleted_at__isnull=True)
 
 
 class PfaMirror(models.Model):
@@ -207,6 +240,13 @@ class PfaMirror(models.Model):
     last_synced_at = models.DateTimeField(
         default=timezone.now, help_text="When a sync last wrote this row (unchanged rows are not rewritten)."
     )
+    deleted_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When a complete full read found the record gone from PEMS; purged after the retention days.",
+    )
+
+    objects = PfaMirrorQuerySet.as_manager()
 
     class Meta:
         db_table = "pfa_mirror"
@@ -220,6 +260,12 @@ class PfaMirror(models.Model):
             models.Index(fields=["organization", "source"], name="pfa_mirror_org_source"),
             models.Index(fields=["organization", "dor"], name="pfa_mirror_org_dor"),
             models.Index(fields=["organization", "pems_last_modified"], name="pfa_mirror_org_lastmod"),
+            # Few rows are deleted at a time: the purge and the deleted-records views read this small index.
+            models.Index(
+                fields=["organization", "deleted_at"],
+                name="pfa_mirror_org_deleted",
+                condition=Q(deleted_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -12,12 +12,14 @@ This module does not touch the database or Django settings; callers build a `Pem
 from __future__ import annotations
 
 import base64
+import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from http.client import IncompleteRead
@@ -42,6 +44,10 @@ ENDPOINTS = ("grids", "griddata")
 # parsed, and the sync holds two; larger pages save little time (PEMS caps them anyway).
 DEFAULT_PAGE_SIZE = 5_000
 AUTH_TYPES = ("basic", "api_key")
+
+# What a PEMS answer may weigh (see PemsSettings.max_body_bytes).
+_BODY_BASE_BYTES = 1 << 20
+_BODY_BYTES_PER_ROW = 16 << 10
 
 # A zero delay would turn backoff into a hammer when jitter draws 0.
 BACKOFF_FLOOR = 0.1
@@ -171,6 +177,17 @@ class PemsSettings:
         """The tenant's time zone."""
         return ZoneInfo(self.time_zone)
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest answer accepted: a grid row takes about 2 KB, so this leaves room eight times over."""
+        return _BODY_BASE_BYTES + self.page_size * _BODY_BYTES_PER_ROW
+
+    @property
+    def grid_source(self) -> str:
+        """Which grid these settings read: base URL, tenant and PEMS organization. A read watermark
+        holds for that grid only."""
+        return f"{self.base_url.rstrip('/')}|{self.tenant}|{self.organization}"
+
 
 @dataclass(frozen=True)
 class GridFilter:
@@ -186,12 +203,37 @@ class GridFilter:
 
 @dataclass
 class GridPage:
-    """One page of grid rows; `cursor` is the next page's position, None after the last page."""
+    """One page of grid rows, the keys after `after` up to `last_key` (None: the start of the grid);
+    `more` says whether PEMS has rows after it."""
 
     number: int
     rows: list[dict[str, str]]
-    cursor: int | None
+    after: str | None
+    last_key: str | None
+    more: bool
     server_date: datetime | None
+
+
+def _last_key(rows: list[dict[str, str]], after: str | None, number: int) -> str | None:
+    """The page's last key, checking that each key is greater than the one before (from `after`).
+
+    Rows without a key (kept aside by the parser) are not in the key order and are skipped.
+    """
+    last = after
+    for key in map(_row_key, rows):
+        if not key:
+            continue
+        if last is not None and key <= last:
+            raise PemsProtocolError(
+                f"page {number} holds key {key!r} after {last!r}: PEMS did not return the keys in "
+                "ascending order, so the read cannot tell which rows it has seen"
+            )
+        last = key
+    return last
+
+
+def _row_key(row: dict[str, str]) -> str:
+    return row.get("pfs_id") or ""
 
 
 def organization_filter(org_code: str) -> GridFilter:
@@ -199,11 +241,37 @@ def organization_filter(org_code: str) -> GridFilter:
     return GridFilter("pfs_a_org", "=", org_code)
 
 
-def modified_since_filter(since: datetime, *, time_zone: ZoneInfo) -> GridFilter:
-    """Filter to rows saved at or after `since` (aware), in the tenant's minute-precision local time."""
-    local = since.astimezone(time_zone)
+def modified_since_filter(since: datetime, *, time_zone: ZoneInfo, until: datetime | None = None) -> GridFilter:
+    """Filter to rows saved at or after `since` (aware), in the tenant's minute-precision local time.
+
+    PEMS compares wall-clock times. Where the clock was set back between `since` and `until` (the
+    hour repeated when daylight saving ends), a row saved after the change carries an earlier stamp
+    than one saved before it, so the bound is the earliest wall-clock reading of that window.
+    """
+    local = _earliest_wall_time(since, until or since, time_zone)
     # Rounding down keeps the boundary minute in: PEMS stores no seconds.
     return GridFilter("pfs_lastmodified", ">=", local.strftime("%m/%d/%Y %H:%M"))
+
+
+def _earliest_wall_time(start: datetime, end: datetime, zone: ZoneInfo) -> datetime:
+    """The earliest wall-clock reading in `zone` from `start` to `end` (aware): `start`'s, or the
+    reading just after a moment the clock was set back, found to the minute."""
+    earliest = start.astimezone(zone).replace(tzinfo=None)
+    step = timedelta(hours=1)  # zones change their offset at most once in an hour
+    moment = start
+    while moment < end:
+        following = min(moment + step, end)
+        if following.astimezone(zone).utcoffset() < moment.astimezone(zone).utcoffset():
+            before, after = moment, following
+            while after - before > timedelta(minutes=1):
+                middle = before + (after - before) / 2
+                if middle.astimezone(zone).utcoffset() < before.astimezone(zone).utcoffset():
+                    after = middle
+                else:
+                    before = middle
+            earliest = min(earliest, after.astimezone(zone).replace(tzinfo=None))
+        moment = following
+    return earliest
 
 
 # --- the client ---------------------------------------------------------------------------------
@@ -257,44 +325,63 @@ class PemsClient:
                 return parsed
         raise PemsProtocolError("the count answer carries no TOTAL-COUNT")
 
-    def iter_pages(
-        self, filters: Sequence[GridFilter] = (), sort: tuple[str, str] = ("pfs_id", "ASC")
-    ) -> Iterator[GridPage]:
-        """Yield the grid page by page, following the cursor to the end.
+    def iter_pages(self, filters: Sequence[GridFilter] = ()) -> Iterator[GridPage]:
+        """Yield the grid in `pfs_id` order, page by page, to its end.
 
-        The first page is always yielded, even when empty, so the caller learns the server's clock.
+        Each call asks for the rows after the last key already read (`pfs_id > last`), never for
+        an offset: PEMS re-runs the query on every call, so a row deleted or moved on a page
+        already read would shift every later offset and a row would be skipped. A page whose keys
+        are not each greater than the one before is a PEMS error, and so is an empty page while
+        PEMS says more rows follow (retried first, like a failed call). The first page is always
+        yielded, even when empty, so the caller learns the server's clock.
         """
-        cursor = 1
+        last_key: str | None = None
         number = 0
         columns = _GridColumns()
         while True:
-            body = self._grid_body("LIST.DATA_ONLY.STORED", filters, sort=sort, cursor=cursor)
+            bound = [GridFilter("pfs_id", ">", last_key)] if last_key is not None else []
+            body = self._grid_body("LIST.DATA_ONLY.STORED", [*filters, *bound], sort=("pfs_id", "ASC"))
+            number += 1
+            rows, more, server_date = self._grid_page(body, columns, number)
+            page = GridPage(
+                number,
+                rows,
+                after=last_key,
+                last_key=_last_key(rows, last_key, number),
+                more=more,
+                server_date=server_date,
+            )
+            del rows
+            if page.rows or number == 1:
+                yield page
+            if not page.more:
+                return
+            last_key = page.last_key
+
+    def _grid_page(
+        self, body: dict[str, Any], columns: _GridColumns, number: int
+    ) -> tuple[list[dict[str, str]], bool, datetime | None]:
+        """One grid page: its rows, whether PEMS says more follow, and the server's clock."""
+        attempts = 0
+        while True:
+            attempts += 1
             answer, response = self._send("POST", self.settings.endpoint, body, typed=columns.decode)
             if isinstance(answer, _GridPageAnswer):
                 rows, next_cursor = _typed_grid_rows(answer.Result.ResultData)
             else:
                 rows, next_cursor = _grid_rows(_result_data(answer))
-            server_date = _server_date(response)
             # Only `rows` lives on while the caller works on the page: the body and its parsed
             # form are released first.
-            del answer, response
-            number += 1
-            if not rows:
-                # An empty page ends the read whatever the cursor says.
-                next_cursor = None
-            elif next_cursor is not None and next_cursor <= cursor:
-                logger.warning(
-                    "PEMS cursor did not advance (page %d asked for %d, next is %d); stopping the read",
-                    number,
-                    cursor,
-                    next_cursor,
-                )
-                next_cursor = None
-            if rows or number == 1:
-                yield GridPage(number, rows, next_cursor, server_date)
-            if next_cursor is None:
-                return
-            cursor = next_cursor
+            del answer
+            more = next_cursor is not None
+            if rows or not more:
+                return rows, more, _server_date(response)
+            failure = f"page {number} is empty although PEMS says more rows follow"
+            if attempts >= self.settings.max_attempts:
+                raise PemsProtocolError(f"{failure}; gave up after {attempts} attempts")
+            delay = self._backoff(attempts, None)
+            logger.warning("PEMS %s; asking again in %.2f s", failure, delay)
+            self._sleep(delay)
 
     # single records
 
@@ -405,9 +492,7 @@ class PemsClient:
                 response = self._http.request(
                     method, url, headers=self._headers(), data=data, timeout=timeout, stream=True
                 )
-                # One read of the whole body: `response.content` reads it in 10 KB chunks through
-                # urllib3's buffer, which costs several times more CPU. Errors are wrapped the same way.
-                content = b"".join(response.iter_content(None))
+                content = self._read_body(response)
             except _NETWORK_ERRORS as exc:
                 failure = self._scrub(_describe_network_error(exc, self.settings.read_timeout))
             else:
@@ -417,6 +502,8 @@ class PemsClient:
                     self._remember_session(answer.Result.SessionID)
                     return answer, response
                 payload = _loads(content)
+                if payload is None and 200 <= status < 300:
+                    payload = _loads_damaged(content)
                 if 200 <= status < 300 and payload is not None:
                     if not isinstance(payload, dict):
                         raise PemsProtocolError("the answer is JSON but not an object", status=status)
@@ -462,6 +549,27 @@ class PemsClient:
                 delay,
             )
             self._sleep(delay)
+
+    def _read_body(self, response: requests.Response) -> bytes:
+        """The whole body, or PemsProtocolError once it is larger than `max_body_bytes`."""
+        cap = self.settings.max_body_bytes
+        length = _parse_count(response.headers.get("Content-Length", ""))
+        too_large = PemsProtocolError(
+            f"the answer is larger than {cap:,} bytes, the most a {self.settings.page_size:,}-row page may take"
+        )
+        if length is not None and length > cap:
+            response.close()
+            raise too_large
+        # One read of a body of known length: `response.content` reads it in 10 KB chunks through
+        # urllib3's buffer, which costs several times more CPU. Errors are wrapped the same way.
+        chunks, size = [], 0
+        for chunk in response.iter_content(None if length is not None else 1 << 20):
+            size += len(chunk)
+            if size > cap:
+                response.close()
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _raise_for_status(
         self, status: int, name: str | None, message: str | None, content: bytes, method: str
@@ -510,6 +618,27 @@ def _loads(content: bytes) -> Any:
         return orjson.loads(content)
     except orjson.JSONDecodeError:
         return None
+
+
+def _loads_damaged(content: bytes) -> Any:
+    """A body that is JSON but for damaged text: bytes that are not UTF-8, lone surrogate escapes or
+    raw control characters inside strings, which orjson refuses. Such text decodes to strings
+    holding lone surrogates, and the parser sets aside the rows that hold one; the rest of the
+    page is read. None when the body is not JSON even so."""
+    try:
+        return json.loads(
+            content.decode("utf-8", "surrogateescape"), strict=False, parse_float=_finite, parse_constant=_finite
+        )
+    except (ValueError, RecursionError):
+        return None
+
+
+def _finite(text: str) -> float:
+    """A JSON number as orjson reads it: one beyond a double (or NaN, Infinity) is not JSON."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is not a finite number")
+    return number
 
 
 def _error_alert(payload: Any) -> tuple[str | None, str | None]:

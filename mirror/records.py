@@ -83,6 +83,7 @@ PFA_ID_MAX_LENGTH = 64
 _DECIMAL_PLACES = 4
 _DECIMAL_WHOLE_DIGITS = 18 - _DECIMAL_PLACES
 _DECIMAL_QUANTUM = Decimal(1).scaleb(-_DECIMAL_PLACES)
+_DECIMAL_LIMIT = Decimal(10) ** _DECIMAL_WHOLE_DIGITS
 _BIGINT_MAX = 2**63 - 1
 _FLAGS = {"-1": True, "Y": True, "0": False, "N": False, "": False}
 _sorted_json = orjson.OPT_SORT_KEYS
@@ -92,7 +93,40 @@ _MINUTES = {f"{minute:02}": timedelta(minutes=minute) for minute in range(60)}
 
 def content_hash(raw: dict[str, str]) -> str:
     """A stable 32-hex digest of a raw row, independent of key order."""
-    return _digest(orjson.dumps(raw, option=_sorted_json))
+    return _digest(_canonical_json(raw))
+
+
+def _canonical_json(raw: dict[str, str]) -> bytes:
+    """The row's JSON, keys sorted; text that is not valid Unicode (see `_undecodable_column`)
+    is written with its bad code points escaped, so that such a row still has a JSON form."""
+    try:
+        return orjson.dumps(raw, option=_sorted_json)
+    except TypeError:
+        return orjson.dumps(_readable(raw), option=_sorted_json)
+
+
+# A PEMS body whose text is damaged (bytes that are not UTF-8, a lone surrogate escape) decodes to
+# strings holding lone surrogates, which no database column or JSON document can hold: the row is
+# set aside, and kept aside with those code points written out as escapes (`\udcff`).
+def _undecodable_column(row: dict[str, str]) -> str | None:
+    """The first column of `row` whose name or value is not valid Unicode text."""
+    return next((alias for alias, value in row.items() if not (is_text(alias) and is_text(value))), None)
+
+
+def is_text(value: str) -> bool:
+    """Whether `value` is valid Unicode text (holds no lone surrogate)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _readable(row: dict[str, str]) -> dict[str, str]:
+    def readable(text: str) -> str:
+        return text.encode("utf-8", "backslashreplace").decode() if not is_text(text) else text
+
+    return {readable(alias): readable(value) for alias, value in row.items()}
 
 
 def _digest(canonical_json: bytes) -> str:
@@ -173,7 +207,15 @@ def _parse_slice(rows: Sequence[dict[str, str]], time_zone: ZoneInfo, organizati
         for index in bad:
             reasons.setdefault(index, f"{alias}: {raw_values[index]!r} {values[index]}")
         columns.append(values)
-    canonical = [orjson.dumps(row, option=_sorted_json) for row in rows]
+    try:
+        canonical = [orjson.dumps(row, option=_sorted_json) for row in rows]
+    except TypeError:  # text that is not valid Unicode, in some row
+        canonical = list(map(_canonical_json, rows))
+        for index, row in enumerate(rows):
+            if (alias := _undecodable_column(row)) is not None:
+                reasons.setdefault(
+                    index, f"{alias!r} holds text that is not valid Unicode (damaged bytes in the answer)"
+                )
     with_nul = {
         index: alias
         for index, text in enumerate(canonical)
@@ -192,6 +234,9 @@ def _parse_slice(rows: Sequence[dict[str, str]], time_zone: ZoneInfo, organizati
         key, raw = keys[index] or None, rows[index]
         if index in with_nul:
             key, raw = key and key.replace("\x00", _NUL_SHOWN), _without_nul(raw)
+        if _undecodable_column(raw) is not None:
+            raw = _readable(raw)
+            key = key and _readable({"": key})[""]
         rejected.append((PfaRowError(key, reasons[index]), raw))
     return ParsedRows([record for index, record in enumerate(records) if index not in reasons], rejected)
 
@@ -212,6 +257,7 @@ class _Bad(str):
 
 
 _NOT_WHOLE = _Bad("is not a whole number")
+_TOO_LARGE_WHOLE = _Bad(f"is larger than {_BIGINT_MAX:,}, the largest number the mirror stores")
 _NOT_DECIMAL = _Bad("is not a decimal number")
 _TOO_MANY_PLACES = _Bad(f"has more than {_DECIMAL_PLACES} decimal places")
 _TOO_MANY_DIGITS = _Bad(f"has more than {_DECIMAL_WHOLE_DIGITS} digits before the point")
@@ -224,8 +270,11 @@ def _whole_number(value: str | None) -> int | None:
     if not value or not (text := value.strip()):
         return None
     digits = text.replace(",", "")
-    if not (digits.isascii() and digits.isdigit()) or int(digits) > _BIGINT_MAX:
+    if not (digits.isascii() and digits.isdigit()):
         return _NOT_WHOLE
+    # Checked by length first: int() refuses to read more than 4,300 digits.
+    if len(digits.lstrip("0")) > len(str(_BIGINT_MAX)) or int(digits) > _BIGINT_MAX:
+        return _TOO_LARGE_WHOLE
     return int(digits)
 
 
@@ -241,13 +290,14 @@ def _decimal(value: str | None) -> Decimal | None:
         parsed = Decimal(number)
     except InvalidOperation:
         return _NOT_DECIMAL
+    # The size first: quantizing a number of more than 28 digits raises InvalidOperation.
+    if abs(parsed) >= _DECIMAL_LIMIT:
+        return _TOO_MANY_DIGITS
     if parsed.as_tuple().exponent < -_DECIMAL_PLACES:
         rounded = parsed.quantize(_DECIMAL_QUANTUM)
         if rounded != parsed:
             return _TOO_MANY_PLACES
         parsed = rounded
-    if abs(parsed) >= Decimal(10) ** _DECIMAL_WHOLE_DIGITS:
-        return _TOO_MANY_DIGITS
     return parsed
 
 

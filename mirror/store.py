@@ -24,7 +24,7 @@ from mirror.records import PfaRecord
 logger = logging.getLogger(__name__)
 
 # Columns filled from a PfaRecord, in model order; everything else is bookkeeping.
-_BOOKKEEPING = {"id", "organization", "version", "first_synced_at", "last_synced_at"}
+_BOOKKEEPING = {"id", "organization", "version", "first_synced_at", "last_synced_at", "deleted_at"}
 RECORD_FIELDS = [f for f in PfaMirror._meta.concrete_fields if f.name not in _BOOKKEEPING]
 # SQLite binds at most 32,766 parameters per statement.
 _SQLITE_MAX_PARAMS = 32_000
@@ -110,38 +110,63 @@ def pfa_records_upsert(
 
 
 def pfa_content_hashes(*, organization_id: UUID, pfa_ids: Sequence[str]) -> dict[str, str]:
-    """The stored content hash of `pfa_ids` the organization's mirror holds.
-
-    On PostgreSQL a page's keys are read as one index range, from the smallest key to the largest,
-    some twenty times faster than looking each key up. A grid page is sorted by key, so the range
-    holds little else, but if PEMS orders keys in a way the database does not (another collation),
-    the range may be wide: it is cut at twice the number of keys, and a key left out is merely not
-    known to be unchanged (the merge still writes nothing for it if its content is the same).
-    """
-    wanted = set(filter(None, pfa_ids))
-    if not wanted:
-        return {}
-    if connection.vendor == "postgresql":
-        with psycopg_cursor() as cursor:
-            cursor.execute(
-                f"SELECT pfa_id, content_hash FROM {_quoted(PfaMirror._meta.db_table)} "
-                "WHERE organization_id = %s AND pfa_id BETWEEN %s AND %s LIMIT %s",
-                [organization_id, min(wanted), max(wanted), 2 * len(wanted)],
-            )
-            return {pfa_id: digest for pfa_id, digest in cursor if pfa_id in wanted}
+    """The stored content hash of those of `pfa_ids` the organization's mirror holds live."""
+    wanted = list(set(filter(None, pfa_ids)))
     hashes: dict[str, str] = {}
-    records = PfaMirror.objects.filter(organization_id=organization_id)
-    keys = list(wanted)
-    for start in range(0, len(keys), 5000):  # SQLite binds a limited number of parameters
-        hashes.update(records.filter(pfa_id__in=keys[start : start + 5000]).values_list("pfa_id", "content_hash"))
+    records = PfaMirror.objects.live().filter(organization_id=organization_id)
+    for start in range(0, len(wanted), 5000):  # SQLite binds a limited number of parameters
+        hashes.update(records.filter(pfa_id__in=wanted[start : start + 5000]).values_list("pfa_id", "content_hash"))
     return hashes
 
 
+def pfa_key_range_hashes(*, organization_id: UUID, after: str | None, through: str | None) -> dict[str, str]:
+    """Key -> content hash of the organization's live records with `after < pfa_id <= through`
+    (None: no bound), in the code-point order PEMS sorts keys in (see migration 0007).
+
+    A full read asks this for each page's range of keys: one index range read gives the hashes
+    of the page's stored rows and the stored keys PEMS no longer holds.
+    """
+    conditions, params = ["organization_id = %s", "deleted_at IS NULL"], [organization_id]
+    if after is not None:
+        conditions.append("pfa_id > %s")
+        params.append(after)
+    if through is not None:
+        conditions.append("pfa_id <= %s")
+        params.append(through)
+    if connection.vendor != "postgresql":
+        params[0] = PfaMirror._meta.get_field("organization").get_db_prep_value(organization_id, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT pfa_id, content_hash FROM {_quoted(PfaMirror._meta.db_table)} WHERE {' AND '.join(conditions)}",
+            params,
+        )
+        return dict(cursor.fetchall())
+
+
+def pfa_live_count(*, organization_id: UUID, after: str | None = None) -> int:
+    """How many live records the organization's mirror holds (with a key after `after`, if given)."""
+    records = PfaMirror.objects.live().filter(organization_id=organization_id)
+    if after is not None:
+        records = records.filter(pfa_id__gt=after)
+    return records.count()
+
+
+def pfa_records_mark_deleted(*, organization_id: UUID, pfa_ids: Sequence[str], deleted_at: datetime) -> int:
+    """Mark these live records deleted in PEMS; returns how many were marked."""
+    marked = 0
+    records = PfaMirror.objects.live().filter(organization_id=organization_id)
+    for start in range(0, len(pfa_ids), 5000):
+        marked += records.filter(pfa_id__in=pfa_ids[start : start + 5000]).update(deleted_at=deleted_at)
+    return marked
+
+
 def pfa_newest_modified(*, organization_id: UUID) -> datetime | None:
-    """The latest `pems_last_modified` in the organization's mirror."""
-    return PfaMirror.objects.filter(organization_id=organization_id).aggregate(Max("pems_last_modified"))[
-        "pems_last_modified__max"
-    ]
+    """The latest `pems_last_modified` among the organization's live records."""
+    return (
+        PfaMirror.objects.live()
+        .filter(organization_id=organization_id)
+        .aggregate(Max("pems_last_modified"))["pems_last_modified__max"]
+    )
 
 
 def _quoted(column: str) -> str:
@@ -151,10 +176,11 @@ def _quoted(column: str) -> str:
 def _conflict_clause(distinct_operator: str) -> str:
     table = _quoted(PfaMirror._meta.db_table)
     assignments = ", ".join(f"{_quoted(f.column)} = EXCLUDED.{_quoted(f.column)}" for f in RECORD_FIELDS)
+    # A row marked deleted that PEMS sends again is revived, as an update, even when unchanged.
     return (
         f"ON CONFLICT (organization_id, pfa_id) DO UPDATE SET {assignments}, "
-        f"version = {table}.version + 1, last_synced_at = EXCLUDED.last_synced_at "
-        f"WHERE {table}.content_hash {distinct_operator} EXCLUDED.content_hash "
+        f"version = {table}.version + 1, last_synced_at = EXCLUDED.last_synced_at, deleted_at = NULL "
+        f"WHERE {table}.content_hash {distinct_operator} EXCLUDED.content_hash OR {table}.deleted_at IS NOT NULL "
         "RETURNING version"
     )
 

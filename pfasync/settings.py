@@ -118,6 +118,15 @@ SYNC_MAX_KEPT_ERRORS = env.int("SYNC_MAX_KEPT_ERRORS", default=1000)
 # Incremental reads go back this far before the watermark: PEMS times have minute precision and
 # no offset, and a save can land on a page already read.
 SYNC_INCREMENTAL_LOOKBACK_MINUTES = env.int("SYNC_INCREMENTAL_LOOKBACK_MINUTES", default=10)
+# A complete full read that would mark more than this percentage of an organization's records
+# deleted marks none and says so: a permission change or a broken filter can make a grid look empty.
+SYNC_DELETE_GUARD_PERCENT = env.float("SYNC_DELETE_GUARD_PERCENT", default=10.0)
+# Records marked deleted are purged for good after this many days (by the worker and `purge_deleted`).
+SYNC_DELETED_RETENTION_DAYS = env.int("SYNC_DELETED_RETENTION_DAYS", default=30)
+if not 0 <= SYNC_DELETE_GUARD_PERCENT <= 100:
+    raise ImproperlyConfigured(f"SYNC_DELETE_GUARD_PERCENT is {SYNC_DELETE_GUARD_PERCENT}: it must be 0 to 100.")
+if SYNC_DELETED_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured(f"SYNC_DELETED_RETENTION_DAYS is {SYNC_DELETED_RETENTION_DAYS}: it cannot be negative.")
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOGGING = {
@@ -139,6 +148,8 @@ LOGGING = {
 
 ENABLE_SYNC_WORKER = env.bool("ENABLE_SYNC_WORKER", default=False)
 SYNC_INTERVAL = env.str("SYNC_INTERVAL", default="*/15 * * * *")
+# Cron expression of the scheduled full reads (which also detect deletions); empty: none.
+SYNC_FULL_INTERVAL = env.str("SYNC_FULL_INTERVAL", default="0 3 * * *")
 SYNC_ORGS = [code.strip().upper() for code in env.list("SYNC_ORGS", default=[]) if code.strip()]
 # A running sync whose heartbeat is older than this is taken to have lost its worker.
 SYNC_LEASE_SECONDS = env.int("SYNC_LEASE_SECONDS", default=600)

@@ -7,6 +7,7 @@ started anywhere leaves the same `pfa_sync_log` row.
 import functools
 import gc
 import logging
+import math
 import queue
 import threading
 import uuid
@@ -27,12 +28,20 @@ from mirror.pems import (
     GridPage,
     PemsClient,
     PemsError,
+    PemsSettings,
     modified_since_filter,
     organization_filter,
 )
-from mirror.records import ParsedRows, PfaRowError, content_hash, parse_pfa_rows, pfa_keys
+from mirror.records import ParsedRows, PfaRowError, content_hash, is_text, parse_pfa_rows, pfa_keys
 from mirror.services import pems_client_for, read_configuration_for
-from mirror.store import pfa_content_hashes, pfa_newest_modified, pfa_records_upsert
+from mirror.store import (
+    pfa_content_hashes,
+    pfa_key_range_hashes,
+    pfa_live_count,
+    pfa_newest_modified,
+    pfa_records_mark_deleted,
+    pfa_records_upsert,
+)
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
 
 logger = logging.getLogger(__name__)
@@ -71,6 +80,7 @@ def sync_claim(
     sync_type: str = PfaSyncLog.SyncType.FULL,
     triggered_by=None,
     batch_id: uuid.UUID | None = None,
+    allow_mass_delete: bool = False,
 ) -> PfaSyncLog:
     """Create the organization's `queued` run, or raise SyncAlreadyRunning naming the active one
     (or SyncNotConfigured when it has no PEMS connection).
@@ -93,6 +103,7 @@ def sync_claim(
                 trigger=trigger,
                 triggered_by=triggered_by,
                 batch_id=batch_id or uuid.uuid4(),
+                allow_mass_delete=allow_mass_delete,
             )
     except IntegrityError:
         active = PfaSyncLog.objects.filter(
@@ -107,6 +118,7 @@ def sync_run(
     client: PemsClient,
     stop: threading.Event | None = None,
     on_progress: ProgressCallback | None = None,
+    detect_deletions: bool = True,
 ) -> PfaSyncLog:
     """Run a claimed sync to its end and return the finished log.
 
@@ -114,33 +126,41 @@ def sync_run(
     visible while the run goes on and a failure keeps every page committed before it. A stop
     request is honoured at the next page boundary and leaves the run `cancelled`. A PEMS or
     internal failure fails the run, records why, and is re-raised.
+
+    A full read ends by counting what PEMS holds now: fewer rows read than that fails the run
+    (nothing marked deleted, no watermark moved). A complete one marks the mirror's records that
+    PEMS no longer holds deleted, unless there are too many (`SYNC_DELETE_GUARD_PERCENT`).
+    `detect_deletions=False` leaves them alone (the benchmark measures what detection costs).
     """
     organization = sync_log.organization
-    pems_code = client.settings.organization
-    time_zone = client.settings.zone
-    filters = [organization_filter(pems_code), *_incremental_filters(sync_log, time_zone)]
+    pems = client.settings
     sync_log.start()
     logger.info("Sync %s of %s started (%s)", sync_log.id, organization.code, sync_log.sync_type)
     kept_errors = 0
     server_started = None
-    # A first load finds nothing stored: it skips the per-page lookups and inserts without merging.
-    mirror_had_rows = organization.pfa_records.exists()
+    last_key = None
     try:
+        filters = [organization_filter(pems.organization), *_incremental_filters(sync_log, pems)]
+        full = sync_log.sync_type == PfaSyncLog.SyncType.FULL
         sync_log.set_total(client.count(filters))
+        # A first load finds nothing stored: it skips the per-page lookups and inserts without merging.
+        mirror_had_rows = organization.pfa_records.exists()
+        deletions = _DeletedKeys(sync_log) if full and mirror_had_rows and detect_deletions else None
         # The read-ahead thread decodes, hashes and (on a first load) types each page while the
         # page before it is being stored.
         prepare = functools.partial(
-            _prepare_page, time_zone=time_zone, organization_code=pems_code, type_rows=not mirror_had_rows
+            _prepare_page, time_zone=pems.zone, organization_code=pems.organization, type_rows=not mirror_had_rows
         )
         with _ReadAhead(client.iter_pages(filters), prepare) as pages, _fewer_gc_passes():
             for page in pages:
                 parsed, unchanged = page.parsed, 0
                 if parsed is None:
                     pages.read_next()  # a re-sync types and writes few rows: the next page can start now
-                    changed = _changed_rows(organization, page)
+                    changed = _changed_rows(organization, page, by_range=full, deletions=deletions)
                     unchanged = len(page.rows) - len(changed)
-                    parsed = parse_pfa_rows(changed, time_zone=time_zone, organization_code=pems_code)
+                    parsed = parse_pfa_rows(changed, time_zone=pems.zone, organization_code=pems.organization)
                 server_started = server_started or page.server_date
+                last_key = page.last_key
                 with _page_transaction():
                     counts = pfa_records_upsert(
                         organization_id=organization.pk,
@@ -172,6 +192,10 @@ def sync_run(
                         sync_log.records_processed,
                     )
                     return sync_log
+        if full:
+            _check_complete(sync_log, client.count([organization_filter(pems.organization)]))
+        if deletions is not None:
+            deletions.add_after(last_key)
     except PemsError as error:
         fail_run(sync_log, str(error), error)
         raise
@@ -181,25 +205,115 @@ def sync_run(
         else:
             fail_run(sync_log, f"Internal error: {type(error).__name__}: {error}", error)
         raise
-    sync_log.finish(SyncStatus.COMPLETED, error_details=_error_summary(sync_log, kept_errors))
+    with transaction.atomic():
+        deleted, warning, details = deletions.apply() if deletions is not None else (0, "", {})
+        sync_log.complete(
+            records_deleted=deleted, warning=warning, error_details=_error_summary(sync_log, kept_errors) | details
+        )
     if sync_log.api_configuration_id:
         sync_log.api_configuration.record_sync(
-            finished_at=sync_log.completed_at,
-            record_count=sync_log.records_processed,
-            watermark=_next_watermark(pfa_newest_modified(organization_id=organization.pk), server_started),
+            finished_at=sync_log.completed_at, record_count=sync_log.records_processed
         )
+    organization.move_watermark(
+        _next_watermark(pfa_newest_modified(organization_id=organization.pk), server_started),
+        source=pems.grid_source,
+    )
     logger.info(
-        "Sync %s of %s completed: %d processed, %d inserted, %d updated, %d unchanged, %d errored in %d ms",
+        "Sync %s of %s completed: %d processed, %d inserted, %d updated, %d unchanged, %d deleted, %d errored in %d ms",
         sync_log.id,
         organization.code,
         sync_log.records_processed,
         sync_log.records_inserted,
         sync_log.records_updated,
         sync_log.records_unchanged,
+        sync_log.records_deleted,
         sync_log.records_errored,
         sync_log.duration_ms,
     )
+    if warning:
+        logger.warning("Sync %s of %s: %s", sync_log.id, organization.code, warning)
     return sync_log
+
+
+class IncompleteRead(PemsError):
+    """A full read saw fewer rows than PEMS holds at its end."""
+
+    summary = "The read is incomplete"
+
+
+def _check_complete(sync_log: PfaSyncLog, held_now: int) -> None:
+    """Raise IncompleteRead unless the read saw at least as many rows as PEMS holds now.
+
+    Keys come in strictly ascending order (the client checks), so every row read is a distinct
+    record, stored or kept aside. Rows deleted during the read make PEMS hold fewer; a row the
+    read missed, however it was missed, makes it hold more.
+    """
+    if sync_log.records_processed < held_now:
+        raise IncompleteRead(
+            f"PEMS holds {held_now:,} records of {sync_log.organization.code} now, but this read saw "
+            f"{sync_log.records_processed:,}: rows were added behind the read while it ran, or PEMS ended "
+            "it early. Pages read are kept; nothing was marked deleted and the watermark did not move."
+        )
+
+
+class _DeletedKeys:
+    """The keys a full read finds in the mirror but not in PEMS, page by page.
+
+    Pages come in key order and each covers the keys after the page before it, so the mirror's
+    live keys in a page's range that the page does not hold are gone from PEMS. Keys are kept only
+    while they stay within the guard (`SYNC_DELETE_GUARD_PERCENT` of the live records), so
+    memory stays bounded when a broken grid makes everything look deleted.
+    """
+
+    def __init__(self, sync_log: PfaSyncLog) -> None:
+        self.sync_log = sync_log
+        self.organization_id = sync_log.organization_id
+        self.live_at_start = pfa_live_count(organization_id=self.organization_id)
+        self.limit = (
+            None
+            if sync_log.allow_mass_delete
+            else math.floor(self.live_at_start * settings.SYNC_DELETE_GUARD_PERCENT / 100)
+        )
+        self.keys: list[str] = []
+        self.count = 0
+
+    @property
+    def held_back(self) -> bool:
+        return self.limit is not None and self.count > self.limit
+
+    def add_page(self, stored: dict[str, str], page_keys: list[str]) -> None:
+        """Note the stored keys of a page's range that the page does not hold."""
+        if gone := stored.keys() - set(page_keys):
+            self._add(gone)
+
+    def add_after(self, last_key: str | None) -> None:
+        """Note the stored keys after the last one read: PEMS holds none of them."""
+        count = pfa_live_count(organization_id=self.organization_id, after=last_key)
+        if self.limit is not None and self.count + count > self.limit:
+            self.count += count
+            return
+        self._add(pfa_key_range_hashes(organization_id=self.organization_id, after=last_key, through=None))
+
+    def _add(self, keys) -> None:
+        self.count += len(keys)
+        if not self.held_back:
+            self.keys.extend(keys)
+
+    def apply(self) -> tuple[int, str, dict]:
+        """Mark the keys deleted; returns (how many, a warning, error details) for the run."""
+        if self.held_back:
+            percent = settings.SYNC_DELETE_GUARD_PERCENT
+            warning = (
+                f"{self.count:,} of {self.live_at_start:,} records are gone from PEMS, more than "
+                f"SYNC_DELETE_GUARD_PERCENT ({percent:g}%): none were marked deleted, since a PEMS permission "
+                "change or a broken filter can make a grid look empty. If they really are gone, run "
+                "`manage.py sync_pems --full --allow-mass-delete`."
+            )
+            return 0, warning, {"deletions_held_back": self.count}
+        deleted = pfa_records_mark_deleted(
+            organization_id=self.organization_id, pfa_ids=self.keys, deleted_at=timezone.now()
+        )
+        return deleted, "", {}
 
 
 @contextmanager
@@ -225,13 +339,15 @@ class _PreparedPage:
 
     rows: list[dict[str, str]]
     server_date: datetime | None
+    after: str | None
+    last_key: str | None
     parsed: ParsedRows | None = None
     keys: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
 
 
 def _prepare_page(page: GridPage, *, time_zone: ZoneInfo, organization_code: str, type_rows: bool) -> _PreparedPage:
-    prepared = _PreparedPage(page.rows, page.server_date)
+    prepared = _PreparedPage(page.rows, page.server_date, page.after, page.last_key)
     if type_rows:
         prepared.parsed = parse_pfa_rows(page.rows, time_zone=time_zone, organization_code=organization_code)
     else:
@@ -240,9 +356,22 @@ def _prepare_page(page: GridPage, *, time_zone: ZoneInfo, organization_code: str
     return prepared
 
 
-def _changed_rows(organization: Organization, page: _PreparedPage) -> list[dict[str, str]]:
-    """The page's rows whose content hash is not the one the mirror holds: only those need typing."""
-    stored = pfa_content_hashes(organization_id=organization.pk, pfa_ids=page.keys)
+def _changed_rows(
+    organization: Organization, page: _PreparedPage, *, by_range: bool, deletions: "_DeletedKeys | None"
+) -> list[dict[str, str]]:
+    """The page's rows whose content hash is not the one the mirror holds: only those need typing.
+
+    A full read reads the stored hashes of the page's whole key range (one index range read) and
+    notes the stored keys in it that PEMS no longer holds; an incremental read looks up its keys.
+    """
+    if not by_range:
+        stored = pfa_content_hashes(organization_id=organization.pk, pfa_ids=list(filter(is_text, page.keys)))
+    elif page.last_key is None:
+        stored = {}  # no keyed row: the page covers no range of keys
+    else:
+        stored = pfa_key_range_hashes(organization_id=organization.pk, after=page.after, through=page.last_key)
+        if deletions is not None:
+            deletions.add_page(stored, page.keys)
     return [
         raw for key, digest, raw in zip(page.keys, page.hashes, page.rows, strict=True) if stored.get(key) != digest
     ]
@@ -337,23 +466,25 @@ class _ReadAhead:
             self._pages.close()
 
 
-def _incremental_filters(sync_log: PfaSyncLog, time_zone: ZoneInfo) -> list[GridFilter]:
+def _incremental_filters(sync_log: PfaSyncLog, pems: PemsSettings) -> list[GridFilter]:
     """The `pfs_lastmodified` filter of an incremental read; none for a full one.
 
-    Without a watermark (no completed read yet) an incremental run reads everything and says so
-    by becoming a full run.
+    The watermark is the organization's, for the grid it was taken from: without one (no completed
+    read yet, or the connection now reads another base URL, tenant or PEMS organization) an
+    incremental run reads everything and says so by becoming a full run.
     """
     if sync_log.sync_type != PfaSyncLog.SyncType.INCREMENTAL:
         return []
-    configuration = sync_log.api_configuration
-    watermark = configuration.incremental_watermark if configuration else None
+    watermark = sync_log.organization.watermark_for(pems.grid_source)
     if watermark is None:
         sync_log.sync_type = PfaSyncLog.SyncType.FULL
         sync_log.save(update_fields=["sync_type"])
-        logger.info("Sync %s: no completed read yet, so a full read instead of an incremental one", sync_log.id)
+        logger.info(
+            "Sync %s: no watermark for this grid yet, so a full read instead of an incremental one", sync_log.id
+        )
         return []
     since = watermark - timedelta(minutes=settings.SYNC_INCREMENTAL_LOOKBACK_MINUTES)
-    return [modified_since_filter(since, time_zone=time_zone)]
+    return [modified_since_filter(since, time_zone=pems.zone, until=timezone.now())]
 
 
 def _next_watermark(newest_modified: datetime | None, server_started: datetime | None) -> datetime | None:
@@ -407,6 +538,7 @@ def sync_organizations(
     trigger: str,
     triggered_by=None,
     sync_type: str = PfaSyncLog.SyncType.FULL,
+    allow_mass_delete: bool = False,
     stop: threading.Event | None = None,
     on_progress: ProgressCallback | None = None,
     client_factory: Callable[[Organization], PemsClient] = pems_client_for,
@@ -425,6 +557,7 @@ def sync_organizations(
                 sync_type=sync_type,
                 triggered_by=triggered_by,
                 batch_id=batch_id,
+                allow_mass_delete=allow_mass_delete,
             )
         except SyncRefused as refusal:
             outcomes.append(SyncOutcome(organization, None, str(refusal)))
@@ -461,6 +594,7 @@ def sync_start(
     trigger: str,
     triggered_by=None,
     sync_type: str = PfaSyncLog.SyncType.FULL,
+    allow_mass_delete: bool = False,
 ) -> SyncBatch:
     """Queue a background sync per organization: the `queued` run exists before this returns.
 
@@ -479,6 +613,7 @@ def sync_start(
                 sync_type=sync_type,
                 triggered_by=triggered_by,
                 batch_id=batch.batch_id,
+                allow_mass_delete=allow_mass_delete,
             )
         except SyncRefused as refusal:
             batch.refused.append(refusal)

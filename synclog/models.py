@@ -68,6 +68,10 @@ class PfaSyncLog(models.Model):
     completed_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.PositiveBigIntegerField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    allow_mass_delete = models.BooleanField(
+        default=False,
+        help_text="Apply the deletions of a complete full read even past SYNC_DELETE_GUARD_PERCENT.",
+    )
     error_message = models.TextField(blank=True)
     error_details = models.JSONField(default=dict, blank=True)
 
@@ -132,6 +136,12 @@ class PfaSyncLog(models.Model):
         if error_details is not None:
             self.error_details = error_details
         self.save(update_fields=["status", "completed_at", "duration_ms", "error_message", "error_details"])
+
+    def complete(self, *, records_deleted: int = 0, warning: str = "", error_details: dict | None = None) -> None:
+        """Close the run as completed: every row PEMS holds was read (`warning`: what it left undone)."""
+        self.records_deleted = records_deleted
+        self.save(update_fields=["records_deleted"])
+        self.finish(SyncStatus.COMPLETED, error_message=warning, error_details=error_details)
 
     def fail(self, error_message: str, *, error: BaseException | None = None, error_type: str = "") -> None:
         """Close the run as failed, with what PEMS (or the worker) said in `error_details`."""

@@ -144,7 +144,7 @@ def read_all(client, org="RIO") -> tuple[list[dict[str, str]], list]:
 
 @pytest.mark.parametrize("endpoint", ["grids", "griddata"])
 @pytest.mark.parametrize("shape", ["A", "B"])
-def test_full_read_follows_the_cursor_past_short_pages(sim, make_client, endpoint, shape):
+def test_full_read_asks_for_the_keys_after_the_last_one_read_past_short_pages(sim, make_client, endpoint, shape):
     sim.set_shape(shape)
     sim.set_row_cap(120)  # the server returns fewer rows than the 1000 asked for
     client = make_client(endpoint=endpoint, page_size=1000)
@@ -156,23 +156,39 @@ def test_full_read_follows_the_cursor_past_short_pages(sim, make_client, endpoin
     assert ids == expected_ids  # all rows, each once, in pfs_id order
     assert len(pages) == 5 and [len(p.rows) for p in pages] == [120, 120, 120, 120, 20]
     assert [p.number for p in pages] == [1, 2, 3, 4, 5]
-    assert pages[-1].cursor is None and pages[0].cursor == 121
+    assert [p.more for p in pages] == [True, True, True, True, False]
+    assert [p.after for p in pages] == [None, *(pages[n].last_key for n in range(4))]
+    assert pages[0].last_key == expected_ids[119] and pages[-1].last_key == expected_ids[-1]
     assert all(row["pfs_a_org"] == "RIO" for row in rows)
     sent = grid_requests(sim, 5)
     assert all(r["path"].endswith("/" + endpoint) for r in sent)
-    assert [r["json"]["GRID"]["CURSOR_POSITION"] for r in sent] in (
-        [1, 121, 241, 361, 481],
-        ["1", "121", "241", "361", "481"],
-    )
-    for request in sent:
+    for request, page in zip(sent, pages, strict=True):
         body = request["json"]
+        assert body["GRID"]["CURSOR_POSITION"] in (1, "1")  # never an offset: it shifts when rows go
+        filters = body["MULTIADDON_FILTERS"]["MADDON_FILTER"]
+        assert filters[0]["ALIAS_NAME"] == "pfs_a_org"
+        bound = [f for f in filters if f["ALIAS_NAME"] == "pfs_id"]
+        assert bound == ([] if page.after is None else [{**bound[0], "OPERATOR": ">", "VALUE": page.after}])
         assert "ROW_OFFSET" not in json.dumps(body)
         assert body["GRID"]["NUMBER_OF_ROWS_FIRST_RETURNED"] == 1000
         assert body["REQUEST_TYPE"] == "LIST.DATA_ONLY.STORED"
         assert body["ADDON_SORT"] == {"ALIAS_NAME": "pfs_id", "TYPE": "ASC"}
-        assert body["MULTIADDON_FILTERS"]["MADDON_FILTER"][0]["ALIAS_NAME"] == "pfs_a_org"
         assert request["headers"]["tenant"] == DEFAULT_TENANT
         assert request["headers"]["organization"] == "RIO"
+
+
+def test_a_row_deleted_behind_the_read_shifts_nothing(sim, make_client):
+    """An offset cursor would skip a row here: the rows after a deleted one move up by one."""
+    sim.set_row_cap(100)
+    client = make_client(page_size=100)
+    expected_ids = sorted(row["pfs_id"] for row in sim.rows("RIO"))
+    ids = []
+    for page in client.iter_pages([organization_filter("RIO")]):
+        ids += [row["pfs_id"] for row in page.rows]
+        if page.number == 1:
+            sim.delete_row("RIO", page.rows[10]["pfs_id"])
+            sim.delete_row("RIO", page.rows[20]["pfs_id"])
+    assert ids == expected_ids
 
 
 @pytest.mark.parametrize("shape", [None, "A", "B"])
@@ -192,7 +208,7 @@ def test_pages_carry_the_server_date(make_client):
 
 def test_empty_result_yields_one_empty_page(make_client):
     pages = list(make_client().iter_pages([organization_filter("NOPE")]))
-    assert len(pages) == 1 and pages[0].rows == [] and pages[0].cursor is None
+    assert len(pages) == 1 and pages[0].rows == [] and not pages[0].more and pages[0].last_key is None
     assert pages[0].server_date is not None
 
 
@@ -540,17 +556,13 @@ def stub_client(stub, sleeps, **overrides):
     return PemsClient(PemsSettings(**{**values, **overrides}), sleep=sleeps.append)
 
 
-def test_cursor_that_does_not_advance_stops_with_a_warning(sleeps, caplog):
-    answers = [
-        (200, shape_a(["A", "B"], "3")),
-        (200, shape_a(["C"], "3", current="3")),
-        (200, shape_a(["C"], "3")),
-    ]
-    with StubServer(answers) as stub, caplog.at_level(logging.WARNING, logger="mirror.pems"):
-        pages = list(stub_client(stub, sleeps).iter_pages())
-    assert [row["pfs_id"] for page in pages for row in page.rows] == ["A", "B", "C"]
-    assert [body["GRID"]["CURSOR_POSITION"] for body in stub.bodies] == [1, 3]
-    assert "did not advance" in caplog.text
+def test_a_key_that_does_not_advance_is_a_pems_error(sleeps):
+    answers = [(200, shape_a(["A", "B"], "3")), (200, shape_a(["C", "B"], "3"))]
+    with StubServer(answers) as stub, pytest.raises(PemsProtocolError, match="key 'B' after 'C'"):
+        list(stub_client(stub, sleeps).iter_pages())
+    answers = [(200, shape_a(["A", "B"], "3")), (200, shape_a(["B"], None))]
+    with StubServer(answers) as stub, pytest.raises(PemsProtocolError, match="key 'B' after 'B'"):
+        list(stub_client(stub, sleeps).iter_pages())
 
 
 @pytest.mark.parametrize("last_next", [None, ""])
@@ -562,12 +574,24 @@ def test_shape_a_stops_on_an_empty_next_position(sleeps, last_next):
     assert len(stub.bodies) == 2
 
 
-def test_empty_datarecord_ends_the_read_even_with_a_next_position(sleeps):
-    answers = [(200, shape_a(["A"], "2")), (200, shape_a([], "3")), (200, shape_a(["never"], None))]
+def test_an_empty_page_before_the_end_is_asked_again_then_a_pems_error(sleeps):
+    answers = [(200, shape_a(["A"], "2")), (200, shape_a([], "3")), (200, shape_a(["B"], None))]
+    with StubServer(answers) as stub:
+        pages = list(stub_client(stub, sleeps).iter_pages())
+    assert [row["pfs_id"] for page in pages for row in page.rows] == ["A", "B"]
+    assert len(stub.bodies) == 3 and len(sleeps) == 1
+    assert stub.bodies[1] == stub.bodies[2]  # the same page, asked again
+    answers = [(200, shape_a(["A"], "2")), *[(200, shape_a([], "3"))] * 2]
+    with StubServer(answers) as stub, pytest.raises(PemsProtocolError, match="page 2 is empty although PEMS says"):
+        list(stub_client(stub, sleeps, max_attempts=2).iter_pages())
+
+
+def test_an_empty_last_page_ends_the_read(sleeps):
+    answers = [(200, shape_a(["A"], "2")), (200, shape_a([], None)), (200, shape_a(["never"], None))]
     with StubServer(answers) as stub:
         pages = list(stub_client(stub, sleeps).iter_pages())
     assert [row["pfs_id"] for page in pages for row in page.rows] == ["A"]
-    assert len(stub.bodies) == 2
+    assert len(stub.bodies) == 2 and sleeps == []
 
 
 def test_shape_b_follows_more_record_present_on_any_endpoint(sleeps):
@@ -575,7 +599,7 @@ def test_shape_b_follows_more_record_present_on_any_endpoint(sleeps):
     with StubServer(answers) as stub:
         pages = list(stub_client(stub, sleeps, endpoint="grids").iter_pages())
     assert [row["pfs_id"] for page in pages for row in page.rows] == ["A", "B", "C"]
-    assert [body["GRID"]["CURSOR_POSITION"] for body in stub.bodies] == [1, 3]
+    assert [body["GRID"]["CURSOR_POSITION"] for body in stub.bodies] == [1, 1]
 
 
 @pytest.mark.parametrize(
@@ -743,7 +767,7 @@ def test_simulator_pages_take_the_typed_path_with_the_same_rows(sim, make_client
     rows, pages = read_all(make_client(page_size=1000))
     assert decode_paths == ["typed"] * 4
     assert rows == sim.rows("RIO")
-    assert [page.cursor for page in pages] == [151, 301, 451, None]
+    assert [page.more for page in pages] == [True, True, True, False]
 
 
 def cell_names(answer) -> list:
@@ -873,7 +897,7 @@ def test_grid_page_decodes_the_same_on_either_path(sleeps, decode_paths, answer,
         page = next(stub_client(stub, sleeps).iter_pages())
     assert decode_paths == [path]
     assert page.rows == rows
-    assert page.cursor == cursor
+    assert page.more == (cursor is not None)
     assert pems._grid_rows(orjson.loads(body)["Result"]["ResultData"]) == (rows, cursor)
 
 
@@ -905,12 +929,8 @@ PLAIN_A = orjson.dumps(a_answer([a_row(("pfs_id", "A"))], next_cursor=None))
     [
         PLAIN_A[:-2],  # truncated JSON
         PLAIN_A + b"x",  # trailing garbage
-        PLAIN_A.replace(b'"VARCHAR"', b'"VAR\xffCHAR"'),  # not UTF-8 in a value the client ignores
-        PLAIN_A.replace(b'"VARCHAR"', b'"\\ud800"'),  # a lone surrogate
         PLAIN_A.replace(b'"VARCHAR"', b"1e400"),  # a number beyond a double
         PLAIN_A.replace(b'"VARCHAR"', b"[" * 2000 + b"]" * 2000),  # nested deeper than orjson allows
-        PLAIN_A.replace(b'"A"', b'"A\x01"'),  # a raw control character
-        PLAIN_A.replace(b'"A"', b'"\xc3\xa9\xed\xa0\x80"'),  # an encoded surrogate
     ],
 )
 def test_a_200_page_that_is_not_json_is_retried_as_before(sleeps, body):
@@ -925,6 +945,34 @@ def test_a_200_page_that_is_not_json_is_retried_as_before(sleeps, body):
         list(stub_client(stub, sleeps, max_attempts=1).iter_pages())
 
 
+@pytest.mark.parametrize(
+    ("body", "value"),
+    [
+        (PLAIN_A.replace(b'"VARCHAR"', b'"VAR\xffCHAR"'), "A"),  # not UTF-8 in a value the client ignores
+        (PLAIN_A.replace(b'"VARCHAR"', b'"\\ud800"'), "A"),  # a lone surrogate
+        (PLAIN_A.replace(b'"A"', b'"A\x01"'), "A\x01"),  # a raw control character
+        (PLAIN_A.replace(b'"A"', b'"\\ud800A"'), "\ud800A"),  # a lone surrogate in a value
+        (PLAIN_A.replace(b'"A"', b'"\xc3\xa9\xed\xa0\x80"'), "\u00e9\udced\udca0\udc80"),  # an encoded surrogate
+        (PLAIN_A.replace(b'"A"', b'"A\xff"'), "A\udcff"),  # a byte that is not UTF-8
+    ],
+)
+def test_a_page_with_damaged_text_is_read_with_the_damage_kept_for_the_parser(sleeps, body, value):
+    with StubServer([(200, body)]) as stub:
+        pages = list(stub_client(stub, sleeps).iter_pages())
+    assert [page.rows for page in pages] == [[{"pfs_id": value}]] and sleeps == []
+
+
+def test_an_answer_larger_than_the_page_size_allows_is_a_pems_error(sleeps):
+    big = orjson.dumps(a_answer([a_row(("pfs_id", "A"), ("x", "y" * 1_100_000))], next_cursor=None))
+    with StubServer([(200, big)]) as stub:
+        assert len(list(stub_client(stub, sleeps, page_size=100).iter_pages())[0].rows) == 1
+    with StubServer([(200, big)]) as stub, pytest.raises(PemsProtocolError, match="larger than 1,064,960 bytes"):
+        list(stub_client(stub, sleeps, page_size=1).iter_pages())
+    assert len(stub.bodies) == 1 and sleeps == []  # never retried
+    with ChunkedStubServer(big * 2) as stub, pytest.raises(PemsProtocolError, match="larger than"):
+        list(stub_client(stub, sleeps, page_size=1).iter_pages())
+
+
 def test_a_chunked_answer_is_read_whole(sleeps):
     body = orjson.dumps(
         a_answer([a_row(("pfs_id", f"PFA-{n:05d}"), ("x", "y" * 300)) for n in range(400)], next_cursor=None)
@@ -932,7 +980,7 @@ def test_a_chunked_answer_is_read_whole(sleeps):
     with ChunkedStubServer(body) as stub:
         pages = list(stub_client(stub, sleeps).iter_pages())
     assert [row["pfs_id"] for row in pages[0].rows] == [f"PFA-{n:05d}" for n in range(400)]
-    assert pages[0].cursor is None and sleeps == []
+    assert not pages[0].more and sleeps == []
 
 
 class ChunkedStubServer(StubServer):

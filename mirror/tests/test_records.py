@@ -313,3 +313,43 @@ def test_cached_converters_answer_per_time_zone_and_per_value():
 def test_an_empty_page_gives_nothing():
     parsed = parse_pfa_rows([], time_zone=UTC_ZONE, organization_code="RIO")
     assert parsed.records == [] and parsed.rejected == []
+
+
+def test_values_too_large_for_their_columns_set_their_row_aside_and_the_page_goes_on():
+    rows = [full_row(pfs_id=f"PFA-{n}") for n in range(1, 6)]
+    rows[0]["pfs_f_rental"] = "123456789012345678901234567.12345"  # more digits than Decimal's 28
+    rows[1]["pfs_f_purchase"] = "9" * 5_000
+    rows[2]["pfs_recordid"] = "9" * 5_000  # more digits than int() reads
+    rows[3]["pfs_recordid"] = "9,223,372,036,854,775,808"  # one past the largest bigint
+    parsed = parse_pfa_rows(rows, time_zone=CHICAGO, organization_code="RIO")
+
+    assert [record.pfa_id for record in parsed.records] == ["PFA-5"]
+    reasons = [error.reason for error, _ in parsed.rejected]
+    assert reasons[0] == "pfs_f_rental: '123456789012345678901234567.12345' has more than 14 digits before the point"
+    assert reasons[1].startswith("pfs_f_purchase: '9999") and reasons[1].endswith("has more than 14 digits before the point")
+    assert reasons[2].endswith("is larger than 9,223,372,036,854,775,807, the largest number the mirror stores")
+    assert reasons[3] == (
+        "pfs_recordid: '9,223,372,036,854,775,808' is larger than 9,223,372,036,854,775,807, "
+        "the largest number the mirror stores"
+    )
+    assert parse_pfa_row(full_row(pfs_recordid="9,223,372,036,854,775,807"), time_zone=CHICAGO).pems_record_id == 2**63 - 1
+
+
+def test_a_row_holding_text_that_is_not_unicode_is_set_aside_and_kept_readable():
+    # What a PEMS answer with bytes that are not UTF-8, or a lone surrogate escape, decodes to.
+    rows = [full_row(pfs_id=f"PFA-{n}") for n in range(1, 5)]
+    rows[0]["pfs_f_model"] = "LTM\udcff\udcfe"
+    rows[2]["pfs_udf\ud800"] = "x"
+    rows[3]["pfs_id"] = "PFA-\ud8004"
+    assert content_hash(rows[0]) != content_hash(full_row(pfs_id="PFA-1"))  # hashing a damaged row does not fail
+    parsed = parse_pfa_rows(rows, time_zone=CHICAGO, organization_code="RIO")
+
+    assert [record.pfa_id for record in parsed.records] == ["PFA-2"]
+    assert [(error.pfa_id, error.reason) for error, _ in parsed.rejected] == [
+        ("PFA-1", "'pfs_f_model' holds text that is not valid Unicode (damaged bytes in the answer)"),
+        ("PFA-3", "'pfs_udf\\ud800' holds text that is not valid Unicode (damaged bytes in the answer)"),
+        ("PFA-\\ud8004", "'pfs_id' holds text that is not valid Unicode (damaged bytes in the answer)"),
+    ]
+    kept = [raw for _, raw in parsed.rejected]
+    assert kept[0]["pfs_f_model"] == "LTM\\udcff\\udcfe" and kept[1]["pfs_udf\\ud800"] == "x"
+    orjson.dumps(kept)  # what is kept aside is JSON the database can store

@@ -10,7 +10,13 @@ from django.db import IntegrityError, connection, transaction
 
 from mirror.models import PfaMirror
 from mirror.records import content_hash, parse_pfa_row
-from mirror.store import pfa_content_hashes, pfa_records_upsert
+from mirror.store import (
+    pfa_content_hashes,
+    pfa_key_range_hashes,
+    pfa_live_count,
+    pfa_records_mark_deleted,
+    pfa_records_upsert,
+)
 from mirror.tests.factories import OrganizationFactory
 
 pytestmark = pytest.mark.django_db
@@ -263,17 +269,38 @@ def test_stored_hashes_are_those_of_the_keys_asked_for():
     assert pfa_content_hashes(organization_id=organization.pk, pfa_ids=["", "PFA-999"]) == {}
 
 
-def test_stored_hashes_of_keys_far_apart_are_cut_short_but_never_wrong():
+def test_a_key_range_holds_the_live_keys_between_its_bounds_in_code_point_order():
+    organization, other = OrganizationFactory(code="RIO"), OrganizationFactory(code="HOU")
+    # Code-point order, as PEMS sorts keys: "PFA-B" < "PFA-_" < "PFA-a" (a linguistic collation
+    # would put "PFA-a" before "PFA-B").
+    keys = ["PFA-1", "PFA-2", "PFA-B", "PFA-_", "PFA-a", "PFA-b"]
+    upsert(organization, [record(key) for key in keys])
+    upsert(other, [record("PFA-B", pfs_a_org="RIO")])
+    PfaMirror.objects.filter(organization=organization, pfa_id="PFA-_").update(deleted_at=T1)
+
+    def between(after, through):
+        return sorted(pfa_key_range_hashes(organization_id=organization.pk, after=after, through=through))
+
+    assert between("PFA-2", "PFA-a") == ["PFA-B", "PFA-a"]  # after < key <= through; the deleted one is left out
+    assert between(None, "PFA-2") == ["PFA-1", "PFA-2"]
+    assert between("PFA-a", None) == ["PFA-b"]
+    assert between(None, None) == ["PFA-1", "PFA-2", "PFA-B", "PFA-a", "PFA-b"]
+    assert pfa_key_range_hashes(organization_id=organization.pk, after="PFA-1", through="PFA-2") == {
+        "PFA-2": content_hash(raw_row("PFA-2"))
+    }
+    assert pfa_live_count(organization_id=organization.pk) == 5
+    assert pfa_live_count(organization_id=organization.pk, after="PFA-B") == 2
+
+
+def test_marked_deleted_records_are_revived_as_updates_when_pems_sends_them_again():
     organization = OrganizationFactory(code="RIO")
-    upsert(organization, [record(f"PFA-{i:03d}") for i in range(100)])
-    # Two keys with 98 stored between them: the range read stops after four rows.
-    hashes = pfa_content_hashes(organization_id=organization.pk, pfa_ids=["PFA-000", "PFA-099"])
-    assert (
-        hashes.items()
-        <= {"PFA-000": content_hash(raw_row("PFA-000")), "PFA-099": content_hash(raw_row("PFA-099"))}.items()
-    )
-    if connection.vendor == "postgresql":
-        assert list(hashes) == ["PFA-000"]
+    upsert(organization, [record("PFA-1"), record("PFA-2")])
+    assert pfa_records_mark_deleted(organization_id=organization.pk, pfa_ids=["PFA-1", "PFA-9"], deleted_at=T1) == 1
+    assert pfa_content_hashes(organization_id=organization.pk, pfa_ids=["PFA-1", "PFA-2"]).keys() == {"PFA-2"}
+    counts = upsert(organization, [record("PFA-1"), record("PFA-2")], synced_at=T1)
+    assert (counts.inserted, counts.updated, counts.unchanged) == (0, 1, 1)
+    revived = PfaMirror.objects.get(pfa_id="PFA-1")
+    assert (revived.deleted_at, revived.version, revived.last_synced_at) == (None, 2, T1)
 
 
 # The mirror's organization is checked by triggers, once per statement, not by a per-row foreign key

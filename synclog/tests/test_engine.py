@@ -264,9 +264,9 @@ def test_incremental_sync_reads_only_rows_saved_since_the_watermark(rio, pems_se
     simulator = pems_server.simulator
     first = run_incremental(rio)
     assert first.sync_type == "full"  # no watermark yet: everything is read
-    configuration = ApiConfiguration.objects.get(organization=rio)
     newest = max(PfaMirror.objects.filter(organization=rio).values_list("pems_last_modified", flat=True))
-    assert configuration.incremental_watermark == newest  # the newest save seen (before PEMS's clock)
+    rio.refresh_from_db()
+    assert rio.read_watermark == newest  # the newest save seen (before PEMS's clock)
     for pfa_id in ("PFA-0000007", "PFA-0000200"):
         simulator.update_row("RIO", pfa_id, {"pfs_f_model": "Re-saved"})
     simulator.insert_row("RIO", {"pfs_id": "PFA-9000001", "pfs_f_category": "GEN"})
@@ -277,8 +277,8 @@ def test_incremental_sync_reads_only_rows_saved_since_the_watermark(rio, pems_se
     assert second.records_processed == second.records_total < 250
     sent = [r["json"] for r in simulator.requests if r["json"] and "REQUEST_TYPE" in r["json"]][-1]
     assert any(f["ALIAS_NAME"] == "pfs_lastmodified" for f in sent["MULTIADDON_FILTERS"]["MADDON_FILTER"])
-    configuration.refresh_from_db()
-    assert configuration.incremental_watermark > newest
+    rio.refresh_from_db()
+    assert rio.read_watermark > newest
     assert PfaMirror.objects.get(organization=rio, pfa_id="PFA-0000200").model == "Re-saved"
 
 
