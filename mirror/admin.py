@@ -29,7 +29,6 @@ TRACKING_FIELDS = (
     "last_sync_at",
     "last_sync_record_count",
     "total_sync_record_count",
-    "incremental_watermark",
     "created_at",
     "updated_at",
 )
@@ -169,11 +168,28 @@ class EstimatedCountPaginator(Paginator):
     @cached_property
     def count(self) -> int:
         queryset = self.object_list
-        if isinstance(queryset, QuerySet) and not queryset.query.where and connection.vendor == "postgresql":
-            estimate = _estimated_rows(queryset.model._meta.db_table)
-            if estimate >= self.exact_below:
+        if isinstance(queryset, QuerySet) and connection.vendor == "postgresql":
+            estimate = self.estimate(queryset)
+            if estimate is not None and estimate >= self.exact_below:
                 return estimate
         return super().count
+
+    def estimate(self, queryset: QuerySet) -> int | None:
+        """The estimated row count of `queryset`, or None when it must be counted exactly."""
+        if not queryset.query.where:
+            return _estimated_rows(queryset.model._meta.db_table)
+        return None
+
+
+class LiveRecordsPaginator(EstimatedCountPaginator):
+    """Also estimates the default list of live records: the table's estimate less the records
+    marked deleted, which are few and counted exactly on their own partial index."""
+
+    def estimate(self, queryset: QuerySet) -> int | None:
+        if queryset.query.where == PfaMirror.objects.live().query.where:
+            table_rows = _estimated_rows(PfaMirror._meta.db_table)
+            return max(table_rows - PfaMirror.objects.filter(deleted_at__isnull=False).count(), 0)
+        return super().estimate(queryset)
 
 
 def _estimated_rows(table: str) -> int:
@@ -230,9 +246,39 @@ class DorFilter(BoundedValuesFilter):
     parameter_name = "dor"
 
 
+class DeletedInPemsFilter(admin.SimpleListFilter):
+    """Records deleted in PEMS are hidden unless asked for: "No" is the default, not "All"."""
+
+    title = "deleted in PEMS"
+    parameter_name = "deleted"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("no", "No"), ("yes", "Yes"), ("all", "All")]
+
+    def choices(self, changelist):
+        chosen = self.value() or "no"
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": chosen == lookup,
+                "query_string": (
+                    changelist.get_query_string(remove=[self.parameter_name])
+                    if lookup == "no"
+                    else changelist.get_query_string({self.parameter_name: lookup})
+                ),
+                "display": title,
+            }
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "yes":
+            return queryset.filter(deleted_at__isnull=False)
+        if self.value() == "all":
+            return queryset
+        return queryset.live()
+
+
 @admin.register(PfaMirror)
 class PfaMirrorAdmin(admin.ModelAdmin):
-    """Read-only browsing of what PEMS last sent."""
+    """Read-only browsing of what PEMS last sent; records deleted in PEMS only when filtered for."""
 
     list_display = (
         "pfa_id",
@@ -242,11 +288,12 @@ class PfaMirrorAdmin(admin.ModelAdmin):
         "dor",
         "version",
         "last_synced_at",
+        "deleted_at",
     )
-    list_filter = ("organization", CategoryFilter, SourceFilter, DorFilter)
+    list_filter = ("organization", DeletedInPemsFilter, CategoryFilter, SourceFilter, DorFilter)
     list_select_related = ("organization",)
     search_fields = ("=pfa_id",)
-    paginator = EstimatedCountPaginator
+    paginator = LiveRecordsPaginator
     show_full_result_count = False
     exclude = ("data",)
     readonly_fields = ("raw_pems_row",)

@@ -87,7 +87,8 @@ class OrganizationResponseSerializer(serializers.Serializer):
 
 
 class ConnectionInputSerializer(serializers.Serializer):
-    """A PUT: `baseUrl` and `tenant` are required; other fields left out keep their current value."""
+    """A PUT: `baseUrl` and `tenant` are required, and `timeZone` when the connection is created; other
+    fields left out keep their current value."""
 
     baseUrl = serializers.URLField(source="base_url", max_length=500)
     endpoint = serializers.ChoiceField(choices=ApiConfiguration.Endpoint.choices, required=False)
@@ -108,7 +109,12 @@ class ConnectionInputSerializer(serializers.Serializer):
     gridId = serializers.CharField(source="grid_id", max_length=32, required=False)
     pageSize = serializers.IntegerField(source="page_size", min_value=1, max_value=50_000, required=False)
     requestTimeout = serializers.FloatField(source="request_timeout", min_value=1.0, max_value=900.0, required=False)
-    timeZone = serializers.CharField(source="time_zone", max_length=64, required=False)
+    timeZone = serializers.CharField(
+        source="time_zone",
+        max_length=64,
+        required=False,
+        help_text="IANA zone of the tenant, e.g. America/Chicago. Required when the connection is created.",
+    )
 
 
 class ConnectionOutputSerializer(serializers.Serializer):

@@ -1,19 +1,25 @@
-"""Domain functions of the mirror: registering organizations and building their PEMS clients."""
+"""Domain functions of the mirror: registering organizations, building their PEMS clients, reading
+the mirror (live records only) and purging the records PEMS deleted."""
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, timedelta
 from functools import lru_cache
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from mirror.models import ApiConfiguration, Organization, PfaMirror
 from mirror.pems import DEFAULT_PAGE_SIZE, PemsClient, organization_filter
 from mirror.store import psycopg_cursor
+
+logger = logging.getLogger(__name__)
 
 
 def organizations_visible_to(user) -> QuerySet[Organization]:
@@ -26,9 +32,11 @@ def organizations_visible_to(user) -> QuerySet[Organization]:
 
 
 def mirror_size_subquery() -> Coalesce:
-    """Mirrored records of the organization in the enclosing query, as one correlated count."""
+    """Live mirrored records (not deleted in PEMS) of the organization in the enclosing query, as one
+    correlated count."""
     counted = (
-        PfaMirror.objects.filter(organization=OuterRef("pk"))
+        PfaMirror.objects.live()
+        .filter(organization=OuterRef("pk"))
         .order_by()
         .values("organization")
         .annotate(n=Count("pk"))
@@ -84,13 +92,17 @@ def organization_register(
     tenant: str,
     username: str,
     secret: str,
+    time_zone: str,
     auth_type: str = ApiConfiguration.AuthType.BASIC,
     endpoint: str = ApiConfiguration.Endpoint.GRIDS,
-    time_zone: str = "UTC",
     page_size: int = DEFAULT_PAGE_SIZE,
     pems_organization_code: str = "",
 ) -> tuple[Organization, bool]:
-    """Create or update an organization and its read connection; returns (organization, created)."""
+    """Create or update an organization and its read connection; returns (organization, created).
+
+    `time_zone` (the tenant's IANA zone) has no default: PEMS times carry no offset, and a wrong zone
+    shifts every incremental read's window by hours.
+    """
     organization, created = Organization.objects.update_or_create(code=code.upper(), defaults={"name": name})
     read_connection_put(
         organization=organization,
@@ -137,23 +149,29 @@ class ConnectionCheck:
 def pems_connection_check(*, configuration: ApiConfiguration) -> ConnectionCheck:
     """Ask PEMS for one count through `configuration`; raises PemsError or ImproperlyConfigured.
 
-    A global default connection has no organization of its own: it is checked with its
-    `pems_organization_code`.
+    A global default connection names no organization (each one reads its own): it is checked with
+    the first active organization that reads through it, having no connection of its own.
     """
     organization = configuration.organization
     if organization is None:
-        if not configuration.pems_organization_code:
+        organization = (
+            Organization.objects.filter(is_active=True)
+            .exclude(api_configurations__usage=configuration.usage)
+            .order_by("code")
+            .first()
+        )
+        if organization is None:
             raise ImproperlyConfigured(
-                "This default connection has no organization: fill in its PEMS organization code to test it."
+                "No active organization uses this default connection yet (every one has its own): "
+                "there is no PEMS organization to test it with."
             )
-        organization = Organization(code=configuration.pems_organization_code)
     # One attempt: an admin waiting on the page wants the first answer, not five retries.
-    settings = replace(configuration.pems_settings(organization), max_attempts=1)
+    client_settings = replace(configuration.pems_settings(organization), max_attempts=1)
     started = time.monotonic()
-    with PemsClient(settings) as client:
-        record_count = client.count([organization_filter(settings.organization)])
+    with PemsClient(client_settings) as client:
+        record_count = client.count([organization_filter(client_settings.organization)])
     return ConnectionCheck(
-        organization_code=settings.organization,
+        organization_code=client_settings.organization,
         record_count=record_count,
         latency_ms=round((time.monotonic() - started) * 1000),
     )
@@ -194,9 +212,9 @@ PFA_LIST_COLUMNS = (
 def pfa_records_list_query(
     *, organization: Organization, category: str = "", forecast_from=None, forecast_to=None, limit: int = 100
 ) -> QuerySet:
-    """The front end's list query: `PFA_LIST_COLUMNS` of the newest forecasts first, optionally one
-    category and a forecast window."""
-    records = PfaMirror.objects.filter(organization=organization)
+    """The front end's list query: `PFA_LIST_COLUMNS` of the live records (not deleted in PEMS), newest
+    forecasts first, optionally one category and a forecast window."""
+    records = PfaMirror.objects.live().filter(organization=organization)
     if category:
         records = records.filter(category=category)
     if forecast_from:
@@ -250,3 +268,38 @@ def _list_statement(category: bool, forecast_from: bool, forecast_to: bool, limi
     sql, parameters = query.sql_with_params()
     names = {value: name for name, value in _STAND_INS.items()}
     return sql, tuple(names[parameter] for parameter in parameters)
+
+
+# Rows deleted per statement by `pfa_deleted_purge`: each batch is its own short transaction, so a
+# large purge neither holds locks on a big table for long nor leaves a huge transaction to undo.
+PURGE_BATCH_SIZE = 10_000
+
+
+def pfa_deleted_purge(*, organization: Organization | None = None, retention_days: int | None = None) -> int:
+    """Delete for good the records marked deleted in PEMS more than `retention_days` days ago
+    (default `SYNC_DELETED_RETENTION_DAYS`), of `organization` or of all; returns how many.
+
+    Runs in batches of `PURGE_BATCH_SIZE`, one DELETE statement each, committed on its own (unless the
+    caller holds a transaction). A record a sync found again meanwhile (no longer marked deleted) is kept.
+    """
+    if retention_days is None:
+        retention_days = settings.SYNC_DELETED_RETENTION_DAYS
+    if retention_days < 0:
+        raise ValueError(f"retention_days is {retention_days}: it cannot be negative.")
+    cutoff = timezone.now() - timedelta(days=retention_days)
+    expired = PfaMirror.objects.filter(deleted_at__lt=cutoff)
+    if organization is not None:
+        expired = expired.filter(organization=organization)
+    purged = 0
+    while batch := list(expired.order_by().values_list("pk", flat=True)[:PURGE_BATCH_SIZE]):
+        # Filtered again: a sync may have found a record again since the batch was chosen.
+        _, deleted = expired.filter(pk__in=batch).delete()
+        purged += deleted.get(PfaMirror._meta.label, 0)
+    if purged:
+        logger.info(
+            "Purged %d records deleted in PEMS more than %d days ago (%s)",
+            purged,
+            retention_days,
+            organization.code if organization is not None else "all organizations",
+        )
+    return purged

@@ -6,10 +6,12 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 PORT=${DEMO_PORT:-8900}
 export PEMS_DEMO_PASSWORD=${PEMS_DEMO_PASSWORD:-pfasync-demo}
+# The demo tenant's time zone: the simulator writes its times in it, and the connection must name it.
+TIME_ZONE=America/Chicago
 
 "$BIN/python" manage.py migrate --noinput >/dev/null
 "$BIN/python" manage.py pems_simulator --port "$PORT" --orgs RIO=50000,HOU=20000 --seed 1 \
-    --password-env PEMS_DEMO_PASSWORD &
+    --password-env PEMS_DEMO_PASSWORD --time-zone "$TIME_ZONE" &
 SIMULATOR_PID=$!
 trap 'kill "$SIMULATOR_PID" 2>/dev/null; wait "$SIMULATOR_PID" 2>/dev/null || true' EXIT
 
@@ -25,6 +27,6 @@ for org in "RIO Rio Grande" "HOU Houston Terminal"; do
     set -- $org
     code=$1; shift
     "$BIN/python" manage.py add_organization "$code" --name "$*" --pems-url "http://127.0.0.1:$PORT" \
-        --tenant PEMS_DEMO --username pfasync --password-env PEMS_DEMO_PASSWORD --timezone America/Chicago
+        --tenant PEMS_DEMO --username pfasync --password-env PEMS_DEMO_PASSWORD --timezone "$TIME_ZONE"
 done
 "$BIN/python" manage.py sync_pems --org RIO --org HOU --full

@@ -3,6 +3,7 @@
 import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
+from django.utils import timezone
 
 from mirror import admin as mirror_admin
 from mirror.models import ApiConfiguration, PfaMirror
@@ -143,10 +144,48 @@ def test_test_connection_reports_the_count_and_latency(admin_client, connection)
     assert_no_secret(response, connection)
 
 
-def test_test_connection_of_a_default_connection_uses_its_pems_organization_code(admin_client, pems_server):
-    default = ApiConfigurationFactory(organization=None, base_url=pems_server.url, pems_organization_code="HOU")
+def test_test_connection_of_a_default_connection_uses_an_organization_reading_through_it(admin_client, pems_server):
+    ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url)
+    OrganizationFactory(code="HOU")  # no connection of its own: reads through the default
+    default = ApiConfigurationFactory(organization=None, base_url=pems_server.url)
     response = run_test_connection(admin_client, default)
     assert "80 records for organization HOU" in message_texts(response)[0]
+
+
+def test_test_connection_of_a_default_connection_nobody_uses_says_so(admin_client, pems_server):
+    ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url)
+    default = ApiConfigurationFactory(organization=None, base_url=pems_server.url)
+    (text,) = message_texts(run_test_connection(admin_client, default))
+    assert "No active organization uses this default connection" in text
+
+
+def test_adding_a_connection_asks_for_the_time_zone_with_nothing_filled_in(admin_client):
+    organization = OrganizationFactory(code="NEW")
+    url = reverse("admin:mirror_apiconfiguration_add")
+    form = admin_client.get(url).context["adminform"].form
+    assert form.fields["time_zone"].required and not form["time_zone"].value()
+
+    data = change_form_data(ApiConfiguration(organization=organization, base_url="http://pems.test", tenant="T"))
+    response = admin_client.post(url, {**data, "username": "someone", "new_secret": SECRET, "time_zone": ""})
+    assert response.status_code == 200
+    assert list(response.context["adminform"].form.errors) == ["time_zone"]
+    assert not ApiConfiguration.objects.exists()
+
+
+def test_a_default_connection_naming_a_pems_organization_is_a_field_error(admin_client):
+    data = change_form_data(ApiConfiguration(base_url="http://pems.test", tenant="T", time_zone="America/Chicago"))
+    data = {**data, "organization": "", "username": "someone", "new_secret": SECRET, "pems_organization_code": "HOU"}
+    response = admin_client.post(reverse("admin:mirror_apiconfiguration_add"), data)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert list(errors) == ["pems_organization_code"]
+    assert "global default connection" in errors["pems_organization_code"][0]
+    assert errors["pems_organization_code"][0] in response.content.decode()
+    assert not ApiConfiguration.objects.exists()
+
+    data["pems_organization_code"] = ""
+    assert admin_client.post(reverse("admin:mirror_apiconfiguration_add"), data).status_code == 302
+    assert ApiConfiguration.objects.get(organization=None).pems_organization_code == ""
 
 
 def test_test_connection_reports_the_pems_error_in_plain_words(admin_client, pems_server):
@@ -183,6 +222,11 @@ def records():
     ]
 
 
+@pytest.fixture
+def deleted_record(records):
+    return mirror_row(records[0].organization, "PFA-GONE", category="CRANES", deleted_at=timezone.now())
+
+
 def changelist(admin_client, **params):
     response = admin_client.get(reverse("admin:mirror_pfamirror_changelist"), params)
     assert response.status_code == 200
@@ -193,6 +237,28 @@ def test_mirror_list_shows_records(admin_client, records):
     response, shown = changelist(admin_client)
     assert shown == {"PFA-1", "PFA-2", "PFA-3"}
     assert response.context["cl"].show_full_result_count is False
+
+
+def test_mirror_list_hides_records_deleted_in_pems_unless_asked(admin_client, deleted_record):
+    response, shown = changelist(admin_client)
+    assert shown == {"PFA-1", "PFA-2", "PFA-3"}
+    deleted_filter = next(
+        f for f in response.context["cl"].filter_specs if getattr(f, "parameter_name", "") == "deleted"
+    )
+    choices = list(deleted_filter.choices(response.context["cl"]))
+    assert [(c["display"], c["selected"]) for c in choices] == [("No", True), ("Yes", False), ("All", False)]
+    assert changelist(admin_client, deleted="yes")[1] == {"PFA-GONE"}
+    assert changelist(admin_client, deleted="all")[1] == {"PFA-1", "PFA-2", "PFA-3", "PFA-GONE"}
+    assert changelist(admin_client, q="PFA-GONE")[1] == set()
+    assert changelist(admin_client, deleted="yes", category="CRANES")[1] == {"PFA-GONE"}
+
+
+def test_mirror_list_and_detail_show_when_a_record_was_deleted_in_pems(admin_client, deleted_record):
+    response, _ = changelist(admin_client, deleted="yes")
+    assert "deleted_at" in response.context["cl"].list_display
+    response = admin_client.get(reverse("admin:mirror_pfamirror_change", args=[deleted_record.pk]))
+    assert response.status_code == 200
+    assert "Deleted at" in response.content.decode()
 
 
 def test_mirror_search_by_pfa_id(admin_client, records):
@@ -245,14 +311,33 @@ def test_mirror_detail_pretty_prints_the_raw_row_and_is_read_only(admin_client, 
 
 
 def test_unfiltered_mirror_list_counts_from_the_planner_estimate(admin_client, records, monkeypatch):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the estimate is PostgreSQL-only")
     monkeypatch.setattr(mirror_admin, "_estimated_rows", lambda table: 1_234_567)
     response, _ = changelist(admin_client)
-    if response.context["cl"].paginator.count != 1_234_567:
-        pytest.skip("the estimate is PostgreSQL-only")
+    assert response.context["cl"].paginator.count == 1_234_567
     assert "1234567" in response.content.decode()
     # A filtered list is counted exactly.
     response, _ = changelist(admin_client, category="CRANES")
     assert response.context["cl"].result_count == 2
+
+
+def test_default_mirror_list_of_live_records_is_estimated_less_the_deleted_ones(
+    admin_client, deleted_record, monkeypatch
+):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the estimate is PostgreSQL-only")
+    monkeypatch.setattr(mirror_admin, "_estimated_rows", lambda table: 1_234_567)
+    response, _ = changelist(admin_client)
+    assert response.context["cl"].paginator.count == 1_234_566
+    response, _ = changelist(admin_client, deleted="all")
+    assert response.context["cl"].paginator.count == 1_234_567
+    response, _ = changelist(admin_client, deleted="yes")
+    assert response.context["cl"].paginator.count == 1
 
 
 def test_estimated_rows_reads_pg_class(records):

@@ -2,6 +2,7 @@
 
 import pytest
 from django.contrib.auth.models import User
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from mirror.models import ApiConfiguration, Organization, PfaMirror
@@ -216,6 +217,32 @@ def test_an_invalid_connection_is_400_naming_the_field(rio, staff, change, field
         "VALIDATION_ERROR",
     )
     assert list(body["fields"]) == [field]
+
+
+def test_creating_a_connection_without_a_time_zone_is_400_naming_it(hou, staff):
+    without_zone = {name: value for name, value in CONNECTION.items() if name != "timeZone"}
+    body = assert_error(
+        client_for(staff).put("/api/organizations/HOU/connection", without_zone, format="json"),
+        400,
+        "VALIDATION_ERROR",
+    )
+    assert list(body["fields"]) == ["timeZone"]
+    assert not ApiConfiguration.objects.filter(organization=hou).exists()
+
+
+def test_changing_a_connection_without_a_time_zone_keeps_its_zone(rio, staff):
+    ApiConfiguration.objects.filter(organization=rio).update(time_zone="Europe/Paris")
+    without_zone = {name: value for name, value in CONNECTION.items() if name != "timeZone"}
+    response = client_for(staff).put("/api/organizations/RIO/connection", without_zone, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json()["connection"]["timeZone"] == "Europe/Paris"
+
+
+def test_organization_list_counts_only_records_pems_still_holds(rio, member):
+    PfaMirror.objects.create(organization=rio, pfa_id="PFA-1", data={}, content_hash="x")
+    PfaMirror.objects.create(organization=rio, pfa_id="PFA-2", data={}, content_hash="x", deleted_at=timezone.now())
+    (organization,) = client_for(member).get("/api/organizations").json()["organizations"]
+    assert organization["mirrorRecordCount"] == 1
 
 
 def test_connection_is_staff_only_and_scoped(rio, hou, member):

@@ -8,11 +8,12 @@ from django.core.management import CommandError, call_command
 
 from mirror.models import ApiConfiguration
 from mirror.secrets import SecretDecryptionError, get_cipher
+from mirror.services import organization_register
 
 pytestmark = pytest.mark.django_db
 
 
-def register(monkeypatch, *extra, code="RIO", secret="s3cret-Value-123"):
+def register(monkeypatch, *extra, code="RIO", secret="s3cret-Value-123", time_zone="America/Chicago"):
     monkeypatch.setenv("TEST_PEMS_SECRET", secret)
     call_command(
         "add_organization",
@@ -27,13 +28,15 @@ def register(monkeypatch, *extra, code="RIO", secret="s3cret-Value-123"):
         "pfasync",
         "--password-env",
         "TEST_PEMS_SECRET",
+        "--timezone",
+        time_zone,
         *extra,
     )
     return ApiConfiguration.objects.get(organization__code=code)
 
 
 def test_add_organization_stores_the_secret_encrypted(monkeypatch, capsys):
-    configuration = register(monkeypatch, "--timezone", "America/Chicago", "--endpoint", "griddata")
+    configuration = register(monkeypatch, "--endpoint", "griddata")
     assert "Created organization RIO" in capsys.readouterr().out
     assert "s3cret-Value-123" not in configuration.secret
     assert configuration.get_secret() == "s3cret-Value-123"
@@ -68,9 +71,35 @@ def test_add_organization_refuses_bad_input_naming_it(monkeypatch):
             "u",
             "--password-env",
             "NO_SUCH_VAR",
+            "--timezone",
+            "UTC",
         )
     with pytest.raises(CommandError, match="time_zone"):
-        register(monkeypatch, "--timezone", "Mars/Olympus")
+        register(monkeypatch, time_zone="Mars/Olympus")
+    assert not ApiConfiguration.objects.exists()
+
+
+def test_add_organization_requires_the_time_zone(monkeypatch):
+    monkeypatch.setenv("TEST_PEMS_SECRET", "s3cret-Value-123")
+    with pytest.raises(CommandError, match="--timezone"):
+        call_command(
+            "add_organization",
+            "RIO",
+            "--name",
+            "Rio Grande",
+            "--pems-url",
+            "http://127.0.0.1:8900",
+            "--tenant",
+            "PEMS_DEMO",
+            "--username",
+            "pfasync",
+            "--password-env",
+            "TEST_PEMS_SECRET",
+        )
+    with pytest.raises(TypeError, match="time_zone"):
+        organization_register(
+            code="RIO", name="Rio", base_url="http://127.0.0.1:8900", tenant="T", username="u", secret="s"
+        )
     assert not ApiConfiguration.objects.exists()
 
 

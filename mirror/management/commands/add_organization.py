@@ -30,7 +30,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--auth", choices=ApiConfiguration.AuthType.values, default="basic")
         parser.add_argument("--endpoint", choices=ApiConfiguration.Endpoint.values, default="grids")
-        parser.add_argument("--timezone", default="UTC", help="the tenant's IANA time zone")
+        parser.add_argument(
+            "--timezone",
+            required=True,
+            metavar="ZONE",
+            help="the tenant's IANA time zone, e.g. America/Chicago (PEMS times carry no offset)",
+        )
         parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE)
         parser.add_argument("--pems-org", default="", help="PEMS organization code if it differs from CODE")
 

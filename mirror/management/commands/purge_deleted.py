@@ -1,0 +1,48 @@
+"""`manage.py purge_deleted`: delete for good the mirror records PEMS deleted, after the retention days."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from mirror.models import Organization
+from mirror.services import pfa_deleted_purge
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete for good the mirror records marked deleted in PEMS more than --days days ago "
+        "(default SYNC_DELETED_RETENTION_DAYS), of the given organizations or of all."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--org",
+            action="append",
+            dest="orgs",
+            metavar="CODE",
+            help="organization code; repeat for several (default: all)",
+        )
+        parser.add_argument(
+            "--days",
+            type=int,
+            metavar="N",
+            help="purge records marked deleted more than N days ago (default: SYNC_DELETED_RETENTION_DAYS)",
+        )
+
+    def handle(self, *args, **options):
+        if options["days"] is not None and options["days"] < 0:
+            raise CommandError("--days cannot be negative.")
+        purged = sum(
+            pfa_deleted_purge(organization=organization, retention_days=options["days"])
+            for organization in self._organizations(options["orgs"])
+        )
+        self.stdout.write(self.style.SUCCESS(f"Purged {purged} records deleted in PEMS."))
+
+    def _organizations(self, codes: list[str] | None) -> list[Organization | None]:
+        """The organizations named, or [None]: every organization at once."""
+        if not codes:
+            return [None]
+        codes = [code.upper() for code in codes]
+        found = {o.code: o for o in Organization.objects.filter(code__in=codes)}
+        unknown = [code for code in codes if code not in found]
+        if unknown:
+            raise CommandError(f"Unknown organization code(s): {', '.join(unknown)}")
+        return [found[code] for code in dict.fromkeys(codes)]
