@@ -165,6 +165,7 @@ class PfaSyncLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "records_processed",
         "records_inserted",
         "records_updated",
+        "records_deleted",
         "records_errored",
         "duration",
     )
@@ -174,6 +175,7 @@ class PfaSyncLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "sync_type",
         "trigger",
         "direction",
+        "allow_mass_delete",
         ("created_at", admin.DateFieldListFilter),
     )
     list_select_related = ("organization",)
@@ -195,7 +197,7 @@ class PfaSyncLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 )
             },
         ),
-        ("Run", {"fields": ("sync_type", "direction", "trigger", "triggered_by")}),
+        ("Run", {"fields": ("sync_type", "direction", "trigger", "triggered_by", "allow_mass_delete")}),
         (
             "Records",
             {

@@ -249,11 +249,34 @@ class SyncLogProgressSerializer(SyncLogOutputSerializer):
         return RecordKeptAsideSerializer(kept, many=True).data
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON `true` or `false` only (DRF's BooleanField also takes "yes", "1", 0...)."""
+
+    def to_internal_value(self, data) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class SyncTriggerInputSerializer(serializers.Serializer):
     organizationId = serializers.CharField(
         required=False, max_length=64, help_text="UUID or code; left out (staff only): every active organization."
     )
     syncType = serializers.ChoiceField(choices=PfaSyncLog.SyncType.choices, default=PfaSyncLog.SyncType.FULL)
+    allowMassDelete = StrictBooleanField(
+        default=False,
+        help_text="Staff only, full reads only: mark the records PEMS no longer holds deleted even when they "
+        "are more than SYNC_DELETE_GUARD_PERCENT of the organization's (otherwise such a run deletes none).",
+    )
+
+    def validate(self, data: dict) -> dict:
+        if data["allowMassDelete"] and data["syncType"] != PfaSyncLog.SyncType.FULL:
+            raise exceptions.ValidationError({"allowMassDelete": ["Only a full read deletes records."]})
+        if data["allowMassDelete"] and not data.get("organizationId"):
+            raise exceptions.ValidationError(
+                {"allowMassDelete": ["Name the one organization (organizationId) whose deletions to apply."]}
+            )
+        return data
 
 
 class SkippedOrganizationSerializer(serializers.Serializer):
@@ -316,6 +339,9 @@ class SyncTriggerApi(APIView):
             raise exceptions.ValidationError({"organizationId": ["This field is required."]})
         if not request.user.has_perm(TRIGGER_PERMISSION):
             raise exceptions.PermissionDenied("You do not have permission to start a sync.")
+        allow_mass_delete = serializer.validated_data["allowMassDelete"]
+        if allow_mass_delete and not request.user.is_staff:
+            raise exceptions.PermissionDenied("Only staff may allow a mass deletion (allowMassDelete).")
         # One transaction: every run of the batch is visible before any task is enqueued.
         with transaction.atomic():
             batch = sync_start(
@@ -323,6 +349,7 @@ class SyncTriggerApi(APIView):
                 trigger=PfaSyncLog.Trigger.API,
                 triggered_by=request.user,
                 sync_type=serializer.validated_data["syncType"],
+                allow_mass_delete=allow_mass_delete,
             )
         skipped = [_skipped(refusal) for refusal in batch.refused]
         if key and not batch.queued:
@@ -442,11 +469,20 @@ class LastRunSerializer(serializers.Serializer):
     completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)
 
 
+class FullSyncScheduleSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField(
+        help_text="Full reads are scheduled (the worker is on and SYNC_FULL_INTERVAL set)."
+    )
+    nextRun = serializers.DateTimeField(source="next_run", allow_null=True)
+    interval = serializers.CharField(allow_null=True, help_text="Cron expression of the full reads; null: none.")
+
+
 class WorkerSerializer(serializers.Serializer):
     enabled = serializers.BooleanField()
     running = serializers.BooleanField(help_text="A sync is running now.")
-    nextRun = serializers.DateTimeField(source="next_run", allow_null=True)
-    interval = serializers.CharField(help_text="Cron expression of the schedule.")
+    nextRun = serializers.DateTimeField(source="next_run", allow_null=True, help_text="Of the incremental reads.")
+    interval = serializers.CharField(help_text="Cron expression of the incremental reads.")
+    fullSync = FullSyncScheduleSerializer(source="full_sync", help_text="The scheduled full reads.")
     lastRuns = serializers.DictField(
         source="last_runs", child=LastRunSerializer(allow_null=True), help_text="Newest run per visible organization."
     )
@@ -458,7 +494,7 @@ class WorkerStatusOutputSerializer(serializers.Serializer):
 
 
 class WorkerStatusApi(APIView):
-    """Whether the background worker is enabled, busy, and when it runs next."""
+    """Whether the background worker is enabled, busy, and when its incremental and full reads run next."""
 
     @extend_schema(responses={200: WorkerStatusOutputSerializer, **error_responses(401)})
     def get(self, request: Request) -> Response:

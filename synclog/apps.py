@@ -8,9 +8,7 @@ class SynclogConfig(AppConfig):
     verbose_name = "PEMS sync"
 
     def ready(self) -> None:
-        from django.conf import settings
-
-        from synclog.worker import validate_sync_interval
+        from synclog.worker import validate_sync_schedules
 
         # A wrong cron expression stops start-up instead of silently never syncing.
-        validate_sync_interval(settings.SYNC_INTERVAL)
+        validate_sync_schedules()

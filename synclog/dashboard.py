@@ -144,6 +144,8 @@ def _organization_rows(*, now: datetime, interval: timedelta, last_runs: dict) -
     organizations = (
         Organization.objects.annotate(
             last_success_at=Subquery(completed.values("completed_at")[:1]),
+            last_success_message=Subquery(completed.values("error_message")[:1]),
+            last_success_details=Subquery(completed.values("error_details")[:1]),
             last_success_created=Coalesce(
                 Subquery(completed.values("created_at")[:1]),
                 Value(epoch, output_field=DateTimeField()),
@@ -173,6 +175,10 @@ def _organization_rows(*, now: datetime, interval: timedelta, last_runs: dict) -
                 "last_run": last_runs.get(organization.code),
                 "consecutive_failures": organization.consecutive_failures,
                 "mirror_size": organization.mirror_size,
+                # The last completed read found more records gone than SYNC_DELETE_GUARD_PERCENT
+                # allows and deleted none: ops decide (`sync_pems --full --allow-mass-delete`).
+                "deletions_held_back": (organization.last_success_details or {}).get("deletions_held_back"),
+                "last_success_message": organization.last_success_message,
             }
         )
     return rows

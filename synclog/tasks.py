@@ -1,5 +1,7 @@
 """django-q2 entry points: a few lines each, calling the engine and the worker functions."""
 
+from datetime import datetime
+
 from synclog import worker
 
 
@@ -8,6 +10,12 @@ def sync_execute(sync_log_id: str) -> str:
     return worker.sync_execute_queued(sync_log_id)
 
 
-def sync_tick() -> str:
-    """The scheduled tick: free lost runs, then queue one sync per configured organization."""
-    return worker.sync_tick()
+def sync_tick(scheduled_for: str | None = None) -> str:
+    """The incremental schedule: free lost runs, queue one incremental read per configured
+    organization, purge old deletions. django-q2 passes `scheduled_for`, the moment it was due."""
+    return worker.sync_tick(scheduled_for=datetime.fromisoformat(scheduled_for) if scheduled_for else None)
+
+
+def sync_full() -> str:
+    """The full schedule: free lost runs, then queue one full read per configured organization."""
+    return worker.sync_full()

@@ -1,4 +1,4 @@
-"""The background sync worker: the schedule, the tick, leases, shutdown and the worker's status.
+"""The background sync worker: the schedules, their tasks, leases, shutdown and the worker's status.
 
 Scheduled, API, admin and command syncs all run through `synclog.engine`; this module only decides
 when and for whom a sync is queued, and cleans up after workers that died.
@@ -9,7 +9,9 @@ import multiprocessing
 import multiprocessing.synchronize
 import signal
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from croniter import croniter
 from django.conf import settings
@@ -18,22 +20,74 @@ from django.db.models import Subquery
 from django.utils import timezone
 
 from mirror.models import Organization
-from mirror.services import pems_client_for
+from mirror.services import pems_client_for, pfa_deleted_purge
 from synclog.engine import fail_run, sync_run, sync_start
 from synclog.models import PfaSyncLog, SyncStatus, latest_read_runs
 
+if TYPE_CHECKING:
+    from django_q.models import Schedule
+
 logger = logging.getLogger(__name__)
 
-SCHEDULE_NAME = "pfasync-sync-tick"
 _shutdown: multiprocessing.synchronize.Event | None = None
 
 
-def validate_sync_interval(expression: str) -> None:
+@dataclass(frozen=True)
+class SyncSchedule:
+    """One django-q2 schedule of the worker: its name, its task, and the setting holding its cron."""
+
+    name: str
+    func: str
+    setting: str
+    # An empty setting switches this schedule off; for the others it is an invalid cron.
+    optional: bool = False
+    # The keyword argument that tells the task the moment it was due (django-q2 passes it).
+    due_kwarg: str | None = None
+
+    @property
+    def cron(self) -> str:
+        return getattr(settings, self.setting)
+
+    @property
+    def off_reason(self) -> str:
+        """Why the schedule is switched off; empty when it is on."""
+        if not settings.ENABLE_SYNC_WORKER:
+            return "ENABLE_SYNC_WORKER=false"
+        return "" if self.cron else f"{self.setting} is empty"
+
+    @property
+    def enabled(self) -> bool:
+        return not self.off_reason
+
+
+# Incremental reads every SYNC_INTERVAL.
+TICK_SCHEDULE = SyncSchedule(
+    name="pfasync-sync-tick", func="synclog.tasks.sync_tick", setting="SYNC_INTERVAL", due_kwarg="scheduled_for"
+)
+# Full reads, which also find the records deleted in PEMS, every SYNC_FULL_INTERVAL.
+FULL_SCHEDULE = SyncSchedule(
+    name="pfasync-sync-full", func="synclog.tasks.sync_full", setting="SYNC_FULL_INTERVAL", optional=True
+)
+SYNC_SCHEDULES = (TICK_SCHEDULE, FULL_SCHEDULE)
+SCHEDULE_NAME = TICK_SCHEDULE.name
+
+
+def validate_cron(expression: str, *, setting: str, optional: bool = False) -> None:
+    """Raise ImproperlyConfigured naming `setting` unless `expression` is a cron (or empty, if optional)."""
+    if optional and not expression:
+        return
     if not croniter.is_valid(expression):
         raise ImproperlyConfigured(
-            f"SYNC_INTERVAL {expression!r} is not a valid cron expression "
-            "(five fields: minute hour day-of-month month day-of-week, e.g. '*/15 * * * *')."
+            f"{setting} {expression!r} is not a valid cron expression "
+            "(five fields: minute hour day-of-month month day-of-week, e.g. '*/15 * * * *')"
+            + (f"; leave {setting} empty for none." if optional else ".")
         )
+
+
+def validate_sync_schedules() -> None:
+    """Check the cron setting of every schedule: a wrong one stops start-up instead of never syncing."""
+    for schedule in SYNC_SCHEDULES:
+        validate_cron(schedule.cron, setting=schedule.setting, optional=schedule.optional)
 
 
 def install_shutdown_event() -> multiprocessing.synchronize.Event:
@@ -52,29 +106,37 @@ def next_run_after(expression: str, moment: datetime) -> datetime:
     return croniter(expression, moment).get_next(datetime)
 
 
-def schedule_upsert():
-    """Create, update or remove the sync schedule from the environment; idempotent."""
+def schedules_upsert() -> dict[SyncSchedule, "Schedule | None"]:
+    """Create, update or remove every sync schedule from the environment; idempotent.
+
+    Every cron setting is checked before any schedule changes. Returns each schedule's row, None
+    when it is switched off (ENABLE_SYNC_WORKER=false, or an optional cron left empty).
+    """
     from django_q.models import Schedule
 
-    validate_sync_interval(settings.SYNC_INTERVAL)
-    if not settings.ENABLE_SYNC_WORKER:
-        Schedule.objects.filter(name=SCHEDULE_NAME).delete()
-        return None
-    schedule, _created = Schedule.objects.update_or_create(
-        name=SCHEDULE_NAME,
-        defaults={
-            "func": "synclog.tasks.sync_tick",
-            "schedule_type": Schedule.CRON,
-            "cron": settings.SYNC_INTERVAL,
-            "repeats": -1,
-            "next_run": next_run_after(settings.SYNC_INTERVAL, timezone.now()),
-        },
-    )
-    return schedule
+    validate_sync_schedules()
+    rows = {}
+    for schedule in SYNC_SCHEDULES:
+        if not schedule.enabled:
+            Schedule.objects.filter(name=schedule.name).delete()
+            rows[schedule] = None
+            continue
+        rows[schedule], _created = Schedule.objects.update_or_create(
+            name=schedule.name,
+            defaults={
+                "func": schedule.func,
+                "schedule_type": Schedule.CRON,
+                "cron": schedule.cron,
+                "repeats": -1,
+                "intended_date_kwarg": schedule.due_kwarg,
+                "next_run": next_run_after(schedule.cron, timezone.now()),
+            },
+        )
+    return rows
 
 
 def scheduled_organizations() -> list[Organization]:
-    """The organizations a tick syncs: SYNC_ORGS, or every active one with sync enabled."""
+    """The organizations both schedules sync: SYNC_ORGS, or every active one with sync enabled."""
     organizations = Organization.objects.filter(is_active=True, sync_enabled=True)
     if not settings.SYNC_ORGS:
         return list(organizations)
@@ -120,15 +182,41 @@ def sync_expire_stale_runs(*, now: datetime | None = None) -> list[PfaSyncLog]:
     return expired
 
 
-def sync_tick() -> str:
+def sync_tick(*, scheduled_for: datetime | None = None) -> str:
+    """The incremental schedule's task: free lost runs, queue incremental reads, purge old deletions.
+
+    When the full schedule is due at the same moment (`scheduled_for`; 03:00 is both in the
+    defaults), only the full reads are queued: an incremental run queued first would hold its
+    organization, and the full read, refused, would wait for its next day.
+    """
+    if scheduled_for is not None and _full_read_due_at(scheduled_for):
+        summary = "left to the full read due at the same time"
+    else:
+        summary = _queue_scheduled_reads(sync_type=PfaSyncLog.SyncType.INCREMENTAL)
+    purged = pfa_deleted_purge()  # logs what it purged
+    return f"{summary}, purged {purged} deleted record(s)"
+
+
+def sync_full() -> str:
+    """The full schedule's task: free lost runs, then queue a full read per scheduled organization."""
+    return _queue_scheduled_reads(sync_type=PfaSyncLog.SyncType.FULL)
+
+
+def _full_read_due_at(moment: datetime) -> bool:
+    if not FULL_SCHEDULE.enabled:
+        return False
+    return croniter.match(FULL_SCHEDULE.cron, timezone.localtime(moment))
+
+
+def _queue_scheduled_reads(*, sync_type: str) -> str:
     expired = sync_expire_stale_runs()
     batch = sync_start(
-        organizations=scheduled_organizations(),
-        trigger=PfaSyncLog.Trigger.SCHEDULE,
-        sync_type=PfaSyncLog.SyncType.INCREMENTAL,
+        organizations=scheduled_organizations(), trigger=PfaSyncLog.Trigger.SCHEDULE, sync_type=sync_type
     )
     for refusal in batch.refused:
-        logger.info("Scheduled sync of %s skipped: %s", refusal.organization.code, refusal)
+        # A full read comes seldom: one missed is worth a warning.
+        level = logging.WARNING if sync_type == PfaSyncLog.SyncType.FULL else logging.INFO
+        logger.log(level, "Scheduled %s sync of %s skipped: %s", sync_type, refusal.organization.code, refusal)
     return f"queued {len(batch.queued)}, skipped {len(batch.refused)} still running, expired {len(expired)} lost run(s)"
 
 
@@ -159,16 +247,28 @@ def sync_execute_queued(sync_log_id: str) -> str:
 
 
 def worker_status() -> dict:
-    """Everything an interface shows about the worker: enabled, running now, next run, last runs."""
+    """Everything an interface shows about the worker: enabled, running now, both schedules, last runs.
+
+    The top-level `enabled`, `interval` and `next_run` are the incremental schedule's; `full_sync`
+    has the same three for the full reads.
+    """
     from django_q.models import Schedule
 
-    schedule = Schedule.objects.filter(name=SCHEDULE_NAME).first() if settings.ENABLE_SYNC_WORKER else None
+    rows = {row.name: row for row in Schedule.objects.filter(name__in=[s.name for s in SYNC_SCHEDULES])}
     organizations = Organization.objects.annotate(last_run_id=Subquery(latest_read_runs().values("pk")[:1]))
     last_runs = PfaSyncLog.objects.in_bulk([o.last_run_id for o in organizations if o.last_run_id])
     return {
-        "enabled": settings.ENABLE_SYNC_WORKER,
+        **_schedule_status(TICK_SCHEDULE, rows.get(TICK_SCHEDULE.name)),
         "running": PfaSyncLog.objects.filter(status=SyncStatus.RUNNING).exists(),
-        "interval": settings.SYNC_INTERVAL,
-        "next_run": schedule.next_run if schedule else None,
+        "full_sync": _schedule_status(FULL_SCHEDULE, rows.get(FULL_SCHEDULE.name)),
         "last_runs": {o.code: last_runs.get(o.last_run_id) for o in organizations},
+    }
+
+
+def _schedule_status(schedule: SyncSchedule, row: "Schedule | None") -> dict:
+    # A row left behind while the schedule is off (setup_schedules not re-run) has no next run.
+    return {
+        "enabled": schedule.enabled,
+        "interval": schedule.cron or None,
+        "next_run": row.next_run if row is not None and schedule.enabled else None,
     }

@@ -1,5 +1,6 @@
 """Admin for organizations (last sync, Sync now, enable/disable) and the read-only sync history."""
 
+import re
 import uuid
 from datetime import timedelta
 
@@ -66,6 +67,14 @@ def test_organization_list_shows_last_sync_and_mirror_size(admin_client):
     body = response.content.decode()
     assert "Failed</span>" in body and "Organization RIO" in body
     assert SECRET not in body
+
+
+def test_organization_mirror_size_counts_only_records_not_deleted_in_pems(admin_client):
+    rio = configured("RIO")
+    mirror_rows(rio, 3)
+    PfaMirror.objects.filter(pfa_id="PFA-0").update(deleted_at=timezone.now() - timedelta(days=1))
+    (row,) = admin_client.get(ORGANIZATIONS).context["cl"].result_list
+    assert row.pfa_record_count == 2
 
 
 def test_organization_list_query_count_does_not_grow_with_organizations(admin_client):
@@ -193,6 +202,18 @@ def test_sync_log_list_shows_counts_status_and_duration(admin_client, history):
         assert header in body
     assert "background:#198754" in body and "background:#dc3545" in body  # completed green, failed red
     assert "1.5 s" in body
+
+
+def test_sync_log_shows_records_deleted_and_whether_a_mass_deletion_was_allowed(admin_client):
+    rio = configured("RIO")
+    allowed = run(rio, sync_type=PfaSyncLog.SyncType.FULL, records_deleted=4321, allow_mass_delete=True)
+    run(rio, created_at=timezone.now() - timedelta(days=1))
+    body = admin_client.get(SYNC_LOGS).content.decode()
+    assert "Records deleted" in body and "4321" in body
+    assert listed(admin_client, allow_mass_delete__exact="1") == {allowed.pk}
+    page = admin_client.get(reverse("admin:synclog_pfasynclog_change", args=[allowed.pk])).content.decode()
+    field = re.search(r'<div class="[^"]*field-allow_mass_delete.*?</div>\s*</div>', page, re.S)
+    assert field and "Allow mass delete" in field.group(0) and 'alt="True"' in field.group(0)
 
 
 @pytest.mark.parametrize(

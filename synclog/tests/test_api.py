@@ -6,8 +6,11 @@ import uuid
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.core.management import call_command
 from django.db import connection
 from django.test import Client
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from rest_framework.test import APIClient
 
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
@@ -271,6 +274,47 @@ def test_trigger_an_organization_without_a_connection_is_400():
     assert not PfaSyncLog.objects.exists()
 
 
+def test_staff_may_allow_a_mass_deletion(rio, hou):
+    staff = make_user("staff", is_staff=True)
+    response = client_for(staff).post(
+        "/api/sync/trigger", {"organizationId": "RIO", "allowMassDelete": True}, format="json"
+    )
+    assert response.status_code == 202, response.content
+    assert PfaSyncLog.objects.get(pk=response.json()["logId"]).allow_mass_delete is True
+    response = client_for(staff).post("/api/sync/trigger", {"organizationId": "HOU"}, format="json")
+    assert PfaSyncLog.objects.get(pk=response.json()["logId"]).allow_mass_delete is False
+
+
+def test_a_non_staff_user_asking_for_a_mass_deletion_is_403(rio, rio_user):
+    response = client_for(rio_user).post(
+        "/api/sync/trigger", {"organizationId": "RIO", "allowMassDelete": True}, format="json"
+    )
+    body = assert_error(response, 403, "FORBIDDEN")
+    assert "allowMassDelete" in body["message"]
+    assert not PfaSyncLog.objects.exists()
+    response = client_for(rio_user).post(
+        "/api/sync/trigger", {"organizationId": "RIO", "allowMassDelete": False}, format="json"
+    )
+    assert response.status_code == 202
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"organizationId": "RIO", "allowMassDelete": "true"},
+        {"organizationId": "RIO", "allowMassDelete": 1},
+        {"organizationId": "RIO", "allowMassDelete": None},
+        {"organizationId": "RIO", "allowMassDelete": True, "syncType": "incremental"},
+        {"allowMassDelete": True},  # every organization at once: never
+    ],
+)
+def test_allow_mass_delete_must_be_a_boolean_on_a_full_read_of_one_organization(rio, payload):
+    staff = make_user("staff", is_staff=True)
+    body = assert_error(client_for(staff).post("/api/sync/trigger", payload, format="json"), 400, "VALIDATION_ERROR")
+    assert set(body["fields"]) == {"allowMassDelete"} and "allowMassDelete" in body["message"]
+    assert not PfaSyncLog.objects.exists()
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite serializes writers; the race needs PostgreSQL")
 def test_twenty_concurrent_triggers_start_exactly_one_run():
@@ -413,6 +457,24 @@ def test_worker_status(rio, hou, rio_user, settings):
     assert (worker["enabled"], worker["running"], worker["nextRun"]) == (False, True, None)
     assert worker["interval"] == settings.SYNC_INTERVAL
     assert worker["lastRuns"] == {"RIO": None}  # HOU's run is not this user's to see
+    assert worker["fullSync"] == {"enabled": False, "nextRun": None, "interval": settings.SYNC_FULL_INTERVAL}
+
+
+def test_worker_status_shows_both_schedules_and_their_next_runs(rio_user, settings):
+    settings.ENABLE_SYNC_WORKER = True
+    settings.SYNC_INTERVAL = "*/15 * * * *"
+    settings.SYNC_FULL_INTERVAL = "0 3 * * *"
+    call_command("setup_schedules")
+    worker = client_for(rio_user).get("/api/sync/worker-status").json()["worker"]
+    tick, full = (parse_datetime(worker["nextRun"]), parse_datetime(worker["fullSync"]["nextRun"]))
+    assert worker["enabled"] is True and worker["interval"] == "*/15 * * * *" and tick.minute % 15 == 0
+    assert (worker["fullSync"]["enabled"], worker["fullSync"]["interval"]) == (True, "0 3 * * *")
+    assert (full.hour, full.minute) == (3, 0) and full > timezone.now()
+    settings.SYNC_FULL_INTERVAL = ""
+    call_command("setup_schedules")
+    worker = client_for(rio_user).get("/api/sync/worker-status").json()["worker"]
+    assert worker["fullSync"] == {"enabled": False, "nextRun": None, "interval": None}
+    assert worker["nextRun"] is not None
 
 
 # --- schema and docs ------------------------------------------------------------------------------
@@ -424,6 +486,12 @@ def test_schema_and_docs_are_served():
     paths = schema.json()["paths"]
     assert {"/api/sync/trigger", "/api/sync/status", "/api/sync/status/{key}", "/api/organizations"} <= set(paths)
     assert set(paths["/api/sync/trigger"]["post"]["responses"]) == {"202", "400", "401", "403", "404", "409"}
+    components = schema.json()["components"]["schemas"]
+    assert components["SyncTriggerInput"]["properties"]["allowMassDelete"]["type"] == "boolean"
+    assert set(components["Worker"]["properties"]["fullSync"]["allOf"][0].values()) == {
+        "#/components/schemas/FullSyncSchedule"
+    }
+    assert set(components["FullSyncSchedule"]["properties"]) == {"enabled", "nextRun", "interval"}
     docs = APIClient().get("/api/docs/")
     assert docs.status_code == 200
     assert b"/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in docs.content

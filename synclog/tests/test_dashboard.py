@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.contrib.messages import get_messages
+from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
@@ -62,6 +63,55 @@ def test_dashboard_shows_the_worker_and_one_row_per_organization(admin_client, s
     assert '<td class="mirror-size">1</td>' in rio_row and "Completed" in rio_row
     assert "never" in hou_row
     assert 'http-equiv="refresh"' not in body
+
+
+def test_dashboard_shows_both_schedules_and_their_next_runs(admin_client, settings):
+    settings.ENABLE_SYNC_WORKER = True
+    settings.SYNC_INTERVAL = "*/15 * * * *"
+    settings.SYNC_FULL_INTERVAL = "0 3 * * *"
+    call_command("setup_schedules")
+    worker = re.search(r'<dl class="worker" id="worker">.*?</dl>', admin_client.get(DASHBOARD).content.decode(), re.S)
+    worker = worker.group(0)
+    assert "<code>*/15 * * * *</code>" in worker and "<code>0 3 * * *</code>" in worker
+    next_runs = re.findall(r"<dt>Next (incremental|full) read</dt><dd>\s*(.*?)\s*</dd>", worker, re.S)
+    assert [kind for kind, _ in next_runs] == ["incremental", "full"]
+    assert all(" (in " in text for _, text in next_runs), next_runs
+    settings.SYNC_FULL_INTERVAL = ""
+    call_command("setup_schedules")
+    body = admin_client.get(DASHBOARD).content.decode()
+    assert "none (SYNC_FULL_INTERVAL is empty)" in body
+    assert re.search(r"<dt>Next full read</dt><dd>\s*not scheduled\s*</dd>", body)
+
+
+def test_an_organization_whose_last_full_read_held_back_deletions_shows_a_warning(admin_client):
+    rio, hou = configured("RIO"), configured("HOU")
+    message = "1,200 of 2,000 records (60.0%) are gone from PEMS: more than 10%, so none were deleted."
+    run(
+        rio,
+        ago=timedelta(hours=1),
+        sync_type=PfaSyncLog.SyncType.FULL,
+        error_message=message,
+        error_details={"deletions_held_back": 1200},
+    )
+    run(rio, SyncStatus.FAILED, ago=timedelta(minutes=5))  # the warning is the last *completed* read's
+    run(hou, ago=timedelta(minutes=5), error_details={"deletions_held_back": 0})
+    body = admin_client.get(DASHBOARD).content.decode()
+    warning = re.search(r'<div class="deletions-held-back" role="alert">(.*?)</div>', org_row(body, "RIO"), re.S)
+    assert warning and message in warning.group(1) and "1200" in warning.group(1)
+    assert "deletions-held-back" in body.split("<style>", 1)[1].split("</style>", 1)[0]  # styled to stand out
+    assert 'class="deletions-held-back"' not in org_row(body, "HOU")
+    run(rio, ago=timedelta(minutes=1))  # a later completed read without held-back deletions
+    assert 'class="deletions-held-back"' not in org_row(admin_client.get(DASHBOARD).content.decode(), "RIO")
+
+
+def test_mirror_size_counts_only_records_not_deleted_in_pems(admin_client):
+    rio = configured("RIO")
+    for n, deleted_at in enumerate([None, None, timezone.now() - timedelta(days=1)]):
+        PfaMirror.objects.create(
+            organization=rio, pfa_id=f"PFA-{n}", data={}, content_hash="0" * 32, deleted_at=deleted_at
+        )
+    body = admin_client.get(DASHBOARD).content.decode()
+    assert '<td class="mirror-size">2</td>' in org_row(body, "RIO")
 
 
 def test_a_sync_older_than_two_intervals_is_highlighted(admin_client, settings):

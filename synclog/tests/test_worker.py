@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from django.db import connection
 from django.utils import timezone
-from django_q.models import Schedule
+from django_q.models import Schedule, Task
 from django_q.tasks import async_task, fetch
 
 from mirror.models import PfaMirror
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
-from synclog.engine import sync_claim
+from synclog.engine import sync_claim, sync_organizations
 from synclog.models import PfaSyncLog, SyncStatus
-from synclog.worker import SCHEDULE_NAME
+from synclog.worker import FULL_SCHEDULE, SCHEDULE_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
@@ -130,6 +130,36 @@ def test_scheduled_tick_syncs_every_configured_organization(clusters, organizati
     assert PfaMirror.objects.count() == 330
     assert cluster.terminate() < 30
     assert "Background sync worker stopped" in cluster.output()
+
+
+def test_full_read_due_with_the_tick_reads_every_organization_in_full(clusters, organizations, pems_server):
+    # A first read is always full: read once, so a scheduled incremental read would stay incremental.
+    sync_organizations(organizations=organizations, trigger="command", sync_type=PfaSyncLog.SyncType.FULL)
+    cluster = clusters(SYNC_INTERVAL="*/15 * * * *", SYNC_FULL_INTERVAL="0 3 * * *")
+    assert "Scheduled full reads '0 3 * * *'" in cluster.output()
+    assert set(Schedule.objects.values_list("name", "func")) == {
+        (SCHEDULE_NAME, "synclog.tasks.sync_tick"),
+        (FULL_SCHEDULE.name, "synclog.tasks.sync_full"),
+    }
+    # Both due at the same moment, as 03:00 is in these crons: the scheduler fires both in one pass.
+    due = (timezone.now() - timedelta(days=1)).replace(hour=3, minute=0, second=0, microsecond=0)
+    Schedule.objects.update(next_run=due)
+    tasks = wait_until(
+        lambda: Task.objects.filter(group__in=[SCHEDULE_NAME, FULL_SCHEDULE.name]).count() == 2
+        and {t.group: t for t in Task.objects.all()},
+        timeout=90,
+        what="both scheduled tasks",
+    )
+    assert tasks[SCHEDULE_NAME].success and "left to the full read" in tasks[SCHEDULE_NAME].result
+    for code, total in (("RIO", 250), ("HOU", 80)):
+        scheduled = runs(code).filter(trigger="schedule")
+        done = wait_until(
+            lambda scheduled=scheduled: scheduled.filter(status=SyncStatus.COMPLETED).first(),
+            timeout=60,
+            what=f"{code}'s scheduled read",
+        )
+        assert scheduled.count() == 1 and (done.sync_type, done.records_processed) == ("full", total)
+    assert Schedule.objects.get(name=FULL_SCHEDULE.name).next_run > timezone.now()
 
 
 def test_tick_during_a_long_sync_does_not_overlap_it(clusters, organizations, pems_server):

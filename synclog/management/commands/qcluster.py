@@ -1,4 +1,4 @@
-"""`manage.py qcluster`: django-q2's cluster, with the sync schedule, leases and a graceful stop.
+"""`manage.py qcluster`: django-q2's cluster, with the sync schedules, leases and a graceful stop.
 
 On SIGTERM or SIGINT a running sync finishes its current page, is marked `cancelled` and frees its
 organization before the cluster exits (django-q2 alone would let it run to its end).
@@ -8,11 +8,16 @@ import logging
 import signal
 import threading
 
-from django.conf import settings
 from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as DjangoQClusterCommand
 
-from synclog.worker import install_shutdown_event, schedule_upsert, sync_expire_stale_runs
+from synclog.worker import (
+    FULL_SCHEDULE,
+    TICK_SCHEDULE,
+    install_shutdown_event,
+    schedules_upsert,
+    sync_expire_stale_runs,
+)
 
 logger = logging.getLogger("synclog.worker")
 
@@ -21,18 +26,23 @@ class Command(DjangoQClusterCommand):
     help = "Start the background sync worker (a django-q2 cluster)."
 
     def handle(self, *args, **options):
-        schedule = schedule_upsert()
+        rows = schedules_upsert()
         expired = sync_expire_stale_runs()
         if expired:
             logger.warning("Marked %d run(s) failed whose worker was lost", len(expired))
-        if schedule is None:
-            logger.info("Background sync worker started; the schedule is disabled (ENABLE_SYNC_WORKER=false)")
+        tick, full = rows[TICK_SCHEDULE], rows[FULL_SCHEDULE]
+        if tick is None:
+            logger.info("Background sync worker started; the schedules are disabled (ENABLE_SYNC_WORKER=false)")
         else:
             logger.info(
                 "Background sync worker started with interval %r (next run %s)",
-                settings.SYNC_INTERVAL,
-                schedule.next_run.isoformat(),
+                tick.cron,
+                tick.next_run.isoformat(),
             )
+            if full is None:
+                logger.info("Scheduled full reads are disabled (%s)", FULL_SCHEDULE.off_reason)
+            else:
+                logger.info("Scheduled full reads %r (next run %s)", full.cron, full.next_run.isoformat())
         shutdown = install_shutdown_event()  # before the cluster forks, so every worker shares it
         cluster = Cluster()
         stopping = threading.Event()

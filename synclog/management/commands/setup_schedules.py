@@ -1,23 +1,28 @@
-"""`manage.py setup_schedules`: create, update or remove the sync schedule from the environment."""
+"""`manage.py setup_schedules`: create, update or remove the sync schedules from the environment."""
 
-from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from synclog.worker import schedule_upsert, scheduled_organizations
+from synclog.worker import scheduled_organizations, schedules_upsert
 
 
 class Command(BaseCommand):
-    help = "Create or update the background sync schedule from ENABLE_SYNC_WORKER / SYNC_INTERVAL (idempotent)."
+    help = (
+        "Create, update or remove the background sync schedules from ENABLE_SYNC_WORKER, SYNC_INTERVAL "
+        "(incremental reads) and SYNC_FULL_INTERVAL (full reads; empty: none). Idempotent."
+    )
 
     def handle(self, *args, **options):
-        schedule = schedule_upsert()
-        if schedule is None:
-            self.stdout.write("Background sync worker is disabled (ENABLE_SYNC_WORKER=false): no schedule.")
-            return
-        codes = ", ".join(o.code for o in scheduled_organizations()) or "none"
-        self.stdout.write(
-            self.style.SUCCESS(
-                f"Sync schedule {schedule.name!r}: cron {settings.SYNC_INTERVAL!r}, next run "
-                f"{schedule.next_run.isoformat()}, organizations: {codes}."
+        rows = schedules_upsert()
+        for schedule, row in rows.items():
+            if row is None:
+                self.stdout.write(f"Sync schedule {schedule.name!r} is disabled ({schedule.off_reason}).")
+                continue
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"Sync schedule {schedule.name!r}: cron {schedule.cron!r} ({schedule.setting}), "
+                    f"next run {row.next_run.isoformat()}."
+                )
             )
-        )
+        if any(rows.values()):
+            codes = ", ".join(o.code for o in scheduled_organizations()) or "none"
+            self.stdout.write(f"Organizations: {codes}.")

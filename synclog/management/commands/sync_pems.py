@@ -32,8 +32,15 @@ class Command(BaseCommand):
             action="store_true",
             help="read every record (default: only those saved since the last completed read)",
         )
+        parser.add_argument(
+            "--allow-mass-delete",
+            action="store_true",
+            help="with --full: mark the records PEMS no longer holds deleted even past SYNC_DELETE_GUARD_PERCENT",
+        )
 
     def handle(self, *args, **options):
+        if options["allow_mass_delete"] and not options["full"]:
+            raise CommandError("--allow-mass-delete needs --full: only a full read finds the records PEMS deleted.")
         organizations = self._organizations(options["orgs"])
         stop = threading.Event()
         progress = _ProgressLine(self.stdout)
@@ -43,6 +50,7 @@ class Command(BaseCommand):
                 organizations=organizations,
                 trigger=PfaSyncLog.Trigger.COMMAND,
                 sync_type=PfaSyncLog.SyncType.FULL if options["full"] else PfaSyncLog.SyncType.INCREMENTAL,
+                allow_mass_delete=options["allow_mass_delete"],
                 stop=stop,
                 on_progress=progress.update,
             )
@@ -78,12 +86,23 @@ class Command(BaseCommand):
         return handle
 
     def _print_summary(self, outcomes: list[SyncOutcome]) -> None:
-        header = ("Org", "Status", "Total", "Processed", "Inserted", "Updated", "Unchanged", "Errored", "Duration")
+        header = (
+            "Org",
+            "Status",
+            "Total",
+            "Processed",
+            "Inserted",
+            "Updated",
+            "Unchanged",
+            "Deleted",
+            "Errored",
+            "Duration",
+        )
         rows = [header]
         for outcome in outcomes:
             log = outcome.sync_log
             if log is None:
-                rows.append((outcome.organization.code, "skipped", "", "", "", "", "", "", ""))
+                rows.append((outcome.organization.code, "skipped", *[""] * (len(header) - 2)))
                 continue
             rows.append(
                 (
@@ -94,6 +113,7 @@ class Command(BaseCommand):
                     _n(log.records_inserted),
                     _n(log.records_updated),
                     _n(log.records_unchanged),
+                    _n(log.records_deleted),
                     _n(log.records_errored),
                     f"{(log.duration_ms or 0) / 1000:.1f}s",
                 )
