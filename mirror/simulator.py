@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import collections
 import datetime as dt
 import logging
+import math
 import random
 import re
 import secrets
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import chain
+from operator import itemgetter
 from typing import Any
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
@@ -83,9 +86,13 @@ OPERATORS = frozenset(
     {"=", "!=", "<", ">", "<=", ">=", "BEGINS", "ENDS", "CONTAINS", "NOTCONTAINS", "IN", "IS EMPTY", "NOT EMPTY"}
 )
 REQUEST_TYPES = frozenset({"LIST.DATA_ONLY.STORED", "LIST.HEAD_DATA.STORED", "LIST.COUNT.STORED"})
-FAULT_KINDS = frozenset({"status", "hang", "truncate", "non_json", "reset"})
+FAULT_KINDS = frozenset({"status", "hang", "truncate", "non_json", "reset", "empty", "oversize"})
 FAULT_TARGETS = frozenset({"any", "grid", "count", "record"})
 CORRUPTION_KINDS = ("bad_date", "bad_decimal", "missing_id", "bad_flag")
+# Opt-in: values that break a parser or a numeric column rather than one field's format.
+POISON_KINDS = ("huge_decimal", "huge_number", "lone_surrogate", "bad_utf8")
+HUGE_DECIMAL = "123456789012345678901234567.12345"
+HUGE_NUMBER = "9" * 5000
 SHAPES = frozenset({"A", "B"})
 AUTH_FAILURE_STATUSES = frozenset({400, 401, 500})
 
@@ -346,13 +353,28 @@ def number_key(value: str) -> float | None:
     return key
 
 
+def text_key(value: str) -> str | None:
+    """Order text by code point, as a tenant on a binary collation does; None if empty."""
+    return value or None
+
+
+def folded_text_key(value: str) -> str | None:
+    """Text for case-insensitive matching; None if empty."""
+    return value.lower() if value else None
+
+
 def typed_key(column_type: str) -> Callable[[str], Any]:
-    """Return the function that makes a value comparable for a column type."""
+    """Return the function that orders values of a column type for ``<``, ``>``, ``<=``, ``>=`` and sorts.
+
+    Text orders by raw code point (``"Z" < "a"``), never case-folded, so that a ``pfs_id ASC``
+    sort and a ``pfs_id > LASTKEY`` filter always agree, as keyset paging needs. Equality,
+    ``IN`` and the text operators (BEGINS, CONTAINS, ...) stay case-insensitive.
+    """
     if column_type in ("DATE", "DATETIME"):
         return date_key
     if column_type in ("DECIMAL", "NUMBER"):
         return number_key
-    return lambda value: value.lower() if value else None
+    return text_key
 
 
 class BadRequest(Exception):
@@ -397,6 +419,8 @@ def _condition(alias: str, operator: str, value: str) -> Callable[[tuple[str, ..
     if operator == "NOTCONTAINS":
         return lambda row: bool(row[index]) and needle not in row[index].lower()
     key = typed_key(COLUMN_TYPES[alias])
+    if key is text_key and operator in ("=", "!=", "IN"):
+        key = folded_text_key
     if operator == "IN":
         wanted = set()
         for part in value.split(","):
@@ -538,6 +562,26 @@ def compile_filters(entries: tuple[tuple[Any, ...], ...]) -> Callable[[tuple[str
     return predicate
 
 
+def split_keyset_bounds(
+    filters: tuple[tuple[Any, ...], ...],
+) -> tuple[tuple[tuple[Any, ...], ...], list[tuple[str, str]]] | None:
+    """Split a flat AND chain into its other entries and its ``pfs_id >``/``>=`` bounds as
+    (operator, value); None unless the filters are such a chain with at least one bound."""
+    if any(lparen or rparen for *_, lparen, rparen in filters):
+        return None
+    # A joiner links an entry to the next one: the last entry's joiner links nothing.
+    if any(entry[3] == "OR" for entry in filters[:-1]):
+        return None
+    others, bounds = [], []
+    for entry in filters:
+        alias, operator, value = entry[:3]
+        if alias == "pfs_id" and operator in (">", ">="):
+            bounds.append((operator, value))
+        else:
+            others.append(entry)
+    return (tuple(others), bounds) if bounds else None
+
+
 def normalize_sort(body: dict[str, Any]) -> tuple[str, bool]:
     """Validate ADDON_SORT into (alias, descending); default pfs_id ascending."""
     sort = body.get("ADDON_SORT")
@@ -559,7 +603,7 @@ def normalize_sort(body: dict[str, Any]) -> tuple[str, bool]:
 
 
 def _sort_rows(rows: list[tuple[str, ...]], alias: str, descending: bool) -> list[tuple[str, ...]]:
-    """Sort rows by one typed column; empty or unreadable values sort lowest."""
+    """Sort rows by one typed column; empty or unreadable values sort lowest, text by code point."""
     index = INDEX[alias]
     column_type = COLUMN_TYPES[alias]
     if column_type in ("DATE", "DATETIME"):
@@ -574,9 +618,18 @@ def _sort_rows(rows: list[tuple[str, ...]], alias: str, descending: bool) -> lis
     else:
 
         def key(row: tuple[str, ...]) -> Any:
-            return row[index].lower()
+            return row[index]
 
     return sorted(rows, key=key, reverse=descending)
+
+
+def _next_recordid(value: str) -> str:
+    """The recordid a save gives: one more, or 1 when the old one is no number a save can count on
+    (a poisoned ``huge_number`` overflows every integer type)."""
+    number = number_key(value)
+    if number is None or not math.isfinite(number):
+        return "1"
+    return str(int(number) + 1)
 
 
 def _to_int(value: Any, name: str, default: int) -> int:
@@ -598,14 +651,38 @@ def _to_int(value: Any, name: str, default: int) -> int:
 # ---------------------------------------------------------------------------
 
 
+class RawJsonValue(str):
+    """A cell value served as the exact bytes ``raw`` inside its JSON string, even bytes no JSON
+    encoder would write (a lone surrogate escape, invalid UTF-8). As a str it is the readable text
+    a lenient client would decode, with U+FFFD for what cannot be decoded."""
+
+    raw: bytes
+
+    def __new__(cls, readable: str, raw: bytes) -> RawJsonValue:
+        value = super().__new__(cls, readable)
+        value.raw = raw
+        return value
+
+
 def _needs_escape(row: tuple[str, ...]) -> bool:
-    """Whether a value of the row must be escaped in JSON (orjson escapes with a backslash)."""
-    return b"\\" in orjson.dumps(row)
+    """Whether the row cannot be served as its plain values: JSON must escape one of them (orjson
+    escapes with a backslash) or one is a RawJsonValue."""
+    try:
+        # Passing subclasses through makes orjson refuse a RawJsonValue instead of writing its text.
+        return b"\\" in orjson.dumps(row, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+    except orjson.JSONEncodeError:
+        return True
 
 
 def _json_escaped(row: tuple[str, ...]) -> tuple[str, ...]:
-    """The row's values as they read inside JSON strings."""
-    return tuple(orjson.dumps(value).decode()[1:-1] for value in row)
+    """The row's values as they read inside JSON strings; a RawJsonValue's bytes are carried as
+    surrogate escapes, which _rows_json encodes back into those very bytes."""
+    return tuple(
+        value.raw.decode("utf-8", "surrogateescape")
+        if isinstance(value, RawJsonValue)
+        else orjson.dumps(value).decode()[1:-1]
+        for value in row
+    )
 
 
 class _Org:
@@ -755,6 +832,9 @@ class PemsSimulator:
         pfa_id = str(row.get("pfs_id") or "")
         if not pfa_id:
             raise ValueError("pfs_id is required")
+        if pfa_id.startswith("\x00"):
+            # Reserved for the storage keys of rows without an id, which must sort first.
+            raise ValueError("pfs_id cannot start with NUL")
         values = {alias: "" if row.get(alias) is None else str(row[alias]) for alias in ALIASES}
         values.update(pfs_id=pfa_id, pfs_a_org=org, pfs_recordid="1", pfs_lastmodified=self.now())
         with self._lock:
@@ -775,11 +855,11 @@ class PemsSimulator:
             if pfa_id not in data.rows:
                 raise KeyError(f"{pfa_id} not found in {org}")
             values = dict(zip(ALIASES, data.rows[pfa_id]))
-            recordid = int(number_key(values["pfs_recordid"]) or 0) + 1
+            recordid = _next_recordid(values["pfs_recordid"])
             values.update({alias: "" if value is None else str(value) for alias, value in changes.items()})
             # Explicit values let tests stage rows "saved" at a chosen time.
             if "pfs_recordid" not in changes:
-                values["pfs_recordid"] = str(recordid)
+                values["pfs_recordid"] = recordid
             if "pfs_lastmodified" not in changes:
                 values["pfs_lastmodified"] = self.now()
             values["pfs_a_org"] = org
@@ -796,11 +876,40 @@ class PemsSimulator:
             data.remove(pfa_id)
             self._bump()
 
+    def move_row(self, org: str, pfa_id: str, to_org: str) -> dict[str, str]:
+        """Move a row to another organization as a PEMS user's save would: pfs_a_org becomes
+        ``to_org``, recordid + 1, lastmodified now. KeyError if the row or an organization does
+        not exist, ValueError if ``to_org`` already has the key."""
+        with self._lock:
+            source, target = self._org(org), self._org(to_org)
+            if pfa_id not in source.rows:
+                raise KeyError(f"{pfa_id} not found in {org}")
+            if pfa_id in target.rows:
+                raise ValueError(f"{pfa_id} already exists in {to_org}")
+            values = list(source.rows[pfa_id])
+            values[ORG] = to_org
+            values[RECORDID] = _next_recordid(values[RECORDID])
+            values[LASTMOD] = self.now()
+            source.remove(pfa_id)
+            target.put(pfa_id, tuple(values))
+            self._bump()
+        return dict(zip(ALIASES, values))
+
     def corrupt_rows(self, org: str, count: int, kinds: Iterable[str] = CORRUPTION_KINDS) -> list[str]:
-        """Make ``count`` existing rows malformed (persistently); returns the pfs_ids they had."""
+        """Make ``count`` existing rows malformed (persistently), the kinds taken in turn; returns
+        the pfs_ids they had.
+
+        CORRUPTION_KINDS break one field's format. POISON_KINDS, only when asked for, break more:
+        ``huge_decimal`` (the amount has more digits than a decimal(18,4) or a 28-digit Decimal
+        context hold), ``huge_number`` (a 5000-digit recordid), ``lone_surrogate`` (pfs_f_model is
+        served as a ``\\ud800`` escape before its text) and ``bad_utf8`` (pfs_f_manufacturer is
+        served with the bytes FF FE before its text). The last two are RawJsonValues: get_row and
+        rows() read them as U+FFFD followed by the text.
+        """
         kinds = tuple(kinds)
-        if not kinds or set(kinds) - set(CORRUPTION_KINDS):
-            raise ValueError(f"kinds must be among {', '.join(CORRUPTION_KINDS)}")
+        known = CORRUPTION_KINDS + POISON_KINDS
+        if not kinds or set(kinds) - set(known):
+            raise ValueError(f"kinds must be among {', '.join(known)}")
         with self._lock:
             data = self._org(org)
             candidates = sorted(key for key in data.rows if not key.startswith("\x00"))
@@ -820,6 +929,18 @@ class PemsSimulator:
                     values[column] = "1,2x4.5.0"
                 elif kind == "bad_flag":
                     values["pfs_f_actualized"] = "X"
+                elif kind == "huge_decimal":
+                    column = "pfs_f_purchase" if values["pfs_f_source"] == "Purchase" else "pfs_f_rental"
+                    values[column] = HUGE_DECIMAL
+                elif kind == "huge_number":
+                    values["pfs_recordid"] = HUGE_NUMBER
+                elif kind == "lone_surrogate":
+                    model = values["pfs_f_model"]
+                    values["pfs_f_model"] = RawJsonValue("\ufffd" + model, b"\\ud800" + orjson.dumps(model)[1:-1])
+                elif kind == "bad_utf8":
+                    maker = values["pfs_f_manufacturer"]
+                    raw = b"\xff\xfe" + orjson.dumps(maker)[1:-1]
+                    values["pfs_f_manufacturer"] = RawJsonValue("\ufffd\ufffd" + maker, raw)
                 else:
                     # The row stays in the grid without an id, so it needs another storage key.
                     values["pfs_id"] = ""
@@ -847,7 +968,7 @@ class PemsSimulator:
             now = self.now()
             for pfa_id in chosen:
                 values = list(data.rows[pfa_id])
-                values[RECORDID] = str(int(number_key(values[RECORDID]) or 0) + 1)
+                values[RECORDID] = _next_recordid(values[RECORDID])
                 values[LASTMOD] = now
                 data.put(pfa_id, tuple(values))
             if chosen:
@@ -897,13 +1018,17 @@ class PemsSimulator:
         seconds: float | None = None,
         target: str = "any",
         empty_body: bool | None = None,
+        bytes: int | None = None,  # noqa: A002 - the option's name in the control API
     ) -> dict[str, Any]:
         """Make the next ``count`` matching API requests fail in the given way.
 
         ``status`` answers ``status`` (default 503) with an EAM error body; a 500 has
         an empty body unless ``empty_body=False``. ``hang`` waits ``seconds`` before
         answering, ``truncate`` cuts the body short, ``non_json`` answers HTML,
-        ``reset`` closes the connection without answering.
+        ``reset`` closes the connection without answering. ``empty`` answers a grid
+        data request (never a count or a record, whatever the target) with no rows
+        that still claims more, on the cursor asked for. ``oversize`` pads the answer
+        with ``bytes`` (default 1,000,000) bytes of leading JSON whitespace.
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
@@ -911,6 +1036,12 @@ class PemsSimulator:
             raise ValueError(f"unknown fault target {target!r}")
         if int(count) < 1:
             raise ValueError("count must be 1 or more")
+        if kind == "empty" and target not in ("any", "grid"):
+            raise ValueError("an empty fault applies to grid data requests: target must be 'grid' or 'any'")
+        if kind == "oversize":
+            bytes = 1_000_000 if bytes is None else int(bytes)
+            if bytes < 1:
+                raise ValueError("bytes must be 1 or more")
         if kind == "status":
             status = int(status or 503)
             if not 100 <= status <= 599:
@@ -927,6 +1058,7 @@ class PemsSimulator:
             "seconds": None if seconds is None else float(seconds),
             "target": target,
             "empty_body": bool(empty_body),
+            "bytes": bytes,
         }
         with self._lock:
             self._faults.append(fault)
@@ -949,7 +1081,7 @@ class PemsSimulator:
     def _take_fault(self, category: str) -> dict[str, Any] | None:
         with self._lock:
             for fault in self._faults:
-                if fault["target"] in ("any", category):
+                if fault["target"] in ("any", category) and (fault["kind"] != "empty" or category == "grid"):
                     fault["count"] -= 1
                     if fault["count"] <= 0:
                         self._faults.remove(fault)
@@ -1077,8 +1209,37 @@ class PemsSimulator:
                     self._cache.popitem(last=False)
         return rows, escaped
 
-    def grid(self, body: Any, organization: str, default_shape: str) -> tuple[dict[str, Any], bool]:
-        """Answer a grid request body; returns (ResultData, is_count)."""
+    def _select(
+        self, organization: str, filters: tuple[tuple[Any, ...], ...], sort: tuple[str, bool]
+    ) -> tuple[list[tuple[str, ...]], int, dict[tuple[str, ...], tuple[str, ...]]]:
+        """A query's answer as ``rows[start:]``, with the JSON-escaped values as in ``query()``.
+
+        A keyset page (sorted ``pfs_id ASC``, a flat AND chain with ``pfs_id >``/``>=`` bounds)
+        bisects into the cached result of its other filters instead of scanning again, so every
+        page of a keyset read shares one scan. The answer is the one ``query()`` would give:
+        the result is sorted by the very key the bounds compare, and an empty pfs_id, which no
+        bound admits, sorts lowest.
+        """
+        keyset = split_keyset_bounds(filters) if sort == ("pfs_id", False) else None
+        if keyset is None:
+            rows, escaped = self.query(organization, filters, sort)
+            return rows, 0, escaped
+        others, bounds = keyset
+        rows, escaped = self.query(organization, others, sort)
+        start, row_id = 0, itemgetter(ID)
+        for operator, value in bounds:
+            find = bisect.bisect_right if operator == ">" else bisect.bisect_left
+            start = max(start, find(rows, value, key=row_id))
+        return rows, start, escaped
+
+    def grid(
+        self, body: Any, organization: str, default_shape: str, *, empty_page: bool = False
+    ) -> tuple[dict[str, Any], bool]:
+        """Answer a grid request body; returns (ResultData, is_count).
+
+        ``empty_page`` (the ``empty`` fault) answers a data request with no rows that still
+        claims more: the cursor does not advance.
+        """
         if not isinstance(body, dict):
             raise BadRequest("Request body must be a JSON object")
         grid = body.get("GRID")
@@ -1102,19 +1263,22 @@ class PemsSimulator:
         filters = normalize_filters(body)
         compile_filters(filters)  # validate before touching data, even on a cache hit
         sort = normalize_sort(body)
-        rows, escaped = self.query(organization, filters, sort)
+        rows, start, escaped = self._select(organization, filters, sort)
+        total = len(rows) - start
         shape = self.shape or default_shape
         if request_type == "LIST.COUNT.STORED":
-            total = str(len(rows))
             if shape == "A":
-                return {"TOTAL-COUNT": total}, True
-            return {"GRID": {"GRIDID": GRID_ID, "GRIDNAME": GRID_NAME, "TOTAL-COUNT": total}}, True
-        page = rows[cursor - 1 : cursor - 1 + min(wanted, self.row_cap)]
+                return {"TOTAL-COUNT": str(total)}, True
+            return {"GRID": {"GRIDID": GRID_ID, "GRIDNAME": GRID_NAME, "TOTAL-COUNT": str(total)}}, True
+        first = start + cursor - 1
+        page = rows[first : first + min(wanted, self.row_cap)]
         if escaped:
             # The page is served as it is but for these (usually no) rows.
             page = [escaped.get(row, row) for row in page]
         last = cursor - 1 + len(page)
-        more = last < len(rows)
+        more = last < total
+        if empty_page:
+            page, last, more = [], cursor - 1, True
         metadata = {
             "CURRENTCURSORPOSITION": str(last),
             "MORERECORDPRESENT": "+" if more else "-",
@@ -1265,7 +1429,7 @@ def _rows_json(page: list[tuple[str, ...]], pieces: tuple[str, ...]) -> _Chunks:
         strings = [""] * (2 * len(before_values) * len(rows))
         strings[::2] = before_values * len(rows)
         strings[1::2] = chain.from_iterable(rows)
-        parts.append("".join(strings).encode())
+        parts.append("".join(strings).encode("utf-8", "surrogateescape"))
     # The first row has none before it to close.
     parts[0] = b"[" + parts[0].removeprefix(f"{tail},".encode())
     parts.append(f"{tail}]".encode())
@@ -1281,12 +1445,16 @@ def _json_chunks(payload: Any) -> list[bytes]:
     spliced: list[_Chunks] = []
 
     def placeholder(value: Any) -> orjson.Fragment:
+        if isinstance(value, RawJsonValue):
+            # A record's poisoned value: served as the grid serves it.
+            return orjson.Fragment(b'"' + value.raw + b'"')
         if not isinstance(value, _Chunks):
             raise TypeError(f"{type(value).__name__} is not JSON serializable")
         spliced.append(value)
         return _PLACEHOLDER
 
-    head, *tails = orjson.dumps(payload, default=placeholder).split(b"\x00")
+    option = orjson.OPT_PASSTHROUGH_SUBCLASS
+    head, *tails = orjson.dumps(payload, default=placeholder, option=option).split(b"\x00")
     chunks = [head]
     for value, tail in zip(spliced, tails, strict=True):
         chunks += value.parts
@@ -1311,6 +1479,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "PEMS-Simulator/1.0"
+    # A page goes out in several writes; Nagle's algorithm would hold each one back for
+    # the client's delayed ACK, some 40 ms a page.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -1456,8 +1627,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"<html>Service Unavailable</html>", content_type="text/html")
             return
 
-        status, result = self._api_result(sim, route, key, payload)
+        empty_page = fault is not None and fault["kind"] == "empty"
+        status, result = self._api_result(sim, route, key, payload, empty_page=empty_page)
         chunks = _json_chunks(result)
+        if fault and fault["kind"] == "oversize":
+            # Leading whitespace: a client meets all of it before the answer's first byte.
+            chunks.insert(0, b" " * fault["bytes"])
         entry["status"] = status
         if fault and fault["kind"] == "truncate":
             body = b"".join(chunks)
@@ -1475,7 +1650,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(status, chunks)
 
-    def _api_result(self, sim: PemsSimulator, route: str, key: str, payload: Any) -> tuple[int, Any]:
+    def _api_result(
+        self, sim: PemsSimulator, route: str, key: str, payload: Any, *, empty_page: bool = False
+    ) -> tuple[int, Any]:
         headers = self.headers
         try:
             tenant = (headers.get("tenant") or "").strip()
@@ -1497,7 +1674,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "The organization header is required.",
                     name="com.dstm.mp.businessprocess.InvalidOrganizationException",
                 )
-            data, _ = sim.grid(payload, organization, "A" if route == "grids" else "B")
+            data, _ = sim.grid(payload, organization, "A" if route == "grids" else "B", empty_page=empty_page)
             return 200, _envelope(data, session_id)
         except BadRequest as error:
             return error.status, _error_body(error.name, error.message)
@@ -1540,6 +1717,8 @@ class _Handler(BaseHTTPRequestHandler):
         if route == ("DELETE", "rows", 3):
             sim.delete_row(parts[1], parts[2])
             return 200, {"deleted": True}
+        if route == ("POST", "rows", 4) and parts[3] == "move":
+            return 200, {"row": sim.move_row(parts[1], parts[2], str(_need(payload, "to")))}
         if route == ("POST", "orgs", 1):
             sim.add_organization(_need(payload, "org"), int(payload.get("count", 0)))
             return 201, sim.state()
@@ -1556,7 +1735,7 @@ class _Handler(BaseHTTPRequestHandler):
         if route == ("POST", "faults", 1):
             options = {
                 name: payload[name]
-                for name in ("count", "status", "retry_after", "seconds", "target", "empty_body")
+                for name in ("count", "status", "retry_after", "seconds", "target", "empty_body", "bytes")
                 if payload.get(name) is not None
             }
             fault = sim.inject_fault(str(payload.get("kind")), **options)

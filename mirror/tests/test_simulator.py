@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgspec
 import orjson
 import pytest
 import requests
@@ -19,11 +22,13 @@ from django.core.management.base import CommandError
 from mirror.simulator import (
     ALIASES,
     COLUMNS,
+    CORRUPTION_KINDS,
     DEFAULT_API_KEY,
     DEFAULT_PASSWORD,
     DEFAULT_TENANT,
     DEFAULT_USERNAME,
     NO_SESSION_EXCEPTION,
+    POISON_KINDS,
     PemsSimulator,
     SimulatorServer,
     parse_orgs,
@@ -204,6 +209,27 @@ def test_row_mutations_follow_pems_save_rules(sim):
     assert sim.get_row("RIO", "PFA-0000005") is None
     with pytest.raises(KeyError):
         sim.delete_row("RIO", "PFA-0000005")
+    with pytest.raises(ValueError):
+        sim.insert_row("RIO", {"pfs_id": "\x00PFA-1"})  # the storage keys of rows without an id
+
+
+def test_move_row_saves_the_row_into_another_organization(sim):
+    before = sim.get_row("RIO", "PFA-0000300")  # HOU's generated keys end at PFA-0000200
+    moved = sim.move_row("RIO", "PFA-0000300", "HOU")
+    assert sim.get_row("RIO", "PFA-0000300") is None
+    assert sim.get_row("HOU", "PFA-0000300") == moved
+    assert moved["pfs_a_org"] == "HOU" and int(moved["pfs_recordid"]) == int(before["pfs_recordid"]) + 1
+    assert moved["pfs_lastmodified"][:10] == sim.now()[:10]
+    unchanged = set(ALIASES) - {"pfs_a_org", "pfs_recordid", "pfs_lastmodified"}
+    assert {alias: moved[alias] for alias in unchanged} == {alias: before[alias] for alias in unchanged}
+    assert sim.organizations == {"RIO": 499, "HOU": 201}
+    with pytest.raises(KeyError):
+        sim.move_row("RIO", "PFA-0000300", "HOU")
+    with pytest.raises(ValueError):
+        sim.move_row("RIO", "PFA-0000007", "HOU")  # HOU has its own PFA-0000007
+    with pytest.raises(KeyError):
+        sim.move_row("RIO", "PFA-0000008", "NOPE")
+    assert sim.get_row("RIO", "PFA-0000007") is not None and sim.get_row("RIO", "PFA-0000008") is not None
 
 
 # --- grid reads ----------------------------------------------------------------------------------
@@ -366,6 +392,49 @@ def test_generated_rows_of_an_organization_whose_code_json_must_escape(http, ser
     assert shape_b_rows(post(http, server, body(), path=GRIDDATA, org='O"\\RG')) == expected
 
 
+def test_poison_rows_are_served_as_the_bytes_that_break_strict_parsers(http, server, sim):
+    twin = PemsSimulator(orgs={"RIO": 500}, seed=1, reference_time=REFERENCE_TIME)
+    decimal_id, number_id, surrogate_id, utf8_id = sim.corrupt_rows("RIO", 4, kinds=POISON_KINDS)
+    model = twin.get_row("RIO", surrogate_id)["pfs_f_model"]
+    maker = twin.get_row("RIO", utf8_id)["pfs_f_manufacturer"]
+    # Read back as a lenient client would decode them.
+    assert sim.get_row("RIO", surrogate_id)["pfs_f_model"] == "\ufffd" + model
+    assert sim.get_row("RIO", utf8_id)["pfs_f_manufacturer"] == "\ufffd\ufffd" + maker
+
+    served_a = post(http, server, body()).content
+    served_b = post(http, server, body(), path=GRIDDATA).content
+    assert b'"FIELDNAME":"pfs_f_model","FIELDVALUE":"\\ud800' + model.encode() + b'"' in served_a
+    assert b'"FIELDNAME":"pfs_f_manufacturer","FIELDVALUE":"\xff\xfe' + maker.encode() + b'"' in served_a
+    assert b'"ALIAS_NAME":"pfs_f_model","VALUE":"\\ud800' + model.encode() + b'"' in served_b
+    assert b'"ALIAS_NAME":"pfs_f_manufacturer","VALUE":"\xff\xfe' + maker.encode() + b'"' in served_b
+    for pfa_id in (surrogate_id, utf8_id):
+        alone = body(ADDON_FILTER={"ALIAS_NAME": "pfs_id", "OPERATOR": "=", "VALUE": pfa_id})
+        served = post(http, server, alone).content
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(served)
+        with pytest.raises((msgspec.DecodeError, UnicodeDecodeError)):
+            msgspec.json.decode(served)
+    record = http.get(record_url(server, f"{utf8_id}%23RIO"), headers=headers(), timeout=5)
+    assert b'"pfs_f_manufacturer":"\xff\xfe' + maker.encode() + b'"' in record.content
+
+    huge = body(ADDON_FILTER={"ALIAS_NAME": "pfs_id", "OPERATOR": "IN", "VALUE": f"{decimal_id},{number_id}"})
+    decimal_row, number_row = shape_a_rows(post(http, server, huge))
+    amount = "pfs_f_purchase" if decimal_row["pfs_f_source"] == "Purchase" else "pfs_f_rental"
+    assert decimal_row[amount] == "123456789012345678901234567.12345"
+    assert number_row["pfs_recordid"] == "9" * 5000
+
+    sim.touch_rows("RIO", 1.0)  # saving a poisoned row keeps its poison
+    assert post(http, server, body()).content.count(b"\xff\xfe" + maker.encode()) == 1
+
+
+def test_poison_kinds_are_opt_in(http, server, sim):
+    assert set(POISON_KINDS).isdisjoint(CORRUPTION_KINDS)
+    sim.corrupt_rows("RIO", 40)
+    assert len(orjson.loads(post(http, server, body()).content)["Result"]["ResultData"]["DATARECORD"]) == 500
+    with pytest.raises(ValueError):
+        sim.corrupt_rows("RIO", 1, kinds=["nonsense"])
+
+
 # --- filters and sort ------------------------------------------------------------------------------
 
 OPERATOR_CASES = [
@@ -480,6 +549,181 @@ def test_sort_desc_is_typed(http, server, sim):
         "PFA-0000499",
         "PFA-0000498",
     ]
+
+
+def test_text_orders_by_code_point_in_sorts_and_range_filters(http, server, sim):
+    for pfa_id, model in (("Zulu", "b"), ("alpha", "B"), ("PFA-0000100a", "a"), ("PFA-0000100b", "")):
+        sim.insert_row("RIO", {"pfs_id": pfa_id, "pfs_f_model": model})
+
+    def ids(
+        filters: list[dict[str, Any]], alias: str = "pfs_id", direction: str = "ASC", org: str = "RIO"
+    ) -> list[str]:
+        payload = body(
+            MULTIADDON_FILTERS={"MADDON_FILTER": filters}, ADDON_SORT={"ALIAS_NAME": alias, "TYPE": direction}
+        )
+        return [row["pfs_id"] for row in shape_a_rows(post(http, server, payload, org=org))]
+
+    def where(operator: str, value: str, alias: str = "pfs_id") -> dict[str, str]:
+        return {"ALIAS_NAME": alias, "OPERATOR": operator, "VALUE": value}
+
+    ascending = ids([])
+    assert ascending[-3:] == ["PFA-0000500", "Zulu", "alpha"]  # "Z" < "a"
+    assert ids([], direction="DESC") == ascending[::-1]
+    assert ids([], org="*")[-3:] == ["PFA-0000500", "Zulu", "alpha"]  # HOU's keys end at PFA-0000200
+    assert ids([where(">", "Zulu")]) == ["alpha"]
+    assert ids([where(">=", "PFA-0000500")]) == ["PFA-0000500", "Zulu", "alpha"]
+    assert ids([where("<=", "PFA-0000001")]) == ["PFA-0000001"]
+    mine = where("IN", "Zulu,alpha,PFA-0000100a,PFA-0000100b")
+    assert ids([mine], alias="pfs_f_model") == ["PFA-0000100b", "alpha", "PFA-0000100a", "Zulu"]  # "", B, a, b
+    assert ids([mine, where("<", "a", alias="pfs_f_model")]) == ["alpha"]  # empty is NULL: never less
+    # Matching stays case-insensitive.
+    assert ids([where("=", "ZULU")]) == ["Zulu"]
+    assert ids([where("IN", "zulu,ALPHA")]) == ["Zulu", "alpha"]
+    assert "Zulu" not in ids([where("!=", "zulu")])
+
+
+# --- keyset paging ---------------------------------------------------------------------------------
+
+ASCENDING = {"ALIAS_NAME": "pfs_id", "TYPE": "ASC"}
+
+
+def keyset_read(
+    http,
+    server,
+    org: str,
+    page_size: int,
+    after_page: Callable[[int], None] | None = None,
+    max_rows: int | None = None,
+) -> list[dict[str, str]]:
+    """Read an organization the way the sync client does: cursor 1, pfs_id ASC, pfs_id > the last key."""
+    rows: list[dict[str, str]] = []
+    while max_rows is None or len(rows) < max_rows:
+        filters = [{"SEQNUM": 1, "ALIAS_NAME": "pfs_a_org", "OPERATOR": "=", "VALUE": org, "JOINER": "AND"}]
+        if rows:
+            filters.append({"SEQNUM": 2, "ALIAS_NAME": "pfs_id", "OPERATOR": ">", "VALUE": rows[-1]["pfs_id"]})
+        payload = body(rows=page_size, ADDON_SORT=ASCENDING, MULTIADDON_FILTERS={"MADDON_FILTER": filters})
+        data = orjson.loads(post(http, server, payload, org=org).content)["Result"]["ResultData"]
+        rows += [{f["FIELDNAME"]: f["FIELDVALUE"] for f in record["DATAFIELD"]} for record in data["DATARECORD"]]
+        if data["NEXTCURSORPOSITION"] is None:
+            return rows
+        if after_page:
+            after_page(len(rows))
+    return rows
+
+
+def or_never(filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same filters OR-ed with a group no row matches: the same answer, from a full scan."""
+    never = [
+        {"ALIAS_NAME": "pfs_id", "OPERATOR": "IS EMPTY", "JOINER": "AND", "LPAREN": True},
+        {"ALIAS_NAME": "pfs_id", "OPERATOR": "NOT EMPTY", "RPAREN": True},
+    ]
+    chained = [*filters[:-1], {**filters[-1], "JOINER": "OR"}, *never]
+    return [{**entry, "SEQNUM": n + 1} for n, entry in enumerate(chained)]
+
+
+def test_keyset_read_meets_every_row_once_whatever_the_case_of_its_keys(http, server, sim):
+    for pfa_id in ("pfa-0000100", "PFA-0000100a", "Zulu", "alpha", "PFA-0000250B", "PFA-0000250é"):
+        sim.insert_row("RIO", {"pfs_id": pfa_id})
+    read = [row["pfs_id"] for row in keyset_read(http, server, "RIO", page_size=37)]
+    assert read == [row["pfs_id"] for row in sim.rows("RIO")]
+    assert read == sorted(read) and len(read) == 506
+
+
+def test_keyset_pages_see_changes_made_between_them(http, server, sim):
+    def change(rows_read: int) -> None:
+        if rows_read == 100:
+            sim.delete_row("RIO", "PFA-0000300")
+            sim.insert_row("RIO", {"pfs_id": "PFA-0000250a"})
+            sim.insert_row("RIO", {"pfs_id": "PFA-0000050a"})  # behind the read: not met
+            sim.update_row("RIO", "PFA-0000400", {"pfs_f_model": "CHANGED"})
+
+    rows = keyset_read(http, server, "RIO", page_size=100, after_page=change)
+    ids = [row["pfs_id"] for row in rows]
+    assert ids == sorted({f"PFA-{n:07d}" for n in range(1, 501)} - {"PFA-0000300"} | {"PFA-0000250a"})
+    assert rows[ids.index("PFA-0000400")]["pfs_f_model"] == "CHANGED"
+
+
+def test_keyset_pages_answer_exactly_as_a_full_scan_would(http, server, sim):
+    rng = random.Random(20261101)
+    for pfa_id in ("pfa-0000100", "PFA-0000100a", "PFA-0000100A", "Zulu", "zz", "PFA-0000250é", "PFA-0000300 "):
+        sim.insert_row("RIO", {"pfs_id": pfa_id, "pfs_f_source": "Rental"})
+    sim.corrupt_rows("RIO", 3, kinds=["missing_id"])  # rows without an id, which no bound admits
+    keys = sorted({row["pfs_id"] for org in ("RIO", "HOU") for row in sim.rows(org)} - {""})
+
+    def bound() -> str:
+        key = rng.choice(keys)
+        # Keys themselves, values between keys, and values before the first and after the last.
+        return rng.choice([key, key, key + "0", key[:-1], key + " ", key.lower(), "!", "A", "PFA-", "\uffff"])
+
+    def entry(alias: str, operator: str, value: str) -> dict[str, Any]:
+        return {"ALIAS_NAME": alias, "OPERATOR": operator, "VALUE": value}
+
+    others = [
+        lambda: entry("pfs_a_org", "=", rng.choice(["RIO", "HOU"])),
+        lambda: entry("pfs_f_source", "=", "rental"),
+        lambda: entry("pfs_lastmodified", ">=", "06/01/2026 00:00"),
+        lambda: entry("pfs_f_category", "IN", "GEN,CRANE,EXC"),
+        lambda: entry("pfs_id", "<", bound()),
+        lambda: entry("pfs_id", "NOT EMPTY", ""),
+    ]
+    answered_rows = 0
+    for case in range(300):
+        filters = [entry("pfs_id", rng.choice([">", ">="]), bound()) for _ in range(rng.choice([1, 1, 2]))]
+        filters += [make() for make in rng.sample(others, rng.choice([0, 1, 1, 2, 3]))]
+        rng.shuffle(filters)
+        filters = [{**item, "SEQNUM": n + 1, "JOINER": "AND"} for n, item in enumerate(filters)]
+        if rng.random() < 0.2:
+            filters[-1]["JOINER"] = "OR"  # links to nothing
+        if len(filters) > 1 and rng.random() < 0.3:
+            # Not a flat AND chain any more: an OR, perhaps inside a group.
+            first = rng.randrange(len(filters) - 1)
+            filters[first]["JOINER"] = rng.choice(["OR", "AND"])
+            if rng.random() < 0.5:
+                filters[first]["LPAREN"], filters[first + 1]["RPAREN"] = "true", True
+        sim.set_row_cap(rng.choice([40, 10000]))
+        page = {
+            "rows": rng.choice([1, 7, 100, 10000]),
+            "cursor": rng.choice([1, 1, 1, 2, 30, 400, 2000]),
+            "request_type": rng.choice(["LIST.DATA_ONLY.STORED", "LIST.DATA_ONLY.STORED", "LIST.COUNT.STORED"]),
+            "ADDON_SORT": ASCENDING,
+        }
+        org = rng.choice(["RIO", "RIO", "HOU", "*"])
+        keyset = post(http, server, body(MULTIADDON_FILTERS={"MADDON_FILTER": filters}, **page), org=org)
+        scan = post(http, server, body(MULTIADDON_FILTERS={"MADDON_FILTER": or_never(filters)}, **page), org=org)
+        assert keyset.status_code == scan.status_code == 200
+        assert keyset.content == scan.content, (case, org, filters, page)
+        result = keyset.json()["Result"]["ResultData"]
+        answered_rows += int(result.get("TOTAL-COUNT") or len(result["DATARECORD"]))
+        if case % 25 == 24:
+            # Data changes between pages; the cached result of the other filters must follow.
+            inserted = f"{rng.choice(keys)}x{case}"
+            sim.insert_row("RIO", {"pfs_id": inserted, "pfs_f_source": "Rental"})
+            sim.update_row("HOU", f"PFA-{rng.randint(1, 200):07d}", {"pfs_f_source": "Rental"})
+            sim.delete_row("RIO", f"PFA-{case:07d}")
+            keys = sorted({*keys, inserted})
+    assert answered_rows > 10_000  # the cases really select rows
+
+
+def test_a_keyset_page_costs_a_fraction_of_a_scan(http, server, sim):
+    sim.add_organization("BIG", 100_000)
+
+    def scan_seconds(bound: str) -> float:
+        org = {"ALIAS_NAME": "pfs_a_org", "OPERATOR": "=", "VALUE": "BIG"}
+        after = {"ALIAS_NAME": "pfs_id", "OPERATOR": ">", "VALUE": bound}
+        filters = {"MADDON_FILTER": or_never([org, after])}
+        started = time.perf_counter()
+        assert post(http, server, body(rows=100, MULTIADDON_FILTERS=filters), org="BIG").status_code == 200
+        return time.perf_counter() - started
+
+    scan = min(scan_seconds(f"PFA-000000{n}") for n in range(3))  # different bounds: none cached
+    page_ends = [time.perf_counter()]
+    rows = keyset_read(
+        http, server, "BIG", 100, after_page=lambda _: page_ends.append(time.perf_counter()), max_rows=5000
+    )
+    page_seconds = sorted(end - start for start, end in zip(page_ends[1:], page_ends[2:]))
+    assert len(rows) == 5000 and len(page_seconds) == 49  # pages 2 to 50: the first one scans
+    # Scanning again for every page would make a read of N pages cost N scans.
+    assert page_seconds[len(page_seconds) // 2] < scan / 4, (page_seconds, scan)
 
 
 # --- headers, auth and sessions --------------------------------------------------------------------
@@ -614,6 +858,39 @@ def test_reset_fault_drops_the_connection(http, server, sim):
     assert post(http, server, body(rows=1)).status_code == 200
 
 
+def test_empty_fault_answers_no_rows_yet_claims_more(http, server, sim):
+    sim.inject_fault("empty", count=2)  # "any", yet only grid data requests take it
+    count = post(http, server, body(request_type="LIST.COUNT.STORED")).json()["Result"]["ResultData"]
+    assert count["TOTAL-COUNT"] == "500"
+    assert http.get(record_url(server, "PFA-0000007%23RIO"), headers=headers(), timeout=5).status_code == 200
+    a = post(http, server, body(rows=10, cursor=21)).json()["Result"]["ResultData"]
+    assert a["DATARECORD"] == [] and a["NEXTCURSORPOSITION"] == "21" and a["CURRENTCURSORPOSITION"] == "20"
+    b = post(http, server, body(rows=10, cursor=21), path=GRIDDATA).json()["Result"]["ResultData"]["GRID"]
+    assert b["DATA"]["ROW"] == []
+    assert (b["METADATA"]["MORERECORDPRESENT"], b["METADATA"]["CURRENTCURSORPOSITION"]) == ("+", "20")
+    assert len(shape_a_rows(post(http, server, body(rows=10, cursor=21)))) == 10
+    assert sim.faults == []
+    with pytest.raises(ValueError):
+        sim.inject_fault("empty", target="count")
+
+
+def test_oversize_fault_pads_the_answer_with_json_whitespace(http, server, sim):
+    normal = post(http, server, body(rows=5))
+    sim.inject_fault("oversize", target="grid")
+    padded = post(http, server, body(rows=5))
+    assert len(padded.content) == len(normal.content) + 1_000_000
+    assert int(padded.headers["Content-Length"]) == len(padded.content)
+    assert orjson.loads(padded.content) == orjson.loads(normal.content)
+    assert post(http, server, body(rows=5)).content == normal.content
+    fault = {"kind": "oversize", "bytes": 5000, "target": "record"}
+    assert http.post(server.url + "/_sim/faults", json=fault, timeout=5).status_code == 201
+    record = http.get(record_url(server, "PFA-0000007%23RIO"), headers=headers(), timeout=5)
+    again = http.get(record_url(server, "PFA-0000007%23RIO"), headers=headers(), timeout=5)
+    assert len(record.content) == len(again.content) + 5000 and record.json() == again.json()
+    with pytest.raises(ValueError):
+        sim.inject_fault("oversize", bytes=0)
+
+
 def test_latency_delays_requests(http, server, sim):
     sim.set_latency(0.3)
     started = time.monotonic()
@@ -705,6 +982,14 @@ def test_control_endpoints_over_http(http, server, sim):
     state = http.post(control + "reset", timeout=5).json()
     assert (state["row_cap"], state["shape"], state["latency"], state["auth_failure_status"]) == (10000, None, 0, 401)
     assert state["orgs"]["HOU"] == 200  # data kept
+
+    moved = http.post(control + "rows/RIO/PFA-0000301/move", json={"to": "HOU"}, timeout=5)
+    assert moved.status_code == 200 and moved.json()["row"]["pfs_a_org"] == "HOU"
+    assert "PFA-0000301" in [row["pfs_id"] for row in shape_a_rows(post(http, server, body(), org="HOU"))]
+    assert "PFA-0000301" not in [row["pfs_id"] for row in shape_a_rows(post(http, server, body()))]
+    assert http.post(control + "rows/RIO/PFA-0000301/move", json={"to": "HOU"}, timeout=5).status_code == 404
+    assert http.post(control + "rows/RIO/PFA-0000007/move", json={"to": "HOU"}, timeout=5).status_code == 400
+    assert http.post(control + "rows/RIO/PFA-0000008/move", json={}, timeout=5).status_code == 400
 
 
 def test_touch_saves_a_deterministic_fraction_like_pems(sim):
