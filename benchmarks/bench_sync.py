@@ -72,6 +72,10 @@ PAGE_SIZE = 5_000
 # Peak memory within this factor between the small and the large run counts as flat.
 FLAT_MEMORY_FACTOR = 1.2
 LIST_QUERY_INDEX = "pfa_mirror_org_cat_fcst"
+# Issue 15's targets: a full re-sync that detects deletions at most 10% slower than one that does
+# not; an incremental read of the whole organization when nothing changed under a second.
+DELETION_DETECTION_TARGET = 1.10
+INCREMENTAL_TARGET_SECONDS = 1.0
 T = TypeVar("T")
 
 
@@ -120,20 +124,29 @@ def _mirror_state(organization) -> dict[str, Any]:
     return state
 
 
-def child_sync(*, org: str) -> dict[str, Any]:
-    """One real sync of `org`, exactly as `manage.py sync` would run it; mirror state before and after."""
+def child_sync(*, org: str, sync_type: str, detect_deletions: bool) -> dict[str, Any]:
+    """One real sync of `org`, exactly as `manage.py sync_pems` would run it (claim, client, run);
+    mirror state before and after. `detect_deletions=False` is the same full read without its
+    deletion detection, to measure what detection costs."""
     _django()
     from mirror.models import Organization
-    from synclog.engine import sync_organizations
+    from mirror.pems import PemsError
+    from mirror.services import pems_client_for
+    from synclog.engine import sync_claim, sync_run
 
     organization = Organization.objects.get(code=org)
     before = _mirror_state(organization)
     started = time.perf_counter()
-    [outcome] = sync_organizations(organizations=[organization], trigger="command")
+    log = sync_claim(organization=organization, trigger="command", sync_type=sync_type)
+    try:
+        with pems_client_for(organization) as client:
+            sync_run(sync_log=log, client=client, detect_deletions=detect_deletions)
+    except PemsError:
+        pass  # recorded in the run, reported below
     seconds = time.perf_counter() - started
-    log = outcome.sync_log
     return {
         "status": log.status,
+        "sync_type": log.sync_type,
         "error": log.error_message,
         "seconds": seconds,
         "processed": log.records_processed,
@@ -141,6 +154,7 @@ def child_sync(*, org: str) -> dict[str, Any]:
         "updated": log.records_updated,
         "unchanged": log.records_unchanged,
         "errored": log.records_errored,
+        "deleted": log.records_deleted,
         "before": before,
         "after": _mirror_state(organization),
     }
@@ -149,7 +163,7 @@ def child_sync(*, org: str) -> dict[str, Any]:
 def _record_fields():
     from mirror.models import PfaMirror
 
-    bookkeeping = {"id", "organization", "version", "first_synced_at", "last_synced_at"}
+    bookkeeping = {"id", "organization", "version", "first_synced_at", "last_synced_at", "deleted_at"}
     return [field for field in PfaMirror._meta.concrete_fields if field.name not in bookkeeping]
 
 
@@ -540,26 +554,37 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
     try:
         # 2. pfasync end to end, each sync in a fresh process; each first load into a fresh database.
         syncs: dict[str, dict[str, Any]] = {}
-        for name in ("first_load", "resync_unchanged", "resync_changed"):
+        for name in PFASYNC_RUNS:
             if name == "resync_changed":
                 syncs["touched"] = {"count": simulator_touch(port, ORG, seed=1)}
             first_load = name == "first_load"
+            # What detection costs is a few percent of a re-sync: both sides run as often as first loads.
+            runs = repeats if first_load or name.startswith("resync_unchanged") else 1
+            options = ["--sync-type", "incremental"] if name == "incremental_unchanged" else []
+            if name == "resync_unchanged_no_deletions":
+                options.append("--no-deletions")
+            # An incremental read re-reads the few rows saved within the lookback, unchanged.
+            expected_rows = None if name == "incremental_unchanged" else records
 
-            def sync_once(attempt: int, name: str = name, first_load: bool = first_load) -> Measured:
+            def sync_once(
+                attempt: int,
+                name: str = name,
+                first_load: bool = first_load,
+                options=options,
+                expected_rows=expected_rows,
+            ) -> Measured:
                 if first_load:
                     recreate_database(database_url)
                     run_measured(child_command("setup", "--port", str(port)), env)
-                measured = run_measured(child_command("sync", "--org", ORG), env)
+                measured = run_measured(child_command("sync", "--org", ORG, *options), env)
                 result = measured.result
-                if result["status"] != "completed" or result["processed"] != records:
+                if result["status"] != "completed" or result["processed"] != (expected_rows or result["unchanged"]):
                     failures.append(
                         f"pfasync {name}: {result['status']} with {result['processed']:,} rows: {result['error']}"
                     )
                 return measured
 
-            measured, runs_seconds = run_repeated(
-                f"pfasync: {name.replace('_', ' ')} of {records:,} rows", repeats if first_load else 1, sync_once
-            )
+            measured, runs_seconds = run_repeated(f"pfasync: {LABELS[name]} of {records:,} rows", runs, sync_once)
             syncs[name] = result = measured.result
             phase(
                 f"pfasync.{name}",
@@ -571,6 +596,21 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
                 mirror_after=result["after"],
             )
         unchanged, changed, touched = syncs["resync_unchanged"], syncs["resync_changed"], syncs["touched"]["count"]
+        incremental = syncs["incremental_unchanged"]
+        if incremental["sync_type"] != "incremental" or incremental["seconds"] >= INCREMENTAL_TARGET_SECONDS:
+            failures.append(
+                f"pfasync incremental read, nothing changed: {incremental['sync_type']} in {incremental['seconds']:.2f} s "
+                f"(target under {INCREMENTAL_TARGET_SECONDS} s)"
+            )
+        detection = (
+            phases["pfasync.resync_unchanged"]["seconds"] / phases["pfasync.resync_unchanged_no_deletions"]["seconds"]
+        )
+        report["deletion_detection_cost"] = round(detection, 3)
+        if records > SMALL_RECORDS and detection > DELETION_DETECTION_TARGET:
+            failures.append(
+                f"pfasync full re-sync with deletion detection took {detection:.2f}x the same re-sync without it "
+                f"(target at most {DELETION_DETECTION_TARGET}x)"
+            )
         if unchanged["updated"] or unchanged["inserted"] or unchanged["before"] != unchanged["after"]:
             failures.append(
                 "pfasync unchanged re-sync wrote rows: "
@@ -684,8 +724,18 @@ def run_dlt(args, port: int, records: int, database_url: str, env, phase, failur
 LABELS = {
     "first_load": "first load",
     "resync_unchanged": "re-sync, unchanged",
+    "resync_unchanged_no_deletions": "re-sync, unchanged, no deletion detection",
+    "incremental_unchanged": "incremental, nothing changed",
     "resync_changed": "re-sync, 1% changed",
 }
+# pfasync's runs, in order; every re-sync is a full read, which detects deletions unless told not to.
+PFASYNC_RUNS = (
+    "first_load",
+    "resync_unchanged_no_deletions",
+    "resync_unchanged",
+    "incremental_unchanged",
+    "resync_changed",
+)
 
 
 def table_rows(phases: dict[str, dict[str, Any]], report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -725,7 +775,7 @@ def print_table(report: dict[str, Any]) -> None:
         f"{report['machine']['cores']} cores"
     )
     header = (
-        f"{'run':<30} {'rows/s':>10} {'vs limit':>9} {'pfasync/dlt':>12} {'peak RSS MB':>12} {'seconds':>9} "
+        f"{'run':<44} {'rows/s':>10} {'vs limit':>9} {'pfasync/dlt':>12} {'peak RSS MB':>12} {'seconds':>9} "
         f"{'CPU s':>7} {'machine busy':>13}"
     )
     print(header)
@@ -735,7 +785,7 @@ def print_table(report: dict[str, Any]) -> None:
         ratio_dlt = None if row["ratio_pfasync_to_dlt"] is None else f"{row['ratio_pfasync_to_dlt']:.2f}x"
         busy = None if row["machine_busy"] is None else f"{row['machine_busy']:.0%}"
         print(
-            f"{row['run']:<30} {row['rows_per_second']:>10,} {cell(ratio_limit, '>9')} {cell(ratio_dlt, '>12')} "
+            f"{row['run']:<44} {row['rows_per_second']:>10,} {cell(ratio_limit, '>9')} {cell(ratio_dlt, '>12')} "
             f"{cell(row['peak_rss_mb'], '>12')} {row['seconds']:>9.1f} {cell(row['process_cpu_seconds'], '>7')} "
             f"{cell(busy, '>13')}"
         )
@@ -769,6 +819,13 @@ def print_table(report: dict[str, Any]) -> None:
                 else f"({'flat' if memory['flat'] else 'NOT flat'}, threshold {FLAT_MEMORY_FACTOR}x)"
             )
         )
+    if "deletion_detection_cost" in report:
+        incremental = report["phases"]["pfasync.incremental_unchanged"]
+        print(
+            f"deletion detection: a full re-sync took {report['deletion_detection_cost']:.2f}x the same re-sync "
+            f"without it (target {DELETION_DETECTION_TARGET}x); incremental read, nothing changed: "
+            f"{incremental['seconds']:.2f} s (target under {INCREMENTAL_TARGET_SECONDS} s)"
+        )
     checks = report.get("checks")
     if checks:
         print(
@@ -793,13 +850,15 @@ def main() -> None:
     parser.add_argument("--child", choices=("setup", "sync", "limit", "query"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--org", help=argparse.SUPPRESS)
+    parser.add_argument("--sync-type", default="full", help=argparse.SUPPRESS)
+    parser.add_argument("--no-deletions", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         children = {
             "setup": lambda: child_setup(port=args.port),
-            "sync": lambda: child_sync(org=args.org),
+            "sync": lambda: child_sync(org=args.org, sync_type=args.sync_type, detect_deletions=not args.no_deletions),
             "limit": lambda: child_limit(records=args.records, database_url=args.database_url, repeats=args.repeats),
             "query": lambda: child_query(runs=args.runs),
         }
