@@ -1,6 +1,7 @@
 """Fixtures shared by every app's tests: a real PEMS simulator served over HTTP."""
 
 import pytest
+from django.core.cache import cache
 
 from mirror.simulator import PemsSimulator, SimulatorServer
 
@@ -11,3 +12,11 @@ def pems_server():
     simulator = PemsSimulator(orgs={"RIO": 250, "HOU": 80}, seed=1, row_cap=10_000)
     with SimulatorServer(simulator, host="127.0.0.1", port=0) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """Each test starts with an empty cache: login throttles count per test, not per suite."""
+    cache.clear()
+    yield
+    cache.clear()

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from mirror.models import Organization
@@ -33,6 +33,7 @@ from mirror.pems import (
     organization_filter,
 )
 from mirror.records import ParsedRows, PfaRowError, content_hash, is_text, parse_pfa_rows, pfa_keys
+from mirror.secrets import secrets_scrub
 from mirror.services import pems_client_for, read_configuration_for
 from mirror.store import (
     pfa_content_hashes,
@@ -42,7 +43,8 @@ from mirror.store import (
     pfa_records_mark_deleted,
     pfa_records_upsert,
 )
-from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+from ops.logs import run_log_context
+from synclog.models import ClaimLost, PfaSyncLog, PfaSyncRecordError, SyncStatus, stale_runs_expire
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,18 @@ class SyncNotConfigured(SyncRefused):
     """The organization has no PEMS read connection (and there is no default one)."""
 
 
+class SyncNotQueued(SyncRefused):
+    """The task broker would not take the run's task; the run was failed at once."""
+
+
+def sync_cancel(*, sync_log: PfaSyncLog) -> PfaSyncLog:
+    """Cancel a run: a queued one ends `cancelled` at once, a running one at its next page
+    boundary. Raises RunEnded when it has ended already."""
+    sync_log.cancel()
+    logger.info("Sync %s of %s: cancel requested (%s)", sync_log.id, sync_log.organization.code, sync_log.status)
+    return sync_log
+
+
 def sync_claim(
     *,
     organization: Organization,
@@ -92,6 +106,8 @@ def sync_claim(
         configuration = read_configuration_for(organization)
     except ImproperlyConfigured as error:
         raise SyncNotConfigured(organization, str(error)) from None
+    # A run whose worker is gone must not block the organization until a schedule notices.
+    stale_runs_expire(organization=organization)
     try:
         with transaction.atomic():
             return PfaSyncLog.objects.create(
@@ -132,6 +148,20 @@ def sync_run(
     PEMS no longer holds deleted, unless there are too many (`SYNC_DELETE_GUARD_PERCENT`).
     `detect_deletions=False` leaves them alone (the benchmark measures what detection costs).
     """
+    with run_log_context(sync_log):  # log lines of the run carry its id, batch and organization
+        return _sync_run(
+            sync_log=sync_log, client=client, stop=stop, on_progress=on_progress, detect_deletions=detect_deletions
+        )
+
+
+def _sync_run(
+    *,
+    sync_log: PfaSyncLog,
+    client: PemsClient,
+    stop: threading.Event | None,
+    on_progress: ProgressCallback | None,
+    detect_deletions: bool,
+) -> PfaSyncLog:
     organization = sync_log.organization
     pems = client.settings
     sync_log.start()
@@ -140,76 +170,85 @@ def sync_run(
     server_started = None
     last_key = None
     try:
-        filters = [organization_filter(pems.organization), *_incremental_filters(sync_log, pems)]
-        full = sync_log.sync_type == PfaSyncLog.SyncType.FULL
-        sync_log.set_total(client.count(filters))
-        # A first load finds nothing stored: it skips the per-page lookups and inserts without merging.
-        mirror_had_rows = organization.pfa_records.exists()
-        deletions = _DeletedKeys(sync_log) if full and mirror_had_rows and detect_deletions else None
-        # The read-ahead thread decodes, hashes and (on a first load) types each page while the
-        # page before it is being stored.
-        prepare = functools.partial(
-            _prepare_page, time_zone=pems.zone, organization_code=pems.organization, type_rows=not mirror_had_rows
-        )
-        with _ReadAhead(client.iter_pages(filters), prepare) as pages, _fewer_gc_passes():
-            for page in pages:
-                parsed, unchanged = page.parsed, 0
-                if parsed is None:
-                    pages.read_next()  # a re-sync types and writes few rows: the next page can start now
-                    changed = _changed_rows(organization, page, by_range=full, deletions=deletions)
-                    unchanged = len(page.rows) - len(changed)
-                    parsed = parse_pfa_rows(changed, time_zone=pems.zone, organization_code=pems.organization)
-                server_started = server_started or page.server_date
-                last_key = page.last_key
-                with _page_transaction():
-                    counts = pfa_records_upsert(
-                        organization_id=organization.pk,
-                        records=parsed.records,
-                        synced_at=timezone.now(),
-                        batch_size=settings.SYNC_BATCH_SIZE,
-                        on_staged=pages.read_next,
-                        expect_new=not mirror_had_rows,
-                    )
-                    kept_errors += _keep_rejected(
-                        sync_log, parsed.rejected, room=settings.SYNC_MAX_KEPT_ERRORS - kept_errors
-                    )
-                    sync_log.add_page(
-                        processed=len(page.rows),
-                        inserted=counts.inserted,
-                        updated=counts.updated,
-                        unchanged=counts.unchanged + unchanged,
-                        errored=len(parsed.rejected),
-                    )
-                del page, parsed  # the next page is already on its way: two pages in memory at most
-                if on_progress:
-                    on_progress(sync_log)
-                if stop is not None and stop.is_set():
-                    sync_log.finish(SyncStatus.CANCELLED, error_message="Stopped on request at a page boundary.")
-                    logger.info(
-                        "Sync %s of %s cancelled after %d records",
-                        sync_log.id,
-                        organization.code,
-                        sync_log.records_processed,
-                    )
-                    return sync_log
-        if full:
-            _check_complete(sync_log, client.count([organization_filter(pems.organization)]))
-        if deletions is not None:
-            deletions.add_after(last_key)
+        with _Heartbeat(sync_log) as heartbeat:
+            filters = [organization_filter(pems.organization), *_incremental_filters(sync_log, pems)]
+            full = sync_log.sync_type == PfaSyncLog.SyncType.FULL
+            sync_log.set_total(client.count(filters))
+            # A first load finds nothing stored: it skips the per-page lookups and inserts without merging.
+            mirror_had_rows = organization.pfa_records.exists()
+            deletions = _DeletedKeys(sync_log) if full and mirror_had_rows and detect_deletions else None
+            # The read-ahead thread decodes, hashes and (on a first load) types each page while the
+            # page before it is being stored.
+            prepare = functools.partial(
+                _prepare_page, time_zone=pems.zone, organization_code=pems.organization, type_rows=not mirror_had_rows
+            )
+            with _ReadAhead(client.iter_pages(filters), prepare) as pages, _fewer_gc_passes():
+                for page in pages:
+                    heartbeat.check()
+                    parsed, unchanged = page.parsed, 0
+                    if parsed is None:
+                        pages.read_next()  # a re-sync types and writes few rows: the next page can start now
+                        changed = _changed_rows(organization, page, by_range=full, deletions=deletions)
+                        unchanged = len(page.rows) - len(changed)
+                        parsed = parse_pfa_rows(changed, time_zone=pems.zone, organization_code=pems.organization)
+                    server_started = server_started or page.server_date
+                    last_key = page.last_key
+                    with _page_transaction():
+                        counts = pfa_records_upsert(
+                            organization_id=organization.pk,
+                            records=parsed.records,
+                            synced_at=timezone.now(),
+                            batch_size=settings.SYNC_BATCH_SIZE,
+                            on_staged=pages.read_next,
+                            expect_new=not mirror_had_rows,
+                        )
+                        kept_errors += _keep_rejected(
+                            sync_log, parsed.rejected, room=settings.SYNC_MAX_KEPT_ERRORS - kept_errors
+                        )
+                        # Last, and fenced: a run that lost its claim rolls its page back here.
+                        sync_log.add_page(
+                            processed=len(page.rows),
+                            inserted=counts.inserted,
+                            updated=counts.updated,
+                            unchanged=counts.unchanged + unchanged,
+                            errored=len(parsed.rejected),
+                        )
+                    del page, parsed  # the next page is already on its way: two pages in memory at most
+                    if on_progress:
+                        on_progress(sync_log)
+                    if (stop is not None and stop.is_set()) or sync_log.cancel_requested():
+                        sync_log.finish(SyncStatus.CANCELLED, error_message=_stop_reason(sync_log, stop))
+                        logger.info(
+                            "Sync %s of %s cancelled after %d records",
+                            sync_log.id,
+                            organization.code,
+                            sync_log.records_processed,
+                        )
+                        return sync_log
+            if full:
+                _check_complete(sync_log, client.count([organization_filter(pems.organization)]))
+            if deletions is not None:
+                deletions.add_after(last_key)
+            heartbeat.check()
+            with transaction.atomic():
+                deleted, warning, details = deletions.apply() if deletions is not None else (0, "", {})
+                sync_log.complete(
+                    records_deleted=deleted,
+                    warning=warning,
+                    error_details=_error_summary(sync_log, kept_errors) | details,
+                )
+    except ClaimLost as lost:
+        logger.warning("Sync %s of %s stopped without writing more: %s", sync_log.id, organization.code, lost)
+        raise
     except PemsError as error:
-        fail_run(sync_log, str(error), error)
+        _record_failure(sync_log, str(error), error)
         raise
     except BaseException as error:
         if isinstance(error, KeyboardInterrupt | SystemExit):
-            sync_log.finish(SyncStatus.CANCELLED, error_message="Interrupted; pages committed so far are kept.")
+            _record_failure(sync_log, "Interrupted; pages committed so far are kept.", error, cancelled=True)
         else:
-            fail_run(sync_log, f"Internal error: {type(error).__name__}: {error}", error)
+            _record_failure(sync_log, f"Internal error: {type(error).__name__}: {error}", error)
         raise
-    with transaction.atomic():
-        deleted, warning, details = deletions.apply() if deletions is not None else (0, "", {})
-        sync_log.complete(
-            records_deleted=deleted, warning=warning, error_details=_error_summary(sync_log, kept_errors) | details
-        )
     if sync_log.api_configuration_id:
         sync_log.api_configuration.record_sync(
             finished_at=sync_log.completed_at, record_count=sync_log.records_processed
@@ -233,6 +272,70 @@ def sync_run(
     if warning:
         logger.warning("Sync %s of %s: %s", sync_log.id, organization.code, warning)
     return sync_log
+
+
+def _stop_reason(sync_log: PfaSyncLog, stop: threading.Event | None) -> str:
+    if stop is not None and stop.is_set():
+        return "Stopped on request at a page boundary."
+    return "Cancelled on request at a page boundary; pages committed so far are kept."
+
+
+class _Heartbeat:
+    """Beats the run's heartbeat every SYNC_HEARTBEAT_SECONDS from a thread of its own, also while
+    a PEMS call is in flight, so a slow page never outlives the lease. `check()` raises ClaimLost
+    once a beat found the run no longer this worker's (reaped, or finished elsewhere)."""
+
+    def __init__(self, sync_log: PfaSyncLog) -> None:
+        self._sync_log = sync_log
+        self._done = threading.Event()
+        self._lost = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{sync_log.pk}", daemon=True)
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def check(self) -> None:
+        if self._lost.is_set():
+            raise ClaimLost(f"Run {self._sync_log.pk} is no longer this worker's: its heartbeat found it taken.")
+
+    def _beat(self) -> None:
+        try:
+            while not self._done.wait(settings.SYNC_HEARTBEAT_SECONDS):
+                try:
+                    if not self._sync_log.beat():
+                        self._lost.set()
+                        return
+                except DatabaseError as error:  # the next beat tries again; the lease allows three
+                    logger.warning("Sync %s: heartbeat failed: %s", self._sync_log.pk, error)
+                    connection.close()
+        finally:
+            connection.close()  # this thread's own connection
+
+
+def _record_failure(sync_log: PfaSyncLog, message: str, error: BaseException, *, cancelled: bool = False) -> None:
+    """Close the run as failed (or cancelled) with `message`, if it is still this worker's.
+
+    A run whose database connection died records its real cause on a new connection.
+    """
+    for attempt in (1, 2):
+        try:
+            if cancelled:
+                sync_log.finish(SyncStatus.CANCELLED, error_message=message)
+            else:
+                fail_run(sync_log, message, error)
+            return
+        except ClaimLost as lost:
+            logger.warning("Sync %s: not recorded as failed (%s): %s", sync_log.pk, message, lost)
+            return
+        except (InterfaceError, OperationalError):
+            if attempt == 2 or connection.in_atomic_block:
+                raise
+            connection.close()  # the next query connects again
 
 
 class IncompleteRead(PemsError):
@@ -477,8 +580,7 @@ def _incremental_filters(sync_log: PfaSyncLog, pems: PemsSettings) -> list[GridF
         return []
     watermark = sync_log.organization.watermark_for(pems.grid_source)
     if watermark is None:
-        sync_log.sync_type = PfaSyncLog.SyncType.FULL
-        sync_log.save(update_fields=["sync_type"])
+        sync_log.set_sync_type(PfaSyncLog.SyncType.FULL)
         logger.info(
             "Sync %s: no watermark for this grid yet, so a full read instead of an incremental one", sync_log.id
         )
@@ -515,6 +617,9 @@ def _error_summary(sync_log: PfaSyncLog, kept_errors: int) -> dict:
 
 
 def fail_run(sync_log: PfaSyncLog, message: str, error: BaseException) -> None:
+    """Close the run as failed with `message`, which is scrubbed of every secret the process knows:
+    it is stored, returned by the API and logged."""
+    message = secrets_scrub(message)
     sync_log.fail(message, error=error)
     logger.error("Sync %s of %s failed: %s", sync_log.id, sync_log.organization.code, message)
 
@@ -579,6 +684,26 @@ def sync_organizations(
     return outcomes
 
 
+def _enqueue(batch: "SyncBatch", sync_log: PfaSyncLog) -> None:
+    from django_q.tasks import async_task
+
+    code = sync_log.organization.code
+    try:
+        async_task(
+            "synclog.tasks.sync_execute", str(sync_log.id), task_name=f"sync {code} {sync_log.id}", group="pfasync-sync"
+        )
+    except Exception as error:  # the broker is down or refused the task
+        if not PfaSyncLog.objects.filter(pk=sync_log.pk, status=SyncStatus.QUEUED).exists():
+            # django-q2's sync mode ran the task here and then raised its error: the run has
+            # recorded its own outcome.
+            logger.info("Sync %s of %s ran inline and raised: %s", sync_log.id, code, error)
+            return
+        message = f"Could not be queued: the task broker failed ({type(error).__name__}: {error}). Nothing was read."
+        fail_run(sync_log, message, error)
+        batch.queued.remove(sync_log)
+        batch.refused.append(SyncNotQueued(sync_log.organization, message))
+
+
 @dataclass
 class SyncBatch:
     """The runs one trigger queued (sharing `batch_id`) and the organizations it could not start."""
@@ -600,10 +725,9 @@ def sync_start(
 
     Each task is enqueued only once the caller's transaction commits, so a worker never picks up
     a run that is not visible yet. An organization already syncing, or without a PEMS connection,
-    is refused (listed in `refused`), not queued.
+    is refused (listed in `refused`), not queued; so is one whose task the broker would not take
+    (SyncNotQueued): its run is failed at once instead of blocking the organization.
     """
-    from django_q.tasks import async_task
-
     batch = SyncBatch(batch_id=uuid.uuid4(), queued=[], refused=[])
     for organization in organizations:
         try:
@@ -619,12 +743,5 @@ def sync_start(
             batch.refused.append(refusal)
             continue
         batch.queued.append(sync_log)
-        # robust: a broker error (or, in django-q2's sync mode, a failing sync) must not turn the
-        # already committed trigger into an error; the run itself records what happened.
-        transaction.on_commit(
-            lambda log_id=str(sync_log.id), code=organization.code: async_task(
-                "synclog.tasks.sync_execute", log_id, task_name=f"sync {code} {log_id}", group="pfasync-sync"
-            ),
-            robust=True,
-        )
+        transaction.on_commit(functools.partial(_enqueue, batch, sync_log))
     return batch

@@ -1,6 +1,8 @@
 """Sync runs (`pfa_sync_log`) with their lifecycle, and the PEMS rows a run had to keep aside."""
 
+import logging
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
@@ -8,6 +10,8 @@ from django.db.models import F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from mirror.models import ApiConfiguration, Organization
+
+logger = logging.getLogger(__name__)
 
 
 class SyncStatus(models.TextChoices):
@@ -68,6 +72,12 @@ class PfaSyncLog(models.Model):
     completed_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.PositiveBigIntegerField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    claim_token = models.UUIDField(
+        null=True, blank=True, editable=False, help_text="Set when a worker starts the run: only it may change the run."
+    )
+    cancel_requested_at = models.DateTimeField(
+        null=True, blank=True, help_text="A running run stops at its next page boundary once this is set."
+    )
     allow_mass_delete = models.BooleanField(
         default=False,
         help_text="Apply the deletions of a complete full read even past SYNC_DELETE_GUARD_PERCENT.",
@@ -97,26 +107,43 @@ class PfaSyncLog(models.Model):
     def is_active(self) -> bool:
         return self.status in SyncStatus.active()
 
+    # Every state change below is a compare-and-set: it applies only while the run is in the state
+    # the change starts from and, once running, only for the process that started it (its
+    # `claim_token`). A change that finds the run changed under it raises ClaimLost and writes
+    # nothing: a run reaped as lost, cancelled or finished elsewhere never acts again.
+
     def start(self) -> None:
-        now = timezone.now()
-        self.status = SyncStatus.RUNNING
-        self.started_at = self.heartbeat_at = now
-        self.save(update_fields=["status", "started_at", "heartbeat_at"])
+        """Take the run from `queued` to `running`, as its one holder."""
+        now, token = timezone.now(), uuid.uuid4()
+        changes = {"status": SyncStatus.RUNNING, "started_at": now, "heartbeat_at": now, "claim_token": token}
+        if not PfaSyncLog.objects.filter(pk=self.pk, status=SyncStatus.QUEUED).update(**changes):
+            raise self._lost("start")
+        for name, value in changes.items():
+            setattr(self, name, value)
+
+    def beat(self) -> bool:
+        """Move the heartbeat; False once the run is no longer this holder's."""
+        return bool(self._held().update(heartbeat_at=timezone.now()))
 
     def set_total(self, records_total: int) -> None:
-        self.records_total = records_total
-        self.save(update_fields=["records_total"])
+        self._change(records_total=records_total)
+
+    def set_sync_type(self, sync_type: str) -> None:
+        self._change(sync_type=sync_type)
 
     def add_page(self, *, processed: int, inserted: int, updated: int, unchanged: int, errored: int) -> None:
-        """Add one committed page's counts and beat the heartbeat (call inside the page's transaction)."""
+        """Add one page's counts and beat the heartbeat. Call it in the page's transaction: a lost
+        claim rolls the page back, and the run's row stays locked until the page commits, so it
+        cannot be reaped in between."""
         now = timezone.now()
-        PfaSyncLog.objects.filter(pk=self.pk).update(
+        self._change(
             records_processed=F("records_processed") + processed,
             records_inserted=F("records_inserted") + inserted,
             records_updated=F("records_updated") + updated,
             records_unchanged=F("records_unchanged") + unchanged,
             records_errored=F("records_errored") + errored,
             heartbeat_at=now,
+            set_attributes=False,
         )
         self.records_processed += processed
         self.records_inserted += inserted
@@ -125,32 +152,139 @@ class PfaSyncLog(models.Model):
         self.records_errored += errored
         self.heartbeat_at = now
 
-    def finish(self, status: str, *, error_message: str = "", error_details: dict | None = None) -> None:
-        """Close the run in a terminal state; frees the organization for the next run."""
+    def cancel_requested(self) -> bool:
+        return PfaSyncLog.objects.filter(pk=self.pk, cancel_requested_at__isnull=False).exists()
+
+    def finish(
+        self, status: str, *, error_message: str = "", error_details: dict | None = None, records_deleted: int = 0
+    ) -> None:
+        """Close the run in a terminal state; frees the organization for the next run.
+
+        A queued run (never started) may be closed by anyone, once; a running one only by its holder.
+        """
         assert status in SyncStatus.terminal(), status
         now = timezone.now()
-        self.status = status
-        self.completed_at = now
-        self.duration_ms = int((now - (self.started_at or self.created_at)).total_seconds() * 1000)
-        self.error_message = error_message
+        changes = {
+            "status": status,
+            "completed_at": now,
+            "duration_ms": int((now - (self.started_at or self.created_at)).total_seconds() * 1000),
+            "error_message": error_message,
+            "records_deleted": records_deleted,
+        }
         if error_details is not None:
-            self.error_details = error_details
-        self.save(update_fields=["status", "completed_at", "duration_ms", "error_message", "error_details"])
+            changes["error_details"] = error_details
+        if self.status == SyncStatus.QUEUED:
+            if not PfaSyncLog.objects.filter(pk=self.pk, status=SyncStatus.QUEUED).update(**changes):
+                raise self._lost("finish")
+            for name, value in changes.items():
+                setattr(self, name, value)
+        else:
+            self._change(**changes)
 
     def complete(self, *, records_deleted: int = 0, warning: str = "", error_details: dict | None = None) -> None:
         """Close the run as completed: every row PEMS holds was read (`warning`: what it left undone)."""
-        self.records_deleted = records_deleted
-        self.save(update_fields=["records_deleted"])
-        self.finish(SyncStatus.COMPLETED, error_message=warning, error_details=error_details)
+        self.finish(
+            SyncStatus.COMPLETED, error_message=warning, error_details=error_details, records_deleted=records_deleted
+        )
 
     def fail(self, error_message: str, *, error: BaseException | None = None, error_type: str = "") -> None:
         """Close the run as failed, with what PEMS (or the worker) said in `error_details`."""
-        details = {"error_type": error_type or type(error).__name__, "records_processed": self.records_processed}
-        if getattr(error, "status", None) is not None:
-            details["pems_status"] = error.status
-        if getattr(error, "pems_name", None):
-            details["pems_name"] = error.pems_name
-        self.finish(SyncStatus.FAILED, error_message=error_message, error_details=details)
+        self.finish(
+            SyncStatus.FAILED, error_message=error_message, error_details=failure_details(self, error, error_type)
+        )
+
+    def cancel(self) -> None:
+        """Cancel the run: a queued one at once, a running one at its next page boundary.
+
+        Raises RunEnded when it has ended already.
+        """
+        now = timezone.now()
+        queued = PfaSyncLog.objects.filter(pk=self.pk, status=SyncStatus.QUEUED)
+        if queued.update(
+            status=SyncStatus.CANCELLED, completed_at=now, duration_ms=0, error_message="Cancelled before it started."
+        ):
+            self.refresh_from_db()
+            return
+        if PfaSyncLog.objects.filter(pk=self.pk, status=SyncStatus.RUNNING).update(cancel_requested_at=now):
+            self.refresh_from_db()
+            return
+        self.refresh_from_db()
+        raise RunEnded(f"Run {self.pk} has ended already ({self.status}).")
+
+    def _held(self) -> QuerySet["PfaSyncLog"]:
+        return PfaSyncLog.objects.filter(pk=self.pk, status=SyncStatus.RUNNING, claim_token=self.claim_token)
+
+    def _change(self, *, set_attributes: bool = True, **changes) -> None:
+        if self.claim_token is None or not self._held().update(**changes):
+            raise self._lost("change")
+        if set_attributes:
+            for name, value in changes.items():
+                setattr(self, name, value)
+
+    def _lost(self, what: str) -> "ClaimLost":
+        status = PfaSyncLog.objects.filter(pk=self.pk).values_list("status", flat=True).first()
+        return ClaimLost(f"Run {self.pk} could not {what}: it is {status or 'gone'} and no longer this worker's.")
+
+
+class ClaimLost(Exception):
+    """A run found it is no longer its worker's to act on (reaped as lost, cancelled, finished)."""
+
+
+class RunEnded(Exception):
+    """The run has ended already: there is nothing to cancel."""
+
+
+def failure_details(sync_log: PfaSyncLog, error: BaseException | None, error_type: str = "") -> dict:
+    """What a failed run keeps about why: the error's type and, from PEMS, its status and name."""
+    details = {"error_type": error_type or type(error).__name__, "records_processed": sync_log.records_processed}
+    if getattr(error, "status", None) is not None:
+        details["pems_status"] = error.status
+    if getattr(error, "pems_name", None):
+        details["pems_name"] = error.pems_name
+    return details
+
+
+def stale_runs_expire(*, organization: Organization | None = None, now=None) -> list[PfaSyncLog]:
+    """Fail the runs whose worker is gone, freeing their organizations (of one, or all).
+
+    A running sync beats its heartbeat every SYNC_HEARTBEAT_SECONDS; one silent for longer than
+    the lease lost its worker (killed, host lost). A queued run never picked up within the task
+    timeout lost its task. Each is failed by a compare-and-set on its silence, so a run that beat
+    meanwhile is left alone, and the lost worker, should it wake, finds it no longer holds the run.
+    """
+    now = now or timezone.now()
+    lease_cutoff = now - timedelta(seconds=settings.SYNC_LEASE_SECONDS)
+    queue_cutoff = now - timedelta(seconds=settings.SYNC_TASK_TIMEOUT)
+    runs = PfaSyncLog.objects.filter(
+        Q(status=SyncStatus.RUNNING, heartbeat_at__lt=lease_cutoff)
+        | Q(status=SyncStatus.QUEUED, created_at__lt=queue_cutoff)
+    )
+    if organization is not None:
+        runs = runs.filter(organization=organization)
+    expired = []
+    for sync_log in runs.select_related("organization"):
+        if sync_log.status == SyncStatus.RUNNING:
+            message = (
+                f"Worker lost: no heartbeat since {sync_log.heartbeat_at.isoformat()} "
+                f"(lease {settings.SYNC_LEASE_SECONDS} s); pages committed before are kept."
+            )
+            still_stale = Q(status=SyncStatus.RUNNING, heartbeat_at__lt=lease_cutoff)
+        else:
+            message = f"Never started: no worker picked the run up within {settings.SYNC_TASK_TIMEOUT} s."
+            still_stale = Q(status=SyncStatus.QUEUED)
+        changes = {
+            "status": SyncStatus.FAILED,
+            "completed_at": now,
+            "duration_ms": int((now - (sync_log.started_at or sync_log.created_at)).total_seconds() * 1000),
+            "error_message": message,
+            "error_details": failure_details(sync_log, None, "WorkerLost"),
+        }
+        if PfaSyncLog.objects.filter(still_stale, pk=sync_log.pk).update(**changes):
+            for name, value in changes.items():
+                setattr(sync_log, name, value)
+            expired.append(sync_log)
+            logger.warning("Sync %s of %s: %s", sync_log.id, sync_log.organization.code, message)
+    return expired
 
 
 def latest_read_runs() -> QuerySet[PfaSyncLog]:

@@ -143,16 +143,21 @@ def test_pems_outage_mid_run_fails_the_run_and_keeps_committed_pages(rio, pems_s
 def test_the_next_page_is_read_while_a_page_is_stored_but_no_further(rio, pems_server):
     simulator = pems_server.simulator
     simulator.set_row_cap(100)  # 250 rows: three pages
-    grid_requests = []
+    # The count and page 1, then page 2 once page 1 is stored, page 3 once page 2 is: never more.
+    expected = iter([3, 4, 4])
+    seen = []
 
     def note_requests(sync_log):
-        time.sleep(0.3)  # time enough to read ahead, were it unbounded
-        grid_requests.append(simulator.request_count("grids"))
+        wanted = next(expected)
+        # Wait (bounded) for the read ahead to happen; it cannot go further while this page is held.
+        deadline = time.monotonic() + 10
+        while simulator.request_count("grids") < wanted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(simulator.request_count("grids"))
 
     sync_log = run_sync(rio, on_progress=note_requests)
     assert sync_log.records_inserted == 250
-    # The count, page 1 and page 2 once page 1 is stored; everything by the end of page 2.
-    assert grid_requests == [3, 4, 4]
+    assert seen == [3, 4, 4]
 
 
 def test_the_collector_runs_less_often_during_a_sync_and_as_before_after_it(rio):

@@ -13,14 +13,13 @@ from mirror.models import PfaMirror
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from synclog import tasks
 from synclog.engine import sync_claim
-from synclog.models import PfaSyncLog, SyncStatus
+from synclog.models import PfaSyncLog, SyncStatus, stale_runs_expire
 from synclog.worker import (
     FULL_SCHEDULE,
     SCHEDULE_NAME,
     TICK_SCHEDULE,
     scheduled_organizations,
     schedules_upsert,
-    sync_expire_stale_runs,
     sync_full,
     sync_tick,
     validate_sync_schedules,
@@ -112,7 +111,7 @@ def test_lease_fails_silent_runs_and_frees_the_organization(settings):
     fresh = ApiConfigurationFactory(organization=OrganizationFactory(code="HOU")).organization
     alive = sync_claim(organization=fresh, trigger="schedule")
     alive.start()
-    assert sync_expire_stale_runs() == [lost]
+    assert stale_runs_expire() == [lost]
     lost.refresh_from_db()
     assert lost.status == SyncStatus.FAILED and lost.error_message.startswith("Worker lost: no heartbeat since")
     assert lost.error_details["error_type"] == "WorkerLost"

@@ -15,8 +15,9 @@ from django_q.models import Schedule, Task
 from django_q.tasks import async_task, fetch
 
 from mirror.models import PfaMirror
+from mirror.records import content_hash
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
-from synclog.engine import sync_claim, sync_organizations
+from synclog.engine import sync_organizations
 from synclog.models import PfaSyncLog, SyncStatus
 from synclog.worker import FULL_SCHEDULE, SCHEDULE_NAME
 
@@ -162,6 +163,7 @@ def test_full_read_due_with_the_tick_reads_every_organization_in_full(clusters, 
     assert Schedule.objects.get(name=FULL_SCHEDULE.name).next_run > timezone.now()
 
 
+@pytest.mark.faults
 def test_tick_during_a_long_sync_does_not_overlap_it(clusters, organizations, pems_server):
     pems_server.simulator.set_latency(0.2)
     clusters()
@@ -180,6 +182,7 @@ def test_tick_during_a_long_sync_does_not_overlap_it(clusters, organizations, pe
     assert runs("RIO").get().records_inserted == 250
 
 
+@pytest.mark.faults
 def test_sigterm_mid_sync_cancels_the_run_and_frees_the_organization(clusters, organizations, pems_server):
     pems_server.simulator.set_latency(0.2)
     cluster = clusters()
@@ -190,12 +193,17 @@ def test_sigterm_mid_sync_cancels_the_run_and_frees_the_organization(clusters, o
     assert run.status == SyncStatus.CANCELLED and 0 < run.records_processed < 250
     assert PfaMirror.objects.filter(organization__code="RIO").count() == run.records_inserted
     assert "Background sync worker stopped" in cluster.output()
-    sync_claim(organization=organizations[0], trigger="command")  # the organization is free
+    pems_server.simulator.set_latency(0)
+    clusters("b")  # the organization is free: the next tick reads it whole
+    async_task("synclog.tasks.sync_tick")
+    wait_until(lambda: runs("RIO").filter(status=SyncStatus.COMPLETED).exists(), timeout=60, what="the next run")
+    assert_mirror_is_pems("RIO", pems_server.simulator)
 
 
+@pytest.mark.faults
 def test_sigkill_mid_sync_is_failed_by_the_lease_and_the_next_tick_syncs(clusters, organizations, pems_server):
     pems_server.simulator.set_latency(0.2)
-    cluster = clusters(SYNC_LEASE_SECONDS=3)
+    cluster = clusters(SYNC_LEASE_SECONDS=3, SYNC_HEARTBEAT_SECONDS=1)
     async_task("synclog.tasks.sync_tick")
     wait_until(lambda: runs("RIO").filter(records_processed__gte=40).exists(), timeout=30, what="RIO progress")
     cluster.kill()
@@ -203,12 +211,23 @@ def test_sigkill_mid_sync_is_failed_by_the_lease_and_the_next_tick_syncs(cluster
     assert lost.status == SyncStatus.RUNNING  # nobody is left to say otherwise
     time.sleep(3.5)
     pems_server.simulator.set_latency(0)
-    clusters("b", SYNC_LEASE_SECONDS=3)  # the check also runs when a cluster starts
+    clusters("b", SYNC_LEASE_SECONDS=3, SYNC_HEARTBEAT_SECONDS=1)  # the check also runs when a cluster starts
     lost.refresh_from_db()
     assert lost.status == SyncStatus.FAILED and lost.error_message.startswith("Worker lost")
     async_task("synclog.tasks.sync_tick")
     done = wait_until(lambda: runs("RIO").filter(status=SyncStatus.COMPLETED).first(), timeout=60, what="resync")
-    assert done.records_processed == 250 and PfaMirror.objects.filter(organization__code="RIO").count() == 250
+    assert done.records_processed == 250
+    assert_mirror_is_pems("RIO", pems_server.simulator)
+
+
+def assert_mirror_is_pems(code, simulator) -> None:
+    """The organization's mirror holds what PEMS holds, key for key and hash for hash, and no run
+    of it is left active or overlapped another."""
+    mirror = dict(PfaMirror.objects.live().filter(organization__code=code).values_list("pfa_id", "content_hash"))
+    assert mirror == {row["pfs_id"]: content_hash(row) for row in simulator.rows(code)}
+    ordered = list(runs(code).order_by("started_at"))
+    assert all(run.status in SyncStatus.terminal() for run in ordered)
+    assert all(a.completed_at <= b.started_at for a, b in zip(ordered, ordered[1:], strict=False))
 
 
 def test_two_redis_clusters_never_run_one_organization_twice(clusters, organizations, pems_server):

@@ -11,12 +11,12 @@ import threading
 from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as DjangoQClusterCommand
 
+from synclog.models import stale_runs_expire
 from synclog.worker import (
     FULL_SCHEDULE,
     TICK_SCHEDULE,
     install_shutdown_event,
     schedules_upsert,
-    sync_expire_stale_runs,
 )
 
 logger = logging.getLogger("synclog.worker")
@@ -27,7 +27,7 @@ class Command(DjangoQClusterCommand):
 
     def handle(self, *args, **options):
         rows = schedules_upsert()
-        expired = sync_expire_stale_runs()
+        expired = stale_runs_expire()
         if expired:
             logger.warning("Marked %d run(s) failed whose worker was lost", len(expired))
         tick, full = rows[TICK_SCHEDULE], rows[FULL_SCHEDULE]
