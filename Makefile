@@ -16,9 +16,10 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 install: $(BIN)/.installed .env
 
-# A local .env with freshly generated keys; never overwrites an existing one.
-.env:
+# A local .env with freshly generated keys; an existing one only gains the keys it lacks.
+.env: .env.example
 	$(PYTHON) scripts/make_env.py .env.example .env
+	@touch $@
 
 demo: install
 	DEMO_PORT=$(DEMO_PORT) BIN=$(BIN) scripts/demo.sh

@@ -9,7 +9,8 @@ from functools import cached_property
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ImproperlyConfigured
+from django.contrib.admin.utils import flatten_fieldsets
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.paginator import Paginator
 from django.db import connection
 from django.db.models import QuerySet
@@ -41,12 +42,15 @@ class ApiConfigurationForm(forms.ModelForm):
     base_url = forms.URLField(
         max_length=500, assume_scheme="https", help_text=ApiConfiguration._meta.get_field("base_url").help_text
     )
-    new_secret = forms.CharField(
+    # Named as the model field, so the model's own checks of the secret (ApiConfiguration.clean) show
+    # on it; it is not in Meta.fields, so the plaintext is never copied onto the model: clean() sets it.
+    secret = forms.CharField(
         label="Password or API key",
         required=False,
         strip=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Write-only: leave blank to keep the stored secret.",
+        help_text="Write-only: leave blank to keep the stored secret. Changing the base URL, tenant, username "
+        "or authentication type needs it again.",
     )
 
     class Meta:
@@ -69,17 +73,13 @@ class ApiConfigurationForm(forms.ModelForm):
 
     def clean(self) -> dict:
         cleaned = super().clean()
-        if not self.cleaned_data.get("new_secret") and not self.instance.secret:
-            self.add_error("new_secret", "A new connection needs its password or API key.")
+        # Set before the model validates the instance, which then judges the new secret, not the stored one.
+        if cleaned.get("secret"):
+            try:
+                self.instance.set_secret(cleaned["secret"])
+            except ValidationError as error:  # its message never repeats the secret
+                self.add_error("secret", error)
         return cleaned
-
-    def save(self, commit: bool = True) -> ApiConfiguration:
-        configuration = super().save(commit=False)
-        if self.cleaned_data.get("new_secret"):
-            configuration.set_secret(self.cleaned_data["new_secret"])
-        if commit:
-            configuration.save()
-        return configuration
 
 
 @admin.register(ApiConfiguration)
@@ -122,7 +122,7 @@ class ApiConfigurationAdmin(admin.ModelAdmin):
         ),
         (
             "Credentials",
-            {"fields": ("auth_type", "username", "new_secret", "secret_stored")},
+            {"fields": ("auth_type", "username", "secret", "secret_stored")},
         ),
         (
             "Sync tracking",
@@ -131,11 +131,30 @@ class ApiConfigurationAdmin(admin.ModelAdmin):
     )
     actions = ("test_connection",)
 
+    def get_fieldsets(self, request: HttpRequest, obj: ApiConfiguration | None = None) -> list:
+        fieldsets = super().get_fieldsets(request, obj)
+        editable = self.has_change_permission(request, obj) if obj else self.has_add_permission(request)
+        if editable:
+            return fieldsets
+        # A read-only page shows each field's model value: for `secret` that is the encrypted token.
+        return [
+            (name, {**options, "fields": tuple(field for field in options["fields"] if field != "secret")})
+            for name, options in fieldsets
+        ]
+
+    def get_form(self, request: HttpRequest, obj: ApiConfiguration | None = None, change: bool = False, **kwargs):
+        # `secret` is the form's own write-only field (the model's is not editable): no model field to build.
+        fields = kwargs.pop("fields", None) or flatten_fieldsets(self.get_fieldsets(request, obj))
+        kwargs["fields"] = [field for field in fields if field != "secret"]
+        return super().get_form(request, obj, change, **kwargs)
+
     @admin.display(boolean=True, description="secret stored")
     def secret_stored(self, configuration: ApiConfiguration) -> bool:
         return bool(configuration.secret)
 
-    @admin.action(description="Test connection (one count request)")
+    # It sends the stored secret to the stored base URL: an act on the connection, so it needs the
+    # change permission, as editing it does; view-only staff can only look.
+    @admin.action(description="Test connection (one count request)", permissions=["change"])
     def test_connection(self, request: HttpRequest, queryset: QuerySet[ApiConfiguration]) -> None:
         for configuration in queryset.select_related("organization"):
             try:

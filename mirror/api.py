@@ -2,7 +2,8 @@
 
 Who sees what: a user sees the organizations they are a member of, staff see every one. An
 organization out of reach answers 404 (no leaking which codes exist); a visible one the user may
-not change answers 403. The connection's `secret` is write-only: accepted, never returned.
+not change answers 403. Staff acts need the model permission the admin asks for the same act
+(view-only staff can only look). The connection's `secret` is write-only: accepted, never returned.
 """
 
 from uuid import UUID
@@ -41,9 +42,10 @@ def organization_get_visible(*, user, key: str) -> Organization:
     return organization
 
 
-def require_staff(user, action: str) -> None:
-    if not user.is_staff:
-        raise PermissionDenied(f"Only staff may {action}.")
+def require_permission(user, permission: str, action: str) -> None:
+    """Staff acts need staff status and the model permission the admin asks for the same act."""
+    if not (user.is_staff and user.has_perm(permission)):
+        raise PermissionDenied(f"Only staff with the {permission} permission may {action}.")
 
 
 def raise_model_errors(error: DjangoValidationError, serializer: serializers.Serializer) -> None:
@@ -90,7 +92,9 @@ class ConnectionInputSerializer(serializers.Serializer):
     """A PUT: `baseUrl` and `tenant` are required, and `timeZone` when the connection is created; other
     fields left out keep their current value."""
 
-    baseUrl = serializers.URLField(source="base_url", max_length=500)
+    baseUrl = serializers.URLField(
+        source="base_url", max_length=500, help_text="https:// (http:// only where PEMS_ALLOW_HTTP=true)."
+    )
     endpoint = serializers.ChoiceField(choices=ApiConfiguration.Endpoint.choices, required=False)
     tenant = serializers.CharField(max_length=100)
     pemsOrganizationCode = serializers.CharField(
@@ -103,7 +107,9 @@ class ConnectionInputSerializer(serializers.Serializer):
         required=False,
         allow_blank=True,
         trim_whitespace=False,
-        help_text="Password or API key; write-only. Blank or left out keeps the stored one.",
+        help_text="Password or API key; write-only. Blank or left out keeps the stored one, except when "
+        "baseUrl, tenant, username or authType change: then it is required again. No leading or trailing "
+        "whitespace, no control characters.",
     )
     gridName = serializers.CharField(source="grid_name", max_length=64, required=False)
     gridId = serializers.CharField(source="grid_id", max_length=32, required=False)
@@ -191,7 +197,7 @@ class OrganizationListApi(APIView):
         responses={201: OrganizationResponseSerializer, **error_responses(400, 401, 403)},
     )
     def post(self, request: Request) -> Response:
-        require_staff(request.user, "create organizations")
+        require_permission(request.user, "mirror.add_organization", "create organizations")
         serializer = OrganizationCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
@@ -218,7 +224,7 @@ class OrganizationDetailApi(APIView):
     )
     def patch(self, request: Request, key: str) -> Response:
         organization = organization_get_visible(user=request.user, key=key)
-        require_staff(request.user, "edit organizations")
+        require_permission(request.user, "mirror.change_organization", "edit organizations")
         serializer = OrganizationUpdateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
@@ -234,7 +240,7 @@ class ReadConnectionApi(APIView):
     @extend_schema(responses={200: ConnectionResponseSerializer, **error_responses(401, 403, 404)})
     def get(self, request: Request, key: str) -> Response:
         organization = organization_get_visible(user=request.user, key=key)
-        require_staff(request.user, "see PEMS connections")
+        require_permission(request.user, "mirror.view_apiconfiguration", "see PEMS connections")
         configuration = organization.api_configurations.filter(usage=ApiConfiguration.Usage.READ).first()
         if configuration is None:
             raise NotFound(f"Organization {organization.code} has no PEMS read connection yet.")
@@ -246,7 +252,9 @@ class ReadConnectionApi(APIView):
     )
     def put(self, request: Request, key: str) -> Response:
         organization = organization_get_visible(user=request.user, key=key)
-        require_staff(request.user, "change PEMS connections")
+        exists = organization.api_configurations.filter(usage=ApiConfiguration.Usage.READ).exists()
+        permission = "mirror.change_apiconfiguration" if exists else "mirror.add_apiconfiguration"
+        require_permission(request.user, permission, "change PEMS connections")
         serializer = ConnectionInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:

@@ -6,17 +6,18 @@ from django.db import DatabaseError
 
 @register()
 def check_secrets_decrypt(app_configs, **kwargs):
+    """Decrypt every stored PEMS secret: one error per connection the configured keys cannot read."""
     from mirror.models import ApiConfiguration
     from mirror.secrets import SecretDecryptionError
 
     try:
-        configuration = ApiConfiguration.objects.exclude(secret="").order_by("updated_at").last()
+        configurations = list(ApiConfiguration.objects.exclude(secret="").select_related("organization").order_by("pk"))
     except DatabaseError:
         return []  # not migrated yet: nothing stored to check
-    if configuration is None:
-        return []
-    try:
-        configuration.get_secret()
-    except SecretDecryptionError as error:
-        return [Error(str(error), id="mirror.E001")]
-    return []
+    errors = []
+    for configuration in configurations:
+        try:
+            configuration.get_secret()
+        except SecretDecryptionError as error:
+            errors.append(Error(str(error), id="mirror.E001"))
+    return errors

@@ -1,18 +1,19 @@
 """What pfasync holds from PEMS: organizations, their PEMS connections and the mirrored PFA records."""
 
+import re
 import uuid
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
 from mirror.fields import JSONTextField
-from mirror.pems import DEFAULT_PAGE_SIZE, PemsSettings
-from mirror.secrets import decrypt_secret, encrypt_secret
+from mirror.pems import DEFAULT_CALL_DEADLINE, DEFAULT_PAGE_SIZE, PemsSettings
+from mirror.secrets import decrypt_secret, encrypt_secret, validate_secret
 
 
 def validate_time_zone(value: str) -> None:
@@ -22,11 +23,50 @@ def validate_time_zone(value: str) -> None:
         raise ValidationError(f"{value!r} is not an IANA time zone name (e.g. America/Chicago).") from None
 
 
+_ORGANIZATION_CODE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def validate_organization_code(value: str) -> None:
+    """An organization code goes into PEMS request headers, filters and record keys: letters, digits,
+    '_' and '-' only."""
+    if not _ORGANIZATION_CODE.fullmatch(value):
+        raise ValidationError(
+            f"{value!r} is not an organization code: use only letters, digits, '_' and '-' (e.g. RIO or RIO_2).",
+            code="invalid_organization_code",
+        )
+
+
+# A connection's settings that decide where its secret is sent, and as whose: changing one requires
+# the secret again (ApiConfiguration.clean).
+SECRET_BOUND_FIELDS = {
+    "base_url": "base URL",
+    "tenant": "tenant",
+    "username": "username",
+    "auth_type": "authentication type",
+}
+
+
+def pems_base_url_error(base_url: str) -> str | None:
+    """Why `base_url` may not be used, or None: the connection sends the PEMS credentials there, so
+    plain http is refused unless PEMS_ALLOW_HTTP is set (the simulator speaks only http)."""
+    if base_url.lower().startswith("http://") and not settings.PEMS_ALLOW_HTTP:
+        return (
+            "An http:// base URL would send the PEMS credentials unencrypted: use https://, or set "
+            "PEMS_ALLOW_HTTP=true (e.g. for the PEMS simulator)."
+        )
+    return None
+
+
 class Organization(models.Model):
     """A PEMS organization whose PFA records we mirror."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    code = models.CharField(max_length=32, unique=True, help_text="PEMS organization code, e.g. RIO.")
+    code = models.CharField(
+        max_length=32,
+        unique=True,
+        validators=[validate_organization_code],
+        help_text="PEMS organization code, e.g. RIO: letters, digits, '_' and '-'.",
+    )
     name = models.CharField(max_length=200)
     is_active = models.BooleanField(default=True)
     sync_enabled = models.BooleanField(default=True)
@@ -99,6 +139,7 @@ class ApiConfiguration(models.Model):
     pems_organization_code = models.CharField(
         max_length=32,
         blank=True,
+        validators=[validate_organization_code],
         help_text="Defaults to the organization's code. Not allowed on the global default connection.",
     )
     auth_type = models.CharField(max_length=16, choices=AuthType, default=AuthType.BASIC)
@@ -147,22 +188,58 @@ class ApiConfiguration(models.Model):
 
     def clean(self) -> None:
         super().clean()
+        errors = {}
         if self.organization_id is None and self.pems_organization_code:
-            raise ValidationError(
-                {
-                    "pems_organization_code": "The global default connection serves many organizations: each "
-                    "reads its own PEMS organization, so it cannot name one."
-                }
+            errors["pems_organization_code"] = (
+                "The global default connection serves many organizations: each reads its own PEMS "
+                "organization, so it cannot name one."
             )
+        if self.base_url and (problem := pems_base_url_error(self.base_url)):
+            errors["base_url"] = problem
+        if not self.secret:
+            errors["secret"] = "A PEMS connection needs its password or API key."
+        elif changed := self._target_changed_without_secret():
+            errors["secret"] = (
+                f"Changing the {' and '.join(changed)} needs the password or API key again: the stored one "
+                "is only ever sent where it was given for."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    def _target_changed_without_secret(self) -> list[str]:
+        """The settings that decide where the secret goes (and as whose) which differ from the stored
+        ones while the secret is still the stored one."""
+        if self._state.adding:
+            return []
+        stored = ApiConfiguration.objects.filter(pk=self.pk).values(*SECRET_BOUND_FIELDS, "secret").first()
+        if stored is None or stored["secret"] != self.secret:
+            return []
+        changed = [name for name in SECRET_BOUND_FIELDS if getattr(self, name) != stored[name]]
+        if "base_url" in changed and self.base_url.rstrip("/") == stored["base_url"].rstrip("/"):
+            changed.remove("base_url")
+        return [SECRET_BOUND_FIELDS[name] for name in changed]
 
     def set_secret(self, plaintext: str) -> None:
+        """Encrypt and keep `plaintext`; ValidationError (without the secret) if it has leading or
+        trailing whitespace or a control character."""
+        validate_secret(plaintext)
         self.secret = encrypt_secret(plaintext)
 
     def get_secret(self) -> str:
-        return decrypt_secret(self.secret, owner=f"PEMS connection {self.pk}")
+        return decrypt_secret(self.secret, owner=self.describe())
+
+    def describe(self) -> str:
+        """Names the connection in messages: organization, usage, tenant and id."""
+        return f"PEMS connection '{self}' (id {self.pk})"
 
     def pems_settings(self, organization: Organization) -> PemsSettings:
-        """Client settings for reading `organization` through this connection."""
+        """Client settings for reading `organization` through this connection.
+
+        Raises ImproperlyConfigured for a plain-http base URL stored before PEMS_ALLOW_HTTP existed
+        (or while it was set): the credentials are never sent over it.
+        """
+        if problem := pems_base_url_error(self.base_url):
+            raise ImproperlyConfigured(f"{self.describe()}: {problem}")
         return PemsSettings(
             base_url=self.base_url,
             endpoint=self.endpoint,
@@ -177,6 +254,8 @@ class ApiConfiguration(models.Model):
             page_size=self.page_size,
             read_timeout=self.request_timeout,
             time_zone=self.time_zone,
+            # A configured request timeout is always allowed one full wait.
+            call_deadline=max(DEFAULT_CALL_DEADLINE, self.request_timeout),
         )
 
     def record_sync(self, *, finished_at, record_count: int) -> None:

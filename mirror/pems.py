@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
-from http.client import IncompleteRead
+from http import HTTPStatus
+from http.client import HTTPException, IncompleteRead
 from operator import itemgetter
 from sys import intern
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -33,7 +34,10 @@ import msgspec
 import orjson
 import requests
 from django.core.exceptions import ImproperlyConfigured
+from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ProtocolError
+
+from mirror.secrets import secret_register, secrets_scrub
 
 logger = logging.getLogger("mirror.pems")
 
@@ -51,6 +55,10 @@ _BODY_BYTES_PER_ROW = 16 << 10
 
 # A zero delay would turn backoff into a hammer when jitter draws 0.
 BACKOFF_FLOOR = 0.1
+# Seconds one PEMS call may take with all its attempts, waits and backoff.
+DEFAULT_CALL_DEADLINE = 300.0
+# The longest PEMS error message kept: it is shown to users and stored with the run.
+_MAX_MESSAGE_CHARS = 500
 
 _NETWORK_ERRORS = (
     requests.exceptions.ConnectionError,
@@ -60,6 +68,10 @@ _NETWORK_ERRORS = (
     IncompleteRead,
     ProtocolError,
 )
+# Anything else the HTTP stack raises for a request it could not send (an invalid header value, a
+# bad URL, ...): not retried, and its text, which may quote a header, is scrubbed. (A bare OSError
+# left is a network failure.)
+_SEND_ERRORS = (requests.exceptions.RequestException, Urllib3Error, HTTPException, ValueError)
 _AUTH_WORDS = ("authenticat", "credential", "login", "log in", "logon", "password", "unauthori")
 _CONFLICT_WORDS = ("modified by another user", "changed by another user")
 
@@ -68,14 +80,19 @@ _CONFLICT_WORDS = ("modified by another user", "changed by another user")
 
 
 class PemsError(Exception):
-    """A PEMS call failed; `message` is PEMS's own text where it sent one."""
+    """A PEMS call failed; `message` is PEMS's own text where it sent one.
+
+    Its texts are scrubbed of every registered secret as it is made, so whatever stores, logs or
+    shows one cannot leak a secret.
+    """
 
     summary = "PEMS request failed"
 
     def __init__(self, message: str, *, pems_name: str | None = None, status: int | None = None) -> None:
+        message = secrets_scrub(message)
         super().__init__(message)
         self.message = message
-        self.pems_name = pems_name
+        self.pems_name = secrets_scrub(pems_name) if pems_name else pems_name
         self.status = status
 
     def __str__(self) -> str:
@@ -152,6 +169,8 @@ class PemsSettings:
     max_attempts: int = 5
     backoff_base: float = 0.5
     backoff_max: float = 30.0
+    # A call's attempts, waits and backoff together never take longer.
+    call_deadline: float = DEFAULT_CALL_DEADLINE
 
     def __post_init__(self) -> None:
         missing = [name for name in ("base_url", "tenant", "organization") if not getattr(self, name)]
@@ -167,6 +186,8 @@ class PemsSettings:
             raise ImproperlyConfigured(f"PEMS auth_type {self.auth_type!r} is not one of {AUTH_TYPES}.")
         if self.page_size < 1 or self.max_attempts < 1:
             raise ImproperlyConfigured("PEMS page_size and max_attempts must be at least 1.")
+        if not self.call_deadline > 0:
+            raise ImproperlyConfigured(f"PEMS call_deadline {self.call_deadline!r} must be more than 0 seconds.")
         try:
             ZoneInfo(self.time_zone)
         except (ZoneInfoNotFoundError, ValueError):
@@ -274,6 +295,58 @@ def _earliest_wall_time(start: datetime, end: datetime, zone: ZoneInfo) -> datet
     return earliest
 
 
+# --- call outcomes ------------------------------------------------------------------------------
+#
+# Each PEMS call (one request with all its attempts, waits and backoff) ends in one outcome: "ok",
+# "retried" (ok after failed attempts), "4xx" (refused: credentials, a bad request, no such record,
+# 429 until the retries ran out, or a request that could not be sent), "5xx" (PEMS failed, or
+# answered what the contract does not describe) or "timeout" (no answer: timeouts, lost connections,
+# the call's deadline). `call_observer`, when set (the ops app sets it to count calls for
+# /metrics), receives it with the call's seconds; whatever it does, the call goes on as before.
+
+call_observer: Callable[[str, float], None] | None = None
+
+
+def _call_outcome(error: PemsError | None, attempts: int) -> str:
+    if error is None:
+        return "ok" if attempts <= 1 else "retried"
+    if isinstance(error, PemsUnavailable) and error.status is None:
+        return "timeout"
+    if error.status is not None and 400 <= error.status < 500:
+        return "4xx"
+    if error.status is None and not isinstance(error, PemsUnavailable | PemsProtocolError):
+        return "4xx"  # the request could not be sent
+    return "5xx"
+
+
+def _observed(send: Callable[..., Any]) -> Callable[..., Any]:
+    """Reports each call of `send` (PemsClient._send) to `call_observer`."""
+
+    def observed(client: PemsClient, *args: Any, **kwargs: Any) -> Any:
+        observer = call_observer
+        if observer is None:
+            return send(client, *args, **kwargs)
+        started = time.monotonic()
+        client._attempts = 0
+        error: PemsError | None = None
+        try:
+            return send(client, *args, **kwargs)
+        except PemsError as failure:
+            error = failure
+            raise
+        except BaseException:
+            observer = None  # not a PEMS outcome (an interrupt, a bug): not counted
+            raise
+        finally:
+            if observer is not None:
+                try:
+                    observer(_call_outcome(error, client._attempts), time.monotonic() - started)
+                except Exception:
+                    logger.debug("The PEMS call observer failed", exc_info=True)
+
+    return observed
+
+
 # --- the client ---------------------------------------------------------------------------------
 
 
@@ -286,13 +359,18 @@ class PemsClient:
         *,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self._owns_session = session is None
         self._http = session if session is not None else requests.Session()
         self._sleep = sleep
+        self._clock = clock
         self._session_id: str | None = None
         self._root = f"{settings.base_url.rstrip('/')}/axis/restservices"
+        # The Basic token is the password in another form: both are scrubbed from every text.
+        self._basic_token = base64.b64encode(f"{settings.username}:{settings.secret}".encode()).decode("ascii")
+        secret_register(settings.secret, *([self._basic_token] if settings.auth_type == "basic" else []))
 
     def __repr__(self) -> str:
         return f"<PemsClient {self.settings.tenant}/{self.settings.organization} at {self.settings.base_url}>"
@@ -361,11 +439,16 @@ class PemsClient:
     def _grid_page(
         self, body: dict[str, Any], columns: _GridColumns, number: int
     ) -> tuple[list[dict[str, str]], bool, datetime | None]:
-        """One grid page: its rows, whether PEMS says more follow, and the server's clock."""
+        """One grid page: its rows, whether PEMS says more follow, and the server's clock.
+
+        Asking again for an empty page is part of the same call: one deadline covers it all.
+        """
+        started = self._clock()
+        deadline = started + self.settings.call_deadline
         attempts = 0
         while True:
             attempts += 1
-            answer, response = self._send("POST", self.settings.endpoint, body, typed=columns.decode)
+            answer, response = self._send("POST", self.settings.endpoint, body, typed=columns.decode, deadline=deadline)
             if isinstance(answer, _GridPageAnswer):
                 rows, next_cursor = _typed_grid_rows(answer.Result.ResultData)
             else:
@@ -380,6 +463,8 @@ class PemsClient:
             if attempts >= self.settings.max_attempts:
                 raise PemsProtocolError(f"{failure}; gave up after {attempts} attempts")
             delay = self._backoff(attempts, None)
+            if self._clock() + delay >= deadline:
+                raise PemsProtocolError(f"{failure}; {self._gave_up(attempts, started)}")
             logger.warning("PEMS %s; asking again in %.2f s", failure, delay)
             self._sleep(delay)
 
@@ -461,11 +546,11 @@ class PemsClient:
         if self.settings.auth_type == "api_key":
             headers["X-API-KEY"] = self.settings.secret
         else:
-            token = base64.b64encode(f"{self.settings.username}:{self.settings.secret}".encode()).decode("ascii")
-            headers["Authorization"] = f"Basic {token}"
+            headers["Authorization"] = f"Basic {self._basic_token}"
         headers["keepsession"] = "true"
         return headers
 
+    @_observed
     def _send(
         self,
         method: str,
@@ -473,28 +558,52 @@ class PemsClient:
         body: dict[str, Any] | None = None,
         *,
         typed: Callable[[bytes], Any] | None = None,
+        deadline: float | None = None,
     ) -> tuple[Any, requests.Response]:
         """One PEMS call with session renewal and retries; returns the answer and the response.
 
         The answer is the JSON object, or, when `typed` can decode a 2xx answer (it returns None
         when it cannot), its struct, which carries `Result.SessionID` like the JSON does.
+
+        The attempts, waits and backoff together end by `deadline` (on the client's clock; default:
+        `call_deadline` from now): each attempt waits for PEMS no longer than the time left, and a
+        wait that would pass the deadline is not begun.
         """
         url = f"{self._root}/{path}"
         data = orjson.dumps(body) if body is not None else None
-        timeout = (self.settings.connect_timeout, self.settings.read_timeout)
+        started = self._clock()
+        if deadline is None:
+            deadline = started + self.settings.call_deadline
         attempts = 0
         renewed_session = False
         while True:
+            left = deadline - self._clock()
+            if left <= 0:
+                raise PemsUnavailable(
+                    f"{method} {path}: {self._gave_up(attempts, started)}", attempts=attempts, status=None
+                )
             attempts += 1
+            self._attempts = attempts  # for _observed
             status: int | None = None
             retry_after: float | None = None
+            timeout = (min(self.settings.connect_timeout, left), min(self.settings.read_timeout, left))
             try:
                 response = self._http.request(
                     method, url, headers=self._headers(), data=data, timeout=timeout, stream=True
                 )
                 content = self._read_body(response)
             except _NETWORK_ERRORS as exc:
-                failure = self._scrub(_describe_network_error(exc, self.settings.read_timeout))
+                failure = _describe_network_error(exc, timeout[1])
+            except PemsError:
+                raise
+            except _SEND_ERRORS as exc:
+                # `from None`: the original exception's text may hold a secret, and a chained
+                # traceback would print it.
+                raise PemsError(
+                    f"{method} {path}: the request could not be sent ({type(exc).__name__}: {self._scrub(str(exc))})"
+                ) from None
+            except OSError as exc:
+                failure = _describe_network_error(exc, timeout[1])
             else:
                 status = response.status_code
                 answer = typed(content) if typed is not None and 200 <= status < 300 else None
@@ -524,7 +633,7 @@ class PemsClient:
                     attempts -= 1
                     logger.info("PEMS session expired; logging in again")
                     continue
-                self._raise_for_status(status, name, message, content, method)
+                self._raise_for_status(status, name, message, method)
                 failure = f"HTTP {status}"
                 if message:
                     failure += f" ({self._scrub(message)})"
@@ -538,6 +647,10 @@ class PemsClient:
                     status=status,
                 )
             delay = self._backoff(attempts, retry_after)
+            if self._clock() + delay >= deadline:
+                raise PemsUnavailable(
+                    f"{method} {path}: {failure}; {self._gave_up(attempts, started)}", attempts=attempts, status=status
+                )
             logger.warning(
                 "PEMS %s %s attempt %d of %d failed (status %s: %s); retrying in %.2f s",
                 method,
@@ -571,11 +684,13 @@ class PemsClient:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _raise_for_status(
-        self, status: int, name: str | None, message: str | None, content: bytes, method: str
-    ) -> None:
-        """Raise the error for a final (non-retryable) answer; return for retryable ones."""
-        text = self._scrub(message or _body_excerpt(content) or f"HTTP {status}")
+    def _raise_for_status(self, status: int, name: str | None, message: str | None, method: str) -> None:
+        """Raise the error for a final (non-retryable) answer; return for retryable ones.
+
+        The error's text is PEMS's own ErrorAlert message, else only the status: never a body
+        excerpt, since a connection may point at a host that is not PEMS.
+        """
+        text = self._scrub(message or _status_text(status))
         if status in (401, 403):
             raise PemsAuthError(text, pems_name=name, status=status)
         if (status == 400 or status >= 500) and _mentions(name, message, _AUTH_WORDS):
@@ -596,15 +711,21 @@ class PemsClient:
         ceiling = min(cap, self.settings.backoff_base * 2 ** (attempt - 1))
         return max(BACKOFF_FLOOR, random.uniform(0, ceiling))
 
+    def _gave_up(self, attempts: int, started: float) -> str:
+        return (
+            f"gave up after {attempts} attempts in {self._clock() - started:.1f} s "
+            f"(a PEMS call may take {self.settings.call_deadline:g} s in all)"
+        )
+
     def _remember_session(self, session_id: Any) -> None:
         if session_id:
             self._session_id = str(session_id)
 
     def _scrub(self, text: str) -> str:
-        secret = self.settings.secret
-        # Very short secrets would mangle ordinary words; they are rejected by no rule, so just skip them.
-        if secret and len(secret) >= 3 and secret in text:
-            text = text.replace(secret, "***")
+        """`text` without the registered secrets, nor this client's PEMS session id."""
+        text = secrets_scrub(text)
+        if self._session_id and len(self._session_id) >= 4:
+            text = text.replace(self._session_id, "***")
         return text
 
 
@@ -651,7 +772,7 @@ def _error_alert(payload: Any) -> tuple[str | None, str | None]:
         return None, None
     name = alert.get("Name")
     message = alert.get("Message")
-    return (str(name) if name else None), (str(message) if message else None)
+    return (str(name)[:_MAX_MESSAGE_CHARS] if name else None), (str(message)[:_MAX_MESSAGE_CHARS] if message else None)
 
 
 def _mentions(name: str | None, message: str | None, words: Sequence[str]) -> bool:
@@ -659,8 +780,12 @@ def _mentions(name: str | None, message: str | None, words: Sequence[str]) -> bo
     return any(word in text for word in words)
 
 
-def _body_excerpt(content: bytes) -> str:
-    return content[:200].decode("utf-8", "replace").strip()
+def _status_text(status: int) -> str:
+    """`HTTP 503 Service Unavailable`: the standard reason phrase, not the one the server sent."""
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
 
 
 def _describe_network_error(exc: Exception, read_timeout: float) -> str:

@@ -9,7 +9,7 @@ from datetime import date, timedelta
 from functools import lru_cache
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import connection, transaction
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from mirror.models import ApiConfiguration, Organization, PfaMirror
 from mirror.pems import DEFAULT_PAGE_SIZE, PemsClient, organization_filter
+from mirror.secrets import SecretDecryptionError, rotate_secret
 from mirror.store import psycopg_cursor
 
 logger = logging.getLogger(__name__)
@@ -73,12 +74,16 @@ def organization_update(*, organization: Organization, **fields) -> Organization
 
 @transaction.atomic
 def read_connection_put(*, organization: Organization, secret: str = "", **fields) -> ApiConfiguration:
-    """Create or change the organization's PEMS read connection; a blank `secret` keeps the stored one."""
+    """Create or change the organization's PEMS read connection; a blank `secret` keeps the stored one,
+    unless the change moves where it is sent (see ApiConfiguration.clean)."""
     configuration = ApiConfiguration.objects.select_for_update().filter(
         organization=organization, usage=ApiConfiguration.Usage.READ
     ).first() or ApiConfiguration(organization=organization, usage=ApiConfiguration.Usage.READ)
     if secret:
-        configuration.set_secret(secret)
+        try:
+            configuration.set_secret(secret)
+        except ValidationError as error:
+            raise ValidationError({"secret": error.messages}) from None
     _apply_and_save(configuration, fields)
     return configuration
 
@@ -103,7 +108,12 @@ def organization_register(
     `time_zone` (the tenant's IANA zone) has no default: PEMS times carry no offset, and a wrong zone
     shifts every incremental read's window by hours.
     """
-    organization, created = Organization.objects.update_or_create(code=code.upper(), defaults={"name": name})
+    organization = Organization.objects.filter(code=code.strip().upper()).first()
+    created = organization is None
+    if created:
+        organization = organization_create(code=code, name=name)
+    else:
+        organization_update(organization=organization, name=name)
     read_connection_put(
         organization=organization,
         secret=secret,
@@ -117,6 +127,40 @@ def organization_register(
         pems_organization_code=pems_organization_code,
     )
     return organization, created
+
+
+@dataclass(frozen=True)
+class SecretRotation:
+    """What `connection_secrets_rotate` did: secrets re-encrypted, already current, and the
+    connections whose secret no configured key decrypts (left as they are)."""
+
+    rotated: int
+    current: int
+    undecryptable: list[str]
+
+
+def connection_secrets_rotate() -> SecretRotation:
+    """Encrypt every stored PEMS secret with the first PFASYNC_ENCRYPTION_KEY entry (run it after
+    putting a new key first); secrets it already encrypts are left alone, so it is safe to repeat.
+
+    Each secret is replaced only if it is still the one read (a compare-and-set), so a secret
+    changed meanwhile is never overwritten with the old one.
+    """
+    rotated = current = 0
+    undecryptable = []
+    for configuration in ApiConfiguration.objects.exclude(secret="").select_related("organization").order_by("pk"):
+        try:
+            token = rotate_secret(configuration.secret, owner=configuration.describe())
+        except SecretDecryptionError:
+            undecryptable.append(configuration.describe())
+            continue
+        if token is None:
+            current += 1
+        elif ApiConfiguration.objects.filter(pk=configuration.pk, secret=configuration.secret).update(secret=token):
+            rotated += 1
+    if rotated:
+        logger.info("Re-encrypted %d PEMS secrets with the first PFASYNC_ENCRYPTION_KEY entry", rotated)
+    return SecretRotation(rotated=rotated, current=current, undecryptable=undecryptable)
 
 
 def read_configuration_for(organization: Organization) -> ApiConfiguration:

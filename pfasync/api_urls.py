@@ -1,7 +1,7 @@
 """REST API routes, mounted at /api/: wiring only."""
 
 from django.urls import path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
 from mirror import api as mirror_api
 from synclog import api as synclog_api
@@ -9,9 +9,11 @@ from synclog import api as synclog_api
 urlpatterns = [
     path("auth/login", synclog_api.LoginApi.as_view(), name="api-login"),
     path("auth/refresh", synclog_api.TokenRefreshApi.as_view(), name="api-refresh"),
+    path("auth/logout", synclog_api.LogoutApi.as_view(), name="api-logout"),
     path("sync/trigger", synclog_api.SyncTriggerApi.as_view(), name="api-sync-trigger"),
     path("sync/status", synclog_api.SyncStatusListApi.as_view(), name="api-sync-status"),
     path("sync/status/<uuid:key>", synclog_api.SyncStatusDetailApi.as_view(), name="api-sync-status-detail"),
+    path("sync/cancel/<uuid:log_id>", synclog_api.SyncCancelApi.as_view(), name="api-sync-cancel"),
     path("sync/worker-status", synclog_api.WorkerStatusApi.as_view(), name="api-worker-status"),
     path("organizations", synclog_api.OrganizationListApi.as_view(), name="api-organizations"),
     path("organizations/<str:key>", mirror_api.OrganizationDetailApi.as_view(), name="api-organization"),
@@ -19,6 +21,6 @@ urlpatterns = [
         "organizations/<str:key>/connection", mirror_api.ReadConnectionApi.as_view(), name="api-organization-connection"
     ),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("docs/", synclog_api.ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"^", synclog_api.NotFoundApi.as_view()),
 ]

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 PORT=${DEMO_PORT:-8900}
 export PEMS_DEMO_PASSWORD=${PEMS_DEMO_PASSWORD:-pfasync-demo}
+# The demo runs on a SQLite file when DATABASE_URL is unset, and its PEMS simulator speaks plain http.
+export PFASYNC_ALLOW_SQLITE=true PEMS_ALLOW_HTTP=true
 # The demo tenant's time zone: the simulator writes its times in it, and the connection must name it.
 TIME_ZONE=America/Chicago
 

@@ -1,21 +1,30 @@
-"""Admin for organizations (with their last sync and "Sync now") and the read-only sync history.
+"""Admin for organizations (with their last sync and "Sync now"), the read-only sync history (with
+"Cancel"), and django-q2's own pages, for superusers only.
 
 Organizations live in `mirror` but are registered here: their list joins the sync history and
-starts syncs, and `mirror` never imports `synclog`.
+starts syncs, and `mirror` never imports `synclog`. Starting and cancelling a run need
+`synclog.trigger_sync` (`synclog.permissions`), here as in the API and on the dashboard; enabling or
+disabling sync needs the change permission on organizations.
 """
 
 import json
 import uuid
+from collections.abc import Iterable
 
+# Imported first so that django-q2's registrations exist, to be replaced below.
+import django_q.admin  # noqa: F401
+from django.apps import apps
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import Q, QuerySet, Subquery
 from django.http import HttpRequest
 from django.utils.html import format_html
 
 from mirror.models import Organization
 from mirror.services import mirror_size_subquery
-from synclog.engine import SyncAlreadyRunning, sync_start
-from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus, latest_read_runs
+from synclog.engine import SyncAlreadyRunning, sync_cancel, sync_start
+from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus, latest_read_runs
+from synclog.permissions import can_trigger_sync
 
 STATUS_COLOURS = {
     SyncStatus.QUEUED: "#6c757d",
@@ -48,6 +57,45 @@ def format_duration(duration_ms: int | None) -> str:
         return f"{minutes} min {seconds} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min"
+
+
+# --- the acts, shared with the dashboard ------------------------------------------------------------
+
+
+def sync_now_with_messages(request: HttpRequest, organizations: Iterable[Organization]) -> None:
+    """Start a sync of each organization, as the admin's action and the dashboard's button do, and
+    say how each went: queued, already running (a warning), or refused (an error: no connection, or
+    the task queue would not take it). The caller has checked `can_trigger_sync`."""
+    # Every run of the batch is visible before its task is enqueued; the queue has answered once
+    # the block ends.
+    with transaction.atomic():
+        batch = sync_start(
+            organizations=list(organizations), trigger=PfaSyncLog.Trigger.ADMIN, triggered_by=request.user
+        )
+    for sync_log in batch.queued:
+        messages.success(request, f"Sync of {sync_log.organization.code} queued (run {sync_log.id}).")
+    for refusal in batch.refused:
+        level = messages.WARNING if isinstance(refusal, SyncAlreadyRunning) else messages.ERROR
+        messages.add_message(request, level, str(refusal))
+
+
+def cancel_with_messages(request: HttpRequest, sync_logs: Iterable[PfaSyncLog]) -> None:
+    """Cancel each run, as the admin's action and the dashboard's button do: a queued one at once,
+    a running one at its next page boundary; one that has ended is a warning. The caller has checked
+    `can_trigger_sync`."""
+    for sync_log in sync_logs:
+        try:
+            sync_log = sync_cancel(sync_log=sync_log)
+        except RunEnded as ended:
+            messages.warning(request, str(ended))
+            continue
+        code = sync_log.organization.code
+        if sync_log.status == SyncStatus.CANCELLED:
+            messages.success(request, f"Sync of {code} cancelled before it started (run {sync_log.id}).")
+        else:
+            messages.success(
+                request, f"Sync of {code} stops at its next page boundary and ends cancelled (run {sync_log.id})."
+            )
 
 
 # --- organizations ------------------------------------------------------------------------------
@@ -98,25 +146,19 @@ class OrganizationAdmin(admin.ModelAdmin):
     def mirror_size(self, organization: Organization) -> int:
         return organization.pfa_record_count
 
-    @admin.action(description="Sync now")
-    def sync_now(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
-        batch = sync_start(organizations=list(queryset), trigger=PfaSyncLog.Trigger.ADMIN, triggered_by=request.user)
-        for sync_log in batch.queued:
-            self.message_user(
-                request,
-                f"Sync of {sync_log.organization.code} queued (run {sync_log.id}).",
-                messages.SUCCESS,
-            )
-        for refusal in batch.refused:
-            level = messages.WARNING if isinstance(refusal, SyncAlreadyRunning) else messages.ERROR
-            self.message_user(request, str(refusal), level)
+    def has_trigger_permission(self, request: HttpRequest) -> bool:
+        return can_trigger_sync(request.user)
 
-    @admin.action(description="Enable scheduled sync")
+    @admin.action(description="Sync now", permissions=["trigger"])
+    def sync_now(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
+        sync_now_with_messages(request, queryset)
+
+    @admin.action(description="Enable scheduled sync", permissions=["change"])
     def enable_sync(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
         changed = queryset.update(sync_enabled=True)
         self.message_user(request, f"Sync enabled for {changed} organization(s).", messages.SUCCESS)
 
-    @admin.action(description="Disable scheduled sync")
+    @admin.action(description="Disable scheduled sync", permissions=["change"])
     def disable_sync(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
         changed = queryset.update(sync_enabled=False)
         self.message_user(request, f"Sync disabled for {changed} organization(s).", messages.SUCCESS)
@@ -183,6 +225,7 @@ class PfaSyncLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("batch_id",)
     search_help_text = "Exact batch id (or run id) UUID."
     inlines = (RecordErrorInline,)
+    actions = ("cancel",)
     fieldsets = (
         (
             None,
@@ -233,6 +276,13 @@ class PfaSyncLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "pretty_error_details",
     )
 
+    def has_trigger_permission(self, request: HttpRequest) -> bool:
+        return can_trigger_sync(request.user)
+
+    @admin.action(description="Cancel (queued: at once; running: at its next page boundary)", permissions=["trigger"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[PfaSyncLog]) -> None:
+        cancel_with_messages(request, queryset.select_related("organization"))
+
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
         # A UUID column cannot be searched with icontains; anything else than a UUID matches nothing.
         search_term = search_term.strip()
@@ -275,3 +325,39 @@ class PfaSyncLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="error details")
     def pretty_error_details(self, sync_log: PfaSyncLog) -> str:
         return pretty_json(sync_log.error_details) if sync_log.error_details else "-"
+
+
+# --- django-q2's pages: superusers only ----------------------------------------------------------
+
+
+class SuperuserOnlyAdminMixin:
+    """No model permission opens these pages: a Schedule's `func` is a dotted path the worker
+    imports and calls (editing one runs code on the worker), and tasks carry arguments and results."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        return self.has_module_permission(request) and super().has_view_permission(request, obj)
+
+    def has_add_permission(self, request: HttpRequest, *args) -> bool:
+        return self.has_module_permission(request) and super().has_add_permission(request, *args)
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return self.has_module_permission(request) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return self.has_module_permission(request) and super().has_delete_permission(request, obj)
+
+
+def superuser_only(app_label: str) -> None:
+    """Register again every model of `app_label` the admin shows, as it shows it, behind the superuser check."""
+    for model in apps.get_app_config(app_label).get_models():
+        if admin.site.is_registered(model):
+            model_admin = type(admin.site.get_model_admin(model))
+            admin.site.unregister(model)
+            admin.site.register(model, type(model_admin.__name__, (SuperuserOnlyAdminMixin, model_admin), {}))
+
+
+# Schedule, the Success and Failure task pages, and the ORM queue.
+superuser_only("django_q")

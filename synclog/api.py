@@ -1,38 +1,49 @@
-"""REST API of sync runs: log in, trigger and follow syncs, the worker's status, and the error shape.
+"""REST API of sync runs: log in and out, trigger, follow and cancel syncs, the worker's status, and
+the error shape.
 
-Views are thin: validate with an input serializer, call one function (`sync_start`, `worker_status`
-or a query), shape the output. Every error answers `{"success": false, "error": CODE, "message": ...}`
+Views are thin: validate with an input serializer, call one function (`sync_start`, `sync_cancel`,
+`worker_status` or a query), shape the output. Who may act is asked of `synclog.permissions`, as the
+admin and the dashboard ask it. Every error answers `{"success": false, "error": CODE, "message": ...}`
 through `exception_handler` (wired as REST_FRAMEWORK["EXCEPTION_HANDLER"]).
 """
 
+import hashlib
 import logging
 import uuid
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet, Subquery
-from django.http import Http404
+from django.http import Http404, HttpResponseBase
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.views import SpectacularSwaggerView
 from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
-from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
+from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
+from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenRefreshView
 
 from mirror import api as mirror_api
-from mirror.api import error_responses, organization_get_visible
+from mirror.api import ErrorSerializer, error_responses, organization_get_visible
 from mirror.models import Organization
 from mirror.services import organizations_visible_to
-from synclog.engine import SyncNotConfigured, SyncRefused, sync_start
-from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus, latest_read_runs
+from synclog.engine import SyncNotConfigured, SyncNotQueued, SyncRefused, sync_cancel, sync_start
+from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus, latest_read_runs
+from synclog.permissions import can_trigger_sync, sync_logs_visible_to
 from synclog.worker import worker_status
 
 logger = logging.getLogger(__name__)
 
-TRIGGER_PERMISSION = "synclog.trigger_sync"
 RECORDS_KEPT_ASIDE_SHOWN = 50
 
 # --- Errors -------------------------------------------------------------------------------------
@@ -47,6 +58,7 @@ ERROR_CODES = {
     409: "CONFLICT",
     415: "UNSUPPORTED_MEDIA_TYPE",
     429: "THROTTLED",
+    503: "SERVICE_UNAVAILABLE",
 }
 
 
@@ -133,6 +145,16 @@ class NotFoundApi(APIView):
         raise exceptions.NotFound()
 
 
+class ApiDocsView(SpectacularSwaggerView):
+    """The Swagger UI page. Like the schema it needs a signed-in user (unless API_DOCS_PUBLIC); a
+    browser without one is sent to the admin's login, whose session then opens it."""
+
+    def handle_exception(self, exc: Exception) -> HttpResponseBase:
+        if isinstance(exc, exceptions.NotAuthenticated):
+            return redirect_to_login(self.request.get_full_path(), reverse("admin:login"))
+        return super().handle_exception(exc)
+
+
 # --- Login ------------------------------------------------------------------------------------------
 
 
@@ -150,7 +172,7 @@ class UserOutputSerializer(serializers.Serializer):
     organizations = serializers.SerializerMethodField(help_text="Codes of the organizations the user sees.")
 
     def get_canTriggerSync(self, user) -> bool:  # noqa: N802 (API field name)
-        return user.has_perm(TRIGGER_PERMISSION)
+        return can_trigger_sync(user)
 
     def get_organizations(self, user) -> list[str]:
         return list(organizations_visible_to(user).values_list("code", flat=True))
@@ -162,34 +184,143 @@ class LoginOutputSerializer(serializers.Serializer):
     user = UserOutputSerializer()
 
 
+class LoginThrottle(SimpleRateThrottle):
+    """Failed logins per key, at the rate of the throttle's scope (REST_FRAMEWORK's
+    DEFAULT_THROTTLE_RATES). Each attempt counts as it is made, so guesses sent at once count too;
+    a successful login is then forgotten (`forget`), so only failures add up."""
+
+    def forget(self) -> None:
+        if getattr(self, "key", None) is None:  # no rate, or nothing to key on: nothing was counted
+            return
+        history = self.cache.get(self.key, [])
+        if self.now in history:
+            history.remove(self.now)
+            self.cache.set(self.key, history, self.duration)
+
+
+class LoginAddressThrottle(LoginThrottle):
+    """Per client address (REMOTE_ADDR, or X-Forwarded-For as far as REST_FRAMEWORK's NUM_PROXIES trusts it)."""
+
+    scope = "login_address"
+
+    def get_cache_key(self, request: Request, view: APIView) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class LoginUsernameThrottle(LoginThrottle):
+    """Per username, whatever address the guesses come from."""
+
+    scope = "login_username"
+
+    def get_cache_key(self, request: Request, view: APIView) -> str | None:
+        username = request.data.get("username") if isinstance(request.data, dict) else None
+        if not isinstance(username, str) or not username.strip():
+            return None  # the serializer refuses it; the address throttle still counts it
+        # Case-folded (one bucket for "Ana" and "ana") and hashed (any text makes a valid cache key).
+        ident = hashlib.sha256(username.strip().casefold().encode()).hexdigest()
+        return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
 class LoginApi(APIView):
-    """Exchange a username and password for a JWT access/refresh pair."""
+    """Exchange a username and password for a JWT access/refresh pair.
+
+    Failed logins are throttled per username and per client address (LOGIN_THROTTLE_RATE,
+    LOGIN_ADDRESS_THROTTLE_RATE): past the rate every login answers 429 with Retry-After.
+    """
 
     authentication_classes = []
     permission_classes = [AllowAny]
+    throttle_classes = [LoginAddressThrottle, LoginUsernameThrottle]
+
+    def get_throttles(self) -> list[LoginThrottle]:
+        # The same instances for the check and for `forget`, which needs the keys the check counted.
+        if not hasattr(self, "_throttles"):
+            self._throttles = super().get_throttles()
+        return self._throttles
 
     @extend_schema(
         request=LoginInputSerializer,
-        responses={200: LoginOutputSerializer, **error_responses(400, 401)},
+        responses={
+            200: LoginOutputSerializer,
+            **error_responses(400, 401),
+            429: OpenApiResponse(ErrorSerializer, description="Too many failed logins; see Retry-After."),
+        },
         auth=[],
     )
     def post(self, request: Request) -> Response:
         serializer = TokenObtainPairSerializer(data=request.data)  # bad credentials raise AuthenticationFailed
         serializer.is_valid(raise_exception=True)
+        for throttle in self.get_throttles():
+            throttle.forget()
         return Response({**serializer.validated_data, "user": UserOutputSerializer(serializer.user).data})
+
+
+class TokenRefreshInputSerializer(TokenRefreshSerializer):
+    """simplejwt's refresh with rotation, where a token of a deleted or inactive user is a 401 (simplejwt
+    looks a deleted user up without a guard: a 500) and a refresh token is spent once, even by two
+    refreshes at the same moment (the one that blacklists it first wins)."""
+
+    def validate(self, attrs: dict) -> dict:
+        refresh = self.token_class(attrs["refresh"])  # signature, expiry, blacklist: a TokenError, a 401
+        user_id = refresh.payload.get(jwt_settings.USER_ID_CLAIM)
+        user = get_user_model().objects.filter(**{jwt_settings.USER_ID_FIELD: user_id}).first()
+        if user is None or not jwt_settings.USER_AUTHENTICATION_RULE(user):
+            raise exceptions.AuthenticationFailed(self.error_messages["no_active_account"], "no_active_account")
+        access = str(refresh.access_token)
+        _, spent_now = refresh.blacklist()
+        if not spent_now:
+            raise TokenError("Token is blacklisted")
+        refresh.set_jti()
+        refresh.set_exp()
+        refresh.set_iat()
+        refresh.outstand()
+        return {"access": access, "refresh": str(refresh)}
 
 
 class RefreshOutputSerializer(serializers.Serializer):
     access = serializers.CharField()
-    refresh = serializers.CharField(required=False)
+    refresh = serializers.CharField(help_text="The new refresh token: the one sent is spent.")
 
 
 class TokenRefreshApi(TokenRefreshView):
-    """Exchange a refresh token for a new access token."""
+    """Exchange a refresh token for a new access token and a new refresh token; the one sent is revoked."""
+
+    serializer_class = TokenRefreshInputSerializer
 
     @extend_schema(responses={200: RefreshOutputSerializer, **error_responses(400, 401)}, auth=[])
     def post(self, request: Request, *args, **kwargs) -> Response:
         return super().post(request, *args, **kwargs)
+
+
+class LogoutInputSerializer(serializers.Serializer):
+    refresh = serializers.CharField()
+
+
+class LogoutOutputSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    message = serializers.CharField()
+
+
+class LogoutApi(APIView):
+    """Revoke a refresh token: it can no longer be refreshed. An access token already issued lives out
+    its short lifetime (JWT_ACCESS_MINUTES)."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        request=LogoutInputSerializer,
+        responses={200: LogoutOutputSerializer, **error_responses(400, 401)},
+        auth=[],
+    )
+    def post(self, request: Request) -> Response:
+        serializer = LogoutInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            RefreshToken(serializer.validated_data["refresh"]).blacklist()
+        except TokenError as error:  # invalid, expired, or revoked already
+            raise InvalidToken(error.args[0]) from error
+        return Response({"success": True, "message": "Logged out: the refresh token is revoked."})
 
 
 # --- Sync runs ------------------------------------------------------------------------------------
@@ -292,7 +423,9 @@ class SyncTriggerOutputSerializer(serializers.Serializer):
     batchId = serializers.UUIDField()
     logId = serializers.UUIDField(required=False, help_text="The queued run (single organization).")
     logIds = serializers.ListField(child=serializers.UUIDField())
-    skipped = SkippedOrganizationSerializer(many=True, help_text="Organizations left out: already syncing.")
+    skipped = SkippedOrganizationSerializer(
+        many=True, help_text="Organizations left out: already syncing, without a connection, or not queued."
+    )
     message = serializers.CharField()
 
 
@@ -303,6 +436,13 @@ class SyncInProgressSerializer(serializers.Serializer):
     batchId = serializers.UUIDField(allow_null=True)
     logId = serializers.UUIDField(allow_null=True)
     organizationCode = serializers.CharField()
+
+
+class SyncNotQueuedSerializer(serializers.Serializer):
+    success = serializers.BooleanField(default=False)
+    error = serializers.CharField(default="QUEUE_UNAVAILABLE")
+    message = serializers.CharField()
+    batchId = serializers.UUIDField(help_text="The batch: its run was failed at once (see /api/sync/status/{key}).")
 
 
 def _skipped(refusal: SyncRefused) -> dict:
@@ -325,6 +465,9 @@ class SyncTriggerApi(APIView):
             202: SyncTriggerOutputSerializer,
             **error_responses(400, 401, 403, 404),
             409: OpenApiResponse(SyncInProgressSerializer, description="A sync of this organization is active."),
+            503: OpenApiResponse(
+                SyncNotQueuedSerializer, description="The task queue refused the run, which was failed at once."
+            ),
         },
     )
     def post(self, request: Request) -> Response:
@@ -337,12 +480,13 @@ class SyncTriggerApi(APIView):
             organizations = list(Organization.objects.filter(is_active=True))
         else:
             raise exceptions.ValidationError({"organizationId": ["This field is required."]})
-        if not request.user.has_perm(TRIGGER_PERMISSION):
+        if not can_trigger_sync(request.user):
             raise exceptions.PermissionDenied("You do not have permission to start a sync.")
         allow_mass_delete = serializer.validated_data["allowMassDelete"]
         if allow_mass_delete and not request.user.is_staff:
             raise exceptions.PermissionDenied("Only staff may allow a mass deletion (allowMassDelete).")
-        # One transaction: every run of the batch is visible before any task is enqueued.
+        # One transaction: every run of the batch is visible before any task is enqueued, and the
+        # tasks are enqueued (or refused by the broker) by the time it ends.
         with transaction.atomic():
             batch = sync_start(
                 organizations=organizations,
@@ -352,6 +496,14 @@ class SyncTriggerApi(APIView):
                 allow_mass_delete=allow_mass_delete,
             )
         skipped = [_skipped(refusal) for refusal in batch.refused]
+        not_queued = [refusal for refusal in batch.refused if isinstance(refusal, SyncNotQueued)]
+        if not batch.queued and not_queued:
+            raise ApiError(
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                error="QUEUE_UNAVAILABLE",
+                message=str(not_queued[0]),
+                batchId=str(batch.batch_id),
+            )
         if key and not batch.queued:
             refusal = batch.refused[0]
             if isinstance(refusal, SyncNotConfigured):
@@ -377,8 +529,63 @@ class SyncTriggerApi(APIView):
             codes = ", ".join(sync_log.organization.code for sync_log in batch.queued) or "none"
             body["message"] = f"Sync triggered for {len(batch.queued)} organization(s): {codes}"
             if skipped:
-                body["message"] += f"; {len(skipped)} skipped, already syncing"
+                body["message"] += f"; {len(skipped)} skipped (see skipped)"
         return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+class SyncCancelOutputSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    logId = serializers.UUIDField()
+    status = serializers.ChoiceField(
+        choices=SyncStatus.choices, help_text="`cancelled` (it was queued), or `running` until its next page boundary."
+    )
+    message = serializers.CharField()
+
+
+class RunEndedSerializer(serializers.Serializer):
+    success = serializers.BooleanField(default=False)
+    error = serializers.CharField(default="RUN_ENDED")
+    message = serializers.CharField()
+    logId = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=SyncStatus.choices, help_text="How the run ended.")
+
+
+class SyncCancelApi(APIView):
+    """Cancel a run: a queued one ends `cancelled` at once, a running one at its next page boundary
+    (its committed pages are kept). Needs the permission to start syncs."""
+
+    @extend_schema(
+        request=None,
+        responses={
+            202: SyncCancelOutputSerializer,
+            **error_responses(401, 403, 404),
+            409: OpenApiResponse(RunEndedSerializer, description="The run has ended already."),
+        },
+    )
+    def post(self, request: Request, log_id: uuid.UUID) -> Response:
+        sync_log = sync_logs_visible_to(request.user).filter(pk=log_id).first()
+        if sync_log is None:
+            raise exceptions.NotFound(f"No sync run {log_id}.")
+        if not can_trigger_sync(request.user):
+            raise exceptions.PermissionDenied("You do not have permission to cancel a sync.")
+        try:
+            sync_log = sync_cancel(sync_log=sync_log)
+        except RunEnded as ended:
+            raise ApiError(
+                status_code=status.HTTP_409_CONFLICT,
+                error="RUN_ENDED",
+                message=str(ended),
+                logId=str(sync_log.pk),
+                status=sync_log.status,
+            ) from None
+        if sync_log.status == SyncStatus.CANCELLED:
+            message = f"Run {sync_log.pk} was queued: it is cancelled before it started."
+        else:
+            message = f"Run {sync_log.pk} is running: it stops at its next page boundary and ends cancelled."
+        return Response(
+            {"success": True, "logId": str(sync_log.pk), "status": sync_log.status, "message": message},
+            status=status.HTTP_202_ACCEPTED,
+        )
 
 
 class SyncStatusFilterSerializer(serializers.Serializer):
@@ -397,12 +604,6 @@ class SyncStatusListOutputSerializer(serializers.Serializer):
     success = serializers.BooleanField()
     logs = SyncLogOutputSerializer(many=True)
     summary = SyncSummarySerializer()
-
-
-def sync_logs_visible_to(user) -> QuerySet[PfaSyncLog]:
-    return PfaSyncLog.objects.filter(organization__in=organizations_visible_to(user)).select_related(
-        "organization", "triggered_by"
-    )
 
 
 class SyncStatusListApi(APIView):

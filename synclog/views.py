@@ -1,15 +1,23 @@
-"""The ops dashboard: a page over `dashboard_overview()` and a "Sync now" button over `sync_start()`."""
+"""The ops dashboard: a page over `dashboard_overview()`, and its buttons, "Sync now" on an
+organization and "Cancel" on an active run, which do what the admin's actions do.
 
-from django.contrib import admin, messages
+Staff may look; the buttons need `synclog.trigger_sync` (`synclog.permissions`), as in the admin and
+the API, and are only shown to those who have it.
+"""
+
+import uuid
+
+from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from mirror.models import Organization
+from mirror.services import organizations_visible_to
+from synclog.admin import cancel_with_messages, sync_now_with_messages
 from synclog.dashboard import dashboard_overview
-from synclog.engine import SyncAlreadyRunning, sync_start
-from synclog.models import PfaSyncLog
+from synclog.permissions import can_trigger_sync, sync_logs_visible_to
 
 
 @staff_member_required
@@ -21,6 +29,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             **admin.site.each_context(request),
             **dashboard_overview(),
             "title": "Sync dashboard",
+            "can_trigger_sync": can_trigger_sync(request.user),
         },
     )
 
@@ -28,11 +37,18 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 @require_POST
 def sync_now(request: HttpRequest, code: str) -> HttpResponse:
-    organization = get_object_or_404(Organization, code=code)
-    batch = sync_start(organizations=[organization], trigger=PfaSyncLog.Trigger.ADMIN, triggered_by=request.user)
-    for sync_log in batch.queued:
-        messages.success(request, f"Sync of {organization.code} queued (run {sync_log.id}).")
-    for refusal in batch.refused:
-        level = messages.WARNING if isinstance(refusal, SyncAlreadyRunning) else messages.ERROR
-        messages.add_message(request, level, str(refusal))
+    organization = get_object_or_404(organizations_visible_to(request.user), code=code)
+    if not can_trigger_sync(request.user):
+        raise PermissionDenied("Starting a sync needs the synclog.trigger_sync permission.")
+    sync_now_with_messages(request, [organization])
+    return redirect("synclog:dashboard")
+
+
+@staff_member_required
+@require_POST
+def cancel(request: HttpRequest, log_id: uuid.UUID) -> HttpResponse:
+    sync_log = get_object_or_404(sync_logs_visible_to(request.user), pk=log_id)
+    if not can_trigger_sync(request.user):
+        raise PermissionDenied("Cancelling a sync needs the synclog.trigger_sync permission.")
+    cancel_with_messages(request, [sync_log])
     return redirect("synclog:dashboard")

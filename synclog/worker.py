@@ -10,7 +10,7 @@ import multiprocessing.synchronize
 import signal
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from croniter import croniter
@@ -21,8 +21,9 @@ from django.utils import timezone
 
 from mirror.models import Organization
 from mirror.services import pems_client_for, pfa_deleted_purge
+from ops.logs import run_log_context
 from synclog.engine import fail_run, sync_run, sync_start
-from synclog.models import PfaSyncLog, SyncStatus, latest_read_runs
+from synclog.models import PfaSyncLog, SyncStatus, latest_read_runs, stale_runs_expire
 
 if TYPE_CHECKING:
     from django_q.models import Schedule
@@ -150,38 +151,6 @@ def scheduled_organizations() -> list[Organization]:
     return [found[code] for code in settings.SYNC_ORGS if code in found]
 
 
-def sync_expire_stale_runs(*, now: datetime | None = None) -> list[PfaSyncLog]:
-    """Fail runs whose worker is gone, freeing their organizations.
-
-    A running sync beats its heartbeat after every page; one silent for longer than the lease
-    lost its worker (killed, host lost). A queued run never picked up within the task timeout
-    lost its task.
-    """
-    now = now or timezone.now()
-    lease = timedelta(seconds=settings.SYNC_LEASE_SECONDS)
-    stale_running = PfaSyncLog.objects.filter(status=SyncStatus.RUNNING, heartbeat_at__lt=now - lease)
-    stale_queued = PfaSyncLog.objects.filter(
-        status=SyncStatus.QUEUED, created_at__lt=now - timedelta(seconds=settings.SYNC_TASK_TIMEOUT)
-    )
-    expired = []
-    for sync_log in stale_running.select_related("organization"):
-        sync_log.fail(
-            f"Worker lost: no heartbeat since {sync_log.heartbeat_at.isoformat()} "
-            f"(lease {settings.SYNC_LEASE_SECONDS} s); pages committed before are kept.",
-            error_type="WorkerLost",
-        )
-        expired.append(sync_log)
-    for sync_log in stale_queued.select_related("organization"):
-        sync_log.fail(
-            f"Never started: no worker picked the run up within {settings.SYNC_TASK_TIMEOUT} s.",
-            error_type="WorkerLost",
-        )
-        expired.append(sync_log)
-    for sync_log in expired:
-        logger.warning("Sync %s of %s: %s", sync_log.id, sync_log.organization.code, sync_log.error_message)
-    return expired
-
-
 def sync_tick(*, scheduled_for: datetime | None = None) -> str:
     """The incremental schedule's task: free lost runs, queue incremental reads, purge old deletions.
 
@@ -194,6 +163,9 @@ def sync_tick(*, scheduled_for: datetime | None = None) -> str:
     else:
         summary = _queue_scheduled_reads(sync_type=PfaSyncLog.SyncType.INCREMENTAL)
     purged = pfa_deleted_purge()  # logs what it purged
+    from ops.tick import ops_tick  # here, not at the top: ops imports this module
+
+    ops_tick()  # last, after queueing: the tick's record, mirror counts and alerts; never raises
     return f"{summary}, purged {purged} deleted record(s)"
 
 
@@ -209,7 +181,7 @@ def _full_read_due_at(moment: datetime) -> bool:
 
 
 def _queue_scheduled_reads(*, sync_type: str) -> str:
-    expired = sync_expire_stale_runs()
+    expired = stale_runs_expire()
     batch = sync_start(
         organizations=scheduled_organizations(), trigger=PfaSyncLog.Trigger.SCHEDULE, sync_type=sync_type
     )
@@ -238,7 +210,7 @@ def sync_execute_queued(sync_log_id: str) -> str:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set()) if in_main_thread else None
     try:
-        with client:
+        with client, run_log_context(sync_log):
             sync_run(sync_log=sync_log, client=client, stop=stop)
     finally:
         if in_main_thread:

@@ -1,6 +1,7 @@
 """Test factories for the mirror app."""
 
 import factory
+from django.contrib.auth.models import Permission, User
 
 from mirror.models import ApiConfiguration, Organization
 from mirror.simulator import DEFAULT_PASSWORD, DEFAULT_TENANT, DEFAULT_USERNAME
@@ -34,3 +35,15 @@ class ApiConfigurationFactory(factory.django.DjangoModelFactory):
         self.set_secret(extracted or DEFAULT_PASSWORD)
         if create:
             self.save()
+
+
+# What the API's staff endpoints need (see mirror/api.py's require_permission).
+STAFF_PERMISSIONS = ("view_organization", "add_organization", "change_organization")
+CONNECTION_PERMISSIONS = ("view_apiconfiguration", "add_apiconfiguration", "change_apiconfiguration")
+
+
+def staff_user(username: str, *codenames: str) -> User:
+    """A staff user holding these `mirror` permissions."""
+    user = User.objects.create_user(username, password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="mirror", codename__in=codenames))
+    return User.objects.get(pk=user.pk)  # a fresh permission cache

@@ -1,7 +1,9 @@
 """Admin for PEMS connections (write-only secret, Test connection) and the read-only mirror browser."""
 
 import pytest
+from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
@@ -65,7 +67,7 @@ def test_connection_change_form_has_an_empty_write_only_secret_field(admin_clien
     response = admin_client.get(reverse("admin:mirror_apiconfiguration_change", args=[connection.pk]))
     assert response.status_code == 200
     body = response.content.decode()
-    assert 'name="new_secret"' in body and 'type="password"' in body
+    assert 'name="secret"' in body and 'type="password"' in body
     assert "Sync tracking" in body and "last_sync_record_count" not in response.context["adminform"].form.fields
     assert_no_secret(response, connection)
 
@@ -80,7 +82,7 @@ def change_form_data(connection: ApiConfiguration, **overrides) -> dict:
         "pems_organization_code": "",
         "auth_type": connection.auth_type,
         "username": connection.username,
-        "new_secret": "",
+        "secret": "",
         "grid_name": connection.grid_name,
         "grid_id": connection.grid_id,
         "page_size": connection.page_size,
@@ -92,18 +94,19 @@ def change_form_data(connection: ApiConfiguration, **overrides) -> dict:
 
 def test_saving_with_a_blank_secret_keeps_the_stored_one(admin_client, connection):
     url = reverse("admin:mirror_apiconfiguration_change", args=[connection.pk])
-    response = admin_client.post(url, change_form_data(connection, tenant="OTHER"))
+    response = admin_client.post(url, change_form_data(connection, page_size=1234))
     assert response.status_code == 302
     connection.refresh_from_db()
-    assert connection.tenant == "OTHER"
+    assert connection.page_size == 1234
     assert connection.get_secret() == SECRET
 
 
 def test_saving_a_new_secret_replaces_the_stored_one(admin_client, connection):
     url = reverse("admin:mirror_apiconfiguration_change", args=[connection.pk])
-    response = admin_client.post(url, change_form_data(connection, new_secret="another-Secret-456"))
+    response = admin_client.post(url, change_form_data(connection, tenant="OTHER", secret="another-Secret-456"))
     assert response.status_code == 302
     connection.refresh_from_db()
+    assert connection.tenant == "OTHER"
     assert connection.get_secret() == "another-Secret-456"
 
 
@@ -116,7 +119,7 @@ def test_adding_a_connection_requires_a_secret_and_never_echoes_it(admin_client)
     assert response.status_code == 200
     assert "needs its password or API key" in response.content.decode()
 
-    data["new_secret"] = SECRET
+    data["secret"] = SECRET
     data["time_zone"] = "Invalid/Zone"  # a form error re-renders the page: the secret must not come back
     response = admin_client.post(url, data)
     assert response.status_code == 200 and SECRET not in response.content.decode()
@@ -166,7 +169,7 @@ def test_adding_a_connection_asks_for_the_time_zone_with_nothing_filled_in(admin
     assert form.fields["time_zone"].required and not form["time_zone"].value()
 
     data = change_form_data(ApiConfiguration(organization=organization, base_url="http://pems.test", tenant="T"))
-    response = admin_client.post(url, {**data, "username": "someone", "new_secret": SECRET, "time_zone": ""})
+    response = admin_client.post(url, {**data, "username": "someone", "secret": SECRET, "time_zone": ""})
     assert response.status_code == 200
     assert list(response.context["adminform"].form.errors) == ["time_zone"]
     assert not ApiConfiguration.objects.exists()
@@ -174,7 +177,7 @@ def test_adding_a_connection_asks_for_the_time_zone_with_nothing_filled_in(admin
 
 def test_a_default_connection_naming_a_pems_organization_is_a_field_error(admin_client):
     data = change_form_data(ApiConfiguration(base_url="http://pems.test", tenant="T", time_zone="America/Chicago"))
-    data = {**data, "organization": "", "username": "someone", "new_secret": SECRET, "pems_organization_code": "HOU"}
+    data = {**data, "organization": "", "username": "someone", "secret": SECRET, "pems_organization_code": "HOU"}
     response = admin_client.post(reverse("admin:mirror_apiconfiguration_add"), data)
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
@@ -207,6 +210,36 @@ def test_test_connection_of_an_unreachable_pems_says_so(admin_client):
     (text,) = message_texts(run_test_connection(admin_client, connection))
     assert text.startswith(str(connection))
     assert "PEMS" in text
+
+
+def staff_with(*codenames: str) -> Client:
+    user = User.objects.create_user("staffer", password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="mirror", codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_view_only_staff_see_a_connection_but_cannot_change_or_test_it(connection):
+    client = staff_with("view_apiconfiguration")
+    url = reverse("admin:mirror_apiconfiguration_change", args=[connection.pk])
+    page = client.get(url)
+    assert page.status_code == 200 and connection.tenant in page.content.decode()
+    assert 'name="secret"' not in page.content.decode()
+    assert_no_secret(page, connection)  # nor its encrypted token, as a read-only field would show it
+    changelist = client.get(reverse("admin:mirror_apiconfiguration_changelist"))
+    assert changelist.context["action_form"] is None  # no action offered
+    assert client.post(url, change_form_data(connection, page_size=1234, secret=SECRET)).status_code == 403
+    response = run_test_connection(client, connection)
+    assert not any("records for organization" in text for text in message_texts(response))
+    connection.refresh_from_db()
+    assert connection.page_size != 1234
+
+
+def test_test_connection_needs_the_change_permission(connection):
+    client = staff_with("view_apiconfiguration", "change_apiconfiguration")
+    (text,) = message_texts(run_test_connection(client, connection))
+    assert "250 records for organization RIO" in text
 
 
 # --- mirrored PFA records -----------------------------------------------------------------------
@@ -348,3 +381,35 @@ def test_estimated_rows_reads_pg_class(records):
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE pfa_mirror")
     assert mirror_admin._estimated_rows("pfa_mirror") == 3
+
+
+# --- what the model asks of a connection, shown on the form -----------------------------------------
+
+
+def test_changing_where_the_secret_goes_asks_for_it_again_on_the_secret_field(admin_client, connection):
+    url = reverse("admin:mirror_apiconfiguration_change", args=[connection.pk])
+    response = admin_client.post(url, change_form_data(connection, base_url="https://elsewhere.example.net"))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert list(errors) == ["secret"] and "base URL" in errors["secret"][0]
+    connection.refresh_from_db()
+    assert connection.base_url != "https://elsewhere.example.net"
+
+
+def test_a_secret_with_a_trailing_newline_is_a_field_error_that_does_not_echo_it(admin_client, connection):
+    url = reverse("admin:mirror_apiconfiguration_change", args=[connection.pk])
+    response = admin_client.post(url, change_form_data(connection, secret="another-Secret-456\n"))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert list(errors) == ["secret"] and "whitespace" in errors["secret"][0]
+    assert "another-Secret-456" not in response.content.decode()
+    connection.refresh_from_db()
+    assert connection.get_secret() == SECRET
+
+
+def test_an_http_base_url_is_a_field_error_unless_allowed(admin_client, connection, settings):
+    settings.PEMS_ALLOW_HTTP = False
+    url = reverse("admin:mirror_apiconfiguration_change", args=[connection.pk])
+    response = admin_client.post(url, change_form_data(connection, base_url="http://pems.test", secret=SECRET))
+    assert response.status_code == 200
+    assert list(response.context["adminform"].form.errors) == ["base_url"]

@@ -6,7 +6,13 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from mirror.models import ApiConfiguration, Organization, PfaMirror
-from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from mirror.tests.factories import (
+    CONNECTION_PERMISSIONS,
+    STAFF_PERMISSIONS,
+    ApiConfigurationFactory,
+    OrganizationFactory,
+    staff_user,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -71,9 +77,10 @@ def member(rio):
     return user
 
 
+# What the admin asks of staff for the same acts: organizations and connections, seen and changed.
 @pytest.fixture
 def staff():
-    return User.objects.create_user("boss", password="pw", is_staff=True)
+    return staff_user("boss", *STAFF_PERMISSIONS, *CONNECTION_PERMISSIONS)
 
 
 def assert_error(response, status_code: int, code: str) -> dict:
@@ -191,13 +198,18 @@ def test_staff_put_a_new_connection_and_read_it_back_without_the_secret(hou, sta
 
 
 def test_a_blank_secret_keeps_the_stored_one(rio, staff):
-    response = client_for(staff).put("/api/organizations/RIO/connection", {**CONNECTION, "secret": ""}, format="json")
-    assert response.status_code == 200
+    stored = ApiConfiguration.objects.get(organization=rio)
+    same_target = {"baseUrl": stored.base_url, "tenant": stored.tenant, "username": stored.username}
+    response = client_for(staff).put(
+        "/api/organizations/RIO/connection", {**CONNECTION, **same_target, "secret": ""}, format="json"
+    )
+    assert response.status_code == 200, response.content
     assert ApiConfiguration.objects.get(organization=rio).get_secret() == SECRET
     response = client_for(staff).put(
-        "/api/organizations/RIO/connection", {**CONNECTION, "secret": "new"}, format="json"
+        "/api/organizations/RIO/connection", {**CONNECTION, "secret": "new-secret"}, format="json"
     )
-    assert ApiConfiguration.objects.get(organization=rio).get_secret() == "new"
+    assert response.status_code == 200, response.content
+    assert ApiConfiguration.objects.get(organization=rio).get_secret() == "new-secret"
 
 
 @pytest.mark.parametrize(
@@ -250,6 +262,21 @@ def test_connection_is_staff_only_and_scoped(rio, hou, member):
     assert_error(client.get("/api/organizations/RIO/connection"), 403, "FORBIDDEN")
     assert_error(client.put("/api/organizations/RIO/connection", CONNECTION, format="json"), 403, "FORBIDDEN")
     assert_error(client.get("/api/organizations/HOU/connection"), 404, "NOT_FOUND")
+
+
+def test_staff_acts_need_the_model_permission_the_admin_asks_for(rio, hou):
+    viewer = client_for(staff_user("viewer", "view_organization", "view_apiconfiguration"))
+    assert viewer.get("/api/organizations/RIO").status_code == 200
+    assert viewer.get("/api/organizations/RIO/connection").status_code == 200  # view-only staff can look
+    assert_error(viewer.post("/api/organizations", {"code": "X", "name": "X"}, format="json"), 403, "FORBIDDEN")
+    assert_error(viewer.patch("/api/organizations/RIO", {"name": "Mine"}, format="json"), 403, "FORBIDDEN")
+    assert_error(viewer.put("/api/organizations/RIO/connection", CONNECTION, format="json"), 403, "FORBIDDEN")
+    changer = client_for(staff_user("changer", "change_apiconfiguration"))  # may change one, not create one
+    assert_error(changer.put("/api/organizations/HOU/connection", CONNECTION, format="json"), 403, "FORBIDDEN")
+    bare = client_for(staff_user("bare"))  # staff status alone opens nothing
+    assert_error(bare.get("/api/organizations/RIO/connection"), 403, "FORBIDDEN")
+    assert Organization.objects.get(code="RIO").name == "Rio" and not Organization.objects.filter(code="X").exists()
+    assert not ApiConfiguration.objects.filter(organization=hou).exists()
 
 
 def test_a_missing_connection_is_404(hou, staff):

@@ -3,6 +3,7 @@
 import base64
 import json
 import logging
+import re
 import socket
 import sys
 import threading
@@ -493,7 +494,8 @@ def test_secret_never_appears_in_logs_or_errors(sim, make_client, caplog):
 
 
 class StubServer:
-    """An HTTP server answering each POST with the next scripted (status, body) pair."""
+    """An HTTP server answering each POST with the next scripted (status, body) or (status, body,
+    headers) answer."""
 
     def __init__(self, answers):
         self.answers = list(answers)
@@ -504,9 +506,11 @@ class StubServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 stub.bodies.append(orjson.loads(self.rfile.read(length)))
-                status, body = stub.answers.pop(0) if stub.answers else (500, b"")
+                status, body, *headers = stub.answers.pop(0) if stub.answers else (500, b"")
                 payload = body if isinstance(body, bytes) else orjson.dumps(body)
                 self.send_response(status)
+                for name, value in (headers[0] if headers else {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
@@ -656,10 +660,13 @@ def test_empty_500_body_is_retried_then_reported(sleeps):
     assert len(stub.bodies) == 3
 
 
-def test_non_json_400_is_a_request_error_with_the_body_text(sleeps):
+def test_non_json_400_is_a_request_error_with_only_the_status(sleeps):
+    """A body that is not a PEMS error document is never echoed: the host may not be PEMS at all."""
     with StubServer([(400, b"<html>Bad Request: grid locked</html>")]) as stub:
-        with pytest.raises(PemsRequestError, match="grid locked"):
+        with pytest.raises(PemsRequestError) as caught:
             stub_client(stub, sleeps).count()
+    assert caught.value.message == "HTTP 400 Bad Request"
+    assert "grid locked" not in str(caught.value) and "html" not in str(caught.value)
     assert len(stub.bodies) == 1 and sleeps == []
 
 
@@ -1008,3 +1015,39 @@ class ChunkedStubServer(StubServer):
                 pass
 
         self.httpd.RequestHandlerClass = Handler
+
+
+# --- the total deadline of one call ----------------------------------------------------------------
+
+
+def test_a_call_gives_up_when_its_next_wait_would_pass_its_deadline(sleeps):
+    """Attempts, waits and backoff together stay within `call_deadline`, however many attempts are left."""
+    overloaded = (503, b"", {"Retry-After": "25"})
+    with StubServer([overloaded] * 10) as stub:
+        settings = PemsSettings(
+            base_url=stub.url, tenant="T", organization="RIO", username="u", secret="pw-secret",
+            max_attempts=10, backoff_max=60.0, call_deadline=60.0,
+        )  # fmt: skip
+        # The client's clock moves with the waits it asks for, as a real one would.
+        client = PemsClient(settings, sleep=sleeps.append, clock=lambda: time.monotonic() + sum(sleeps))
+        with pytest.raises(PemsUnavailable) as caught:
+            client.count()
+    assert sleeps == [25.0, 25.0]  # a third wait would end past 60 s
+    assert len(stub.bodies) == 3 and caught.value.attempts == 3 and caught.value.status == 503
+    assert re.search(r"gave up after 3 attempts in 50\.\d s", str(caught.value)), str(caught.value)
+
+
+def test_an_attempt_waits_no_longer_than_the_deadline_leaves(sim, make_client, sleeps):
+    sim.inject_fault("hang", count=1, seconds=3, target="count")
+    started = time.monotonic()
+    with pytest.raises(PemsUnavailable, match="gave up after 1 attempts"):
+        make_client(read_timeout=5.0, call_deadline=0.5).count()
+    assert time.monotonic() - started < 2.5  # the read timeout of 5 s was cut to the 0.5 s left
+    assert sleeps == []
+
+
+def test_the_deadline_must_be_positive():
+    from django.core.exceptions import ImproperlyConfigured
+
+    with pytest.raises(ImproperlyConfigured, match="call_deadline"):
+        PemsSettings(base_url="http://x", tenant="T", organization="RIO", username="u", secret="pw", call_deadline=0)

@@ -326,13 +326,17 @@ def test_values_too_large_for_their_columns_set_their_row_aside_and_the_page_goe
     assert [record.pfa_id for record in parsed.records] == ["PFA-5"]
     reasons = [error.reason for error, _ in parsed.rejected]
     assert reasons[0] == "pfs_f_rental: '123456789012345678901234567.12345' has more than 14 digits before the point"
-    assert reasons[1].startswith("pfs_f_purchase: '9999") and reasons[1].endswith("has more than 14 digits before the point")
+    assert reasons[1].startswith("pfs_f_purchase: '9999") and reasons[1].endswith(
+        "has more than 14 digits before the point"
+    )
     assert reasons[2].endswith("is larger than 9,223,372,036,854,775,807, the largest number the mirror stores")
     assert reasons[3] == (
         "pfs_recordid: '9,223,372,036,854,775,808' is larger than 9,223,372,036,854,775,807, "
         "the largest number the mirror stores"
     )
-    assert parse_pfa_row(full_row(pfs_recordid="9,223,372,036,854,775,807"), time_zone=CHICAGO).pems_record_id == 2**63 - 1
+    assert (
+        parse_pfa_row(full_row(pfs_recordid="9,223,372,036,854,775,807"), time_zone=CHICAGO).pems_record_id == 2**63 - 1
+    )
 
 
 def test_a_row_holding_text_that_is_not_unicode_is_set_aside_and_kept_readable():

@@ -143,6 +143,19 @@ def test_sync_now_without_a_connection_reports_it(admin_client):
     assert not PfaSyncLog.objects.exists()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_sync_now_whose_task_the_broker_refuses_is_an_error_and_blocks_nothing(admin_client, monkeypatch):
+    rio = configured("RIO")
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to the broker. Connection refused.")
+
+    monkeypatch.setattr("django_q.tasks.async_task", broker_down)
+    ((level, text),) = message_texts(organization_action(admin_client, "sync_now", rio))
+    assert level == "error" and "Could not be queued" in text
+    assert PfaSyncLog.objects.get(organization=rio).status == SyncStatus.FAILED
+
+
 def test_enable_and_disable_sync(admin_client):
     rio, hou = configured("RIO"), configured("HOU")
     organization_action(admin_client, "disable_sync", rio, hou)
@@ -246,6 +259,25 @@ def test_sync_log_search_matches_the_exact_batch_id(admin_client, history):
     assert listed(admin_client, q=str(batch_id)) == {history["failed"].pk}
     assert listed(admin_client, q=str(batch_id)[:8]) == set()
     assert listed(admin_client, q=str(uuid.uuid4())) == set()
+
+
+def test_cancel_action_ends_a_queued_run_and_stops_a_running_one_at_its_next_page(admin_client):
+    rio, hou, bog = configured("RIO"), configured("HOU"), configured("BOG")
+    queued, running, ended = run(rio, SyncStatus.QUEUED), run(hou, SyncStatus.RUNNING), run(bog)
+    response = admin_client.post(
+        SYNC_LOGS,
+        {"action": "cancel", "_selected_action": [str(r.pk) for r in (queued, running, ended)]},
+        follow=True,
+    )
+    assert set(message_texts(response)) == {
+        ("success", f"Sync of RIO cancelled before it started (run {queued.pk})."),
+        ("success", f"Sync of HOU stops at its next page boundary and ends cancelled (run {running.pk})."),
+        ("warning", f"Run {ended.pk} has ended already (completed)."),
+    }
+    for sync_log in (queued, running, ended):
+        sync_log.refresh_from_db()
+    assert (queued.status, running.status, ended.status) == ("cancelled", "running", "completed")
+    assert running.cancel_requested_at is not None
 
 
 def test_sync_history_is_read_only(admin_client, history):

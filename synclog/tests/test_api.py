@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
@@ -46,6 +47,9 @@ LOG_KEYS = {
 def api_settings(settings):
     """The settings the lead adds to pfasync/settings.py (harmless once they are there)."""
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "EXCEPTION_HANDLER": "synclog.api.exception_handler"}
+    cache.clear()  # the login throttles count in the cache: every test starts from none, leaves none
+    yield
+    cache.clear()
 
 
 def make_user(username: str, *, organizations=(), can_trigger: bool = True, **flags) -> User:
@@ -130,6 +134,7 @@ def test_refresh_with_a_bad_token_is_401():
         ("post", "/api/sync/trigger"),
         ("get", "/api/sync/status"),
         ("get", f"/api/sync/status/{uuid.uuid4()}"),
+        ("post", f"/api/sync/cancel/{uuid.uuid4()}"),
         ("get", "/api/sync/worker-status"),
         ("get", "/api/organizations"),
         ("post", "/api/organizations"),
@@ -340,6 +345,81 @@ def test_twenty_concurrent_triggers_start_exactly_one_run():
     assert PfaSyncLog.objects.filter(organization=rio).count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_trigger_whose_task_the_broker_refuses_is_503_and_leaves_nothing_blocked(monkeypatch):
+    rio = ApiConfigurationFactory(organization=OrganizationFactory(code="RIO")).organization
+    user = make_user("ana", organizations=[rio])
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to the broker. Connection refused.")
+
+    monkeypatch.setattr("django_q.tasks.async_task", broker_down)
+    body = assert_error(
+        client_for(user).post("/api/sync/trigger", {"organizationId": "RIO"}, format="json"), 503, "QUEUE_UNAVAILABLE"
+    )
+    assert "Could not be queued" in body["message"]
+    failed = PfaSyncLog.objects.get(organization=rio)
+    assert str(failed.batch_id) == body["batchId"] and failed.status == SyncStatus.FAILED
+    monkeypatch.undo()  # the broker is back: the organization is not blocked by the failed run
+    monkeypatch.setattr("django_q.tasks.async_task", lambda *args, **kwargs: "task-id")
+    assert client_for(user).post("/api/sync/trigger", {"organizationId": "RIO"}, format="json").status_code == 202
+
+
+# --- cancel ---------------------------------------------------------------------------------------------
+
+
+def cancel(user, sync_log_or_id):
+    return client_for(user).post(f"/api/sync/cancel/{getattr(sync_log_or_id, 'pk', sync_log_or_id)}")
+
+
+def test_cancel_a_queued_run_ends_it_cancelled_at_once(rio, rio_user):
+    queued = PfaSyncLog.objects.create(organization=rio, trigger="api", status=SyncStatus.QUEUED)
+    response = cancel(rio_user, queued)
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert (body["success"], body["logId"], body["status"]) == (True, str(queued.pk), "cancelled")
+    queued.refresh_from_db()
+    assert queued.status == SyncStatus.CANCELLED and queued.completed_at is not None
+
+
+def test_cancel_a_running_run_asks_it_to_stop_at_its_next_page(rio, rio_user):
+    running = PfaSyncLog.objects.create(organization=rio, trigger="api", status=SyncStatus.RUNNING)
+    response = cancel(rio_user, running)
+    assert response.status_code == 202, response.content
+    assert response.json()["status"] == "running"
+    running.refresh_from_db()
+    assert running.status == SyncStatus.RUNNING and running.cancel_requested_at is not None
+
+
+@pytest.mark.parametrize("ended", [SyncStatus.COMPLETED, SyncStatus.FAILED, SyncStatus.CANCELLED])
+def test_cancel_a_run_that_has_ended_is_409(rio, rio_user, ended):
+    sync_log = PfaSyncLog.objects.create(organization=rio, trigger="api", status=ended, completed_at=timezone.now())
+    body = assert_error(cancel(rio_user, sync_log), 409, "RUN_ENDED")
+    assert (body["logId"], body["status"]) == (str(sync_log.pk), ended)
+    sync_log.refresh_from_db()
+    assert sync_log.status == ended
+
+
+def test_cancel_a_run_out_of_reach_is_404_and_changes_nothing(rio_user, hou):
+    theirs = PfaSyncLog.objects.create(organization=hou, trigger="api", status=SyncStatus.QUEUED)
+    assert_error(cancel(rio_user, theirs), 404, "NOT_FOUND")
+    assert_error(cancel(rio_user, uuid.uuid4()), 404, "NOT_FOUND")
+    assert_error(cancel(rio_user, "not-a-uuid"), 404, "NOT_FOUND")
+    theirs.refresh_from_db()
+    assert theirs.status == SyncStatus.QUEUED
+
+
+def test_cancel_needs_the_permission_to_start_syncs(rio):
+    queued = PfaSyncLog.objects.create(organization=rio, trigger="api", status=SyncStatus.QUEUED)
+    viewer = make_user("viewer", organizations=[rio], can_trigger=False)
+    staff = make_user("staff", can_trigger=False, is_staff=True)
+    for user in (viewer, staff):
+        assert_error(cancel(user, queued), 403, "FORBIDDEN")
+    queued.refresh_from_db()
+    assert queued.status == SyncStatus.QUEUED
+    assert_error(APIClient().post(f"/api/sync/cancel/{queued.pk}"), 401, "UNAUTHORIZED")
+
+
 # --- status -------------------------------------------------------------------------------------
 
 
@@ -358,8 +438,8 @@ def test_status_lists_newest_first_with_a_summary(rio, rio_user):
         records_processed=5,
         records_inserted=5,
         duration_ms=12,
+        completed_at=timezone.now(),
     )
-    completed.finish(SyncStatus.COMPLETED)
     response = client_for(rio_user).get("/api/sync/status", {"organizationId": "RIO"})
     assert response.status_code == 200
     body = response.json()
@@ -480,19 +560,28 @@ def test_worker_status_shows_both_schedules_and_their_next_runs(rio_user, settin
 # --- schema and docs ------------------------------------------------------------------------------
 
 
-def test_schema_and_docs_are_served():
-    schema = APIClient().get("/api/schema/", {"format": "json"})
+def test_schema_and_docs_are_served(rio_user):
+    schema = client_for(rio_user).get("/api/schema/", {"format": "json"})
     assert schema.status_code == 200
     paths = schema.json()["paths"]
-    assert {"/api/sync/trigger", "/api/sync/status", "/api/sync/status/{key}", "/api/organizations"} <= set(paths)
-    assert set(paths["/api/sync/trigger"]["post"]["responses"]) == {"202", "400", "401", "403", "404", "409"}
+    assert {
+        "/api/sync/trigger",
+        "/api/sync/status",
+        "/api/sync/status/{key}",
+        "/api/sync/cancel/{log_id}",
+        "/api/auth/logout",
+        "/api/organizations",
+    } <= set(paths)
+    assert set(paths["/api/sync/trigger"]["post"]["responses"]) == {"202", "400", "401", "403", "404", "409", "503"}
+    assert set(paths["/api/sync/cancel/{log_id}"]["post"]["responses"]) == {"202", "401", "403", "404", "409"}
+    assert "429" in paths["/api/auth/login"]["post"]["responses"]
     components = schema.json()["components"]["schemas"]
     assert components["SyncTriggerInput"]["properties"]["allowMassDelete"]["type"] == "boolean"
     assert set(components["Worker"]["properties"]["fullSync"]["allOf"][0].values()) == {
         "#/components/schemas/FullSyncSchedule"
     }
     assert set(components["FullSyncSchedule"]["properties"]) == {"enabled", "nextRun", "interval"}
-    docs = APIClient().get("/api/docs/")
+    docs = client_for(rio_user).get("/api/docs/")
     assert docs.status_code == 200
     assert b"/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in docs.content
     assert b"jsdelivr" not in docs.content  # no CDN: the page must work offline

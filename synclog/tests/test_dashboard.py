@@ -185,6 +185,42 @@ def test_sync_now_needs_a_csrf_token(client, admin_user):
     assert 'name="csrfmiddlewaretoken"' in client.get(DASHBOARD).content.decode()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_sync_now_whose_task_the_broker_refuses_is_an_error(admin_client, monkeypatch):
+    rio = configured("RIO")
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to the broker. Connection refused.")
+
+    monkeypatch.setattr("django_q.tasks.async_task", broker_down)
+    response = admin_client.post(reverse("synclog:sync-now", args=["RIO"]), follow=True)
+    ((level, text),) = [(m.level_tag, str(m)) for m in get_messages(response.wsgi_request)]
+    assert level == "error" and "Could not be queued" in text
+    assert PfaSyncLog.objects.get(organization=rio).status == SyncStatus.FAILED
+
+
+def test_cancel_button_on_an_active_run(admin_client):
+    rio, hou = configured("RIO"), configured("HOU")
+    queued = run(rio, SyncStatus.QUEUED)
+    running = run(hou, SyncStatus.RUNNING, records_total=250, records_processed=100)
+    body = admin_client.get(DASHBOARD).content.decode()
+    for sync_log in (queued, running):
+        assert f'action="{reverse("synclog:cancel", args=[sync_log.pk])}"' in body
+    response = admin_client.post(reverse("synclog:cancel", args=[queued.pk]), follow=True)
+    assert [str(m) for m in get_messages(response.wsgi_request)] == [
+        f"Sync of RIO cancelled before it started (run {queued.pk})."
+    ]
+    admin_client.post(reverse("synclog:cancel", args=[running.pk]))
+    queued.refresh_from_db(), running.refresh_from_db()
+    assert queued.status == SyncStatus.CANCELLED
+    assert running.status == SyncStatus.RUNNING and running.cancel_requested_at is not None
+    body = admin_client.get(DASHBOARD).content.decode()
+    assert "cancel requested" in body and reverse("synclog:cancel", args=[running.pk]) not in body
+    response = admin_client.post(reverse("synclog:cancel", args=[queued.pk]), follow=True)
+    assert [m.level_tag for m in get_messages(response.wsgi_request)] == ["warning"]  # ended already
+    assert admin_client.get(reverse("synclog:cancel", args=[running.pk])).status_code == 405
+
+
 def test_interval_length_is_the_gap_between_the_next_two_fire_times():
     moment = datetime(2025, 1, 1, 10, 7, tzinfo=UTC)
     assert interval_length("*/15 * * * *", now=moment) == timedelta(minutes=15)

@@ -60,7 +60,11 @@ class Command(BaseCommand):
                 pems_organization_code=options["pems_org"],
             )
         except ValidationError as error:
-            problems = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in error.message_dict.items())
-            raise CommandError(f"Invalid PEMS connection: {problems}") from None
+            # The secret came from the environment: name the variable, never the value.
+            names = {"secret": f"secret (from {options['password_env']})"}
+            problems = "; ".join(
+                f"{names.get(field, field)}: {' '.join(messages)}" for field, messages in error.message_dict.items()
+            )
+            raise CommandError(f"Invalid organization or PEMS connection: {problems}") from None
         verb = "Created" if created else "Updated"
         self.stdout.write(self.style.SUCCESS(f"{verb} organization {organization.code} ({organization.name})."))

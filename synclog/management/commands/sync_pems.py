@@ -1,14 +1,19 @@
 """`manage.py sync_pems`: run the read sync inline, with live progress and a summary table."""
 
+import logging
 import signal
 import sys
 import threading
 import time
+from datetime import timedelta
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 from django.utils import timezone
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
 from mirror.models import Organization
+from ops.metrics import run_figures_write
 from synclog.engine import SyncOutcome, sync_organizations
 from synclog.models import PfaSyncLog
 
@@ -43,21 +48,22 @@ class Command(BaseCommand):
             raise CommandError("--allow-mass-delete needs --full: only a full read finds the records PEMS deleted.")
         organizations = self._organizations(options["orgs"])
         stop = threading.Event()
-        progress = _ProgressLine(self.stdout)
         previous = {sig: signal.signal(sig, self._stop_handler(stop)) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            outcomes = sync_organizations(
-                organizations=organizations,
-                trigger=PfaSyncLog.Trigger.COMMAND,
-                sync_type=PfaSyncLog.SyncType.FULL if options["full"] else PfaSyncLog.SyncType.INCREMENTAL,
-                allow_mass_delete=options["allow_mass_delete"],
-                stop=stop,
-                on_progress=progress.update,
-            )
+            with _Progress(self.stdout, organizations) as progress:
+                outcomes = sync_organizations(
+                    organizations=organizations,
+                    trigger=PfaSyncLog.Trigger.COMMAND,
+                    sync_type=PfaSyncLog.SyncType.FULL if options["full"] else PfaSyncLog.SyncType.INCREMENTAL,
+                    allow_mass_delete=options["allow_mass_delete"],
+                    stop=stop,
+                    on_progress=progress.update,
+                )
+                progress.finish(outcomes)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        progress.close()
+            run_figures_write(organization_ids=[o.pk for o in organizations])  # for /metrics
         self._print_summary(outcomes)
         failed = [o.organization.code for o in outcomes if not o.succeeded]
         if failed:
@@ -137,39 +143,108 @@ def _n(value: int | None) -> str:
     return "" if value is None else f"{value:,}"
 
 
-class _ProgressLine:
-    """A live per-organization progress bar: records, percent and records/s."""
+class _Progress:
+    """A progress bar per organization: records read of PEMS's count, percent, records/s and time
+    left. Drawn by rich where the output is a terminal; elsewhere (a log file, CI) a plain line per
+    organization at most every PLAIN_LINE_SECONDS, and one when its read has read every record."""
 
-    def __init__(self, stream):
-        self.stream = stream
-        self.interactive = sys.stdout.isatty()
-        self.current = None
-        self.last_print = 0.0
+    PLAIN_LINE_SECONDS = 2.0
+
+    def __init__(self, stdout: OutputWrapper, organizations: list[Organization]) -> None:
+        self.stdout = stdout
+        self.interactive = stdout.isatty()
+        self.last_line: dict[str, float] = {}
+        self.bars: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+        self.redirected: list[tuple[logging.StreamHandler, object]] = []
+        if self.interactive:
+            # rich writes whole frames: it gets the stream itself, not the command's line-ending wrapper.
+            console = Console(file=getattr(stdout, "_out", stdout))
+            self.bars = Progress(
+                TextColumn("{task.fields[code]:<8}"),
+                BarColumn(bar_width=30),
+                TextColumn("{task.fields[records]:>21}"),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]:>13}"),
+                TextColumn("{task.fields[left]:>13}"),
+                TextColumn("{task.fields[state]}"),
+                console=console,
+            )
+            for organization in organizations:
+                self.tasks[organization.code] = self.bars.add_task(
+                    organization.code, total=None, code=organization.code, records="", rate="", left="", state="waiting"
+                )
+
+    def __enter__(self) -> "_Progress":
+        if self.bars is not None:
+            self.bars.start()  # from here on, sys.stderr writes above the bars instead of through them
+            self.redirected = [
+                (handler, handler.setStream(sys.stderr))
+                for handler in _stream_handlers()
+                if handler.stream is getattr(sys.stderr, "rich_proxied_file", None)
+            ]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bars is not None:
+            for handler, stream in self.redirected:
+                handler.setStream(stream)
+            self.bars.stop()
 
     def update(self, sync_log: PfaSyncLog) -> None:
-        if self.current != sync_log.pk:
-            self.close()
-            self.current = sync_log.pk
-        now = time.monotonic()
-        if not self.interactive and now - self.last_print < 2:
-            return
-        self.last_print = now
+        code = sync_log.organization.code
+        processed, total = sync_log.records_processed, sync_log.records_total or 0
         elapsed = max((timezone.now() - sync_log.started_at).total_seconds(), 1e-3)
-        rate = sync_log.records_processed / elapsed
-        total = sync_log.records_total or 0
-        done = min(sync_log.records_processed / total, 1.0) if total else 0.0
-        bar = "#" * int(done * 30)
-        line = (
-            f"{sync_log.organization.code:<8} [{bar:<30}] {sync_log.records_processed:>10,}/{total:,} "
-            f"{done:6.1%}  {rate:,.0f} rec/s"
+        rate = processed / elapsed
+        records = f"{processed:,}/{total:,}"
+        left = _time_left(total - processed, rate) if total else ""
+        if self.bars is not None:
+            self.bars.update(
+                self.tasks[code],
+                completed=processed,
+                total=max(total, processed) or None,
+                records=records,
+                rate=f"{rate:,.0f} rec/s",
+                left=f"{left} left" if left else "",
+                state="running",
+            )
+            return
+        now = time.monotonic()
+        done = total and processed >= total
+        if not done and now - self.last_line.get(code, 0.0) < self.PLAIN_LINE_SECONDS:
+            return
+        self.last_line[code] = now
+        percent = f"{min(processed / total, 1.0):.1%}" if total else "?"
+        self.stdout.write(
+            f"{code}: {records} records ({percent}), {rate:,.0f} rec/s" + (f", {left} left" if left else "")
         )
-        if self.interactive:
-            self.stream.write("\r" + line, ending="")
-            self.stream.flush()
-        else:
-            self.stream.write(line)
 
-    def close(self) -> None:
-        if self.current is not None and self.interactive:
-            self.stream.write("")
-        self.current = None
+    def finish(self, outcomes: list[SyncOutcome]) -> None:
+        """Show how each organization's read ended on its bar."""
+        if self.bars is None:
+            return
+        for outcome in outcomes:
+            log = outcome.sync_log
+            task = self.tasks[outcome.organization.code]
+            if log is None:
+                self.bars.update(task, total=1, completed=0, state="skipped")
+            elif log.status == "completed":
+                done = log.records_processed
+                self.bars.update(task, total=max(done, 1), completed=max(done, 1), left="", state=log.status)
+            else:
+                self.bars.update(task, left="", state=log.status)
+
+
+def _stream_handlers() -> list[logging.StreamHandler]:
+    """The log handlers that write to a stream (the console handler writes to stderr)."""
+    loggers = [logging.getLogger(), *logging.root.manager.loggerDict.values()]  # placeholders have no handlers
+    handlers = {handler for logger in loggers for handler in getattr(logger, "handlers", [])}
+    return [handler for handler in handlers if type(handler) is logging.StreamHandler]
+
+
+def _time_left(records_left: int, rate: float) -> str:
+    if records_left <= 0:
+        return "0:00:00"
+    if rate <= 0:
+        return ""
+    return str(timedelta(seconds=round(records_left / rate)))

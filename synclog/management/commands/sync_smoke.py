@@ -149,6 +149,8 @@ class _ApiClient:
             )
             if refreshed_status == 200:
                 self._use(refreshed["access"])
+                # Refresh tokens rotate: the one just used is spent.
+                self.refresh_token = refreshed.get("refresh", self.refresh_token)
                 status_code, body = self.request(method, path, **kwargs)
         if not 200 <= status_code < 300:
             raise CommandError(f"{method.upper()} {path} failed: HTTP {status_code} {_describe(body)}")

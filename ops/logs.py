@@ -1,0 +1,121 @@
+"""Structured logs: which run a log line belongs to, and one JSON object per line (`LOG_FORMAT=json`).
+
+A run's fields (`run_id`, `batch_id`, `organization`, `direction`) are set by `run_log_context`
+for the code it wraps, and `RunContextFilter` (on the console handler) puts them on every record
+logged meanwhile. The run's own thread finds them in a context variable. Its helper threads (the
+PEMS read-ahead, the heartbeat) do not inherit context variables; they take the one run running
+in their process, which is every run in a worker process or a `sync_pems` command. A thread of a
+process running several runs at once logs without run fields rather than with a wrong run's.
+"""
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from synclog.models import PfaSyncLog
+
+RUN_FIELDS = ("run_id", "batch_id", "organization", "direction")
+
+
+@dataclass(frozen=True)
+class RunFields:
+    """What a log line says about the run it was logged in."""
+
+    run_id: str
+    batch_id: str
+    organization: str
+    direction: str
+
+
+_current_run: ContextVar[RunFields | None] = ContextVar("pfasync_run", default=None)
+_runs_lock = threading.Lock()
+# The runs inside `run_log_context` in this process, each once per entry.
+_process_runs: list[RunFields] = []
+
+
+def current_run_fields() -> RunFields | None:
+    """The run this code runs in: this context's, else the only run of this process, else None."""
+    fields = _current_run.get()
+    if fields is not None:
+        return fields
+    with _runs_lock:
+        running = set(_process_runs)
+    return running.pop() if len(running) == 1 else None
+
+
+@contextmanager
+def run_log_context(sync_log: "PfaSyncLog") -> Iterator[None]:
+    """Log everything inside as part of `sync_log`'s run; at its end, write the run's figures for
+    /metrics (the PEMS calls it made, its organization's mirror size).
+
+    Wrap `synclog.engine.sync_run` (or what calls it) with it. Entering it again for the same run
+    inside it adds nothing. A failure to write the figures is logged, never raised over the run's
+    own outcome.
+    """
+    fields = RunFields(
+        run_id=str(sync_log.pk),
+        batch_id=str(sync_log.batch_id),
+        organization=sync_log.organization.code,
+        direction=sync_log.direction,
+    )
+    if _current_run.get() == fields:
+        yield
+        return
+    token = _current_run.set(fields)
+    with _runs_lock:
+        _process_runs.append(fields)
+    try:
+        yield
+    finally:
+        with _runs_lock:
+            _process_runs.remove(fields)
+        _current_run.reset(token)
+        from ops.metrics import run_figures_write  # not at the top: ops.metrics needs the apps loaded
+
+        run_figures_write(organization_ids=[sync_log.organization_id])
+
+
+class RunContextFilter(logging.Filter):
+    """Puts the fields of the run being logged in (see `current_run_fields`) on each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "run_id", None) is None and (fields := current_run_fields()) is not None:
+            for name, value in asdict(fields).items():
+                setattr(record, name, value)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: `time` (UTC, ISO 8601), `level`, `logger`, `message`, the run's
+    fields inside a run, and `exception` / `stack` when there is one.
+
+    The text is taken as the handler's filters left it (the secret scrubber runs before), and every
+    non-ASCII character is escaped, so a line is valid JSON in any encoding, damaged text included.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in RUN_FIELDS:
+            if (value := getattr(record, name, None)) is not None:
+                entry[name] = str(value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=True, default=str)

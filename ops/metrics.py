@@ -1,0 +1,223 @@
+"""/metrics: pfasync's state in the Prometheus text format, read from the database at each scrape.
+
+Every number comes from the database, which the web process, the worker processes and the
+`sync_pems` command share: one `PfasyncCollector.collect()` per scrape runs a fixed number of
+small queries (organizations with their last runs, cached mirror sizes, open edits, the run log's
+folded totals and its runs since, the PEMS call counts, the worker's heartbeat), whatever the size
+of the mirror or of the run log.
+"""
+
+import logging
+from collections.abc import Iterator
+from uuid import UUID
+
+from django.apps import apps
+from django.core.exceptions import FieldError
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from ops.heartbeat import worker_heartbeat
+from ops.mirror_counts import mirror_counts_refresh
+from ops.models import MirrorCount
+from ops.pems_calls import OUTCOMES, pems_call_totals, pems_calls_flush, pems_calls_flush_quietly
+from ops.run_totals import RUN_DURATION_BUCKETS, run_totals
+from ops.selectors import organizations_sync_state
+from synclog.models import PfaSyncLog, SyncStatus
+
+logger = logging.getLogger(__name__)
+
+# The modification states (issue 17's delta layer) counted as waiting to be written, and as conflicts.
+WAITING_STATES = ("committed", "writing")
+CONFLICT_STATES = ("conflict",)
+
+
+def metrics_text() -> bytes:
+    """The scrape's answer; this process's own PEMS call counts are written first."""
+    pems_calls_flush_quietly()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PfasyncCollector())
+    return generate_latest(registry)
+
+
+def run_figures_write(*, organization_ids: list[UUID]) -> None:
+    """After runs: write this process's PEMS call counts and recount these organizations' mirrors,
+    on a savepoint. Never raises (the database may be what failed the run): the next tick does it."""
+    try:
+        pems_calls_flush()
+        with transaction.atomic():
+            mirror_counts_refresh(organization_ids=organization_ids)
+    except Exception as error:
+        logger.warning("Figures for /metrics wait for the next tick (%s)", type(error).__name__)
+
+
+class PfasyncCollector(Collector):
+    """Reads everything /metrics shows, once per scrape."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _organization_metrics()
+        yield from _run_metrics()
+        yield from _pems_call_metrics()
+        yield from _worker_metrics()
+
+
+def open_modification_counts() -> dict[UUID, tuple[int, int]]:
+    """Per organization, its edits waiting to be written (modifications `committed` or `writing`)
+    and its open conflicts (`conflict`), from `pfa_modification`.
+
+    Empty, so every organization shows 0, while the delta layer's model (`mirror.PfaModification`)
+    does not exist.
+    """
+    try:
+        model = apps.get_model("mirror", "PfaModification")
+    except LookupError:
+        return {}
+    try:
+        rows = (
+            model.objects.filter(state__in=(*WAITING_STATES, *CONFLICT_STATES))  # not the history of written ones
+            .values("organization_id")
+            .annotate(
+                waiting=Count("pk", filter=Q(state__in=WAITING_STATES)),
+                conflicts=Count("pk", filter=Q(state__in=CONFLICT_STATES)),
+            )
+            .order_by()
+        )
+        return {row["organization_id"]: (row["waiting"], row["conflicts"]) for row in rows}
+    except FieldError as error:
+        logger.error("pfa_modification has no organization or state to count open edits by: %s", error)
+        return {}
+
+
+def _organization_metrics() -> Iterator[Metric]:
+    now = timezone.now()
+    organizations = list(organizations_sync_state())
+    sizes = {row.organization_id: row for row in MirrorCount.objects.filter(organization__in=organizations)}
+    edits = open_modification_counts()
+    label = ["organization"]
+    age = GaugeMetricFamily(
+        "pfasync_last_completed_read_age_seconds",
+        "Seconds since the organization's last completed read ended (+Inf: none yet).",
+        labels=label,
+    )
+    completed_at = GaugeMetricFamily(
+        "pfasync_last_completed_read_timestamp_seconds",
+        "When the organization's last completed read ended (Unix time).",
+        labels=label,
+    )
+    status = GaugeMetricFamily(
+        "pfasync_last_run_status",
+        "1 for the status of the organization's newest run of each direction, 0 for the other statuses.",
+        labels=["organization", "direction", "status"],
+    )
+    failures = GaugeMetricFamily(
+        "pfasync_consecutive_failed_reads",
+        "Reads failed in a row since the organization's last completed one.",
+        labels=label,
+    )
+    live = GaugeMetricFamily(
+        "pfasync_mirror_rows", "Live rows in the organization's mirror, as last counted.", labels=label
+    )
+    deleted = GaugeMetricFamily(
+        "pfasync_mirror_rows_deleted",
+        "Rows of the organization's mirror marked deleted in PEMS and not purged yet, as last counted.",
+        labels=label,
+    )
+    kept_aside = GaugeMetricFamily(
+        "pfasync_records_kept_aside",
+        "PEMS rows the organization's last finished read could not store (kept aside, records_errored).",
+        labels=label,
+    )
+    waiting = GaugeMetricFamily(
+        "pfasync_edits_waiting", "Committed edits of the organization waiting to be written to PEMS.", labels=label
+    )
+    conflicts = GaugeMetricFamily(
+        "pfasync_conflicts_open", "Edits of the organization that met a conflicting PEMS change.", labels=label
+    )
+    for organization in organizations:
+        code = [organization.code]
+        if organization.last_completed_at is None:
+            age.add_metric(code, float("inf"))
+        else:
+            age.add_metric(code, max((now - organization.last_completed_at).total_seconds(), 0.0))
+            completed_at.add_metric(code, organization.last_completed_at.timestamp())
+        for direction in PfaSyncLog.Direction.values:
+            current = getattr(organization, f"last_{direction}_status")
+            if current is not None:
+                for value in SyncStatus.values:
+                    status.add_metric([organization.code, direction, value], 1.0 if value == current else 0.0)
+        failures.add_metric(code, organization.consecutive_failures)
+        if (size := sizes.get(organization.pk)) is not None:
+            live.add_metric(code, size.live_rows)
+            deleted.add_metric(code, size.deleted_rows)
+        kept_aside.add_metric(code, organization.kept_aside or 0)
+        open_edits = edits.get(organization.pk, (0, 0))
+        waiting.add_metric(code, open_edits[0])
+        conflicts.add_metric(code, open_edits[1])
+    yield from (age, completed_at, status, failures, live, deleted, kept_aside, waiting, conflicts)
+
+
+def _run_metrics() -> Iterator[Metric]:
+    totals = run_totals()
+    label = ["direction"]
+    rows = {
+        kind: CounterMetricFamily(f"pfasync_rows_{kind}", description, labels=label)
+        for kind, description in (
+            ("read", "Rows runs read from their source (PEMS for reads)."),
+            ("inserted", "Rows runs inserted at their destination (the mirror for reads)."),
+            ("updated", "Rows runs updated at their destination."),
+            ("deleted", "Rows runs marked deleted (records PEMS no longer holds)."),
+            ("written", "Rows runs wrote to their destination: inserted plus updated."),
+        )
+    }
+    runs = CounterMetricFamily(
+        "pfasync_runs", "Runs by direction and status (queued and running included).", labels=["direction", "status"]
+    )
+    duration = HistogramMetricFamily("pfasync_run_duration_seconds", "How long finished runs took.", labels=label)
+    for direction, figures in totals.items():
+        for kind, family in rows.items():
+            family.add_metric([direction], figures[kind])
+        for status in SyncStatus.values:
+            runs.add_metric([direction, status], figures[f"status_{status}"])
+        buckets = [(floatToGoString(bound), figures[f"le_{i}"]) for i, bound in enumerate(RUN_DURATION_BUCKETS)]
+        buckets.append(("+Inf", figures["duration_count"]))
+        duration.add_metric([direction], buckets, sum_value=figures["duration_ms"] / 1000)
+    yield from (*rows.values(), runs, duration)
+
+
+def _pems_call_metrics() -> Iterator[Metric]:
+    totals = pems_call_totals()
+    calls = CounterMetricFamily(
+        "pfasync_pems_calls",
+        "PEMS calls (all attempts of one request) by outcome: ok, retried (ok after failed attempts), "
+        "4xx (refused), 5xx (PEMS failed), timeout (no answer).",
+        labels=["outcome"],
+    )
+    for outcome in OUTCOMES:
+        calls.add_metric([outcome], totals.calls.get(outcome, 0))
+    latency = HistogramMetricFamily(
+        "pfasync_pems_call_duration_seconds", "How long PEMS calls took, attempts and waits between them included."
+    )
+    latency.add_metric(
+        [], [(floatToGoString(bound), count) for bound, count in totals.buckets], sum_value=totals.seconds
+    )
+    yield from (calls, latency)
+
+
+def _worker_metrics() -> Iterator[Metric]:
+    heartbeat = worker_heartbeat()
+    tick = GaugeMetricFamily(
+        "pfasync_worker_last_tick_timestamp_seconds", "When the worker's sync tick last ran (Unix time)."
+    )
+    seen = GaugeMetricFamily(
+        "pfasync_worker_last_seen_timestamp_seconds",
+        "When a worker was last seen alive: a worker process started or the tick ran (Unix time).",
+    )
+    if heartbeat is not None:
+        seen.add_metric([], heartbeat.seen_at.timestamp())
+        if heartbeat.last_tick_at is not None:
+            tick.add_metric([], heartbeat.last_tick_at.timestamp())
+    yield from (tick, seen)

@@ -1,0 +1,32 @@
+"""Read runs for the ops tests, run as the worker runs them (inside `run_log_context`)."""
+
+from dataclasses import replace
+
+from mirror.pems import PemsClient, PemsError
+from ops.logs import run_log_context
+from synclog.engine import sync_claim, sync_run
+from synclog.models import PfaSyncLog
+
+
+def fast_client(organization, **overrides) -> PemsClient:
+    """The organization's configured client, with retries that do not wait."""
+    configuration = organization.api_configurations.get(usage="read")
+    settings = replace(configuration.pems_settings(organization), backoff_base=0.001, backoff_max=0.001, **overrides)
+    return PemsClient(settings, sleep=lambda seconds: None)
+
+
+def run_sync(organization, *, sync_type: str = PfaSyncLog.SyncType.FULL, **client_overrides) -> PfaSyncLog:
+    """One read run; a PEMS failure fails the run and is not raised."""
+    sync_log = sync_claim(organization=organization, trigger=PfaSyncLog.Trigger.COMMAND, sync_type=sync_type)
+    with fast_client(organization, **client_overrides) as client, run_log_context(sync_log):
+        try:
+            sync_run(sync_log=sync_log, client=client)
+        except PemsError:
+            pass
+    sync_log.refresh_from_db()
+    return sync_log
+
+
+def failed_sync(organization) -> PfaSyncLog:
+    """A read run that PEMS refuses (a wrong password): it ends `failed`."""
+    return run_sync(organization, secret="not-the-password")
