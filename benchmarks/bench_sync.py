@@ -505,6 +505,9 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
             "PFASYNC_ENCRYPTION_KEY", "8m9BF-yBlDUoFTQEgHhWlyx8aQSeg2GqkJHpWZ-B0Ig="
         ),
         "LOG_LEVEL": "WARNING",
+        # The simulator speaks plain http, and the benchmark's database is named by DATABASE_URL.
+        "PEMS_ALLOW_HTTP": "true",
+        "JWT_SIGNING_KEY": os.environ.get("JWT_SIGNING_KEY", "bench-only-signing-key-0123456789abcdef"),
     }
     failures: list[str] = []
     phases: dict[str, dict[str, Any]] = {}
