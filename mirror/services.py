@@ -32,6 +32,17 @@ def organizations_visible_to(user) -> QuerySet[Organization]:
     return Organization.objects.filter(members=user)
 
 
+def organizations_named(codes: list[str]) -> list[Organization]:
+    """The organizations with these codes (any case), in the order given, each once; LookupError
+    naming the codes that match none."""
+    codes = list(dict.fromkeys(code.upper() for code in codes))
+    found = {organization.code: organization for organization in Organization.objects.filter(code__in=codes)}
+    unknown = [code for code in codes if code not in found]
+    if unknown:
+        raise LookupError(f"Unknown organization code(s): {', '.join(unknown)}")
+    return [found[code] for code in codes]
+
+
 def mirror_size_subquery() -> Coalesce:
     """Live mirrored records (not deleted in PEMS) of the organization in the enclosing query, as one
     correlated count."""

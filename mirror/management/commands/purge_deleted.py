@@ -3,7 +3,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from mirror.models import Organization
-from mirror.services import pfa_deleted_purge
+from mirror.services import organizations_named, pfa_deleted_purge
 
 
 class Command(BaseCommand):
@@ -40,9 +40,7 @@ class Command(BaseCommand):
         """The organizations named, or [None]: every organization at once."""
         if not codes:
             return [None]
-        codes = [code.upper() for code in codes]
-        found = {o.code: o for o in Organization.objects.filter(code__in=codes)}
-        unknown = [code for code in codes if code not in found]
-        if unknown:
-            raise CommandError(f"Unknown organization code(s): {', '.join(unknown)}")
-        return [found[code] for code in dict.fromkeys(codes)]
+        try:
+            return organizations_named(codes)
+        except LookupError as error:
+            raise CommandError(str(error)) from None

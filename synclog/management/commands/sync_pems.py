@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
 from mirror.models import Organization
+from mirror.services import organizations_named
 from ops.metrics import run_figures_write
 from synclog.engine import SyncOutcome, sync_organizations
 from synclog.models import PfaSyncLog
@@ -75,12 +76,10 @@ class Command(BaseCommand):
             if not organizations:
                 raise CommandError("No active organization with sync enabled: add one with add_organization.")
             return organizations
-        codes = [code.upper() for code in codes]
-        found = {o.code: o for o in Organization.objects.filter(code__in=codes)}
-        unknown = [code for code in codes if code not in found]
-        if unknown:
-            raise CommandError(f"Unknown organization code(s): {', '.join(unknown)}")
-        return [found[code] for code in codes]
+        try:
+            return organizations_named(codes)
+        except LookupError as error:
+            raise CommandError(str(error)) from None
 
     def _stop_handler(self, stop: threading.Event):
         def handle(signum, frame):
