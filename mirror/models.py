@@ -276,18 +276,11 @@ class PfaMirrorQuerySet(models.QuerySet):
         return self.filter(deleted_at__isnull=True)
 
 
-class PfaMirror(models.Model):
-    """One PFA record as PEMS last sent it: typed columns for queries, the whole row in `data`."""
+class PfaRecordColumns(models.Model):
+    """The columns of a PFA record as the mirror holds it; `pfa_mirror` and the delta layer's
+    overlay (`pfa_overlay`) share them, so the merged view reads both alike."""
 
     id = models.BigAutoField(primary_key=True)
-    # No index of its own: the unique (organization, pfa_id) index serves every lookup by organization,
-    # and one index less is one write less per row synced. No foreign key constraint either: on
-    # PostgreSQL it checks every row inserted, a fifth of the database's work in a first load.
-    # Triggers (migration 0005) keep the same promise at one check per statement: a row must name
-    # an existing organization, and deleting an organization deletes its rows.
-    organization = models.ForeignKey(
-        Organization, on_delete=models.CASCADE, related_name="pfa_records", db_index=False, db_constraint=False
-    )
     pfa_id = models.CharField(max_length=64)
     pems_record_id = models.BigIntegerField(null=True, blank=True)
     pems_last_modified = models.DateTimeField(null=True, blank=True)
@@ -325,6 +318,25 @@ class PfaMirror(models.Model):
         help_text="When a complete full read found the record gone from PEMS; purged after the retention days.",
     )
 
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.pfa_id} ({self.organization_id})"
+
+
+class PfaMirror(PfaRecordColumns):
+    """One PFA record as PEMS last sent it: typed columns for queries, the whole row in `data`."""
+
+    # No index of its own: the unique (organization, pfa_id) index serves every lookup by organization,
+    # and one index less is one write less per row synced. No foreign key constraint either: on
+    # PostgreSQL it checks every row inserted, a fifth of the database's work in a first load.
+    # Triggers (migration 0005) keep the same promise at one check per statement: a row must name
+    # an existing organization, and deleting an organization deletes its rows.
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="pfa_records", db_index=False, db_constraint=False
+    )
+
     objects = PfaMirrorQuerySet.as_manager()
 
     class Meta:
@@ -347,5 +359,164 @@ class PfaMirror(models.Model):
             ),
         ]
 
+
+# --- The delta layer: local edits beside the mirror -------------------------------------------------
+
+# The typed business fields a planner may edit; keys and PEMS bookkeeping are not among them.
+EDITABLE_FIELDS = (
+    "category",
+    "pfa_class",
+    "source",
+    "dor",
+    "monthly_rate",
+    "purchase_price",
+    "manufacturer",
+    "model",
+    "project_code",
+    "equipment_tag",
+    "plan_start_date",
+    "plan_end_date",
+    "forecast_start_date",
+    "forecast_end_date",
+    "actual_start_date",
+    "actual_end_date",
+    "is_actualized",
+    "is_discontinued",
+    "is_funds_transferred",
+)
+
+
+class PfaModificationQuerySet(models.QuerySet):
+    def shared(self) -> "PfaModificationQuerySet":
+        """Committed modifications not yet written: what every reader of the merged view sees."""
+        return self.filter(state__in=PfaModification.SHARED_STATES)
+
+    def in_commit_order(self) -> "PfaModificationQuerySet":
+        return self.order_by("committed_at", "id")
+
+
+class PfaModification(models.Model):
+    """One user's edit set on one PFA record, from a private draft to written in PEMS.
+
+    `changes` maps model field names to new values in their JSON form (dates `YYYY-MM-DD`,
+    amounts as decimal strings, flags as booleans); `base_values` holds the mirror's values of the
+    same fields when editing began, which a three-way merge compares against.
+    """
+
+    class State(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        COMMITTED = "committed", "Committed"
+        WRITING = "writing", "Writing"
+        WRITTEN = "written", "Written"
+        CONFLICT = "conflict", "Conflict"
+        FAILED = "failed", "Failed"
+        DISCARDED = "discarded", "Discarded"
+
+    # Applied to the merged view every reader sees, in commit order.
+    SHARED_STATES = (State.COMMITTED, State.WRITING)
+    # Still open: a record deleted in PEMS fails these.
+    OPEN_STATES = (State.DRAFT, State.COMMITTED, State.WRITING)
+
+    id = models.BigAutoField(primary_key=True)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="pfa_modifications")
+    pfa_id = models.CharField(max_length=64)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="pfa_modifications"
+    )
+    changes = models.JSONField(default=dict)
+    base_version = models.PositiveIntegerField(help_text="The mirror row's version when editing began.")
+    base_record_id = models.BigIntegerField(null=True, blank=True, help_text="PEMS's recordid when editing began.")
+    base_values = models.JSONField(default=dict)
+    change_reason = models.TextField(blank=True)
+    state = models.CharField(max_length=16, choices=State, default=State.DRAFT)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    committed_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was written, discarded, or ended in conflict or failure."
+    )
+
+    objects = PfaModificationQuerySet.as_manager()
+
+    class Meta:
+        db_table = "pfa_modification"
+        verbose_name = "PFA modification"
+        permissions = [("edit_pfa_records", "Can edit PFA records")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "pfa_id", "author"],
+                condition=Q(state="draft"),
+                name="pfa_modification_one_draft_per_author",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["organization", "pfa_id", "committed_at"],
+                condition=Q(state__in=["draft", "committed", "writing"]),
+                name="pfa_modification_open",
+            ),
+            models.Index(fields=["organization", "state"], name="pfa_modification_org_state"),
+        ]
+
     def __str__(self) -> str:
-        return f"{self.pfa_id} ({self.organization_id})"
+        return f"{self.pfa_id} by {self.author or 'a deleted user'} ({self.state})"
+
+
+class PfaOverlay(PfaRecordColumns):
+    """A record with open modifications, merged: the mirror's row with the committed changes applied
+    in commit order (`viewer` empty), or with one user's draft on top of those (`viewer` that user).
+
+    Kept by `mirror.delta.overlay_refresh` whenever a modification or the mirror row changes; the
+    view `pfa_merged_live` reads it in place of the mirror row.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_index=False)
+    mirror_id = models.BigIntegerField(help_text="The pfa_mirror row this merges onto.")
+    viewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    changed_fields = models.JSONField(default=list)
+
+    class Meta:
+        db_table = "pfa_overlay"
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "pfa_id", "viewer"], name="pfa_overlay_org_pfa_viewer"),
+            models.UniqueConstraint(
+                fields=["organization", "pfa_id"], condition=Q(viewer__isnull=True), name="pfa_overlay_one_shared"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "category", "-forecast_start_date"], name="pfa_overlay_org_cat_fcst"),
+            models.Index(fields=["viewer", "organization"], name="pfa_overlay_viewer_org"),
+        ]
+
+
+class PfaMergedLive(PfaRecordColumns):
+    """The database view `pfa_merged_live`: every live mirror record with the committed, unwritten
+    modifications applied (read-only; created by migration, not by Django)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.DO_NOTHING, related_name="+", db_index=False)
+
+    class Meta:
+        managed = False
+        db_table = "pfa_merged_live"
+
+
+class ViewRefresh(models.Model):
+    """The materialized views' refresh state (one row): requests are counted, refreshes coalesce."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    requested = models.PositiveBigIntegerField(default=0, help_text="Refresh requests made so far.")
+    refreshed = models.PositiveBigIntegerField(default=0, help_text="The requests the last refresh covered.")
+    running_since = models.DateTimeField(null=True, blank=True)
+    last_refreshed_at = models.DateTimeField(null=True, blank=True)
+    last_duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        db_table = "pfa_view_refresh"
+        verbose_name = "materialized view refresh"
+
+    def __str__(self) -> str:
+        return f"views refreshed {self.last_refreshed_at or 'never'}"

@@ -1,0 +1,292 @@
+"""The delta layer: planners' drafts, commits and discards, and the overlay that merges them.
+
+A planner's edits to a record collect in one draft (their own, private) until they commit it; a
+committed modification is shared and waits to be written to PEMS. `pfa_overlay` holds, for each
+record with open modifications, the mirror's row with the committed changes applied in commit
+order (the row every reader sees) and one row per draft (what its author sees). Every change of a
+modification or of a mirror row calls `overlay_refresh` for its keys, in the same transaction.
+"""
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.utils import timezone
+
+from mirror.materialized import views_refresh_request
+from mirror.models import EDITABLE_FIELDS, Organization, PfaMirror, PfaModification, PfaOverlay
+
+logger = logging.getLogger(__name__)
+
+State = PfaModification.State
+# Keys per query: SQLite binds a limited number of parameters.
+_CHUNK = 5000
+# Record columns a planner sees but may not edit.
+READ_ONLY_FIELDS = ("pfa_id", "organization", "pems_record_id", "pems_last_modified")
+
+
+class NoDraft(Exception):
+    """The user has no draft of that record."""
+
+
+def _field(name: str):
+    return PfaMirror._meta.get_field(name)
+
+
+def value_to_json(name: str, value: Any) -> Any:
+    """A typed value of field `name` in its JSON form: dates `YYYY-MM-DD`, amounts as decimal strings
+    with the column's places, flags as booleans, text as is."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, Decimal):
+        return f"{value:.{_field(name).decimal_places}f}"
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    raise TypeError(f"{name}: cannot express {value!r} in JSON")
+
+
+def value_from_json(name: str, value: Any) -> Any:
+    """The typed value of field `name` from its JSON form (as stored in `changes`)."""
+    return _field(name).to_python(value)
+
+
+def changes_parse(values: dict[str, Any]) -> dict[str, Any]:
+    """Type the edited values by the mirror columns' own rules (the rules PEMS values are typed by on
+    the way in); ValidationError naming each field that is unknown, read-only or invalid."""
+    errors: dict[str, list[str]] = {}
+    typed: dict[str, Any] = {}
+    for name, raw in values.items():
+        if name in READ_ONLY_FIELDS:
+            errors[name] = ["Cannot be edited: it is a key or PEMS bookkeeping."]
+            continue
+        if name not in EDITABLE_FIELDS:
+            errors[name] = ["Not a field of a PFA record."]
+            continue
+        field = _field(name)
+        problem = _type_problem(field, raw)
+        if problem:
+            errors[name] = [problem]
+            continue
+        try:
+            value = field.clean(raw, None)
+        except ValidationError as error:
+            errors[name] = error.messages
+            continue
+        if isinstance(value, str) and "\x00" in value:
+            errors[name] = ["Contains a NUL character."]
+            continue
+        typed[name] = value
+    if errors:
+        raise ValidationError(errors)
+    return typed
+
+
+def _type_problem(field, raw: Any) -> str | None:
+    """Why `raw` is not the JSON form the field takes, or None (field.clean() is lenient: it takes
+    1 for True and numbers for text)."""
+    kind = field.get_internal_type()
+    if raw is None:
+        return None if field.null else "May not be null."
+    if kind == "BooleanField":
+        return None if isinstance(raw, bool) else "Must be true or false."
+    if kind == "DecimalField":
+        return (
+            None
+            if isinstance(raw, str | int) and not isinstance(raw, bool)
+            else 'Must be a decimal string, e.g. "5200.00".'
+        )
+    if kind == "DateField":
+        if not isinstance(raw, str) or len(raw) != 10:
+            return "Must be a date as YYYY-MM-DD."
+        return None
+    return None if isinstance(raw, str) else "Must be a string."
+
+
+def draft_save(
+    *,
+    organization: Organization,
+    pfa_id: str,
+    user,
+    values: dict[str, Any],
+    change_reason: str | None = None,
+) -> PfaModification:
+    """Save `values` (field name -> JSON value) into `user`'s draft of the record, creating it.
+
+    A new draft takes the record's version, PEMS recordid and the mirror's values of the changed
+    fields as its base; editing again merges into the draft and keeps that base (a field edited
+    for the first time later takes the mirror's value then as its base: the value the user saw).
+    PfaMirror.DoesNotExist for an unknown record; ValidationError for a deleted record, a bad
+    value, or a value that equals the base (nothing to change).
+    """
+    typed = changes_parse(values)
+    with transaction.atomic():
+        record = PfaMirror.objects.filter(organization=organization, pfa_id=pfa_id).get()
+        if record.deleted_at is not None:
+            raise ValidationError(
+                f"PFA {pfa_id} was deleted in PEMS ({record.deleted_at:%Y-%m-%d %H:%M} UTC): it can no longer be edited."
+            )
+        draft = (
+            PfaModification.objects.select_for_update()
+            .filter(organization=organization, pfa_id=pfa_id, author=user, state=State.DRAFT)
+            .first()
+        )
+        if draft is None:
+            draft = PfaModification(
+                organization=organization,
+                pfa_id=pfa_id,
+                author=user,
+                base_version=record.version,
+                base_record_id=record.pems_record_id,
+            )
+        unchanged = {}
+        for name, value in typed.items():
+            base = (
+                value_from_json(name, draft.base_values[name]) if name in draft.base_values else getattr(record, name)
+            )
+            if value == base:
+                unchanged[name] = [f"Equals PEMS's value ({value_to_json(name, base)!r}): nothing to change."]
+                continue
+            draft.base_values.setdefault(name, value_to_json(name, getattr(record, name)))
+            draft.changes[name] = value_to_json(name, value)
+        if unchanged:
+            raise ValidationError(unchanged)
+        if change_reason is not None:
+            draft.change_reason = change_reason
+        draft.save()
+        overlay_refresh(organization_id=organization.pk, pfa_ids=[pfa_id])
+    return draft
+
+
+def drafts_commit(*, organization: Organization, user, pfa_ids: Sequence[str] | None = None) -> int:
+    """Commit `user`'s drafts in the organization (those of `pfa_ids`, or all): they become shared
+    and wait to be written, in commit order. Returns how many were committed."""
+    return _drafts_end(organization, user, pfa_ids, state=State.COMMITTED, committed_at=timezone.now())
+
+
+def drafts_discard(*, organization: Organization, user, pfa_ids: Sequence[str] | None = None) -> int:
+    """Discard `user`'s drafts in the organization (those of `pfa_ids`, or all); the rows stay,
+    `discarded`. Returns how many were discarded."""
+    return _drafts_end(organization, user, pfa_ids, state=State.DISCARDED, finished_at=timezone.now())
+
+
+def draft_discard(*, organization: Organization, user, pfa_id: str) -> None:
+    """Discard `user`'s draft of one record; NoDraft if there is none."""
+    if not drafts_discard(organization=organization, user=user, pfa_ids=[pfa_id]):
+        raise NoDraft(f"You have no draft of PFA {pfa_id}.")
+
+
+def _drafts_end(organization: Organization, user, pfa_ids: Sequence[str] | None, **changes: Any) -> int:
+    drafts = PfaModification.objects.filter(organization=organization, author=user, state=State.DRAFT)
+    with transaction.atomic():
+        keys: list[str] = []
+        if pfa_ids is None:
+            keys = list(drafts.values_list("pfa_id", flat=True))
+        else:
+            for start in range(0, len(pfa_ids), _CHUNK):
+                keys += drafts.filter(pfa_id__in=pfa_ids[start : start + _CHUNK]).values_list("pfa_id", flat=True)
+        ended = 0
+        for start in range(0, len(keys), _CHUNK):
+            # Conditional on the state: a draft ended meanwhile by a deletion is not revived.
+            ended += drafts.filter(pfa_id__in=keys[start : start + _CHUNK]).update(**changes)
+        overlay_refresh(organization_id=organization.pk, pfa_ids=keys)
+        if ended and changes["state"] == State.COMMITTED:
+            views_refresh_request()
+    return ended
+
+
+def modifications_fail_deleted(*, organization_id: UUID, pfa_ids: Sequence[str], deleted_at: datetime) -> int:
+    """End the open modifications of records a read found deleted in PEMS: `failed`, saying so.
+    Runs in the transaction that marks them deleted; returns how many ended."""
+    message = f"The record was deleted in PEMS (found gone by a full read at {deleted_at:%Y-%m-%d %H:%M} UTC)."
+    failed = shared = 0
+    open_modifications = PfaModification.objects.filter(
+        organization_id=organization_id, state__in=PfaModification.OPEN_STATES
+    )
+    if not open_modifications.exists():
+        return 0
+    for start in range(0, len(pfa_ids), _CHUNK):
+        chunk = open_modifications.filter(pfa_id__in=pfa_ids[start : start + _CHUNK])
+        shared += chunk.filter(state__in=PfaModification.SHARED_STATES).count()
+        failed += chunk.update(state=State.FAILED, error_message=message, finished_at=deleted_at)
+    if failed:
+        overlay_refresh(organization_id=organization_id, pfa_ids=pfa_ids)
+        logger.info("%d open modifications ended: their records were deleted in PEMS", failed)
+    if shared:
+        views_refresh_request()
+    return failed
+
+
+# --- The overlay ---------------------------------------------------------------------------------
+
+
+def overlay_refresh(*, organization_id: UUID, pfa_ids: Iterable[str]) -> None:
+    """Recompute the overlay rows of these records from the mirror and their open modifications.
+
+    Call it in the transaction that changed either. On PostgreSQL it holds a lock per organization
+    until that transaction ends, so two refreshes of one record (a sync's page and a commit) follow
+    each other and the later one reads what the earlier one committed.
+    """
+    keys = list(set(pfa_ids))
+    if not keys:
+        return
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('pfa_overlay'), hashtext(%s))", [str(organization_id)]
+                )
+        open_modifications = PfaModification.objects.filter(
+            organization_id=organization_id, state__in=PfaModification.OPEN_STATES
+        )
+        if not open_modifications.exists() and not PfaOverlay.objects.filter(organization_id=organization_id).exists():
+            return  # the common case for a sync's page: nothing to merge with
+        modifications: dict[str, list[PfaModification]] = defaultdict(list)
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            PfaOverlay.objects.filter(organization_id=organization_id, pfa_id__in=chunk).delete()
+            for modification in open_modifications.filter(pfa_id__in=chunk).in_commit_order():
+                modifications[modification.pfa_id].append(modification)
+        if not modifications:
+            return
+        records = {}
+        edited = list(modifications)
+        for start in range(0, len(edited), _CHUNK):
+            records.update(
+                (record.pfa_id, record)
+                for record in PfaMirror.objects.live().filter(
+                    organization_id=organization_id, pfa_id__in=edited[start : start + _CHUNK]
+                )
+            )
+        rows = []
+        for pfa_id, record_modifications in modifications.items():
+            if (record := records.get(pfa_id)) is not None:
+                rows += _overlay_rows(record, record_modifications)
+        PfaOverlay.objects.bulk_create(rows, batch_size=500)
+
+
+def _overlay_rows(record: PfaMirror, modifications: list[PfaModification]) -> list[PfaOverlay]:
+    """The merged rows of one record: the shared one (if anything is committed) and one per draft."""
+    shared: dict[str, Any] = {}
+    for modification in modifications:
+        if modification.state in PfaModification.SHARED_STATES:
+            shared.update(modification.changes)  # in commit order: a later commit wins a field
+    rows = [_overlay_row(record, shared, viewer_id=None)] if shared else []
+    for modification in modifications:
+        if modification.state == State.DRAFT and modification.author_id is not None:
+            rows.append(_overlay_row(record, {**shared, **modification.changes}, viewer_id=modification.author_id))
+    return rows
+
+
+def _overlay_row(record: PfaMirror, changes: dict[str, Any], *, viewer_id: int | None) -> PfaOverlay:
+    values = {field.attname: getattr(record, field.attname) for field in PfaMirror._meta.concrete_fields}
+    values.pop("id")
+    for name, value in changes.items():
+        values[name] = value_from_json(name, value)
+    changed = sorted(name for name, value in changes.items() if value != value_to_json(name, getattr(record, name)))
+    return PfaOverlay(**values, mirror_id=record.pk, viewer_id=viewer_id, changed_fields=changed)
