@@ -6,11 +6,9 @@ not change answers 403. Staff acts need the model permission the admin asks for 
 (view-only staff can only look). The connection's `secret` is write-only: accepted, never returned.
 """
 
-from uuid import UUID
-
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
@@ -18,28 +16,19 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mirror.models import ApiConfiguration, Organization
-from mirror.services import (
-    mirror_size_subquery,
-    organization_create,
-    organization_update,
-    organizations_visible_to,
-    read_connection_put,
-)
+from mirror.selectors import organization_get_visible, organizations_visible_to
+from mirror.services import organization_create, organization_update, read_connection_put
+from pfasync.api import error_responses
 
 # --- Who sees what ----------------------------------------------------------------------------
 
 
-def organization_get_visible(*, user, key: str) -> Organization:
-    """The organization with UUID or code `key` among those `user` sees; NotFound otherwise."""
-    key = str(key).strip()
+def visible_organization_or_404(user, key: str) -> Organization:
+    """The organization with UUID or code `key` among those `user` sees; a 404 otherwise."""
     try:
-        lookup = {"pk": UUID(key)}
-    except ValueError:
-        lookup = {"code__iexact": key}
-    organization = organizations_visible_to(user).filter(**lookup).first()
-    if organization is None:
-        raise NotFound(f"Organization {key!r} not found.")
-    return organization
+        return organization_get_visible(user=user, key=key)
+    except Organization.DoesNotExist as missing:
+        raise NotFound(str(missing)) from None
 
 
 def require_permission(user, permission: str, action: str) -> None:
@@ -155,27 +144,6 @@ class ConnectionResponseSerializer(serializers.Serializer):
     connection = ConnectionOutputSerializer()
 
 
-class ErrorSerializer(serializers.Serializer):
-    """Every error answer has this shape; validation errors add `fields` (API field -> messages)."""
-
-    success = serializers.BooleanField(default=False)
-    error = serializers.CharField(help_text="A stable code: VALIDATION_ERROR, UNAUTHORIZED, NOT_FOUND, ...")
-    message = serializers.CharField()
-    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
-
-
-def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
-    """Schema entries for the error answers of an operation (every one has the ErrorSerializer shape)."""
-    described = {
-        400: "Invalid input; `fields` names each invalid field.",
-        401: "Missing, invalid or expired access token.",
-        403: "Visible, but the user lacks the right to do this.",
-        404: "Unknown, or not visible to this user.",
-        409: "Conflicts with the current state.",
-    }
-    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in codes}
-
-
 # --- Views ----------------------------------------------------------------------------------------
 
 
@@ -186,7 +154,7 @@ class OrganizationListApi(APIView):
 
     def organizations_for(self, user) -> QuerySet[Organization]:
         """The listed queryset; the sync app's subclass annotates each organization's last run."""
-        return organizations_visible_to(user).annotate(mirror_record_count=mirror_size_subquery())
+        return organizations_visible_to(user)
 
     def get(self, request: Request) -> Response:
         organizations = self.organizations_for(request.user)
@@ -215,7 +183,7 @@ class OrganizationDetailApi(APIView):
 
     @extend_schema(responses={200: OrganizationResponseSerializer, **error_responses(401, 404)})
     def get(self, request: Request, key: str) -> Response:
-        organization = organization_get_visible(user=request.user, key=key)
+        organization = visible_organization_or_404(request.user, key)
         return Response({"success": True, "organization": OrganizationOutputSerializer(organization).data})
 
     @extend_schema(
@@ -223,7 +191,7 @@ class OrganizationDetailApi(APIView):
         responses={200: OrganizationResponseSerializer, **error_responses(400, 401, 403, 404)},
     )
     def patch(self, request: Request, key: str) -> Response:
-        organization = organization_get_visible(user=request.user, key=key)
+        organization = visible_organization_or_404(request.user, key)
         require_permission(request.user, "mirror.change_organization", "edit organizations")
         serializer = OrganizationUpdateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -239,7 +207,7 @@ class ReadConnectionApi(APIView):
 
     @extend_schema(responses={200: ConnectionResponseSerializer, **error_responses(401, 403, 404)})
     def get(self, request: Request, key: str) -> Response:
-        organization = organization_get_visible(user=request.user, key=key)
+        organization = visible_organization_or_404(request.user, key)
         require_permission(request.user, "mirror.view_apiconfiguration", "see PEMS connections")
         configuration = organization.api_configurations.filter(usage=ApiConfiguration.Usage.READ).first()
         if configuration is None:
@@ -251,7 +219,7 @@ class ReadConnectionApi(APIView):
         responses={200: ConnectionResponseSerializer, **error_responses(400, 401, 403, 404)},
     )
     def put(self, request: Request, key: str) -> Response:
-        organization = organization_get_visible(user=request.user, key=key)
+        organization = visible_organization_or_404(request.user, key)
         exists = organization.api_configurations.filter(usage=ApiConfiguration.Usage.READ).exists()
         permission = "mirror.change_apiconfiguration" if exists else "mirror.add_apiconfiguration"
         require_permission(request.user, permission, "change PEMS connections")

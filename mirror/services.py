@@ -11,8 +11,7 @@ from functools import lru_cache
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from mirror.models import ApiConfiguration, Organization, PfaMirror
@@ -21,40 +20,6 @@ from mirror.secrets import SecretDecryptionError, rotate_secret
 from mirror.store import psycopg_cursor
 
 logger = logging.getLogger(__name__)
-
-
-def organizations_visible_to(user) -> QuerySet[Organization]:
-    """The organizations `user` may see and act on: their memberships, or every one for staff."""
-    if not user.is_authenticated:
-        return Organization.objects.none()
-    if user.is_staff:
-        return Organization.objects.all()
-    return Organization.objects.filter(members=user)
-
-
-def organizations_named(codes: list[str]) -> list[Organization]:
-    """The organizations with these codes (any case), in the order given, each once; LookupError
-    naming the codes that match none."""
-    codes = list(dict.fromkeys(code.upper() for code in codes))
-    found = {organization.code: organization for organization in Organization.objects.filter(code__in=codes)}
-    unknown = [code for code in codes if code not in found]
-    if unknown:
-        raise LookupError(f"Unknown organization code(s): {', '.join(unknown)}")
-    return [found[code] for code in codes]
-
-
-def mirror_size_subquery() -> Coalesce:
-    """Live mirrored records (not deleted in PEMS) of the organization in the enclosing query, as one
-    correlated count."""
-    counted = (
-        PfaMirror.objects.live()
-        .filter(organization=OuterRef("pk"))
-        .order_by()
-        .values("organization")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
 
 
 def _apply_and_save(instance, fields: dict) -> None:

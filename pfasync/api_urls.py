@@ -4,12 +4,13 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
 from mirror import api as mirror_api
+from pfasync import api, auth
 from synclog import api as synclog_api
 
 urlpatterns = [
-    path("auth/login", synclog_api.LoginApi.as_view(), name="api-login"),
-    path("auth/refresh", synclog_api.TokenRefreshApi.as_view(), name="api-refresh"),
-    path("auth/logout", synclog_api.LogoutApi.as_view(), name="api-logout"),
+    path("auth/login", auth.LoginApi.as_view(), name="api-login"),
+    path("auth/refresh", auth.TokenRefreshApi.as_view(), name="api-refresh"),
+    path("auth/logout", auth.LogoutApi.as_view(), name="api-logout"),
     path("sync/trigger", synclog_api.SyncTriggerApi.as_view(), name="api-sync-trigger"),
     path("sync/status", synclog_api.SyncStatusListApi.as_view(), name="api-sync-status"),
     path("sync/status/<uuid:key>", synclog_api.SyncStatusDetailApi.as_view(), name="api-sync-status-detail"),
@@ -21,6 +22,6 @@ urlpatterns = [
         "organizations/<str:key>/connection", mirror_api.ReadConnectionApi.as_view(), name="api-organization-connection"
     ),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("docs/", synclog_api.ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
-    re_path(r"^", synclog_api.NotFoundApi.as_view()),
+    path("docs/", api.ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
+    re_path(r"^", api.NotFoundApi.as_view()),
 ]

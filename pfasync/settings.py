@@ -267,7 +267,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "EXCEPTION_HANDLER": "synclog.api.exception_handler",
+    "EXCEPTION_HANDLER": "pfasync.api.exception_handler",
     "DEFAULT_THROTTLE_RATES": {"login_username": LOGIN_THROTTLE_RATE, "login_address": LOGIN_ADDRESS_THROTTLE_RATE},
     "NUM_PROXIES": API_NUM_PROXIES,
 }
@@ -285,7 +285,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # Signed-in users only (a bearer token, or the admin's session in a browser), unless API_DOCS_PUBLIC.
-    "SERVE_PERMISSIONS": ["synclog.permissions.ApiDocsAccess"],
+    "SERVE_PERMISSIONS": ["pfasync.permissions.ApiDocsAccess"],
     "SERVE_AUTHENTICATION": [
         "rest_framework_simplejwt.authentication.JWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",

@@ -21,7 +21,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from mirror.models import Organization
-from mirror.services import mirror_size_subquery
+from mirror.selectors import mirror_size_subquery
 from synclog.engine import SyncAlreadyRunning, sync_cancel, sync_start
 from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus, latest_read_runs
 from synclog.permissions import can_trigger_sync

@@ -1,326 +1,33 @@
-"""REST API of sync runs: log in and out, trigger, follow and cancel syncs, the worker's status, and
-the error shape.
+"""REST API of sync runs: trigger, follow and cancel syncs, the worker's status, and the organizations
+with their last run.
 
 Views are thin: validate with an input serializer, call one function (`sync_start`, `sync_cancel`,
-`worker_status` or a query), shape the output. Who may act is asked of `synclog.permissions`, as the
-admin and the dashboard ask it. Every error answers `{"success": false, "error": CODE, "message": ...}`
-through `exception_handler` (wired as REST_FRAMEWORK["EXCEPTION_HANDLER"]).
+`worker_status` or a selector), shape the output. Who may act is asked of `synclog.permissions`, as the
+admin and the dashboard ask it. Errors take the project's one shape (`pfasync.api`).
 """
 
-import hashlib
-import logging
 import uuid
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet, Subquery
-from django.http import Http404, HttpResponseBase
-from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
-from drf_spectacular.views import SpectacularSwaggerView
 from rest_framework import exceptions, serializers, status
-from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
-from rest_framework.views import exception_handler as drf_exception_handler
-from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
-from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
-from rest_framework_simplejwt.settings import api_settings as jwt_settings
-from rest_framework_simplejwt.tokens import RefreshToken
-from rest_framework_simplejwt.views import TokenRefreshView
 
 from mirror import api as mirror_api
-from mirror.api import ErrorSerializer, error_responses, organization_get_visible
+from mirror.api import visible_organization_or_404
 from mirror.models import Organization
-from mirror.services import organizations_visible_to
+from mirror.selectors import mirror_size_subquery, organizations_visible_to
+from pfasync.api import ApiError, error_responses
 from synclog.engine import SyncNotConfigured, SyncNotQueued, SyncRefused, sync_cancel, sync_start
 from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus, latest_read_runs
-from synclog.permissions import can_trigger_sync, sync_logs_visible_to
+from synclog.permissions import can_trigger_sync
+from synclog.selectors import sync_logs_visible_to
 from synclog.worker import worker_status
 
-logger = logging.getLogger(__name__)
-
 RECORDS_KEPT_ASIDE_SHOWN = 50
-
-# --- Errors -------------------------------------------------------------------------------------
-
-ERROR_CODES = {
-    400: "BAD_REQUEST",
-    401: "UNAUTHORIZED",
-    403: "FORBIDDEN",
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    406: "NOT_ACCEPTABLE",
-    409: "CONFLICT",
-    415: "UNSUPPORTED_MEDIA_TYPE",
-    429: "THROTTLED",
-    503: "SERVICE_UNAVAILABLE",
-}
-
-
-class ApiError(exceptions.APIException):
-    """An error with its own code and extra keys in the body (e.g. the active run of a 409)."""
-
-    def __init__(self, *, status_code: int, error: str, message: str, **extra):
-        super().__init__(detail=message)
-        self.status_code = status_code
-        self.error = error
-        self.extra = extra
-
-
-def exception_handler(exc: Exception, context: dict) -> Response:
-    """DRF's handler (headers, rollback), with every error answered in the one JSON shape."""
-    if isinstance(exc, Http404):
-        exc = exceptions.NotFound()
-    elif isinstance(exc, DjangoPermissionDenied):
-        exc = exceptions.PermissionDenied()
-    response = drf_exception_handler(exc, context)
-    if response is None:
-        logger.exception("Unhandled error in %s", context.get("view").__class__.__name__, exc_info=exc)
-        return Response(
-            {"success": False, "error": "SERVER_ERROR", "message": "Internal server error."},
-            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
-        )
-    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
-        # DRF answers 403 on views without an authenticator (login, refresh); a bad credential is a 401.
-        response.status_code = status.HTTP_401_UNAUTHORIZED
-        response.headers.setdefault("WWW-Authenticate", 'Bearer realm="api"')
-    body = {"success": False, "error": _error_code(exc, response.status_code), "message": _message(exc.detail)}
-    if isinstance(exc, exceptions.ValidationError):
-        fields = exc.detail if isinstance(exc.detail, dict) else {"nonFieldErrors": exc.detail}
-        body["fields"] = {name: _messages(errors) for name, errors in fields.items()}
-        body["message"] = "Invalid input: " + "; ".join(f"{name}: {' '.join(m)}" for name, m in body["fields"].items())
-    if isinstance(exc, ApiError):
-        body.update(exc.extra)
-    response.data = body
-    return response
-
-
-def _error_code(exc: exceptions.APIException, status_code: int) -> str:
-    if isinstance(exc, ApiError):
-        return exc.error
-    if isinstance(exc, exceptions.ValidationError):
-        return "VALIDATION_ERROR"
-    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
-        return "UNAUTHORIZED"
-    if isinstance(exc, exceptions.ParseError):
-        return "MALFORMED_REQUEST"
-    return ERROR_CODES.get(status_code) or str(exc.default_code).upper()
-
-
-def _message(detail) -> str:
-    if isinstance(detail, dict):  # simplejwt's token errors: {"detail": ..., "code": ..., "messages": [...]}
-        return str(detail.get("detail") or next(iter(detail.values()), ""))
-    if isinstance(detail, list):
-        return " ".join(str(item) for item in detail)
-    return str(detail)
-
-
-def _messages(errors) -> list[str]:
-    if isinstance(errors, dict):  # a nested serializer's errors, flattened to "field: message"
-        return [f"{name}: {message}" for name, nested in errors.items() for message in _messages(nested)]
-    if isinstance(errors, list):
-        return [message for error in errors for message in _messages(error)]
-    return [str(errors)]
-
-
-@extend_schema(exclude=True)
-class NotFoundApi(APIView):
-    """Any other path under /api/: a JSON 404 instead of Django's HTML page."""
-
-    authentication_classes = []
-    permission_classes = [AllowAny]
-
-    def dispatch(self, request, *args, **kwargs):
-        return super().dispatch(request)
-
-    def http_method_not_allowed(self, request, *args, **kwargs):
-        raise exceptions.NotFound()
-
-    def get(self, request: Request) -> Response:
-        raise exceptions.NotFound()
-
-
-class ApiDocsView(SpectacularSwaggerView):
-    """The Swagger UI page. Like the schema it needs a signed-in user (unless API_DOCS_PUBLIC); a
-    browser without one is sent to the admin's login, whose session then opens it."""
-
-    def handle_exception(self, exc: Exception) -> HttpResponseBase:
-        if isinstance(exc, exceptions.NotAuthenticated):
-            return redirect_to_login(self.request.get_full_path(), reverse("admin:login"))
-        return super().handle_exception(exc)
-
-
-# --- Login ------------------------------------------------------------------------------------------
-
-
-class LoginInputSerializer(serializers.Serializer):
-    username = serializers.CharField()
-    password = serializers.CharField(trim_whitespace=False)
-
-
-class UserOutputSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    username = serializers.CharField()
-    isStaff = serializers.BooleanField(source="is_staff")
-    isSuperuser = serializers.BooleanField(source="is_superuser")
-    canTriggerSync = serializers.SerializerMethodField()
-    organizations = serializers.SerializerMethodField(help_text="Codes of the organizations the user sees.")
-
-    def get_canTriggerSync(self, user) -> bool:  # noqa: N802 (API field name)
-        return can_trigger_sync(user)
-
-    def get_organizations(self, user) -> list[str]:
-        return list(organizations_visible_to(user).values_list("code", flat=True))
-
-
-class LoginOutputSerializer(serializers.Serializer):
-    access = serializers.CharField()
-    refresh = serializers.CharField()
-    user = UserOutputSerializer()
-
-
-class LoginThrottle(SimpleRateThrottle):
-    """Failed logins per key, at the rate of the throttle's scope (REST_FRAMEWORK's
-    DEFAULT_THROTTLE_RATES). Each attempt counts as it is made, so guesses sent at once count too;
-    a successful login is then forgotten (`forget`), so only failures add up."""
-
-    def forget(self) -> None:
-        if getattr(self, "key", None) is None:  # no rate, or nothing to key on: nothing was counted
-            return
-        history = self.cache.get(self.key, [])
-        if self.now in history:
-            history.remove(self.now)
-            self.cache.set(self.key, history, self.duration)
-
-
-class LoginAddressThrottle(LoginThrottle):
-    """Per client address (REMOTE_ADDR, or X-Forwarded-For as far as REST_FRAMEWORK's NUM_PROXIES trusts it)."""
-
-    scope = "login_address"
-
-    def get_cache_key(self, request: Request, view: APIView) -> str:
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
-
-
-class LoginUsernameThrottle(LoginThrottle):
-    """Per username, whatever address the guesses come from."""
-
-    scope = "login_username"
-
-    def get_cache_key(self, request: Request, view: APIView) -> str | None:
-        username = request.data.get("username") if isinstance(request.data, dict) else None
-        if not isinstance(username, str) or not username.strip():
-            return None  # the serializer refuses it; the address throttle still counts it
-        # Case-folded (one bucket for "Ana" and "ana") and hashed (any text makes a valid cache key).
-        ident = hashlib.sha256(username.strip().casefold().encode()).hexdigest()
-        return self.cache_format % {"scope": self.scope, "ident": ident}
-
-
-class LoginApi(APIView):
-    """Exchange a username and password for a JWT access/refresh pair.
-
-    Failed logins are throttled per username and per client address (LOGIN_THROTTLE_RATE,
-    LOGIN_ADDRESS_THROTTLE_RATE): past the rate every login answers 429 with Retry-After.
-    """
-
-    authentication_classes = []
-    permission_classes = [AllowAny]
-    throttle_classes = [LoginAddressThrottle, LoginUsernameThrottle]
-
-    def get_throttles(self) -> list[LoginThrottle]:
-        # The same instances for the check and for `forget`, which needs the keys the check counted.
-        if not hasattr(self, "_throttles"):
-            self._throttles = super().get_throttles()
-        return self._throttles
-
-    @extend_schema(
-        request=LoginInputSerializer,
-        responses={
-            200: LoginOutputSerializer,
-            **error_responses(400, 401),
-            429: OpenApiResponse(ErrorSerializer, description="Too many failed logins; see Retry-After."),
-        },
-        auth=[],
-    )
-    def post(self, request: Request) -> Response:
-        serializer = TokenObtainPairSerializer(data=request.data)  # bad credentials raise AuthenticationFailed
-        serializer.is_valid(raise_exception=True)
-        for throttle in self.get_throttles():
-            throttle.forget()
-        return Response({**serializer.validated_data, "user": UserOutputSerializer(serializer.user).data})
-
-
-class TokenRefreshInputSerializer(TokenRefreshSerializer):
-    """simplejwt's refresh with rotation, where a token of a deleted or inactive user is a 401 (simplejwt
-    looks a deleted user up without a guard: a 500) and a refresh token is spent once, even by two
-    refreshes at the same moment (the one that blacklists it first wins)."""
-
-    def validate(self, attrs: dict) -> dict:
-        refresh = self.token_class(attrs["refresh"])  # signature, expiry, blacklist: a TokenError, a 401
-        user_id = refresh.payload.get(jwt_settings.USER_ID_CLAIM)
-        user = get_user_model().objects.filter(**{jwt_settings.USER_ID_FIELD: user_id}).first()
-        if user is None or not jwt_settings.USER_AUTHENTICATION_RULE(user):
-            raise exceptions.AuthenticationFailed(self.error_messages["no_active_account"], "no_active_account")
-        access = str(refresh.access_token)
-        _, spent_now = refresh.blacklist()
-        if not spent_now:
-            raise TokenError("Token is blacklisted")
-        refresh.set_jti()
-        refresh.set_exp()
-        refresh.set_iat()
-        refresh.outstand()
-        return {"access": access, "refresh": str(refresh)}
-
-
-class RefreshOutputSerializer(serializers.Serializer):
-    access = serializers.CharField()
-    refresh = serializers.CharField(help_text="The new refresh token: the one sent is spent.")
-
-
-class TokenRefreshApi(TokenRefreshView):
-    """Exchange a refresh token for a new access token and a new refresh token; the one sent is revoked."""
-
-    serializer_class = TokenRefreshInputSerializer
-
-    @extend_schema(responses={200: RefreshOutputSerializer, **error_responses(400, 401)}, auth=[])
-    def post(self, request: Request, *args, **kwargs) -> Response:
-        return super().post(request, *args, **kwargs)
-
-
-class LogoutInputSerializer(serializers.Serializer):
-    refresh = serializers.CharField()
-
-
-class LogoutOutputSerializer(serializers.Serializer):
-    success = serializers.BooleanField()
-    message = serializers.CharField()
-
-
-class LogoutApi(APIView):
-    """Revoke a refresh token: it can no longer be refreshed. An access token already issued lives out
-    its short lifetime (JWT_ACCESS_MINUTES)."""
-
-    authentication_classes = []
-    permission_classes = [AllowAny]
-
-    @extend_schema(
-        request=LogoutInputSerializer,
-        responses={200: LogoutOutputSerializer, **error_responses(400, 401)},
-        auth=[],
-    )
-    def post(self, request: Request) -> Response:
-        serializer = LogoutInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        try:
-            RefreshToken(serializer.validated_data["refresh"]).blacklist()
-        except TokenError as error:  # invalid, expired, or revoked already
-            raise InvalidToken(error.args[0]) from error
-        return Response({"success": True, "message": "Logged out: the refresh token is revoked."})
 
 
 # --- Sync runs ------------------------------------------------------------------------------------
@@ -475,7 +182,7 @@ class SyncTriggerApi(APIView):
         serializer.is_valid(raise_exception=True)
         key = serializer.validated_data.get("organizationId")
         if key:
-            organizations = [organization_get_visible(user=request.user, key=key)]
+            organizations = [visible_organization_or_404(request.user, key)]
         elif request.user.is_staff:
             organizations = list(Organization.objects.filter(is_active=True))
         else:
@@ -619,7 +326,7 @@ class SyncStatusListApi(APIView):
         filters.is_valid(raise_exception=True)
         sync_logs = sync_logs_visible_to(request.user)
         if key := filters.validated_data.get("organizationId"):
-            sync_logs = sync_logs.filter(organization=organization_get_visible(user=request.user, key=key))
+            sync_logs = sync_logs.filter(organization=visible_organization_or_404(request.user, key))
         totals = sync_logs.aggregate(
             totalSyncs=Count("pk"),
             successfulSyncs=Count("pk", filter=Q(status=SyncStatus.COMPLETED)),
@@ -730,6 +437,7 @@ class OrganizationListApi(mirror_api.OrganizationListApi):
             super()
             .organizations_for(user)
             .annotate(
+                mirror_record_count=mirror_size_subquery(),
                 last_sync_at=Subquery(newest.values("completed_at")[:1]),
                 last_sync_status=Subquery(newest.values("status")[:1]),
             )

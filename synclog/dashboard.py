@@ -23,7 +23,7 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from mirror.models import Organization
-from mirror.services import mirror_size_subquery
+from mirror.selectors import mirror_size_subquery
 from synclog.models import PfaSyncLog, SyncStatus, latest_read_runs
 from synclog.worker import worker_status
 

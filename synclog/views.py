@@ -14,10 +14,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from mirror.services import organizations_visible_to
+from mirror.selectors import organizations_visible_to
 from synclog.admin import cancel_with_messages, sync_now_with_messages
 from synclog.dashboard import dashboard_overview
-from synclog.permissions import can_trigger_sync, sync_logs_visible_to
+from synclog.permissions import can_trigger_sync
+from synclog.selectors import sync_logs_visible_to
 
 
 @staff_member_required

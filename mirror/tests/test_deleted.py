@@ -8,7 +8,8 @@ from django.utils import timezone
 
 from mirror import services
 from mirror.models import Organization, PfaMirror
-from mirror.services import mirror_size_subquery, pfa_deleted_purge, pfa_records_list, pfa_records_list_query
+from mirror.selectors import mirror_size_subquery
+from mirror.services import pfa_deleted_purge, pfa_records_list, pfa_records_list_query
 from mirror.tests.factories import OrganizationFactory
 
 pytestmark = pytest.mark.django_db

@@ -46,7 +46,7 @@ LOG_KEYS = {
 @pytest.fixture(autouse=True)
 def api_settings(settings):
     """The settings the lead adds to pfasync/settings.py (harmless once they are there)."""
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "EXCEPTION_HANDLER": "synclog.api.exception_handler"}
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "EXCEPTION_HANDLER": "pfasync.api.exception_handler"}
     cache.clear()  # the login throttles count in the cache: every test starts from none, leaves none
     yield
     cache.clear()

@@ -18,7 +18,7 @@ from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 
 @pytest.fixture
 def api_settings(settings):
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "EXCEPTION_HANDLER": "synclog.api.exception_handler"}
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "EXCEPTION_HANDLER": "pfasync.api.exception_handler"}
     cache.clear()  # the login throttles count in the cache: start from none, and leave none behind
     yield
     cache.clear()

@@ -3,7 +3,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from mirror.models import Organization
-from mirror.services import organizations_named, pfa_deleted_purge
+from mirror.selectors import organizations_named
+from mirror.services import pfa_deleted_purge
 
 
 class Command(BaseCommand):

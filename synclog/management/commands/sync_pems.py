@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
 from mirror.models import Organization
-from mirror.services import organizations_named
+from mirror.selectors import organizations_named
 from ops.metrics import run_figures_write
 from synclog.engine import SyncOutcome, sync_organizations
 from synclog.models import PfaSyncLog

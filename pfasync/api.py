@@ -1,0 +1,156 @@
+"""Project-wide pieces of the REST API: the one error shape (its schema and the handler that answers
+every error in it), the JSON 404 for unknown paths, and the docs page (`pfasync.permissions` says who
+may read it).
+
+Every error answers `{"success": false, "error": CODE, "message": ...}` through `exception_handler`
+(wired as REST_FRAMEWORK["EXCEPTION_HANDLER"]); the apps' views describe theirs with `error_responses`.
+"""
+
+import logging
+
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpResponseBase
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.views import SpectacularSwaggerView
+from rest_framework import exceptions, serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger(__name__)
+
+# --- Errors -------------------------------------------------------------------------------------
+
+ERROR_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    406: "NOT_ACCEPTABLE",
+    409: "CONFLICT",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    429: "THROTTLED",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+class ApiError(exceptions.APIException):
+    """An error with its own code and extra keys in the body (e.g. the active run of a 409)."""
+
+    def __init__(self, *, status_code: int, error: str, message: str, **extra):
+        super().__init__(detail=message)
+        self.status_code = status_code
+        self.error = error
+        self.extra = extra
+
+
+def exception_handler(exc: Exception, context: dict) -> Response:
+    """DRF's handler (headers, rollback), with every error answered in the one JSON shape."""
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        logger.exception("Unhandled error in %s", context.get("view").__class__.__name__, exc_info=exc)
+        return Response(
+            {"success": False, "error": "SERVER_ERROR", "message": "Internal server error."},
+            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        # DRF answers 403 on views without an authenticator (login, refresh); a bad credential is a 401.
+        response.status_code = status.HTTP_401_UNAUTHORIZED
+        response.headers.setdefault("WWW-Authenticate", 'Bearer realm="api"')
+    body = {"success": False, "error": _error_code(exc, response.status_code), "message": _message(exc.detail)}
+    if isinstance(exc, exceptions.ValidationError):
+        fields = exc.detail if isinstance(exc.detail, dict) else {"nonFieldErrors": exc.detail}
+        body["fields"] = {name: _messages(errors) for name, errors in fields.items()}
+        body["message"] = "Invalid input: " + "; ".join(f"{name}: {' '.join(m)}" for name, m in body["fields"].items())
+    if isinstance(exc, ApiError):
+        body.update(exc.extra)
+    response.data = body
+    return response
+
+
+def _error_code(exc: exceptions.APIException, status_code: int) -> str:
+    if isinstance(exc, ApiError):
+        return exc.error
+    if isinstance(exc, exceptions.ValidationError):
+        return "VALIDATION_ERROR"
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        return "UNAUTHORIZED"
+    if isinstance(exc, exceptions.ParseError):
+        return "MALFORMED_REQUEST"
+    return ERROR_CODES.get(status_code) or str(exc.default_code).upper()
+
+
+def _message(detail) -> str:
+    if isinstance(detail, dict):  # simplejwt's token errors: {"detail": ..., "code": ..., "messages": [...]}
+        return str(detail.get("detail") or next(iter(detail.values()), ""))
+    if isinstance(detail, list):
+        return " ".join(str(item) for item in detail)
+    return str(detail)
+
+
+def _messages(errors) -> list[str]:
+    if isinstance(errors, dict):  # a nested serializer's errors, flattened to "field: message"
+        return [f"{name}: {message}" for name, nested in errors.items() for message in _messages(nested)]
+    if isinstance(errors, list):
+        return [message for error in errors for message in _messages(error)]
+    return [str(errors)]
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error answer has this shape; validation errors add `fields` (API field -> messages)."""
+
+    success = serializers.BooleanField(default=False)
+    error = serializers.CharField(help_text="A stable code: VALIDATION_ERROR, UNAUTHORIZED, NOT_FOUND, ...")
+    message = serializers.CharField()
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
+
+
+def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
+    """Schema entries for the error answers of an operation (every one has the ErrorSerializer shape)."""
+    described = {
+        400: "Invalid input; `fields` names each invalid field.",
+        401: "Missing, invalid or expired access token.",
+        403: "Visible, but the user lacks the right to do this.",
+        404: "Unknown, or not visible to this user.",
+        409: "Conflicts with the current state.",
+    }
+    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in codes}
+
+
+@extend_schema(exclude=True)
+class NotFoundApi(APIView):
+    """Any other path under /api/: a JSON 404 instead of Django's HTML page."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    def dispatch(self, request, *args, **kwargs):
+        return super().dispatch(request)
+
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        raise exceptions.NotFound()
+
+    def get(self, request: Request) -> Response:
+        raise exceptions.NotFound()
+
+
+# --- The API's docs ----------------------------------------------------------------------------
+
+
+class ApiDocsView(SpectacularSwaggerView):
+    """The Swagger UI page. Like the schema it needs a signed-in user (unless API_DOCS_PUBLIC); a
+    browser without one is sent to the admin's login, whose session then opens it."""
+
+    def handle_exception(self, exc: Exception) -> HttpResponseBase:
+        if isinstance(exc, exceptions.NotAuthenticated):
+            return redirect_to_login(self.request.get_full_path(), reverse("admin:login"))
+        return super().handle_exception(exc)

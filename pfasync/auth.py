@@ -1,0 +1,187 @@
+"""Signing in to the REST API: log in (JWT access and refresh tokens, failed logins throttled),
+refresh (rotating: a refresh token is spent once) and log out (revoking the refresh token)."""
+
+import hashlib
+
+from django.contrib.auth import get_user_model
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions, serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.views import APIView
+from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
+from rest_framework_simplejwt.tokens import RefreshToken
+from rest_framework_simplejwt.views import TokenRefreshView
+
+from mirror.selectors import organizations_visible_to
+from pfasync.api import ErrorSerializer, error_responses
+from synclog.permissions import can_trigger_sync
+
+
+class LoginInputSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(trim_whitespace=False)
+
+
+class UserOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    isStaff = serializers.BooleanField(source="is_staff")
+    isSuperuser = serializers.BooleanField(source="is_superuser")
+    canTriggerSync = serializers.SerializerMethodField()
+    organizations = serializers.SerializerMethodField(help_text="Codes of the organizations the user sees.")
+
+    def get_canTriggerSync(self, user) -> bool:  # noqa: N802 (API field name)
+        return can_trigger_sync(user)
+
+    def get_organizations(self, user) -> list[str]:
+        return list(organizations_visible_to(user).values_list("code", flat=True))
+
+
+class LoginOutputSerializer(serializers.Serializer):
+    access = serializers.CharField()
+    refresh = serializers.CharField()
+    user = UserOutputSerializer()
+
+
+class LoginThrottle(SimpleRateThrottle):
+    """Failed logins per key, at the rate of the throttle's scope (REST_FRAMEWORK's
+    DEFAULT_THROTTLE_RATES). Each attempt counts as it is made, so guesses sent at once count too;
+    a successful login is then forgotten (`forget`), so only failures add up."""
+
+    def forget(self) -> None:
+        if getattr(self, "key", None) is None:  # no rate, or nothing to key on: nothing was counted
+            return
+        history = self.cache.get(self.key, [])
+        if self.now in history:
+            history.remove(self.now)
+            self.cache.set(self.key, history, self.duration)
+
+
+class LoginAddressThrottle(LoginThrottle):
+    """Per client address (REMOTE_ADDR, or X-Forwarded-For as far as REST_FRAMEWORK's NUM_PROXIES trusts it)."""
+
+    scope = "login_address"
+
+    def get_cache_key(self, request: Request, view: APIView) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class LoginUsernameThrottle(LoginThrottle):
+    """Per username, whatever address the guesses come from."""
+
+    scope = "login_username"
+
+    def get_cache_key(self, request: Request, view: APIView) -> str | None:
+        username = request.data.get("username") if isinstance(request.data, dict) else None
+        if not isinstance(username, str) or not username.strip():
+            return None  # the serializer refuses it; the address throttle still counts it
+        # Case-folded (one bucket for "Ana" and "ana") and hashed (any text makes a valid cache key).
+        ident = hashlib.sha256(username.strip().casefold().encode()).hexdigest()
+        return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+class LoginApi(APIView):
+    """Exchange a username and password for a JWT access/refresh pair.
+
+    Failed logins are throttled per username and per client address (LOGIN_THROTTLE_RATE,
+    LOGIN_ADDRESS_THROTTLE_RATE): past the rate every login answers 429 with Retry-After.
+    """
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    throttle_classes = [LoginAddressThrottle, LoginUsernameThrottle]
+
+    def get_throttles(self) -> list[LoginThrottle]:
+        # The same instances for the check and for `forget`, which needs the keys the check counted.
+        if not hasattr(self, "_throttles"):
+            self._throttles = super().get_throttles()
+        return self._throttles
+
+    @extend_schema(
+        request=LoginInputSerializer,
+        responses={
+            200: LoginOutputSerializer,
+            **error_responses(400, 401),
+            429: OpenApiResponse(ErrorSerializer, description="Too many failed logins; see Retry-After."),
+        },
+        auth=[],
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TokenObtainPairSerializer(data=request.data)  # bad credentials raise AuthenticationFailed
+        serializer.is_valid(raise_exception=True)
+        for throttle in self.get_throttles():
+            throttle.forget()
+        return Response({**serializer.validated_data, "user": UserOutputSerializer(serializer.user).data})
+
+
+class TokenRefreshInputSerializer(TokenRefreshSerializer):
+    """simplejwt's refresh with rotation, where a token of a deleted or inactive user is a 401 (simplejwt
+    looks a deleted user up without a guard: a 500) and a refresh token is spent once, even by two
+    refreshes at the same moment (the one that blacklists it first wins)."""
+
+    def validate(self, attrs: dict) -> dict:
+        refresh = self.token_class(attrs["refresh"])  # signature, expiry, blacklist: a TokenError, a 401
+        user_id = refresh.payload.get(jwt_settings.USER_ID_CLAIM)
+        user = get_user_model().objects.filter(**{jwt_settings.USER_ID_FIELD: user_id}).first()
+        if user is None or not jwt_settings.USER_AUTHENTICATION_RULE(user):
+            raise exceptions.AuthenticationFailed(self.error_messages["no_active_account"], "no_active_account")
+        access = str(refresh.access_token)
+        _, spent_now = refresh.blacklist()
+        if not spent_now:
+            raise TokenError("Token is blacklisted")
+        refresh.set_jti()
+        refresh.set_exp()
+        refresh.set_iat()
+        refresh.outstand()
+        return {"access": access, "refresh": str(refresh)}
+
+
+class RefreshOutputSerializer(serializers.Serializer):
+    access = serializers.CharField()
+    refresh = serializers.CharField(help_text="The new refresh token: the one sent is spent.")
+
+
+class TokenRefreshApi(TokenRefreshView):
+    """Exchange a refresh token for a new access token and a new refresh token; the one sent is revoked."""
+
+    serializer_class = TokenRefreshInputSerializer
+
+    @extend_schema(responses={200: RefreshOutputSerializer, **error_responses(400, 401)}, auth=[])
+    def post(self, request: Request, *args, **kwargs) -> Response:
+        return super().post(request, *args, **kwargs)
+
+
+class LogoutInputSerializer(serializers.Serializer):
+    refresh = serializers.CharField()
+
+
+class LogoutOutputSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    message = serializers.CharField()
+
+
+class LogoutApi(APIView):
+    """Revoke a refresh token: it can no longer be refreshed. An access token already issued lives out
+    its short lifetime (JWT_ACCESS_MINUTES)."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        request=LogoutInputSerializer,
+        responses={200: LogoutOutputSerializer, **error_responses(400, 401)},
+        auth=[],
+    )
+    def post(self, request: Request) -> Response:
+        serializer = LogoutInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            RefreshToken(serializer.validated_data["refresh"]).blacklist()
+        except TokenError as error:  # invalid, expired, or revoked already
+            raise InvalidToken(error.args[0]) from error
+        return Response({"success": True, "message": "Logged out: the refresh token is revoked."})
