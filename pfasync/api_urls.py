@@ -4,6 +4,7 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
 from mirror import api as mirror_api
+from mirror import records_api
 from pfasync import api, auth
 from synclog import api as synclog_api
 
@@ -21,6 +22,16 @@ urlpatterns = [
     path(
         "organizations/<str:key>/connection", mirror_api.ReadConnectionApi.as_view(), name="api-organization-connection"
     ),
+    path("organizations/<str:key>/records", records_api.RecordListApi.as_view(), name="api-records"),
+    path("organizations/<str:key>/records/<str:pfa_id>", records_api.RecordDetailApi.as_view(), name="api-record"),
+    path(
+        "organizations/<str:key>/records/<str:pfa_id>/draft",
+        records_api.DraftDiscardApi.as_view(),
+        name="api-record-draft",
+    ),
+    path("organizations/<str:key>/drafts/commit", records_api.DraftsCommitApi.as_view(), name="api-drafts-commit"),
+    path("organizations/<str:key>/drafts/discard", records_api.DraftsDiscardApi.as_view(), name="api-drafts-discard"),
+    path("organizations/<str:key>/kpis", records_api.KpisApi.as_view(), name="api-kpis"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", api.ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"^", api.NotFoundApi.as_view()),

@@ -22,6 +22,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
+from mirror.delta import modifications_fail_deleted, overlay_refresh
+from mirror.materialized import views_refresh_request
 from mirror.models import Organization
 from mirror.pems import (
     GridFilter,
@@ -149,9 +151,17 @@ def sync_run(
     `detect_deletions=False` leaves them alone (the benchmark measures what detection costs).
     """
     with run_log_context(sync_log):  # log lines of the run carry its id, batch and organization
-        return _sync_run(
-            sync_log=sync_log, client=client, stop=stop, on_progress=on_progress, detect_deletions=detect_deletions
-        )
+        try:
+            return _sync_run(
+                sync_log=sync_log, client=client, stop=stop, on_progress=on_progress, detect_deletions=detect_deletions
+            )
+        finally:
+            # Whatever the outcome, pages it committed may have changed what the KPI views read.
+            if sync_log.records_inserted or sync_log.records_updated or sync_log.records_deleted:
+                try:
+                    views_refresh_request()
+                except DatabaseError:  # the run's own error, if any, is the one to report
+                    logger.warning("Could not ask for a refresh of the materialized views", exc_info=True)
 
 
 def _sync_run(
@@ -201,6 +211,10 @@ def _sync_run(
                             batch_size=settings.SYNC_BATCH_SIZE,
                             on_staged=pages.read_next,
                             expect_new=not mirror_had_rows,
+                        )
+                        # Records with open modifications get their merged rows recomputed.
+                        overlay_refresh(
+                            organization_id=organization.pk, pfa_ids=[record.pfa_id for record in parsed.records]
                         )
                         kept_errors += _keep_rejected(
                             sync_log, parsed.rejected, room=settings.SYNC_MAX_KEPT_ERRORS - kept_errors
@@ -413,9 +427,11 @@ class _DeletedKeys:
                 "`manage.py sync_pems --full --allow-mass-delete`."
             )
             return 0, warning, {"deletions_held_back": self.count}
+        deleted_at = timezone.now()
         deleted = pfa_records_mark_deleted(
-            organization_id=self.organization_id, pfa_ids=self.keys, deleted_at=timezone.now()
+            organization_id=self.organization_id, pfa_ids=self.keys, deleted_at=deleted_at
         )
+        modifications_fail_deleted(organization_id=self.organization_id, pfa_ids=self.keys, deleted_at=deleted_at)
         return deleted, "", {}
 
 
@@ -624,6 +640,18 @@ def fail_run(sync_log: PfaSyncLog, message: str, error: BaseException) -> None:
     logger.error("Sync %s of %s failed: %s", sync_log.id, sync_log.organization.code, message)
 
 
+def client_for_run(
+    sync_log: PfaSyncLog, client_factory: Callable[[Organization], PemsClient] = pems_client_for
+) -> PemsClient:
+    """The PEMS client for the run's organization; when its connection cannot make one
+    (ImproperlyConfigured), the run is failed with the reason and the error re-raised."""
+    try:
+        return client_factory(sync_log.organization)
+    except ImproperlyConfigured as error:
+        fail_run(sync_log, str(error), error)
+        raise
+
+
 @dataclass
 class SyncOutcome:
     """What happened to one organization in `sync_organizations`: its run, or why it has none."""
@@ -668,9 +696,8 @@ def sync_organizations(
             outcomes.append(SyncOutcome(organization, None, str(refusal)))
             continue
         try:
-            client = client_factory(organization)
-        except ImproperlyConfigured as error:
-            fail_run(sync_log, str(error), error)
+            client = client_for_run(sync_log, client_factory)
+        except ImproperlyConfigured:
             outcomes.append(SyncOutcome(organization, sync_log, sync_log.error_message))
             continue
         try:

@@ -261,3 +261,48 @@ def test_kpis_read_the_merged_view(rio, ann):
     assert kpis.timeline["forecast_start"] == date(2027, 1, 1)
     assert kpis.timeline["forecast_end"] == date(2027, 3, 1)
     assert ViewRefresh.objects.get().requested >= 1
+
+
+# --- Refreshes of the materialized views ----------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requests_during_a_refresh_cause_exactly_one_more(rio):
+    """A refresh blocked by a lock (as by a long one) covers the requests made meanwhile with one more
+    refresh; a second runner meanwhile does nothing."""
+    import threading
+
+    import psycopg
+    from django.db import connection
+
+    from mirror.materialized import views_refresh, views_refresh_request
+
+    if connection.vendor != "postgresql":
+        pytest.skip("materialized views are PostgreSQL's")
+    views_refresh_request()
+    settings = connection.settings_dict
+    with psycopg.connect(
+        host=settings["HOST"], port=settings["PORT"], user=settings["USER"], dbname=settings["NAME"], autocommit=False
+    ) as blocker:
+        blocker.execute("LOCK TABLE pfa_overlay IN ACCESS EXCLUSIVE MODE")
+        outcome = {}
+
+        def refresh_in_a_thread():
+            try:
+                outcome["first"] = views_refresh()
+            finally:
+                connection.close()  # the thread's own connection
+
+        runner = threading.Thread(target=refresh_in_a_thread)
+        runner.start()
+        while not ViewRefresh.objects.filter(running_since__isnull=False).exists():
+            pass
+        views_refresh_request()
+        views_refresh_request()
+        assert views_refresh().refreshes == 0  # the running one covers these
+        blocker.rollback()
+    runner.join(timeout=30)
+    assert outcome["first"].refreshes == 2
+    state = ViewRefresh.objects.get()
+    assert state.refreshed == state.requested and state.running_since is None
+    assert state.last_refreshed_at is not None and state.last_duration_ms is not None

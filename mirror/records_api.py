@@ -1,0 +1,419 @@
+"""REST API of the PFA records: the merged list, one record, planners' drafts, KPIs.
+
+Records are read as the caller sees them: the mirror with every committed, unwritten modification
+applied, and the caller's own drafts on top. Field names are the camelCase of the model's
+(`forecastEndDate`, `monthlyRate`, `isDiscontinued`); dates are `YYYY-MM-DD`, amounts decimal
+strings, flags booleans, in what is read and in what is written. Editing needs the permission
+"Can edit PFA records" (`mirror.edit_pfa_records`); organizations are scoped as everywhere else.
+"""
+
+import base64
+import binascii
+import json
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.fields import DateTimeField
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from mirror import delta
+from mirror.api import visible_organization_or_404
+from mirror.models import EDITABLE_FIELDS, PfaMirror, PfaModification
+from mirror.selectors import (
+    MODIFICATION_STATE_FILTERS,
+    RECORD_COLUMNS,
+    RECORD_ORDERINGS,
+    RecordFilters,
+    kpis_get,
+    record_get,
+    records_list,
+)
+from pfasync.api import error_responses
+
+EDIT_RECORDS = "mirror.edit_pfa_records"
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+# API name <-> model field name, for every field a record shows.
+_API_NAMES = {name: camel(name) for name in (*RECORD_COLUMNS, *EDITABLE_FIELDS)}
+_FIELD_NAMES = {api: name for name, api in _API_NAMES.items()}
+_DATETIME = DateTimeField()
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _DATETIME.to_representation(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def _api_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Model field name -> value, as API name -> JSON value."""
+    return {camel(name): _json(value) for name, value in values.items()}
+
+
+def record_output(row: dict[str, Any]) -> dict[str, Any]:
+    output = {_API_NAMES[name]: _json(row[name]) for name in RECORD_COLUMNS}
+    output["changes"] = {
+        _API_NAMES[name]: {**change, "pems": _json(change["pems"]), "value": _json(change["value"])}
+        for name, change in row["changes"].items()
+    }
+    return output
+
+
+def modification_output(modification: PfaModification) -> dict[str, Any]:
+    return {
+        "id": modification.pk,
+        "state": modification.state,
+        "by": modification.author.get_username() if modification.author else None,
+        "changes": _api_values(modification.changes),
+        "baseValues": _api_values(modification.base_values),
+        "baseVersion": modification.base_version,
+        "baseRecordId": modification.base_record_id,
+        "changeReason": modification.change_reason,
+        "errorMessage": modification.error_message,
+        "createdAt": _json(modification.created_at),
+        "committedAt": _json(modification.committed_at),
+        "finishedAt": _json(modification.finished_at),
+    }
+
+
+def _require_edit(user) -> None:
+    if not user.has_perm(EDIT_RECORDS):
+        raise PermissionDenied("Editing PFA records needs the permission 'Can edit PFA records'.")
+
+
+def _model_errors(error: DjangoValidationError) -> ValidationError:
+    """A delta-layer ValidationError as a 400 naming the API's fields."""
+    if hasattr(error, "error_dict"):
+        return ValidationError({_API_NAMES.get(name, name): messages for name, messages in error.message_dict.items()})
+    return ValidationError(error.messages[0] if len(error.messages) == 1 else error.messages)
+
+
+# --- The list -------------------------------------------------------------------------------------
+
+_ORDERINGS = [camel(name) for name in RECORD_ORDERINGS] + ["-" + camel(name) for name in RECORD_ORDERINGS]
+
+
+class RecordListInputSerializer(serializers.Serializer):
+    category = serializers.CharField(required=False)
+    source = serializers.CharField(required=False)
+    dor = serializers.CharField(required=False)
+    # `class` is a Python keyword: the field is renamed when the serializer is built (below).
+    pfa_class = serializers.CharField(required=False)
+    forecastFrom = serializers.DateField(required=False, input_formats=["iso-8601"])
+    forecastTo = serializers.DateField(required=False, input_formats=["iso-8601"])
+    search = serializers.CharField(required=False, max_length=100)
+    state = serializers.ChoiceField(choices=MODIFICATION_STATE_FILTERS, required=False)
+    ordering = serializers.ChoiceField(choices=_ORDERINGS, required=False, default="pfaId")
+    cursor = serializers.CharField(required=False, max_length=1000)
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=500, default=100)
+
+    def get_fields(self):
+        fields = super().get_fields()
+        fields["class"] = fields.pop("pfa_class")
+        return fields
+
+
+def _cursor_encode(ordering: str, after: tuple[Any, str]) -> str:
+    text = json.dumps([ordering, _json(after[0]), after[1]], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _cursor_decode(cursor: str, ordering: str) -> tuple[Any, str]:
+    """The (value, pfa_id) a cursor continues after; a 400 for a cursor not made for this ordering."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        made_for, value, pfa_id = json.loads(text)
+        if made_for != ordering or not isinstance(pfa_id, str):
+            raise ValueError
+        field = PfaMirror._meta.get_field(_FIELD_NAMES[ordering.lstrip("-")])
+        return (None if value is None else field.to_python(value)), pfa_id
+    except (ValueError, TypeError, KeyError, binascii.Error, DjangoValidationError, UnicodeDecodeError):
+        raise ValidationError(
+            {"cursor": ["Not a cursor of this list: pass the nextCursor of the previous page, same ordering."]}
+        ) from None
+
+
+def _schema_field(name: str) -> serializers.Field:
+    """The serializer field documenting a record column in the OpenAPI schema."""
+    field = PfaMirror._meta.get_field(name)
+    kind = field.get_internal_type()
+    options = {"allow_null": field.null}
+    if kind == "DecimalField":
+        return serializers.CharField(help_text="A decimal string.", **options)
+    if kind == "DateField":
+        return serializers.DateField(**options)
+    if kind == "DateTimeField":
+        return serializers.DateTimeField(**options)
+    if kind == "BooleanField":
+        return serializers.BooleanField()
+    if "Integer" in kind:
+        return serializers.IntegerField(**options)
+    return serializers.CharField()
+
+
+class ChangeSerializer(serializers.Serializer):
+    pems = serializers.JSONField(help_text="PEMS's value (the mirror's).")
+    value = serializers.JSONField(help_text="The value the caller sees.")
+    state = serializers.ChoiceField(choices=PfaModification.State.choices)
+    by = serializers.CharField(allow_null=True)
+
+
+PfaRecordSerializer = type(
+    "PfaRecordSerializer",
+    (serializers.Serializer,),
+    {
+        **{_API_NAMES[name]: _schema_field(name) for name in RECORD_COLUMNS},
+        "changes": serializers.DictField(child=ChangeSerializer(), help_text="Each field that differs from PEMS."),
+    },
+)
+
+
+class RecordListApi(APIView):
+    """The organization's records as the caller sees them, filtered, ordered, a page at a time."""
+
+    @extend_schema(
+        parameters=[
+            RecordListInputSerializer,
+            OpenApiParameter("class", OpenApiTypes.STR, description="Class code, exactly."),
+        ],
+        responses={
+            200: inline_serializer(
+                "PfaRecordPage",
+                {
+                    "success": serializers.BooleanField(),
+                    "records": PfaRecordSerializer(many=True),
+                    "nextCursor": serializers.CharField(allow_null=True),
+                },
+            ),
+            **error_responses(400, 401, 404),
+        },
+    )
+    def get(self, request: Request, key: str) -> Response:
+        organization = visible_organization_or_404(request.user, key)
+        serializer = RecordListInputSerializer(data=request.query_params)
+        serializer.is_valid(raise_exception=True)
+        params = serializer.validated_data
+        ordering = params["ordering"]
+        after = _cursor_decode(params["cursor"], ordering) if "cursor" in params else None
+        filters = RecordFilters(
+            category=params.get("category"),
+            source=params.get("source"),
+            dor=params.get("dor"),
+            pfa_class=params.get("class"),
+            forecast_from=params.get("forecastFrom"),
+            forecast_to=params.get("forecastTo"),
+            search=params.get("search"),
+            state=params.get("state"),
+        )
+        field = _FIELD_NAMES[ordering.lstrip("-")]
+        page = records_list(
+            organization=organization,
+            user=request.user,
+            filters=filters,
+            ordering=("-" if ordering.startswith("-") else "") + field,
+            after=after,
+            limit=params["limit"],
+        )
+        next_cursor = _cursor_encode(ordering, page.next_cursor) if page.next_cursor else None
+        return Response(
+            {"success": True, "records": [record_output(row) for row in page.records], "nextCursor": next_cursor}
+        )
+
+
+# --- One record and its draft -----------------------------------------------------------------------
+
+
+class RecordEditInputSerializer(serializers.Serializer):
+    """Any editable field by its camelCase name, plus `changeReason`; validated by the delta layer."""
+
+    changeReason = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    forecastStartDate = serializers.DateField(required=False, help_text="Any editable field, e.g. this one.")
+    monthlyRate = serializers.CharField(required=False, help_text='A decimal string, e.g. "5200.00".')
+
+
+class RecordDetailApi(APIView):
+    """One record as the caller sees it; PATCH saves the caller's draft of it."""
+
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "PfaRecordDetail",
+                {
+                    "success": serializers.BooleanField(),
+                    "record": PfaRecordSerializer(),
+                    "data": serializers.DictField(help_text="The raw PEMS row."),
+                    "modifications": serializers.ListField(child=serializers.DictField()),
+                },
+            ),
+            **error_responses(401, 404),
+        }
+    )
+    def get(self, request: Request, key: str, pfa_id: str) -> Response:
+        organization = visible_organization_or_404(request.user, key)
+        try:
+            row, data, modifications = record_get(organization=organization, user=request.user, pfa_id=pfa_id)
+        except PfaMirror.DoesNotExist:
+            raise NotFound(f"PFA {pfa_id!r} not found in {organization.code}.") from None
+        return Response(
+            {
+                "success": True,
+                "record": record_output(row),
+                "data": data,
+                "modifications": [modification_output(m) for m in modifications],
+            }
+        )
+
+    @extend_schema(
+        request=RecordEditInputSerializer,
+        responses={
+            200: inline_serializer(
+                "PfaRecordEdited",
+                {
+                    "success": serializers.BooleanField(),
+                    "record": PfaRecordSerializer(),
+                    "modification": serializers.DictField(),
+                },
+            ),
+            **error_responses(400, 401, 403, 404),
+        },
+    )
+    def patch(self, request: Request, key: str, pfa_id: str) -> Response:
+        organization = visible_organization_or_404(request.user, key)
+        _require_edit(request.user)
+        if not isinstance(request.data, dict):
+            raise ValidationError('Send a JSON object of the fields to change, e.g. {"monthlyRate": "5200.00"}.')
+        values = {_FIELD_NAMES.get(name, name): value for name, value in request.data.items() if name != "changeReason"}
+        reason = request.data.get("changeReason")
+        if reason is not None and not isinstance(reason, str):
+            raise ValidationError({"changeReason": ["Must be a string."]})
+        if not values:
+            raise ValidationError('Send at least one field to change, e.g. {"monthlyRate": "5200.00"}.')
+        try:
+            draft = delta.draft_save(
+                organization=organization, pfa_id=pfa_id, user=request.user, values=values, change_reason=reason
+            )
+        except PfaMirror.DoesNotExist:
+            raise NotFound(f"PFA {pfa_id!r} not found in {organization.code}.") from None
+        except DjangoValidationError as error:
+            raise _model_errors(error) from None
+        row, _, _ = record_get(organization=organization, user=request.user, pfa_id=pfa_id)
+        return Response({"success": True, "record": record_output(row), "modification": modification_output(draft)})
+
+
+class DraftDiscardApi(APIView):
+    """Discard the caller's draft of one record (the row stays, `discarded`)."""
+
+    @extend_schema(
+        responses={
+            200: inline_serializer("DraftDiscarded", {"success": serializers.BooleanField()}),
+            **error_responses(401, 403, 404),
+        }
+    )
+    def delete(self, request: Request, key: str, pfa_id: str) -> Response:
+        organization = visible_organization_or_404(request.user, key)
+        _require_edit(request.user)
+        try:
+            delta.draft_discard(organization=organization, user=request.user, pfa_id=pfa_id)
+        except delta.NoDraft as missing:
+            raise NotFound(str(missing)) from None
+        return Response({"success": True})
+
+
+class DraftsInputSerializer(serializers.Serializer):
+    pfaIds = serializers.ListField(
+        child=serializers.CharField(max_length=64),
+        required=False,
+        max_length=100_000,
+        help_text="Left out: all of the caller's drafts in the organization.",
+    )
+
+
+def _drafts_act(request: Request, key: str, act) -> int:
+    organization = visible_organization_or_404(request.user, key)
+    _require_edit(request.user)
+    serializer = DraftsInputSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return act(organization=organization, user=request.user, pfa_ids=serializer.validated_data.get("pfaIds"))
+
+
+class DraftsCommitApi(APIView):
+    """Commit the caller's drafts: they become shared and wait to be written to PEMS, in commit order."""
+
+    @extend_schema(
+        request=DraftsInputSerializer,
+        responses={
+            200: inline_serializer(
+                "DraftsCommitted", {"success": serializers.BooleanField(), "committed": serializers.IntegerField()}
+            ),
+            **error_responses(400, 401, 403, 404),
+        },
+    )
+    def post(self, request: Request, key: str) -> Response:
+        return Response({"success": True, "committed": _drafts_act(request, key, delta.drafts_commit)})
+
+
+class DraftsDiscardApi(APIView):
+    """Discard the caller's drafts (the rows stay, `discarded`)."""
+
+    @extend_schema(
+        request=DraftsInputSerializer,
+        responses={
+            200: inline_serializer(
+                "DraftsDiscarded", {"success": serializers.BooleanField(), "discarded": serializers.IntegerField()}
+            ),
+            **error_responses(400, 401, 403, 404),
+        },
+    )
+    def post(self, request: Request, key: str) -> Response:
+        return Response({"success": True, "discarded": _drafts_act(request, key, delta.drafts_discard)})
+
+
+# --- KPIs ---------------------------------------------------------------------------------------------
+
+
+class KpisApi(APIView):
+    """The organization's KPIs per category and source, and its timeline bounds (from the
+    materialized views, as of `refreshedAt`; null on SQLite, where they are always current)."""
+
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "PfaKpis",
+                {
+                    "success": serializers.BooleanField(),
+                    "refreshedAt": serializers.DateTimeField(allow_null=True),
+                    "summary": serializers.ListField(child=serializers.DictField()),
+                    "timeline": serializers.DictField(),
+                },
+            ),
+            **error_responses(401, 404),
+        }
+    )
+    def get(self, request: Request, key: str) -> Response:
+        organization = visible_organization_or_404(request.user, key)
+        kpis = kpis_get(organization=organization)
+        return Response(
+            {
+                "success": True,
+                "refreshedAt": _json(kpis.refreshed_at),
+                "summary": [_api_values(entry) for entry in kpis.summary],
+                "timeline": _api_values(kpis.timeline),
+            }
+        )

@@ -1,0 +1,204 @@
+"""The records REST API: the merged list, one record, drafts, commits, KPIs; scoping and permission."""
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from mirror.models import PfaMirror, PfaModification
+from mirror.tests.factories import OrganizationFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def record(organization, pfa_id: str, **fields) -> PfaMirror:
+    values = {
+        "category": "CRANES",
+        "source": "Rental",
+        "monthly_rate": Decimal("1000"),
+        "forecast_start_date": date(2027, 1, 1),
+        "forecast_end_date": date(2027, 3, 1),
+        **fields,
+    }
+    return PfaMirror.objects.create(
+        organization=organization, pfa_id=pfa_id, data={"pfs_id": pfa_id, "x": "raw"}, content_hash="0" * 32, **values
+    )
+
+
+def planner(username: str, *organizations, can_edit: bool = True) -> APIClient:
+    user = User.objects.create_user(username)
+    user.organizations.add(*organizations)
+    if can_edit:
+        user.user_permissions.add(Permission.objects.get(codename="edit_pfa_records"))
+    client = APIClient()
+    client.force_authenticate(User.objects.get(pk=user.pk))
+    return client
+
+
+@pytest.fixture
+def rio():
+    organization = OrganizationFactory(code="RIO")
+    for n in range(1, 6):
+        record(organization, f"P{n}", category="CRANES" if n % 2 else "TRUCKS")
+    return organization
+
+
+@pytest.fixture
+def ann(rio):
+    return planner("ann", rio)
+
+
+@pytest.fixture
+def bob(rio):
+    return planner("bob", rio)
+
+
+def records(client, **params) -> dict[str, dict]:
+    response = client.get("/api/organizations/RIO/records", {"limit": 500, **params})
+    assert response.status_code == 200, response.content
+    return {row["pfaId"]: row for row in response.json()["records"]}
+
+
+def error_of(response, status: int) -> dict:
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["success"] is False
+    return body
+
+
+def test_a_record_shows_every_typed_field_in_camel_case(ann):
+    row = records(ann)["P1"]
+    assert row["forecastEndDate"] == "2027-03-01"
+    assert row["monthlyRate"] == "1000.0000"
+    assert row["isDiscontinued"] is False
+    assert row["pfaClass"] == "" and row["version"] == 1 and row["changes"] == {}
+    assert {"pemsRecordId", "pemsLastModified", "lastSyncedAt", "categoryDescription"} <= row.keys()
+
+
+def test_a_planner_edits_commits_and_everyone_sees_it(ann, bob):
+    response = ann.patch(
+        "/api/organizations/RIO/records/P1",
+        {"forecastStartDate": "2027-02-01", "monthlyRate": "5200.00", "changeReason": "site delayed"},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["record"]["monthlyRate"] == "5200.0000"
+    assert body["record"]["changes"]["monthlyRate"] == {
+        "pems": "1000.0000",
+        "value": "5200.0000",
+        "state": "draft",
+        "by": "ann",
+    }
+    assert body["modification"]["baseValues"] == {"forecastStartDate": "2027-01-01", "monthlyRate": "1000.0000"}
+    assert records(bob)["P1"]["monthlyRate"] == "1000.0000"  # a draft is private
+    assert records(ann, state="draft").keys() == {"P1"}
+    response = ann.post("/api/organizations/RIO/drafts/commit", {}, format="json")
+    assert response.json() == {"success": True, "committed": 1}
+    seen_by_bob = records(bob)["P1"]
+    assert seen_by_bob["forecastStartDate"] == "2027-02-01"
+    assert seen_by_bob["changes"]["forecastStartDate"]["state"] == "committed"
+    assert records(bob, state="committed").keys() == {"P1"}
+    detail = bob.get("/api/organizations/RIO/records/P1").json()
+    assert detail["data"] == {"pfs_id": "P1", "x": "raw"}
+    assert [m["state"] for m in detail["modifications"]] == ["committed"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"monthlyRate": "lots"}, "monthlyRate"),
+        ({"forecastStartDate": "02/01/2027"}, "forecastStartDate"),
+        ({"isDiscontinued": "Y"}, "isDiscontinued"),
+        ({"pemsRecordId": 3}, "pemsRecordId"),
+        ({"pfaId": "P9"}, "pfaId"),
+        ({"colour": "red"}, "colour"),
+        ({"category": "CRANES"}, "category"),
+        ({"changeReason": 5, "category": "X"}, "changeReason"),
+    ],
+)
+def test_a_bad_edit_is_a_400_naming_the_field(ann, body, field):
+    body = error_of(ann.patch("/api/organizations/RIO/records/P1", body, format="json"), 400)
+    assert field in body["fields"], body
+    assert not PfaModification.objects.exists()
+
+
+def test_edits_of_deleted_or_unknown_records_are_refused(rio, ann):
+    PfaMirror.objects.filter(pfa_id="P2").update(deleted_at=timezone.now())
+    body = error_of(ann.patch("/api/organizations/RIO/records/P2", {"category": "X"}, format="json"), 400)
+    assert "deleted in PEMS" in body["message"]
+    error_of(ann.patch("/api/organizations/RIO/records/P404", {"category": "X"}, format="json"), 404)
+    error_of(ann.get("/api/organizations/RIO/records/P2"), 404)
+    error_of(ann.patch("/api/organizations/RIO/records/P1", {}, format="json"), 400)
+
+
+def test_editing_needs_the_permission_and_the_organization(rio):
+    viewer = planner("vic", rio, can_edit=False)
+    assert records(viewer).keys() == {"P1", "P2", "P3", "P4", "P5"}
+    error_of(viewer.patch("/api/organizations/RIO/records/P1", {"category": "X"}, format="json"), 403)
+    error_of(viewer.post("/api/organizations/RIO/drafts/commit", {}, format="json"), 403)
+    OrganizationFactory(code="HOU")
+    outsider = planner("otto", OrganizationFactory(code="SEA"))
+    for response in (
+        outsider.get("/api/organizations/RIO/records"),
+        outsider.get("/api/organizations/RIO/records/P1"),
+        outsider.patch("/api/organizations/RIO/records/P1", {"category": "X"}, format="json"),
+        outsider.get("/api/organizations/RIO/kpis"),
+    ):
+        error_of(response, 404)
+    error_of(APIClient().get("/api/organizations/RIO/records"), 401)
+
+
+def test_discarding_drafts_one_or_all(ann):
+    for pfa_id in ("P1", "P2", "P3"):
+        ann.patch(f"/api/organizations/RIO/records/{pfa_id}", {"dor": "BEO"}, format="json")
+    assert ann.delete("/api/organizations/RIO/records/P1/draft").status_code == 200
+    error_of(ann.delete("/api/organizations/RIO/records/P1/draft"), 404)
+    response = ann.post("/api/organizations/RIO/drafts/discard", {"pfaIds": ["P2"]}, format="json")
+    assert response.json() == {"success": True, "discarded": 1}
+    assert records(ann, state="draft").keys() == {"P3"}
+    assert PfaModification.objects.filter(state="discarded").count() == 2
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 501}, "limit"),
+        ({"forecastFrom": "2027-13-01"}, "forecastFrom"),
+        ({"state": "written"}, "state"),
+        ({"ordering": "colour"}, "ordering"),
+        ({"cursor": "nonsense"}, "cursor"),
+    ],
+)
+def test_bad_list_parameters_are_400_naming_them(ann, params, field):
+    body = error_of(ann.get("/api/organizations/RIO/records", params), 400)
+    assert field in body["fields"]
+
+
+def test_the_list_filters_and_pages_with_a_cursor(ann):
+    assert records(ann, category="TRUCKS").keys() == {"P2", "P4"}
+    assert records(ann, search="p3").keys() == {"P3"}
+    assert records(ann, forecastFrom="2027-03-02") == {}
+    assert len(records(ann, forecastFrom="2027-03-01", forecastTo="2027-01-01")) == 5
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, "ordering": "-pfaId", **({"cursor": cursor} if cursor else {})}
+        body = ann.get("/api/organizations/RIO/records", params).json()
+        seen += [row["pfaId"] for row in body["records"]]
+        cursor = body["nextCursor"]
+        if cursor is None:
+            break
+    assert seen == ["P5", "P4", "P3", "P2", "P1"]
+    other_ordering = ann.get("/api/organizations/RIO/records", {"limit": 2, "cursor": "x" + "A" * 10})
+    assert other_ordering.status_code == 400
+
+
+def test_kpis(ann):
+    body = ann.get("/api/organizations/RIO/kpis").json()
+    assert body["success"] is True
+    assert {entry["category"] for entry in body["summary"]} <= {"CRANES", "TRUCKS"}
+    assert set(body["timeline"]) == {"planStart", "planEnd", "forecastStart", "forecastEnd", "actualStart", "actualEnd"}

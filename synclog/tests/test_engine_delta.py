@@ -1,0 +1,75 @@
+"""What a read does to the delta layer: merged rows follow PEMS's new values under the edits,
+deletions end open modifications, and only a read that changed something refreshes the KPI views."""
+
+from dataclasses import replace
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import User
+
+from mirror import delta
+from mirror.models import PfaMergedLive, PfaModification, ViewRefresh
+from mirror.pems import PemsClient
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from synclog.engine import sync_claim, sync_run
+from synclog.models import PfaSyncLog, SyncStatus
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def rio(pems_server):
+    return ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url).organization
+
+
+def run(organization, *, sync_type="full") -> PfaSyncLog:
+    sync_log = sync_claim(organization=organization, trigger="command", sync_type=sync_type)
+    settings = replace(sync_log.api_configuration.pems_settings(organization), backoff_base=0.001, backoff_max=0.001)
+    with PemsClient(settings, sleep=lambda seconds: None) as client:
+        sync_run(sync_log=sync_log, client=client)
+    sync_log.refresh_from_db()
+    assert sync_log.status == SyncStatus.COMPLETED, sync_log.error_message
+    return sync_log
+
+
+def refresh_requests() -> int:
+    return ViewRefresh.objects.values_list("requested", flat=True).first() or 0
+
+
+def test_a_read_keeps_committed_edits_on_top_of_pems_new_values(rio, pems_server):
+    simulator = pems_server.simulator
+    run(rio)
+    ann = User.objects.create_user("ann")
+    delta.draft_save(organization=rio, pfa_id="PFA-0000001", user=ann, values={"monthly_rate": "4321"})
+    delta.drafts_commit(organization=rio, user=ann)
+    simulator.update_row("RIO", "PFA-0000001", {"pfs_f_model": "New in PEMS"})
+    run(rio)
+    merged = PfaMergedLive.objects.get(organization=rio, pfa_id="PFA-0000001")
+    assert (merged.model, merged.monthly_rate) == ("New in PEMS", Decimal("4321.0000"))
+
+
+def test_a_record_deleted_in_pems_ends_its_open_modifications(rio, pems_server):
+    run(rio)
+    ann = User.objects.create_user("ann")
+    bob = User.objects.create_user("bob")
+    delta.draft_save(organization=rio, pfa_id="PFA-0000002", user=ann, values={"dor": "BEO2"})
+    delta.draft_save(organization=rio, pfa_id="PFA-0000002", user=bob, values={"dor": "BEO3"})
+    delta.drafts_commit(organization=rio, user=bob)
+    pems_server.simulator.delete_row("RIO", "PFA-0000002")
+    assert run(rio).records_deleted == 1
+    ended = PfaModification.objects.filter(pfa_id="PFA-0000002")
+    assert {m.state for m in ended} == {PfaModification.State.FAILED}
+    assert all("deleted in PEMS" in m.error_message for m in ended)
+    assert not PfaMergedLive.objects.filter(pfa_id="PFA-0000002").exists()
+
+
+def test_only_a_read_that_changed_rows_asks_for_a_refresh(rio, pems_server):
+    run(rio)
+    after_first = refresh_requests()
+    assert after_first >= 1
+    run(rio)
+    run(rio, sync_type="incremental")
+    assert refresh_requests() == after_first  # nothing changed: nothing to refresh
+    pems_server.simulator.update_row("RIO", "PFA-0000003", {"pfs_f_model": "Changed"})
+    run(rio, sync_type="incremental")
+    assert refresh_requests() == after_first + 1
