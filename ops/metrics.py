@@ -11,8 +11,6 @@ import logging
 from collections.abc import Iterator
 from uuid import UUID
 
-from django.apps import apps
-from django.core.exceptions import FieldError
 from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
@@ -21,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from mirror.models import PfaModification
 from ops.heartbeat import worker_heartbeat
 from ops.mirror_counts import mirror_counts_refresh
 from ops.models import MirrorCount
@@ -30,10 +29,6 @@ from ops.selectors import organizations_sync_state
 from synclog.models import PfaSyncLog, SyncStatus
 
 logger = logging.getLogger(__name__)
-
-# The modification states (issue 17's delta layer) counted as waiting to be written, and as conflicts.
-WAITING_STATES = ("committed", "writing")
-CONFLICT_STATES = ("conflict",)
 
 
 def metrics_text() -> bytes:
@@ -67,29 +62,18 @@ class PfasyncCollector(Collector):
 
 def open_modification_counts() -> dict[UUID, tuple[int, int]]:
     """Per organization, its edits waiting to be written (modifications `committed` or `writing`)
-    and its open conflicts (`conflict`), from `pfa_modification`.
-
-    Empty, so every organization shows 0, while the delta layer's model (`mirror.PfaModification`)
-    does not exist.
-    """
-    try:
-        model = apps.get_model("mirror", "PfaModification")
-    except LookupError:
-        return {}
-    try:
-        rows = (
-            model.objects.filter(state__in=(*WAITING_STATES, *CONFLICT_STATES))  # not the history of written ones
-            .values("organization_id")
-            .annotate(
-                waiting=Count("pk", filter=Q(state__in=WAITING_STATES)),
-                conflicts=Count("pk", filter=Q(state__in=CONFLICT_STATES)),
-            )
-            .order_by()
+    and its open conflicts (`conflict`)."""
+    conflict = PfaModification.State.CONFLICT
+    rows = (
+        PfaModification.objects.filter(state__in=(*PfaModification.SHARED_STATES, conflict))
+        .values("organization_id")
+        .annotate(
+            waiting=Count("pk", filter=Q(state__in=PfaModification.SHARED_STATES)),
+            conflicts=Count("pk", filter=Q(state=conflict)),
         )
-        return {row["organization_id"]: (row["waiting"], row["conflicts"]) for row in rows}
-    except FieldError as error:
-        logger.error("pfa_modification has no organization or state to count open edits by: %s", error)
-        return {}
+        .order_by()
+    )
+    return {row["organization_id"]: (row["waiting"], row["conflicts"]) for row in rows}
 
 
 def _organization_metrics() -> Iterator[Metric]:

@@ -279,3 +279,19 @@ def test_a_scrape_of_a_million_row_mirror_takes_under_100_ms(client, metrics_tok
     assert value(samples, "pfasync_mirror_rows_deleted", organization="RIO") == 10_000
     assert value(samples, "pfasync_runs_total", direction="read", status="failed") == 700
     assert sorted(timings)[2] < 0.100, timings
+
+
+def test_edits_waiting_and_open_conflicts_count_modifications_by_state(client, metrics_token, rio):
+    from django.contrib.auth.models import User
+
+    from mirror.models import PfaModification
+
+    ann = User.objects.create_user("ann")
+    states = ["draft", "committed", "committed", "writing", "written", "conflict", "failed", "discarded"]
+    for n, state in enumerate(states):
+        PfaModification.objects.create(
+            organization=rio, pfa_id=f"P{n}", author=ann, state=state, base_version=1, changes={"dor": "BEO"}
+        )
+    samples = scrape(client)
+    assert value(samples, "pfasync_edits_waiting", organization="RIO") == 3
+    assert value(samples, "pfasync_conflicts_open", organization="RIO") == 1
