@@ -347,6 +347,41 @@ def _observed(send: Callable[..., Any]) -> Callable[..., Any]:
     return observed
 
 
+# --- one attempt's outcome ---------------------------------------------------------------------
+#
+# An attempt that fails for good raises its PemsError; these are the other ways it can end, which
+# the retry policy in `PemsClient._send` acts on.
+
+
+@dataclass(frozen=True)
+class _Answered:
+    """A 2xx answer the contract describes: the JSON object, or the struct `typed` made of it."""
+
+    answer: Any
+    response: requests.Response
+
+
+@dataclass(frozen=True)
+class _SessionExpired:
+    """PEMS no longer knows the session: log in again and repeat the request."""
+
+    pems_name: str
+    message: str | None
+    status: int
+
+
+@dataclass(frozen=True)
+class _Retryable:
+    """A failure another attempt may mend: overload, a server fault, the network, a broken body."""
+
+    failure: str
+    status: int | None = None
+    retry_after: float | None = None
+
+
+_Outcome = _Answered | _SessionExpired | _Retryable
+
+
 # --- the client ---------------------------------------------------------------------------------
 
 
@@ -460,11 +495,9 @@ class PemsClient:
             if rows or not more:
                 return rows, more, _server_date(response)
             failure = f"page {number} is empty although PEMS says more rows follow"
-            if attempts >= self.settings.max_attempts:
-                raise PemsProtocolError(f"{failure}; gave up after {attempts} attempts")
-            delay = self._backoff(attempts, None)
-            if self._clock() + delay >= deadline:
-                raise PemsProtocolError(f"{failure}; {self._gave_up(attempts, started)}")
+            delay, give_up = self._next_wait(attempts, None, started, deadline)
+            if give_up:
+                raise PemsProtocolError(f"{failure}; {give_up}")
             logger.warning("PEMS %s; asking again in %.2f s", failure, delay)
             self._sleep(delay)
 
@@ -560,11 +593,13 @@ class PemsClient:
         typed: Callable[[bytes], Any] | None = None,
         deadline: float | None = None,
     ) -> tuple[Any, requests.Response]:
-        """One PEMS call with session renewal and retries; returns the answer and the response.
+        """One PEMS call: attempts until one is answered; returns the answer and the response.
 
         The answer is the JSON object, or, when `typed` can decode a 2xx answer (it returns None
         when it cannot), its struct, which carries `Result.SessionID` like the JSON does.
 
+        An expired session is renewed once per call, without counting as a failed attempt. A
+        failure another attempt may mend is retried with backoff; any other is raised at once.
         The attempts, waits and backoff together end by `deadline` (on the client's clock; default:
         `call_deadline` from now): each attempt waits for PEMS no longer than the time left, and a
         wait that would pass the deadline is not begun.
@@ -584,72 +619,26 @@ class PemsClient:
                 )
             attempts += 1
             self._attempts = attempts  # for _observed
-            status: int | None = None
-            retry_after: float | None = None
-            timeout = (min(self.settings.connect_timeout, left), min(self.settings.read_timeout, left))
-            try:
-                response = self._http.request(
-                    method, url, headers=self._headers(), data=data, timeout=timeout, stream=True
-                )
-                content = self._read_body(response)
-            except _NETWORK_ERRORS as exc:
-                failure = _describe_network_error(exc, timeout[1])
-            except PemsError:
-                raise
-            except _SEND_ERRORS as exc:
-                # `from None`: the original exception's text may hold a secret, and a chained
-                # traceback would print it.
-                raise PemsError(
-                    f"{method} {path}: the request could not be sent ({type(exc).__name__}: {self._scrub(str(exc))})"
-                ) from None
-            except OSError as exc:
-                failure = _describe_network_error(exc, timeout[1])
-            else:
-                status = response.status_code
-                answer = typed(content) if typed is not None and 200 <= status < 300 else None
-                if answer is not None:
-                    self._remember_session(answer.Result.SessionID)
-                    return answer, response
-                payload = _loads(content)
-                if payload is None and 200 <= status < 300:
-                    payload = _loads_damaged(content)
-                if 200 <= status < 300 and payload is not None:
-                    if not isinstance(payload, dict):
-                        raise PemsProtocolError("the answer is JSON but not an object", status=status)
-                    result = payload.get("Result")
-                    self._remember_session(result.get("SessionID") if isinstance(result, dict) else None)
-                    return payload, response
-                name, message = _error_alert(payload)
-                if status == 400 and name == NO_SESSION_EXCEPTION:
-                    self._session_id = None
-                    if renewed_session:
-                        raise PemsAuthError(
-                            self._scrub(message or "the session expired again right after logging in"),
-                            pems_name=name,
-                            status=status,
-                        )
-                    renewed_session = True
-                    # Logging in again is not a failed attempt; it must not eat into the retries.
-                    attempts -= 1
-                    logger.info("PEMS session expired; logging in again")
-                    continue
-                self._raise_for_status(status, name, message, method)
-                failure = f"HTTP {status}"
-                if message:
-                    failure += f" ({self._scrub(message)})"
-                elif 200 <= status < 300 or content:
-                    failure += " with a body that is not JSON"
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-            if attempts >= self.settings.max_attempts:
+            outcome = self._attempt(method, path, url, data, timeout_left=left, typed=typed)
+            if isinstance(outcome, _Answered):
+                return outcome.answer, outcome.response
+            if isinstance(outcome, _SessionExpired):
+                self._session_id = None
+                if renewed_session:
+                    raise PemsAuthError(
+                        self._scrub(outcome.message or "the session expired again right after logging in"),
+                        pems_name=outcome.pems_name,
+                        status=outcome.status,
+                    )
+                renewed_session = True
+                # Logging in again is not a failed attempt; it must not eat into the retries.
+                attempts -= 1
+                logger.info("PEMS session expired; logging in again")
+                continue
+            delay, give_up = self._next_wait(attempts, outcome.retry_after, started, deadline)
+            if give_up:
                 raise PemsUnavailable(
-                    f"{method} {path}: {failure}; gave up after {attempts} attempts",
-                    attempts=attempts,
-                    status=status,
-                )
-            delay = self._backoff(attempts, retry_after)
-            if self._clock() + delay >= deadline:
-                raise PemsUnavailable(
-                    f"{method} {path}: {failure}; {self._gave_up(attempts, started)}", attempts=attempts, status=status
+                    f"{method} {path}: {outcome.failure}; {give_up}", attempts=attempts, status=outcome.status
                 )
             logger.warning(
                 "PEMS %s %s attempt %d of %d failed (status %s: %s); retrying in %.2f s",
@@ -657,11 +646,75 @@ class PemsClient:
                 path,
                 attempts,
                 self.settings.max_attempts,
-                status if status is not None else "none",
-                failure,
+                outcome.status if outcome.status is not None else "none",
+                outcome.failure,
                 delay,
             )
             self._sleep(delay)
+
+    def _attempt(
+        self,
+        method: str,
+        path: str,
+        url: str,
+        data: bytes | None,
+        *,
+        timeout_left: float,
+        typed: Callable[[bytes], Any] | None,
+    ) -> _Outcome:
+        """One request, waiting for PEMS no longer than `timeout_left`, and how it ended.
+
+        A failure no other attempt can mend is raised: a request that cannot be sent, an answer
+        larger than the page size allows, and whatever `_classify` raises.
+        """
+        timeout = (min(self.settings.connect_timeout, timeout_left), min(self.settings.read_timeout, timeout_left))
+        try:
+            response = self._http.request(method, url, headers=self._headers(), data=data, timeout=timeout, stream=True)
+            content = self._read_body(response)
+        except _NETWORK_ERRORS as exc:
+            return _Retryable(_describe_network_error(exc, timeout[1]))
+        except PemsError:
+            raise
+        except _SEND_ERRORS as exc:
+            # `from None`: the original exception's text may hold a secret, and a chained
+            # traceback would print it.
+            raise PemsError(
+                f"{method} {path}: the request could not be sent ({type(exc).__name__}: {self._scrub(str(exc))})"
+            ) from None
+        except OSError as exc:  # what is left of OSError is a network failure
+            return _Retryable(_describe_network_error(exc, timeout[1]))
+        return self._classify(method, response, content, typed)
+
+    def _classify(
+        self, method: str, response: requests.Response, content: bytes, typed: Callable[[bytes], Any] | None
+    ) -> _Outcome:
+        """What an answer means: answered, the session expired, or a failure worth another attempt
+        (overload, a server fault, a body that is not JSON). A final failure is raised: refused
+        credentials, a bad request, no such resource, a 2xx answer the contract does not describe."""
+        status = response.status_code
+        success = 200 <= status < 300
+        if success and typed is not None and (answer := typed(content)) is not None:
+            self._remember_session(answer.Result.SessionID)
+            return _Answered(answer, response)
+        payload = _loads(content)
+        if payload is None and success:
+            payload = _loads_damaged(content)
+        if success and payload is not None:
+            if not isinstance(payload, dict):
+                raise PemsProtocolError("the answer is JSON but not an object", status=status)
+            result = payload.get("Result")
+            self._remember_session(result.get("SessionID") if isinstance(result, dict) else None)
+            return _Answered(payload, response)
+        name, message = _error_alert(payload)
+        if status == 400 and name == NO_SESSION_EXCEPTION:
+            return _SessionExpired(name, message, status)
+        self._raise_for_status(status, name, message, method)
+        failure = f"HTTP {status}"
+        if message:
+            failure += f" ({self._scrub(message)})"
+        elif success or content:
+            failure += " with a body that is not JSON"
+        return _Retryable(failure, status, _retry_after(response.headers.get("Retry-After")))
 
     def _read_body(self, response: requests.Response) -> bytes:
         """The whole body, or PemsProtocolError once it is larger than `max_body_bytes`."""
@@ -702,6 +755,18 @@ class PemsClient:
         if method == "PATCH" and status == 400 and _mentions(name, message, _CONFLICT_WORDS):
             raise PemsRecordConflict(text, pems_name=name, status=status)
         raise PemsRequestError(text, pems_name=name, status=status)
+
+    def _next_wait(
+        self, attempts: int, retry_after: float | None, started: float, deadline: float
+    ) -> tuple[float, str | None]:
+        """The retry policy after a failed attempt: the wait before the next one, and why there is
+        to be none (the attempts have run out, or the wait would pass the call's deadline)."""
+        if attempts >= self.settings.max_attempts:
+            return 0.0, f"gave up after {attempts} attempts"
+        delay = self._backoff(attempts, retry_after)
+        if self._clock() + delay >= deadline:
+            return delay, self._gave_up(attempts, started)
+        return delay, None
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         cap = self.settings.backoff_max
