@@ -204,8 +204,8 @@ def _parse_slice(rows: Sequence[dict[str, str]], time_zone: ZoneInfo, organizati
             columns.append(raw_values)
             continue
         values, bad = column.convert(raw_values)
-        for index in bad:
-            reasons.setdefault(index, f"{alias}: {raw_values[index]!r} {values[index]}")
+        for index, reason in bad.items():
+            reasons.setdefault(index, f"{alias}: {raw_values[index]!r} {reason}")
         columns.append(values)
     try:
         canonical = [orjson.dumps(row, option=_sorted_json) for row in rows]
@@ -252,18 +252,18 @@ def _raw_columns(rows: Sequence[dict[str, str]]) -> list[Sequence[str]]:
         return [[row.get(alias, "") for row in rows] for alias in _COLUMN_ALIASES]
 
 
-class _Bad(str):
-    """A converter's answer for a value that does not parse: what is wrong with it."""
+class _Unreadable(ValueError):
+    """A converter cannot read a value; str() says what is wrong with it."""
 
 
-_NOT_WHOLE = _Bad("is not a whole number")
-_TOO_LARGE_WHOLE = _Bad(f"is larger than {_BIGINT_MAX:,}, the largest number the mirror stores")
-_NOT_DECIMAL = _Bad("is not a decimal number")
-_TOO_MANY_PLACES = _Bad(f"has more than {_DECIMAL_PLACES} decimal places")
-_TOO_MANY_DIGITS = _Bad(f"has more than {_DECIMAL_WHOLE_DIGITS} digits before the point")
-_NOT_DATE = _Bad("is not a MM/DD/YYYY date")
-_NOT_DATETIME = _Bad("is not a MM/DD/YYYY HH:mm date and time")
-_NOT_FLAG = _Bad("is not a check box value (-1/0 or Y/N)")
+_NOT_WHOLE = "is not a whole number"
+_TOO_LARGE_WHOLE = f"is larger than {_BIGINT_MAX:,}, the largest number the mirror stores"
+_NOT_DECIMAL = "is not a decimal number"
+_TOO_MANY_PLACES = f"has more than {_DECIMAL_PLACES} decimal places"
+_TOO_MANY_DIGITS = f"has more than {_DECIMAL_WHOLE_DIGITS} digits before the point"
+_NOT_DATE = "is not a MM/DD/YYYY date"
+_NOT_DATETIME = "is not a MM/DD/YYYY HH:mm date and time"
+_NOT_FLAG = "is not a check box value (-1/0 or Y/N)"
 
 
 def _whole_number(value: str | None) -> int | None:
@@ -271,10 +271,10 @@ def _whole_number(value: str | None) -> int | None:
         return None
     digits = text.replace(",", "")
     if not (digits.isascii() and digits.isdigit()):
-        return _NOT_WHOLE
+        raise _Unreadable(_NOT_WHOLE)
     # Checked by length first: int() refuses to read more than 4,300 digits.
     if len(digits.lstrip("0")) > len(str(_BIGINT_MAX)) or int(digits) > _BIGINT_MAX:
-        return _TOO_LARGE_WHOLE
+        raise _Unreadable(_TOO_LARGE_WHOLE)
     return int(digits)
 
 
@@ -285,18 +285,18 @@ def _decimal(value: str | None) -> Decimal | None:
     # Decimal() also takes "1e5", "NaN" and "1_000"; PEMS sends none of those, so they are errors.
     unsigned = number[1:] if number[:1] in "+-" else number
     if not (unsigned.isascii() and unsigned.replace(".", "", 1).isdigit()):
-        return _NOT_DECIMAL
+        raise _Unreadable(_NOT_DECIMAL)
     try:
         parsed = Decimal(number)
     except InvalidOperation:
-        return _NOT_DECIMAL
+        raise _Unreadable(_NOT_DECIMAL) from None
     # The size first: quantizing a number of more than 28 digits raises InvalidOperation.
     if abs(parsed) >= _DECIMAL_LIMIT:
-        return _TOO_MANY_DIGITS
+        raise _Unreadable(_TOO_MANY_DIGITS)
     if parsed.as_tuple().exponent < -_DECIMAL_PLACES:
         rounded = parsed.quantize(_DECIMAL_QUANTUM)
         if rounded != parsed:
-            return _TOO_MANY_PLACES
+            raise _Unreadable(_TOO_MANY_PLACES)
         parsed = rounded
     return parsed
 
@@ -318,25 +318,25 @@ def _date(value: str | None) -> date | None:
         return None
     parts = _split_date(text)
     if parts is None:
-        return _NOT_DATE
+        raise _Unreadable(_NOT_DATE)
     try:
         return date(*parts)
     except ValueError:
-        return _NOT_DATE
+        raise _Unreadable(_NOT_DATE) from None
 
 
 def _wall_time_to_utc(text: str, time_zone: ZoneInfo) -> datetime:
-    """`MM/DD/YYYY HH:mm` in `time_zone` as UTC, or _NOT_DATETIME."""
+    """`MM/DD/YYYY HH:mm` in `time_zone` as UTC; raises _Unreadable for any other text."""
     date_text, _, time_text = text.partition(" ")
     parts = _split_date(date_text)
     hour, _, minute = time_text.strip().partition(":")
     if parts is None or not (hour.isdigit() and minute.isdigit() and len(minute) == 2 and len(hour) <= 2):
-        return _NOT_DATETIME
+        raise _Unreadable(_NOT_DATETIME)
     try:
         # fold=0: skipped and repeated wall times (DST) resolve to the earlier offset, every time.
         local = datetime(*parts, int(hour), int(minute), tzinfo=time_zone, fold=0)
     except ValueError:
-        return _NOT_DATETIME
+        raise _Unreadable(_NOT_DATETIME) from None
     return local.astimezone(UTC)
 
 
@@ -352,7 +352,7 @@ def _utc_datetime_in(time_zone: ZoneInfo) -> Callable[[str | None], datetime | N
     @lru_cache(maxsize=20_000)
     def hour_start(hour_text: str) -> datetime | None:
         start = _wall_time_to_utc(f"{hour_text}:00", time_zone)
-        if type(start) is _Bad or _wall_time_to_utc(f"{hour_text}:59", time_zone) - start == _59_MINUTES:
+        if _wall_time_to_utc(f"{hour_text}:59", time_zone) - start == _59_MINUTES:
             return start
         return None
 
@@ -362,17 +362,20 @@ def _utc_datetime_in(time_zone: ZoneInfo) -> Callable[[str | None], datetime | N
         hour_text, _, minute = text.rpartition(":")
         minutes = _MINUTES.get(minute)
         if minutes is None:
-            return _NOT_DATETIME
+            raise _Unreadable(_NOT_DATETIME)
         start = hour_start(hour_text)
         if start is None:
             return _wall_time_to_utc(text, time_zone)
-        return start if type(start) is _Bad else start + minutes
+        return start + minutes
 
     return utc_datetime
 
 
 def _flag(value: str | None) -> bool:
-    return _FLAGS.get((value or "").strip(), _NOT_FLAG)
+    try:
+        return _FLAGS[(value or "").strip()]
+    except KeyError:
+        raise _Unreadable(_NOT_FLAG) from None
 
 
 _MISSING = object()
@@ -393,25 +396,38 @@ class _Column:
         self._converter = converter
         self._answers: dict[str, object] | None = {} if keep_answers else None
 
-    def convert(self, raw_values: Sequence[str]) -> tuple[list, list[int]]:
-        """The converted values, and the positions of those that did not convert (`_Bad`)."""
+    def convert(self, raw_values: Sequence[str]) -> tuple[list, dict[int, str]]:
+        """The converted values (None where a value is unreadable), and why each unreadable one
+        is, by position."""
         convert, answers = self._converter, self._answers
         if answers is None:
-            values = list(map(convert, raw_values))
-            return values, [index for index, value in enumerate(values) if type(value) is _Bad]
+            try:
+                return list(map(convert, raw_values)), {}
+            except _Unreadable:
+                return _convert_each(convert, raw_values, range(len(raw_values)), [None] * len(raw_values))
         values = list(map(answers.get, raw_values, repeat(_MISSING)))
-        bad = []
-        if _MISSING in values:
-            if len(answers) > self.KEEP:
-                answers.clear()
-            for index in [index for index, value in enumerate(values) if value is _MISSING]:
-                raw = raw_values[index]
-                values[index] = value = convert(raw)
-                if type(value) is _Bad:
-                    bad.append(index)
-                else:
-                    answers[raw] = value
+        if _MISSING not in values:
+            return values, {}
+        if len(answers) > self.KEEP:
+            answers.clear()
+        missing = [index for index, value in enumerate(values) if value is _MISSING]
+        values, bad = _convert_each(convert, raw_values, missing, values)
+        answers.update((raw_values[index], values[index]) for index in missing if index not in bad)
         return values, bad
+
+
+def _convert_each(
+    convert: Callable[[str], object], raw_values: Sequence[str], positions: Sequence[int], values: list
+) -> tuple[list, dict[int, str]]:
+    """`values` with the values at `positions` converted one by one; None and the reason where unreadable."""
+    bad = {}
+    for index in positions:
+        try:
+            values[index] = convert(raw_values[index])
+        except _Unreadable as error:
+            values[index] = None
+            bad[index] = str(error)
+    return values, bad
 
 
 @cache
