@@ -6,7 +6,8 @@ from django.db.models import Count, DateTimeField, IntegerField, OuterRef, Query
 from django.db.models.functions import Coalesce
 
 from mirror.models import Organization
-from synclog.models import PfaSyncLog, SyncStatus, latest_read_runs
+from synclog.models import PfaSyncLog, SyncStatus
+from synclog.selectors import latest_read_runs
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

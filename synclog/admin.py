@@ -16,15 +16,16 @@ import django_q.admin  # noqa: F401
 from django.apps import apps
 from django.contrib import admin, messages
 from django.db import transaction
-from django.db.models import Q, QuerySet, Subquery
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
 from mirror.models import Organization
 from mirror.selectors import mirror_size_subquery
 from synclog.engine import SyncAlreadyRunning, sync_cancel, sync_start
-from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus, latest_read_runs
+from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus
 from synclog.permissions import can_trigger_sync
+from synclog.selectors import organizations_with_last_run
 
 STATUS_COLOURS = {
     SyncStatus.QUEUED: "#6c757d",
@@ -118,21 +119,11 @@ class OrganizationAdmin(admin.ModelAdmin):
     actions = ("sync_now", "enable_sync", "disable_sync")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Organization]:
-        last_run = latest_read_runs()
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                last_run_at=Subquery(last_run.values("created_at")[:1]),
-                last_run_status=Subquery(last_run.values("status")[:1]),
-                last_run_records=Subquery(last_run.values("records_processed")[:1]),
-                pfa_record_count=mirror_size_subquery(),
-            )
-        )
+        return organizations_with_last_run(super().get_queryset(request)).annotate(mirror_size=mirror_size_subquery())
 
-    @admin.display(description="last sync", ordering="last_run_at")
+    @admin.display(description="last sync", ordering="last_run_created_at")
     def last_sync_at(self, organization: Organization):
-        return organization.last_run_at
+        return organization.last_run_created_at
 
     @admin.display(description="last status")
     def last_sync_status(self, organization: Organization) -> str:
@@ -140,11 +131,11 @@ class OrganizationAdmin(admin.ModelAdmin):
 
     @admin.display(description="last records")
     def last_sync_records(self, organization: Organization) -> int | None:
-        return organization.last_run_records
+        return organization.last_run_records_processed
 
-    @admin.display(description="mirror size", ordering="pfa_record_count")
+    @admin.display(description="mirror size", ordering="mirror_size")
     def mirror_size(self, organization: Organization) -> int:
-        return organization.pfa_record_count
+        return organization.mirror_size
 
     def has_trigger_permission(self, request: HttpRequest) -> bool:
         return can_trigger_sync(request.user)

@@ -9,7 +9,7 @@ admin and the dashboard ask it. Errors take the project's one shape (`pfasync.ap
 import uuid
 
 from django.db import transaction
-from django.db.models import Count, Q, QuerySet, Subquery
+from django.db.models import Count, Q, QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
@@ -22,9 +22,9 @@ from mirror.models import Organization
 from mirror.selectors import mirror_size_subquery, organizations_visible_to
 from pfasync.api import ApiError, error_responses
 from synclog.engine import SyncNotConfigured, SyncNotQueued, SyncRefused, sync_cancel, sync_start
-from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus, latest_read_runs
+from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus
 from synclog.permissions import can_trigger_sync
-from synclog.selectors import sync_logs_visible_to
+from synclog.selectors import organizations_to_sync, organizations_with_last_run, sync_logs_visible_to
 from synclog.worker import worker_status
 
 RECORDS_KEPT_ASIDE_SHOWN = 50
@@ -184,7 +184,7 @@ class SyncTriggerApi(APIView):
         if key:
             organizations = [visible_organization_or_404(request.user, key)]
         elif request.user.is_staff:
-            organizations = list(Organization.objects.filter(is_active=True))
+            organizations = list(organizations_to_sync(including_sync_disabled=True))
         else:
             raise exceptions.ValidationError({"organizationId": ["This field is required."]})
         if not can_trigger_sync(request.user):
@@ -416,9 +416,11 @@ class WorkerStatusApi(APIView):
 
 
 class OrganizationSyncOutputSerializer(mirror_api.OrganizationOutputSerializer):
-    lastSyncAt = serializers.DateTimeField(source="last_sync_at", allow_null=True, help_text="Of the newest run.")
-    lastSyncStatus = serializers.CharField(source="last_sync_status", allow_null=True)
-    mirrorRecordCount = serializers.IntegerField(source="mirror_record_count")
+    lastSyncAt = serializers.DateTimeField(
+        source="last_run_completed_at", allow_null=True, help_text="Of the newest run."
+    )
+    lastSyncStatus = serializers.CharField(source="last_run_status", allow_null=True)
+    mirrorRecordCount = serializers.IntegerField(source="mirror_size")
 
 
 class OrganizationListOutputSerializer(serializers.Serializer):
@@ -432,16 +434,7 @@ class OrganizationListApi(mirror_api.OrganizationListApi):
     output_serializer_class = OrganizationSyncOutputSerializer
 
     def organizations_for(self, user) -> QuerySet[Organization]:
-        newest = latest_read_runs()
-        return (
-            super()
-            .organizations_for(user)
-            .annotate(
-                mirror_record_count=mirror_size_subquery(),
-                last_sync_at=Subquery(newest.values("completed_at")[:1]),
-                last_sync_status=Subquery(newest.values("status")[:1]),
-            )
-        )
+        return organizations_with_last_run(super().organizations_for(user)).annotate(mirror_size=mirror_size_subquery())
 
     @extend_schema(
         operation_id="organizations_list", responses={200: OrganizationListOutputSerializer, **error_responses(401)}

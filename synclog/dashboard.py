@@ -10,21 +10,15 @@ from datetime import datetime, timedelta
 
 from croniter import croniter
 from django.conf import settings
-from django.db.models import (
-    Count,
-    DateTimeField,
-    IntegerField,
-    OuterRef,
-    Q,
-    Subquery,
-    Value,
-)
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models import Count, Q, Subquery
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from mirror.models import Organization
 from mirror.selectors import mirror_size_subquery
-from synclog.models import PfaSyncLog, SyncStatus, latest_read_runs
+from ops.selectors import organizations_sync_state
+from synclog.models import PfaSyncLog, SyncStatus
+from synclog.selectors import latest_read_runs
 from synclog.worker import worker_status
 
 CHART_DAYS = 30
@@ -134,42 +128,20 @@ def bar_chart(
 
 def _organization_rows(*, now: datetime, interval: timedelta, last_runs: dict) -> list[dict]:
     completed = latest_read_runs().filter(status=SyncStatus.COMPLETED)
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.get_current_timezone())
-    failures_since = PfaSyncLog.objects.filter(
-        organization=OuterRef("pk"),
-        direction="read",
-        status=SyncStatus.FAILED,
-        created_at__gt=OuterRef("last_success_created"),
-    )
-    organizations = (
-        Organization.objects.annotate(
-            last_success_at=Subquery(completed.values("completed_at")[:1]),
-            last_success_message=Subquery(completed.values("error_message")[:1]),
-            last_success_details=Subquery(completed.values("error_details")[:1]),
-            last_success_created=Coalesce(
-                Subquery(completed.values("created_at")[:1]),
-                Value(epoch, output_field=DateTimeField()),
-            ),
-        )
-        .annotate(
-            consecutive_failures=Coalesce(
-                Subquery(
-                    failures_since.order_by().values("organization").annotate(n=Count("pk")).values("n"),
-                    output_field=IntegerField(),
-                ),
-                0,
-            ),
-            mirror_size=mirror_size_subquery(),
-        )
-        .order_by("code")
+    # Every organization, inactive ones too: the last completed read and the failures since come
+    # from the same query as /metrics and the alerts use.
+    organizations = organizations_sync_state(Organization.objects.all()).annotate(
+        last_success_message=Subquery(completed.values("error_message")[:1]),
+        last_success_details=Subquery(completed.values("error_details")[:1]),
+        mirror_size=mirror_size_subquery(),
     )
     rows = []
     for organization in organizations:
-        age = now - organization.last_success_at if organization.last_success_at else None
+        age = now - organization.last_completed_at if organization.last_completed_at else None
         rows.append(
             {
                 "organization": organization,
-                "last_success_at": organization.last_success_at,
+                "last_success_at": organization.last_completed_at,
                 "age": age,
                 "stale": age is None or age > STALE_INTERVALS * interval,
                 "last_run": last_runs.get(organization.code),

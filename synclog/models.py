@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, OuterRef, Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from mirror.models import ApiConfiguration, Organization
@@ -285,16 +285,6 @@ def stale_runs_expire(*, organization: Organization | None = None, now=None) -> 
             expired.append(sync_log)
             logger.warning("Sync %s of %s: %s", sync_log.id, sync_log.organization.code, message)
     return expired
-
-
-def latest_read_runs() -> QuerySet[PfaSyncLog]:
-    """Read runs of the organization in the enclosing query (`OuterRef("pk")`), newest first.
-
-    Slice `[:1]` inside a Subquery to annotate organizations with their last run.
-    """
-    return PfaSyncLog.objects.filter(organization=OuterRef("pk"), direction=PfaSyncLog.Direction.READ).order_by(
-        "-created_at", "-pk"
-    )
 
 
 class PfaSyncRecordError(models.Model):

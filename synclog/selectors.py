@@ -1,9 +1,48 @@
-"""Read-side queries of the sync app: the runs a user sees."""
+"""Read-side queries of the sync app: which organizations a sync of all of them reads, each
+organization with its last run, and the runs a user sees."""
 
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 
+from mirror.models import Organization
 from mirror.selectors import organizations_visible_to
 from synclog.models import PfaSyncLog
+
+
+def organizations_to_sync(*, including_sync_disabled: bool = False) -> QuerySet[Organization]:
+    """The organizations a sync of "every organization" reads: the active ones with sync enabled
+    (the command without --org, and the schedules before SYNC_ORGS narrows them).
+
+    `including_sync_disabled` adds the active ones whose scheduled sync is switched off: the API's
+    staff trigger without `organizationId` documents "every active organization", and an explicit
+    request is not a schedule.
+    """
+    organizations = Organization.objects.filter(is_active=True)
+    return organizations if including_sync_disabled else organizations.filter(sync_enabled=True)
+
+
+def latest_read_runs() -> QuerySet[PfaSyncLog]:
+    """Read runs of the organization in the enclosing query (`OuterRef("pk")`), newest first.
+
+    Slice `[:1]` inside a Subquery to annotate organizations with their last run.
+    """
+    return PfaSyncLog.objects.filter(organization=OuterRef("pk"), direction=PfaSyncLog.Direction.READ).order_by(
+        "-created_at", "-pk"
+    )
+
+
+def organizations_with_last_run(organizations: QuerySet[Organization] | None = None) -> QuerySet[Organization]:
+    """`organizations` (default: every one), each annotated in the same query with its newest read
+    run: `last_run_id`, `last_run_status`, `last_run_created_at`, `last_run_completed_at` and
+    `last_run_records_processed` (each None when it has none)."""
+    if organizations is None:
+        organizations = Organization.objects.all()
+    newest = latest_read_runs()
+    return organizations.annotate(
+        **{
+            f"last_run_{field}": Subquery(newest.values(field)[:1])
+            for field in ("id", "status", "created_at", "completed_at", "records_processed")
+        }
+    )
 
 
 def sync_logs_visible_to(user) -> QuerySet[PfaSyncLog]:

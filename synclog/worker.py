@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING
 from croniter import croniter
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db.models import Subquery
 from django.utils import timezone
 
+from mirror.materialized import views_refresh_enqueue, views_refresh_pending
 from mirror.models import Organization
-from mirror.services import pems_client_for, pfa_deleted_purge
+from mirror.services import pfa_deleted_purge
 from ops.logs import run_log_context
-from synclog.engine import fail_run, sync_run, sync_start
-from synclog.models import PfaSyncLog, SyncStatus, latest_read_runs, stale_runs_expire
+from synclog.engine import client_for_run, sync_run, sync_start
+from synclog.models import PfaSyncLog, SyncStatus, stale_runs_expire
+from synclog.selectors import organizations_to_sync, organizations_with_last_run
 
 if TYPE_CHECKING:
     from django_q.models import Schedule
@@ -138,7 +139,7 @@ def schedules_upsert() -> dict[SyncSchedule, "Schedule | None"]:
 
 def scheduled_organizations() -> list[Organization]:
     """The organizations both schedules sync: SYNC_ORGS, or every active one with sync enabled."""
-    organizations = Organization.objects.filter(is_active=True, sync_enabled=True)
+    organizations = organizations_to_sync()
     if not settings.SYNC_ORGS:
         return list(organizations)
     found = {o.code: o for o in organizations.filter(code__in=settings.SYNC_ORGS)}
@@ -163,6 +164,8 @@ def sync_tick(*, scheduled_for: datetime | None = None) -> str:
     else:
         summary = _queue_scheduled_reads(sync_type=PfaSyncLog.SyncType.INCREMENTAL)
     purged = pfa_deleted_purge()  # logs what it purged
+    if views_refresh_pending():  # asked for while the broker was down, or by a refresh that died
+        views_refresh_enqueue()
     from ops.tick import ops_tick  # here, not at the top: ops imports this module
 
     ops_tick()  # last, after queueing: the tick's record, mirror counts and alerts; never raises
@@ -198,11 +201,7 @@ def sync_execute_queued(sync_log_id: str) -> str:
     if sync_log.status != SyncStatus.QUEUED:
         logger.warning("Sync %s is %s, not queued: not running it", sync_log.id, sync_log.status)
         return f"skipped: run is {sync_log.status}"
-    try:
-        client = pems_client_for(sync_log.organization)
-    except ImproperlyConfigured as error:
-        fail_run(sync_log, str(error), error)
-        raise
+    client = client_for_run(sync_log)
     stop = shutdown_event()
     # A SIGTERM sent to the worker process itself (systemd stops a whole cgroup) is a stop request
     # too, not a kill mid-page. Only a main thread can take signals (django-q2's sync mode runs
@@ -227,7 +226,7 @@ def worker_status() -> dict:
     from django_q.models import Schedule
 
     rows = {row.name: row for row in Schedule.objects.filter(name__in=[s.name for s in SYNC_SCHEDULES])}
-    organizations = Organization.objects.annotate(last_run_id=Subquery(latest_read_runs().values("pk")[:1]))
+    organizations = organizations_with_last_run()
     last_runs = PfaSyncLog.objects.in_bulk([o.last_run_id for o in organizations if o.last_run_id])
     return {
         **_schedule_status(TICK_SCHEDULE, rows.get(TICK_SCHEDULE.name)),

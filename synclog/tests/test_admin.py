@@ -59,7 +59,7 @@ def test_organization_list_shows_last_sync_and_mirror_size(admin_client):
     response = admin_client.get(ORGANIZATIONS)
     assert response.status_code == 200
     (row,) = response.context["cl"].result_list
-    assert (row.last_run_status, row.last_run_records, row.pfa_record_count) == (
+    assert (row.last_run_status, row.last_run_records_processed, row.mirror_size) == (
         "failed",
         7,
         5,
@@ -74,7 +74,7 @@ def test_organization_mirror_size_counts_only_records_not_deleted_in_pems(admin_
     mirror_rows(rio, 3)
     PfaMirror.objects.filter(pfa_id="PFA-0").update(deleted_at=timezone.now() - timedelta(days=1))
     (row,) = admin_client.get(ORGANIZATIONS).context["cl"].result_list
-    assert row.pfa_record_count == 2
+    assert row.mirror_size == 2
 
 
 def test_organization_list_query_count_does_not_grow_with_organizations(admin_client):

@@ -17,6 +17,7 @@ from mirror.selectors import organizations_named
 from ops.metrics import run_figures_write
 from synclog.engine import SyncOutcome, sync_organizations
 from synclog.models import PfaSyncLog
+from synclog.selectors import organizations_to_sync
 
 
 class Command(BaseCommand):
@@ -72,7 +73,7 @@ class Command(BaseCommand):
 
     def _organizations(self, codes: list[str] | None) -> list[Organization]:
         if not codes:
-            organizations = list(Organization.objects.filter(is_active=True, sync_enabled=True))
+            organizations = list(organizations_to_sync())
             if not organizations:
                 raise CommandError("No active organization with sync enabled: add one with add_organization.")
             return organizations
