@@ -60,11 +60,13 @@ class RefreshOutcome:
     duration_ms: int | None
 
 
-def views_refresh() -> RefreshOutcome:
+def views_refresh(*, now_anyway: bool = False) -> RefreshOutcome:
     """Refresh both views until no request is left uncovered, unless another refresh is running
     (that one then covers the requests): returns how many refreshes ran here and the last one's
-    duration."""
+    duration. `now_anyway` counts a request first (`manage.py refresh_views`)."""
     state = _state()
+    if now_anyway:
+        ViewRefresh.objects.filter(pk=state.pk).update(requested=F("requested") + 1)
     now = timezone.now()
     claimed = ViewRefresh.objects.filter(
         Q(running_since__isnull=True) | Q(running_since__lt=now - _STALE_REFRESH), pk=state.pk

@@ -306,3 +306,17 @@ def test_requests_during_a_refresh_cause_exactly_one_more(rio):
     state = ViewRefresh.objects.get()
     assert state.refreshed == state.requested and state.running_since is None
     assert state.last_refreshed_at is not None and state.last_duration_ms is not None
+
+
+def test_refresh_views_command_refreshes_now(rio):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    record(rio, "P1")
+    out = StringIO()
+    call_command("refresh_views", stdout=out)
+    state = ViewRefresh.objects.get()
+    assert "Refreshed the materialized views" in out.getvalue()
+    assert state.refreshed == state.requested == 1 and state.last_refreshed_at is not None
+    assert kpis_get(organization=rio).summary[0]["record_count"] == 1

@@ -73,3 +73,17 @@ def test_only_a_read_that_changed_rows_asks_for_a_refresh(rio, pems_server):
     pems_server.simulator.update_row("RIO", "PFA-0000003", {"pfs_f_model": "Changed"})
     run(rio, sync_type="incremental")
     assert refresh_requests() == after_first + 1
+
+
+def test_the_tick_starts_a_refresh_asked_for_while_the_broker_was_down(monkeypatch):
+    from django_q.conf import Conf
+
+    from mirror.materialized import views_refresh_pending
+    from synclog.worker import sync_tick
+
+    monkeypatch.setattr(Conf, "SYNC", True)  # django-q2 runs the enqueued task inline
+    ViewRefresh.objects.create(requested=3, refreshed=1)
+    assert views_refresh_pending()
+    sync_tick()
+    state = ViewRefresh.objects.get()
+    assert not views_refresh_pending() and state.last_refreshed_at is not None
