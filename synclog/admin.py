@@ -37,7 +37,7 @@ STATUS_COLOURS = {
 
 
 def status_badge(status: str) -> str:
-    """A sync status as a coloured label (shared with the dashboard)."""
+    """A sync status as a coloured label."""
     return format_html(
         '<span style="color:#fff;background:{};padding:1px 6px;border-radius:3px;white-space:nowrap">{}</span>',
         STATUS_COLOURS.get(status, "#6c757d"),

@@ -71,7 +71,6 @@ FULL_SCHEDULE = SyncSchedule(
     name="pfasync-sync-full", func="synclog.tasks.sync_full", setting="SYNC_FULL_INTERVAL", optional=True
 )
 SYNC_SCHEDULES = (TICK_SCHEDULE, FULL_SCHEDULE)
-SCHEDULE_NAME = TICK_SCHEDULE.name
 
 
 def validate_cron(expression: str, *, setting: str, optional: bool = False) -> None:

@@ -16,7 +16,6 @@ from synclog.engine import sync_claim
 from synclog.models import PfaSyncLog, SyncStatus, stale_runs_expire
 from synclog.worker import (
     FULL_SCHEDULE,
-    SCHEDULE_NAME,
     TICK_SCHEDULE,
     scheduled_organizations,
     schedules_upsert,
@@ -34,12 +33,12 @@ def test_schedule_follows_the_environment_and_is_never_duplicated(settings, caps
     settings.SYNC_INTERVAL = "*/15 * * * *"
     call_command("setup_schedules")
     call_command("setup_schedules")
-    schedule = Schedule.objects.get(name=SCHEDULE_NAME)
+    schedule = Schedule.objects.get(name=TICK_SCHEDULE.name)
     assert (schedule.func, schedule.schedule_type, schedule.cron) == ("synclog.tasks.sync_tick", "C", "*/15 * * * *")
     assert schedule.next_run > timezone.now() and schedule.next_run.minute % 15 == 0
     settings.SYNC_INTERVAL = "0 * * * *"
     schedules_upsert()
-    assert list(Schedule.objects.filter(name=SCHEDULE_NAME).values_list("cron", flat=True)) == ["0 * * * *"]
+    assert list(Schedule.objects.filter(name=TICK_SCHEDULE.name).values_list("cron", flat=True)) == ["0 * * * *"]
     settings.ENABLE_SYNC_WORKER = False
     call_command("setup_schedules")
     assert not Schedule.objects.exists()
@@ -60,7 +59,7 @@ def test_full_read_schedule_follows_sync_full_interval_and_is_never_duplicated(s
     assert list(Schedule.objects.filter(name=FULL_SCHEDULE.name).values_list("cron", flat=True)) == ["30 1 * * 0"]
     settings.SYNC_FULL_INTERVAL = ""
     call_command("setup_schedules")
-    assert list(Schedule.objects.values_list("name", flat=True)) == [SCHEDULE_NAME]  # the tick stays
+    assert list(Schedule.objects.values_list("name", flat=True)) == [TICK_SCHEDULE.name]  # the tick stays
     assert "'pfasync-sync-full' is disabled (SYNC_FULL_INTERVAL is empty)" in capsys.readouterr().out
     settings.SYNC_FULL_INTERVAL = "0 3 * * *"
     schedules_upsert()

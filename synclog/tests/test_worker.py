@@ -19,7 +19,7 @@ from mirror.records import content_hash
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from synclog.engine import sync_organizations
 from synclog.models import PfaSyncLog, SyncStatus
-from synclog.worker import FULL_SCHEDULE, SCHEDULE_NAME
+from synclog.worker import FULL_SCHEDULE, TICK_SCHEDULE
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
@@ -122,8 +122,8 @@ def test_scheduled_tick_syncs_every_configured_organization(clusters, organizati
     cluster = clusters(SYNC_INTERVAL="* * * * *")
     assert "Background sync worker started with interval '* * * * *'" in cluster.output()
     # The schedule exists once and fires on django-q2's next scheduler pass (every 30 s).
-    Schedule.objects.filter(name=SCHEDULE_NAME).update(next_run=timezone.now() - timedelta(seconds=1))
-    assert Schedule.objects.filter(name=SCHEDULE_NAME).count() == 1
+    Schedule.objects.filter(name=TICK_SCHEDULE.name).update(next_run=timezone.now() - timedelta(seconds=1))
+    assert Schedule.objects.filter(name=TICK_SCHEDULE.name).count() == 1
     for code, total in (("RIO", 250), ("HOU", 80)):
         completed = runs(code).filter(status=SyncStatus.COMPLETED)
         finished = wait_until(completed.first, timeout=90, what=f"{code} synced")
@@ -139,19 +139,19 @@ def test_full_read_due_with_the_tick_reads_every_organization_in_full(clusters, 
     cluster = clusters(SYNC_INTERVAL="*/15 * * * *", SYNC_FULL_INTERVAL="0 3 * * *")
     assert "Scheduled full reads '0 3 * * *'" in cluster.output()
     assert set(Schedule.objects.values_list("name", "func")) == {
-        (SCHEDULE_NAME, "synclog.tasks.sync_tick"),
+        (TICK_SCHEDULE.name, "synclog.tasks.sync_tick"),
         (FULL_SCHEDULE.name, "synclog.tasks.sync_full"),
     }
     # Both due at the same moment, as 03:00 is in these crons: the scheduler fires both in one pass.
     due = (timezone.now() - timedelta(days=1)).replace(hour=3, minute=0, second=0, microsecond=0)
     Schedule.objects.update(next_run=due)
     tasks = wait_until(
-        lambda: Task.objects.filter(group__in=[SCHEDULE_NAME, FULL_SCHEDULE.name]).count() == 2
+        lambda: Task.objects.filter(group__in=[TICK_SCHEDULE.name, FULL_SCHEDULE.name]).count() == 2
         and {t.group: t for t in Task.objects.all()},
         timeout=90,
         what="both scheduled tasks",
     )
-    assert tasks[SCHEDULE_NAME].success and "left to the full read" in tasks[SCHEDULE_NAME].result
+    assert tasks[TICK_SCHEDULE.name].success and "left to the full read" in tasks[TICK_SCHEDULE.name].result
     for code, total in (("RIO", 250), ("HOU", 80)):
         scheduled = runs(code).filter(trigger="schedule")
         done = wait_until(
