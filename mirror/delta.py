@@ -250,7 +250,7 @@ def overlay_refresh(*, organization_id: UUID, pfa_ids: Iterable[str]) -> None:
         for start in range(0, len(keys), _CHUNK):
             chunk = keys[start : start + _CHUNK]
             PfaOverlay.objects.filter(organization_id=organization_id, pfa_id__in=chunk).delete()
-            for modification in open_modifications.filter(pfa_id__in=chunk).in_commit_order():
+            for modification in open_modifications.filter(pfa_id__in=chunk).select_related("author").in_commit_order():
                 modifications[modification.pfa_id].append(modification)
         if not modifications:
             return
@@ -272,21 +272,27 @@ def overlay_refresh(*, organization_id: UUID, pfa_ids: Iterable[str]) -> None:
 
 def _overlay_rows(record: PfaMirror, modifications: list[PfaModification]) -> list[PfaOverlay]:
     """The merged rows of one record: the shared one (if anything is committed) and one per draft."""
-    shared: dict[str, Any] = {}
+    shared: dict[str, PfaModification] = {}  # field -> the modification that sets it
     for modification in modifications:
         if modification.state in PfaModification.SHARED_STATES:
-            shared.update(modification.changes)  # in commit order: a later commit wins a field
+            shared.update(dict.fromkeys(modification.changes, modification))  # in commit order: the latest wins
     rows = [_overlay_row(record, shared, viewer_id=None)] if shared else []
     for modification in modifications:
         if modification.state == State.DRAFT and modification.author_id is not None:
-            rows.append(_overlay_row(record, {**shared, **modification.changes}, viewer_id=modification.author_id))
+            setters = {**shared, **dict.fromkeys(modification.changes, modification)}
+            rows.append(_overlay_row(record, setters, viewer_id=modification.author_id))
     return rows
 
 
-def _overlay_row(record: PfaMirror, changes: dict[str, Any], *, viewer_id: int | None) -> PfaOverlay:
+def _overlay_row(record: PfaMirror, setters: dict[str, PfaModification], *, viewer_id: int | None) -> PfaOverlay:
     values = {field.attname: getattr(record, field.attname) for field in PfaMirror._meta.concrete_fields}
     values.pop("id")
-    for name, value in changes.items():
+    changes = {}
+    for name, modification in setters.items():
+        value = modification.changes[name]
         values[name] = value_from_json(name, value)
-    changed = sorted(name for name, value in changes.items() if value != value_to_json(name, getattr(record, name)))
-    return PfaOverlay(**values, mirror_id=record.pk, viewer_id=viewer_id, changed_fields=changed)
+        pems = value_to_json(name, getattr(record, name))
+        if value != pems:
+            author = modification.author.get_username() if modification.author_id else None
+            changes[name] = {"pems": pems, "value": value, "state": modification.state, "by": author}
+    return PfaOverlay(**values, mirror_id=record.pk, viewer_id=viewer_id, changes=changes)

@@ -347,7 +347,10 @@ class PfaMirror(PfaRecordColumns):
         ]
         indexes = [
             # The front end's list: organization + category + forecast window, newest first.
-            models.Index(fields=["organization", "category", "-forecast_start_date"], name="pfa_mirror_org_cat_fcst"),
+            # pfa_id last: the list's tie-break, so a page is read in order from the index and stops.
+            models.Index(
+                fields=["organization", "category", "-forecast_start_date", "pfa_id"], name="pfa_mirror_org_cat_fcst"
+            ),
             models.Index(fields=["organization", "source"], name="pfa_mirror_org_source"),
             models.Index(fields=["organization", "dor"], name="pfa_mirror_org_dor"),
             models.Index(fields=["organization", "pems_last_modified"], name="pfa_mirror_org_lastmod"),
@@ -476,7 +479,10 @@ class PfaOverlay(PfaRecordColumns):
     viewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
     )
-    changed_fields = models.JSONField(default=list)
+    changes = models.JSONField(
+        default=dict,
+        help_text='Each field that differs from PEMS: {"pems", "value", "state", "by"} of the edit that set it.',
+    )
 
     class Meta:
         db_table = "pfa_overlay"
@@ -487,7 +493,9 @@ class PfaOverlay(PfaRecordColumns):
             ),
         ]
         indexes = [
-            models.Index(fields=["organization", "category", "-forecast_start_date"], name="pfa_overlay_org_cat_fcst"),
+            models.Index(
+                fields=["organization", "category", "-forecast_start_date", "pfa_id"], name="pfa_overlay_org_cat_fcst"
+            ),
             models.Index(fields=["viewer", "organization"], name="pfa_overlay_viewer_org"),
         ]
 
