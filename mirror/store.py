@@ -10,7 +10,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
 from uuid import UUID
 
 import psycopg
@@ -230,7 +229,6 @@ def _copy_records(
             copy.write_row((*head, *record, *tail))
 
 
-@cache
 def _postgresql_statements() -> tuple[str, str, list[str], str]:
     stage_columns = ", ".join(_quoted(f.column) for f in RECORD_FIELDS)
     create = (
@@ -259,7 +257,6 @@ def _upsert_batch_postgresql(
         return [version for (version,) in cursor.fetchall()]
 
 
-@cache
 def _insert_new_statement() -> tuple[str, list[str]]:
     # The columns and order of `_insert_columns()`; the organization goes in as its bytes.
     types = ["bytea", *_copy_types(RECORD_FIELDS), "int4", "timestamptz", "timestamptz"]
