@@ -25,10 +25,10 @@ demo: install
 	DEMO_PORT=$(DEMO_PORT) BIN=$(BIN) scripts/demo.sh
 
 test: $(BIN)/.installed
-	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest $(PYTEST_ARGS)
 
 test-sqlite: $(BIN)/.installed
-	DATABASE_URL=sqlite:///$(CURDIR)/test.sqlite3 $(BIN)/pytest
+	DATABASE_URL=sqlite:///$(CURDIR)/test.sqlite3 $(BIN)/pytest $(PYTEST_ARGS)
 
 migrate: install
 	$(BIN)/python manage.py migrate --noinput
