@@ -46,12 +46,6 @@ CONNECTION_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def api_settings(settings):
-    """The settings the lead adds to pfasync/settings.py (harmless once they are there)."""
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "EXCEPTION_HANDLER": "pfasync.api.exception_handler"}
-
-
 def client_for(user: User) -> APIClient:
     client = APIClient()
     client.force_authenticate(user)

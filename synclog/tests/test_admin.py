@@ -14,6 +14,7 @@ from django.utils import timezone
 from mirror.models import Organization, PfaMirror
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+from synclog.tests.factories import PfaSyncLogFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -26,18 +27,6 @@ def message_texts(response) -> list[tuple[str, str]]:
 
 def configured(code: str) -> Organization:
     return ApiConfigurationFactory(organization=OrganizationFactory(code=code), password=SECRET).organization
-
-
-def run(organization, status=SyncStatus.COMPLETED, **fields) -> PfaSyncLog:
-    now = timezone.now()
-    defaults = {
-        "trigger": PfaSyncLog.Trigger.SCHEDULE,
-        "started_at": now,
-        "created_at": now,
-    }
-    if status in SyncStatus.terminal():
-        defaults.update(completed_at=now, duration_ms=1500)
-    return PfaSyncLog.objects.create(organization=organization, status=status, **{**defaults, **fields})
 
 
 def mirror_rows(organization, count: int) -> None:
@@ -53,8 +42,8 @@ ORGANIZATIONS = reverse("admin:mirror_organization_changelist")
 
 def test_organization_list_shows_last_sync_and_mirror_size(admin_client):
     rio = configured("RIO")
-    run(rio, records_processed=111, created_at=timezone.now() - timedelta(hours=2))
-    run(rio, status=SyncStatus.FAILED, records_processed=7)
+    PfaSyncLogFactory(organization=rio, records_processed=111, created_at=timezone.now() - timedelta(hours=2))
+    PfaSyncLogFactory(organization=rio, status=SyncStatus.FAILED, records_processed=7)
     mirror_rows(rio, 5)
     response = admin_client.get(ORGANIZATIONS)
     assert response.status_code == 200
@@ -83,7 +72,7 @@ def test_organization_list_query_count_does_not_grow_with_organizations(admin_cl
         admin_client.get(ORGANIZATIONS)
     for code in ("BBB", "CCC", "DDD"):
         organization = configured(code)
-        run(organization)
+        PfaSyncLogFactory(organization=organization)
         mirror_rows(organization, 2)
     with CaptureQueriesContext(connection) as four:
         response = admin_client.get(ORGANIZATIONS)
@@ -175,22 +164,24 @@ def history():
     rio, hou = configured("RIO"), configured("HOU")
     old = timezone.now() - timedelta(days=10)
     return {
-        "completed": run(
-            rio,
+        "completed": PfaSyncLogFactory(
+            organization=rio,
             records_processed=250,
             records_inserted=250,
             created_at=old,
             started_at=old,
         ),
-        "failed": run(
-            hou,
+        "failed": PfaSyncLogFactory(
+            organization=hou,
             status=SyncStatus.FAILED,
             trigger=PfaSyncLog.Trigger.ADMIN,
             sync_type=PfaSyncLog.SyncType.INCREMENTAL,
             error_message="PEMS request failed (HTTP 500): boom",
             error_details={"error_type": "PemsUnavailable", "pems_status": 500},
         ),
-        "running": run(rio, status=SyncStatus.RUNNING, records_total=200, records_processed=50),
+        "running": PfaSyncLogFactory(
+            organization=rio, status=SyncStatus.RUNNING, records_total=200, records_processed=50
+        ),
     }
 
 
@@ -219,8 +210,10 @@ def test_sync_log_list_shows_counts_status_and_duration(admin_client, history):
 
 def test_sync_log_shows_records_deleted_and_whether_a_mass_deletion_was_allowed(admin_client):
     rio = configured("RIO")
-    allowed = run(rio, sync_type=PfaSyncLog.SyncType.FULL, records_deleted=4321, allow_mass_delete=True)
-    run(rio, created_at=timezone.now() - timedelta(days=1))
+    allowed = PfaSyncLogFactory(
+        organization=rio, sync_type=PfaSyncLog.SyncType.FULL, records_deleted=4321, allow_mass_delete=True
+    )
+    PfaSyncLogFactory(organization=rio, created_at=timezone.now() - timedelta(days=1))
     body = admin_client.get(SYNC_LOGS).content.decode()
     assert "Records deleted" in body and "4321" in body
     assert listed(admin_client, allow_mass_delete__exact="1") == {allowed.pk}
@@ -263,7 +256,11 @@ def test_sync_log_search_matches_the_exact_batch_id(admin_client, history):
 
 def test_cancel_action_ends_a_queued_run_and_stops_a_running_one_at_its_next_page(admin_client):
     rio, hou, bog = configured("RIO"), configured("HOU"), configured("BOG")
-    queued, running, ended = run(rio, SyncStatus.QUEUED), run(hou, SyncStatus.RUNNING), run(bog)
+    queued, running, ended = (
+        PfaSyncLogFactory(organization=rio, status=SyncStatus.QUEUED),
+        PfaSyncLogFactory(organization=hou, status=SyncStatus.RUNNING),
+        PfaSyncLogFactory(organization=bog),
+    )
     response = admin_client.post(
         SYNC_LOGS,
         {"action": "cancel", "_selected_action": [str(r.pk) for r in (queued, running, ended)]},

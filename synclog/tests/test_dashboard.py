@@ -13,6 +13,7 @@ from mirror.models import PfaMirror
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from synclog.dashboard import bar_chart, compact_number, interval_length
 from synclog.models import PfaSyncLog, SyncStatus
+from synclog.tests.factories import PfaSyncLogFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -21,14 +22,6 @@ DASHBOARD = reverse("synclog:dashboard")
 
 def configured(code: str):
     return ApiConfigurationFactory(organization=OrganizationFactory(code=code)).organization
-
-
-def run(organization, status=SyncStatus.COMPLETED, *, ago: timedelta = timedelta(0), **fields) -> PfaSyncLog:
-    moment = timezone.now() - ago
-    values = {"trigger": PfaSyncLog.Trigger.SCHEDULE, "created_at": moment, "started_at": moment}
-    if status in SyncStatus.terminal():
-        values.update(completed_at=moment + timedelta(seconds=2), duration_ms=2000)
-    return PfaSyncLog.objects.create(organization=organization, status=status, **{**values, **fields})
 
 
 def org_row(body: str, code: str) -> str:
@@ -54,7 +47,7 @@ def test_dashboard_shows_the_worker_and_one_row_per_organization(admin_client, s
     rio = configured("RIO")
     configured("HOU")
     PfaMirror.objects.create(organization=rio, pfa_id="PFA-1", data={}, content_hash="0" * 32)
-    run(rio, ago=timedelta(minutes=5), records_processed=250)
+    PfaSyncLogFactory(organization=rio, ago=timedelta(minutes=5), records_processed=250)
     response = admin_client.get(DASHBOARD)
     assert response.status_code == 200
     body = response.content.decode()
@@ -86,21 +79,23 @@ def test_dashboard_shows_both_schedules_and_their_next_runs(admin_client, settin
 def test_an_organization_whose_last_full_read_held_back_deletions_shows_a_warning(admin_client):
     rio, hou = configured("RIO"), configured("HOU")
     message = "1,200 of 2,000 records (60.0%) are gone from PEMS: more than 10%, so none were deleted."
-    run(
-        rio,
+    PfaSyncLogFactory(
+        organization=rio,
         ago=timedelta(hours=1),
         sync_type=PfaSyncLog.SyncType.FULL,
         error_message=message,
         error_details={"deletions_held_back": 1200},
     )
-    run(rio, SyncStatus.FAILED, ago=timedelta(minutes=5))  # the warning is the last *completed* read's
-    run(hou, ago=timedelta(minutes=5), error_details={"deletions_held_back": 0})
+    PfaSyncLogFactory(
+        organization=rio, status=SyncStatus.FAILED, ago=timedelta(minutes=5)
+    )  # the warning is the last *completed* read's
+    PfaSyncLogFactory(organization=hou, ago=timedelta(minutes=5), error_details={"deletions_held_back": 0})
     body = admin_client.get(DASHBOARD).content.decode()
     warning = re.search(r'<div class="deletions-held-back" role="alert">(.*?)</div>', org_row(body, "RIO"), re.S)
     assert warning and message in warning.group(1) and "1200" in warning.group(1)
     assert "deletions-held-back" in body.split("<style>", 1)[1].split("</style>", 1)[0]  # styled to stand out
     assert 'class="deletions-held-back"' not in org_row(body, "HOU")
-    run(rio, ago=timedelta(minutes=1))  # a later completed read without held-back deletions
+    PfaSyncLogFactory(organization=rio, ago=timedelta(minutes=1))  # a later completed read without held-back deletions
     assert 'class="deletions-held-back"' not in org_row(admin_client.get(DASHBOARD).content.decode(), "RIO")
 
 
@@ -117,8 +112,8 @@ def test_mirror_size_counts_only_records_not_deleted_in_pems(admin_client):
 def test_a_sync_older_than_two_intervals_is_highlighted(admin_client, settings):
     settings.SYNC_INTERVAL = "*/15 * * * *"
     fresh, old = configured("FRESH"), configured("OLD")
-    run(fresh, ago=timedelta(minutes=20))
-    run(old, ago=timedelta(minutes=40))
+    PfaSyncLogFactory(organization=fresh, ago=timedelta(minutes=20))
+    PfaSyncLogFactory(organization=old, ago=timedelta(minutes=40))
     body = admin_client.get(DASHBOARD).content.decode()
     assert 'class="org-row" data-org="FRESH"' in body
     assert 'class="org-row stale" data-org="OLD"' in body and "(stale)" in org_row(body, "OLD")
@@ -126,12 +121,12 @@ def test_a_sync_older_than_two_intervals_is_highlighted(admin_client, settings):
 
 def test_consecutive_failures_count_only_failures_after_the_last_success(admin_client):
     rio, hou = configured("RIO"), configured("HOU")
-    run(rio, SyncStatus.FAILED, ago=timedelta(hours=5))
-    run(rio, ago=timedelta(hours=4))
-    run(rio, SyncStatus.FAILED, ago=timedelta(hours=3))
-    run(rio, SyncStatus.CANCELLED, ago=timedelta(hours=2))
-    run(rio, SyncStatus.FAILED, ago=timedelta(hours=1))
-    run(hou, SyncStatus.FAILED, ago=timedelta(hours=1))
+    PfaSyncLogFactory(organization=rio, status=SyncStatus.FAILED, ago=timedelta(hours=5))
+    PfaSyncLogFactory(organization=rio, ago=timedelta(hours=4))
+    PfaSyncLogFactory(organization=rio, status=SyncStatus.FAILED, ago=timedelta(hours=3))
+    PfaSyncLogFactory(organization=rio, status=SyncStatus.CANCELLED, ago=timedelta(hours=2))
+    PfaSyncLogFactory(organization=rio, status=SyncStatus.FAILED, ago=timedelta(hours=1))
+    PfaSyncLogFactory(organization=hou, status=SyncStatus.FAILED, ago=timedelta(hours=1))
     body = admin_client.get(DASHBOARD).content.decode()
     assert '<td class="failures failures-bad">2</td>' in org_row(body, "RIO")
     assert '<td class="failures failures-bad">1</td>' in org_row(body, "HOU")
@@ -139,9 +134,9 @@ def test_consecutive_failures_count_only_failures_after_the_last_success(admin_c
 
 def test_charts_are_inline_svg_with_values_printed(admin_client):
     rio = configured("RIO")
-    run(rio, ago=timedelta(days=2), records_processed=1234, duration_ms=61_000)
-    run(rio, SyncStatus.FAILED, ago=timedelta(days=1), records_processed=17)
-    run(rio, ago=timedelta(days=40), records_processed=999_999)  # outside the 30 days
+    PfaSyncLogFactory(organization=rio, ago=timedelta(days=2), records_processed=1234, duration_ms=61_000)
+    PfaSyncLogFactory(organization=rio, status=SyncStatus.FAILED, ago=timedelta(days=1), records_processed=17)
+    PfaSyncLogFactory(organization=rio, ago=timedelta(days=40), records_processed=999_999)  # outside the 30 days
     body = admin_client.get(DASHBOARD).content.decode()
     assert body.count('<figure class="chart">') == 3  # failures per day, then records and duration for RIO
     assert "RIO: records processed per run (every run, 30 days)" in body
@@ -153,7 +148,7 @@ def test_charts_are_inline_svg_with_values_printed(admin_client):
 
 def test_dashboard_refreshes_itself_while_a_run_is_active(admin_client):
     rio = configured("RIO")
-    run(rio, SyncStatus.RUNNING, records_total=250, records_processed=100)
+    PfaSyncLogFactory(organization=rio, status=SyncStatus.RUNNING, records_total=250, records_processed=100)
     body = admin_client.get(DASHBOARD).content.decode()
     assert '<meta http-equiv="refresh" content="5">' in body
     assert "100 of 250 records" in body
@@ -201,8 +196,8 @@ def test_sync_now_whose_task_the_broker_refuses_is_an_error(admin_client, monkey
 
 def test_cancel_button_on_an_active_run(admin_client):
     rio, hou = configured("RIO"), configured("HOU")
-    queued = run(rio, SyncStatus.QUEUED)
-    running = run(hou, SyncStatus.RUNNING, records_total=250, records_processed=100)
+    queued = PfaSyncLogFactory(organization=rio, status=SyncStatus.QUEUED)
+    running = PfaSyncLogFactory(organization=hou, status=SyncStatus.RUNNING, records_total=250, records_processed=100)
     body = admin_client.get(DASHBOARD).content.decode()
     for sync_log in (queued, running):
         assert f'action="{reverse("synclog:cancel", args=[sync_log.pk])}"' in body
@@ -232,3 +227,24 @@ def test_bar_chart_scales_to_the_largest_value():
     assert [bar.height for bar in chart.bars] == [chart.plot_height / 2, chart.plot_height]
     assert chart.y_max_label == "100" and chart.bars[1].failed
     assert compact_number(1_500_000) == "1.5M" and compact_number(12.0) == "12"
+
+
+def test_dashboard_shows_each_organizations_edits_and_the_kpi_views(admin_client):
+    from django.contrib.auth.models import User
+
+    from mirror.materialized import views_refresh
+    from mirror.models import PfaModification
+
+    rio = configured("RIO")
+    configured("HOU")
+    ann = User.objects.create_user("ann")
+    for n, state in enumerate(["draft", "draft", "committed", "writing", "conflict", "written", "failed"]):
+        PfaModification.objects.create(organization=rio, pfa_id=f"P{n}", author=ann, state=state, base_version=1)
+    body = admin_client.get(DASHBOARD).content.decode()
+    assert 'id="views-refresh">never refreshed' in body
+    row = org_row(body, "RIO")
+    assert '<td class="drafts">2</td>' in row and '<td class="edits-waiting">2</td>' in row
+    assert "state=conflict" in row  # the conflict count links to the modifications to resolve
+    assert '<td class="drafts">0</td>' in org_row(body, "HOU")
+    views_refresh(now_anyway=True)
+    assert re.search(r'id="views-refresh">refreshed .* ago, in \d+ ms', admin_client.get(DASHBOARD).content.decode())

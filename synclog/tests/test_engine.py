@@ -7,7 +7,6 @@ import time
 from dataclasses import replace
 
 import pytest
-from django.core.management import CommandError, call_command
 from django.db import connection
 
 from mirror.models import ApiConfiguration, PfaMirror
@@ -244,19 +243,6 @@ def test_failing_organization_does_not_stop_the_next(rio, pems_server, caplog):
     assert outcomes[0].sync_log.batch_id == outcomes[1].sync_log.batch_id
     assert "wrong-password" not in caplog.text + failed.error_message
     assert DEFAULT_PASSWORD not in caplog.text
-
-
-def test_sync_pems_command_prints_summary_and_fails_when_an_organization_fails(rio, pems_server, capsys):
-    call_command("sync_pems", "--org", "RIO", "--full")
-    output = capsys.readouterr().out
-    assert "RIO" in output and "completed" in output and "250" in output
-    assert PfaSyncLog.objects.get(organization=rio).trigger == "command"
-    pems_server.simulator.set_auth_failure_status(401)
-    ApiConfiguration.objects.filter(organization=rio).update(username="nobody")
-    with pytest.raises(CommandError, match="1 of 1 organizations did not complete: RIO"):
-        call_command("sync_pems", "--org", "RIO")
-    with pytest.raises(CommandError, match="Unknown organization code"):
-        call_command("sync_pems", "--org", "NOPE")
 
 
 def run_incremental(organization) -> PfaSyncLog:

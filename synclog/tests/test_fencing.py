@@ -101,6 +101,23 @@ def test_cancel_ends_a_queued_run_at_once_and_a_running_one_at_its_next_page(rio
     assert PfaSyncLog.objects.get(pk=running.pk).error_message.startswith("Cancelled on request")
 
 
+def test_lease_fails_silent_runs_and_frees_the_organization(settings):
+    settings.SYNC_LEASE_SECONDS = 60
+    organization = ApiConfigurationFactory(organization=OrganizationFactory(code="RIO")).organization
+    lost = sync_claim(organization=organization, trigger="schedule")
+    lost.start()
+    PfaSyncLog.objects.filter(pk=lost.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=61))
+    fresh = ApiConfigurationFactory(organization=OrganizationFactory(code="HOU")).organization
+    alive = sync_claim(organization=fresh, trigger="schedule")
+    alive.start()
+    assert stale_runs_expire() == [lost]
+    lost.refresh_from_db()
+    assert lost.status == SyncStatus.FAILED and lost.error_message.startswith("Worker lost: no heartbeat since")
+    assert lost.error_details["error_type"] == "WorkerLost"
+    assert PfaSyncLog.objects.get(pk=alive.pk).status == SyncStatus.RUNNING
+    sync_claim(organization=organization, trigger="schedule")  # free again
+
+
 def test_a_claim_reaps_a_dead_run_of_its_organization_first(rio, settings):
     dead = sync_claim(organization=rio, trigger="schedule")
     dead.start()

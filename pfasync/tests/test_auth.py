@@ -1,5 +1,5 @@
-"""The API's sign-in: login throttling, rotating and revocable refresh tokens, the JWT signing key,
-and who may read the schema and the docs."""
+"""The API's sign-in (`pfasync.auth`): login, login throttling, rotating and revocable refresh
+tokens, the JWT signing key, and who may read the schema and the docs."""
 
 import os
 import subprocess
@@ -8,26 +8,28 @@ import sys
 import jwt
 import pytest
 from django.conf import settings as django_settings
-from django.contrib.auth.models import User
-from django.core.cache import cache
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 from rest_framework.test import APIClient
+
+from mirror.tests.factories import OrganizationFactory
 
 pytestmark = pytest.mark.django_db
 
 PASSWORD = "pw-Long-enough-1"
 
 
-@pytest.fixture(autouse=True)
-def fresh_throttles():
-    cache.clear()  # the login throttles count in the cache: every test starts from none, leaves none
-    yield
-    cache.clear()
-
-
 @pytest.fixture
 def ana():
     return User.objects.create_user("ana", password=PASSWORD)
+
+
+@pytest.fixture
+def ana_of_rio(ana):
+    """Ana, a member of RIO who may start syncs."""
+    ana.organizations.set([OrganizationFactory(code="RIO")])
+    ana.user_permissions.add(Permission.objects.get(content_type__app_label="synclog", codename="trigger_sync"))
+    return ana
 
 
 def login(username: str, password: str, **request):
@@ -43,6 +45,45 @@ def assert_error(response, status_code: int, code: str) -> dict:
     body = response.json()
     assert body["success"] is False and body["error"] == code and body["message"], body
     return body
+
+
+# --- login, refresh -------------------------------------------------------------------------------
+
+
+def test_login_returns_tokens_and_the_user_with_their_organizations(ana_of_rio):
+    response = APIClient().post("/api/auth/login", {"username": "ana", "password": PASSWORD}, format="json")
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) >= {"access", "refresh", "user"}
+    assert body["user"] == {
+        "id": ana_of_rio.id,
+        "username": "ana",
+        "isStaff": False,
+        "isSuperuser": False,
+        "canTriggerSync": True,
+        "organizations": ["RIO"],
+    }
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {body['access']}")
+    assert client.get("/api/organizations").status_code == 200
+    refreshed = APIClient().post("/api/auth/refresh", {"refresh": body["refresh"]}, format="json")
+    assert refreshed.status_code == 200 and refreshed.json()["access"]
+
+
+def test_login_with_a_wrong_password_is_401(ana):
+    response = APIClient().post("/api/auth/login", {"username": "ana", "password": "nope"}, format="json")
+    assert_error(response, 401, "UNAUTHORIZED")
+
+
+def test_login_without_password_is_400_naming_it():
+    body = assert_error(
+        APIClient().post("/api/auth/login", {"username": "ana"}, format="json"), 400, "VALIDATION_ERROR"
+    )
+    assert set(body["fields"]) == {"password"} and "password" in body["message"]
+
+
+def test_refresh_with_a_bad_token_is_401():
+    assert_error(APIClient().post("/api/auth/refresh", {"refresh": "garbage"}, format="json"), 401, "UNAUTHORIZED")
 
 
 # --- login throttling -----------------------------------------------------------------------------

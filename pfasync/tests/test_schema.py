@@ -7,21 +7,12 @@ that every answer matches the schema's declared response shape.
 import pytest
 import schemathesis
 from django.contrib.auth.models import User
-from django.core.cache import cache
 from hypothesis import HealthCheck, settings
 from rest_framework_simplejwt.tokens import RefreshToken
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
-
-
-@pytest.fixture
-def api_settings(settings):
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "EXCEPTION_HANDLER": "pfasync.api.exception_handler"}
-    cache.clear()  # the login throttles count in the cache: start from none, and leave none behind
-    yield
-    cache.clear()
 
 
 @pytest.fixture
@@ -32,7 +23,7 @@ def access_token(transactional_db) -> str:
 
 
 @pytest.fixture
-def api_schema(live_server, api_settings, access_token):
+def api_schema(live_server, access_token):
     # The schema needs a signed-in user (API_DOCS_PUBLIC is off).
     return schemathesis.openapi.from_url(
         f"{live_server.url}/api/schema/?format=json", headers={"Authorization": f"Bearer {access_token}"}

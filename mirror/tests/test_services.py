@@ -1,4 +1,5 @@
-"""Records deleted in PEMS: hidden from every read of the mirror, purged after the retention days."""
+"""The mirror's domain functions (`mirror.services`): the records list leaves out records deleted in
+PEMS, and the purge (with its command) deletes them for good after the retention days."""
 
 from datetime import date, timedelta
 
@@ -7,8 +8,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from mirror import services
-from mirror.models import Organization, PfaMirror
-from mirror.selectors import mirror_size_subquery
+from mirror.models import PfaMirror
 from mirror.services import pfa_deleted_purge, pfa_records_list, pfa_records_list_query
 from mirror.tests.factories import OrganizationFactory
 
@@ -42,15 +42,6 @@ def hou():
 
 
 # --- reads --------------------------------------------------------------------------------------
-
-
-def test_mirror_size_counts_live_records_only(rio, hou):
-    record(rio, "PFA-1")
-    record(rio, "PFA-2")
-    record(rio, "PFA-3", deleted_days_ago=1)
-    record(hou, "PFA-4", deleted_days_ago=1)
-    sizes = dict(Organization.objects.annotate(size=mirror_size_subquery()).values_list("code", "size"))
-    assert sizes == {"RIO": 2, "HOU": 0}
 
 
 @pytest.mark.parametrize(
