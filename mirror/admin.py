@@ -17,7 +17,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from mirror.models import ApiConfiguration, PfaMirror
+from mirror.models import ApiConfiguration, PfaMirror, PfaModification
 from mirror.pems import PemsError
 from mirror.services import pems_connection_check
 
@@ -332,3 +332,28 @@ class PfaMirrorAdmin(admin.ModelAdmin):
             "<pre>{}</pre>",
             json.dumps(record.data, indent=2, sort_keys=True, ensure_ascii=False),
         )
+
+
+@admin.register(PfaModification)
+class PfaModificationAdmin(admin.ModelAdmin):
+    """Planners' edits, from draft to written; made through the API, looked at here."""
+
+    list_display = ("pfa_id", "organization", "author", "state", "changed_fields", "committed_at", "updated_at")
+    list_filter = ("state", "organization", "author")
+    list_select_related = ("organization", "author")
+    search_fields = ("=pfa_id",)
+    ordering = ("-updated_at",)
+    readonly_fields = [field.name for field in PfaModification._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # edits come through the records API, which validates them
+
+    def has_change_permission(self, request: HttpRequest, obj: PfaModification | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: PfaModification | None = None) -> bool:
+        return False  # the history of what was written stays
+
+    @admin.display(description="fields changed")
+    def changed_fields(self, modification: PfaModification) -> str:
+        return ", ".join(sorted(modification.changes))

@@ -355,3 +355,29 @@ def kpis_get(*, organization: Organization) -> Kpis:
 
 def _as_date(value: Any) -> date | None:
     return date.fromisoformat(value) if isinstance(value, str) else value
+
+
+# --- Modifications at a glance ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EditCounts:
+    drafts: int = 0
+    waiting: int = 0  # committed or being written: not in PEMS yet
+    conflicts: int = 0
+
+
+def edit_counts_by_organization() -> dict[UUID, EditCounts]:
+    """Per organization, its open drafts, its edits waiting to be written and its open conflicts (one query)."""
+    states = {
+        "drafts": Q(state=PfaModification.State.DRAFT),
+        "waiting": Q(state__in=PfaModification.SHARED_STATES),
+        "conflicts": Q(state=PfaModification.State.CONFLICT),
+    }
+    rows = (
+        PfaModification.objects.filter(state__in=[*PfaModification.OPEN_STATES, PfaModification.State.CONFLICT])
+        .values("organization_id")
+        .annotate(**{name: Count("pk", filter=condition) for name, condition in states.items()})
+        .order_by()
+    )
+    return {row.pop("organization_id"): EditCounts(**row) for row in rows}

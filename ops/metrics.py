@@ -12,14 +12,13 @@ from collections.abc import Iterator
 from uuid import UUID
 
 from django.db import transaction
-from django.db.models import Count, Q
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from mirror.models import PfaModification
+from mirror.selectors import EditCounts, edit_counts_by_organization
 from ops.heartbeat import worker_heartbeat
 from ops.mirror_counts import mirror_counts_refresh
 from ops.models import MirrorCount
@@ -60,27 +59,11 @@ class PfasyncCollector(Collector):
         yield from _worker_metrics()
 
 
-def open_modification_counts() -> dict[UUID, tuple[int, int]]:
-    """Per organization, its edits waiting to be written (modifications `committed` or `writing`)
-    and its open conflicts (`conflict`)."""
-    conflict = PfaModification.State.CONFLICT
-    rows = (
-        PfaModification.objects.filter(state__in=(*PfaModification.SHARED_STATES, conflict))
-        .values("organization_id")
-        .annotate(
-            waiting=Count("pk", filter=Q(state__in=PfaModification.SHARED_STATES)),
-            conflicts=Count("pk", filter=Q(state=conflict)),
-        )
-        .order_by()
-    )
-    return {row["organization_id"]: (row["waiting"], row["conflicts"]) for row in rows}
-
-
 def _organization_metrics() -> Iterator[Metric]:
     now = timezone.now()
     organizations = list(organizations_sync_state())
     sizes = {row.organization_id: row for row in MirrorCount.objects.filter(organization__in=organizations)}
-    edits = open_modification_counts()
+    edits = edit_counts_by_organization()
     label = ["organization"]
     age = GaugeMetricFamily(
         "pfasync_last_completed_read_age_seconds",
@@ -138,9 +121,9 @@ def _organization_metrics() -> Iterator[Metric]:
             live.add_metric(code, size.live_rows)
             deleted.add_metric(code, size.deleted_rows)
         kept_aside.add_metric(code, organization.kept_aside or 0)
-        open_edits = edits.get(organization.pk, (0, 0))
-        waiting.add_metric(code, open_edits[0])
-        conflicts.add_metric(code, open_edits[1])
+        open_edits = edits.get(organization.pk, EditCounts())
+        waiting.add_metric(code, open_edits.waiting)
+        conflicts.add_metric(code, open_edits.conflicts)
     yield from (age, completed_at, status, failures, live, deleted, kept_aside, waiting, conflicts)
 
 

@@ -14,8 +14,9 @@ from django.db.models import Count, Q, Subquery
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
+from mirror.materialized import views_refresh_state
 from mirror.models import Organization
-from mirror.selectors import mirror_size_subquery
+from mirror.selectors import EditCounts, edit_counts_by_organization, mirror_size_subquery
 from ops.selectors import organizations_sync_state
 from synclog.models import PfaSyncLog, SyncStatus
 from synclog.selectors import latest_read_runs
@@ -135,6 +136,7 @@ def _organization_rows(*, now: datetime, interval: timedelta, last_runs: dict) -
         last_success_details=Subquery(completed.values("error_details")[:1]),
         mirror_size=mirror_size_subquery(),
     )
+    edits = edit_counts_by_organization()
     rows = []
     for organization in organizations:
         age = now - organization.last_completed_at if organization.last_completed_at else None
@@ -151,6 +153,7 @@ def _organization_rows(*, now: datetime, interval: timedelta, last_runs: dict) -
                 # allows and deleted none: ops decide (`sync_pems --full --allow-mass-delete`).
                 "deletions_held_back": (organization.last_success_details or {}).get("deletions_held_back"),
                 "last_success_message": organization.last_success_message,
+                "edits": edits.get(organization.pk, EditCounts()),
             }
         )
     return rows
@@ -244,6 +247,7 @@ def dashboard_overview(*, now: datetime | None = None) -> dict:
         "organizations": _organization_rows(now=now, interval=interval, last_runs=worker["last_runs"]),
         "active_runs": active_runs,
         "refresh": bool(active_runs),
+        "views": views_refresh_state(),
         "charts": _charts(now=now),
         "failed_in_window": PfaSyncLog.objects.filter(
             Q(status=SyncStatus.FAILED),

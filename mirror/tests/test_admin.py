@@ -413,3 +413,22 @@ def test_an_http_base_url_is_a_field_error_unless_allowed(admin_client, connecti
     response = admin_client.post(url, change_form_data(connection, base_url="http://pems.test", secret=SECRET))
     assert response.status_code == 200
     assert list(response.context["adminform"].form.errors) == ["base_url"]
+
+
+def test_modifications_are_listed_filtered_and_read_only(admin_client):
+    from django.contrib.auth.models import User
+
+    from mirror.models import Organization, PfaModification
+
+    rio = Organization.objects.create(code="RIO", name="Rio")
+    ann = User.objects.create_user("ann")
+    written = PfaModification.objects.create(
+        organization=rio, pfa_id="P1", author=ann, state="written", base_version=1, changes={"dor": "BEO"}
+    )
+    PfaModification.objects.create(organization=rio, pfa_id="P2", author=ann, state="conflict", base_version=1)
+    changelist = reverse("admin:mirror_pfamodification_changelist")
+    body = admin_client.get(changelist, {"state": "conflict"}).content.decode()
+    assert ">P2<" in body and ">P1<" not in body
+    page = admin_client.get(reverse("admin:mirror_pfamodification_change", args=[written.pk]))
+    assert page.status_code == 200 and 'name="state"' not in page.content.decode()
+    assert admin_client.post(reverse("admin:mirror_pfamodification_delete", args=[written.pk])).status_code == 403
