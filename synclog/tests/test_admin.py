@@ -133,13 +133,9 @@ def test_sync_now_without_a_connection_reports_it(admin_client):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_sync_now_whose_task_the_broker_refuses_is_an_error_and_blocks_nothing(admin_client, monkeypatch):
+def test_sync_now_whose_task_the_broker_refuses_is_an_error_and_blocks_nothing(admin_client, broker_down):
     rio = configured("RIO")
 
-    def broker_down(*args, **kwargs):
-        raise ConnectionError("Error 111 connecting to the broker. Connection refused.")
-
-    monkeypatch.setattr("django_q.tasks.async_task", broker_down)
     ((level, text),) = message_texts(organization_action(admin_client, "sync_now", rio))
     assert level == "error" and "Could not be queued" in text
     assert PfaSyncLog.objects.get(organization=rio).status == SyncStatus.FAILED

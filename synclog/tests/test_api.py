@@ -255,14 +255,10 @@ def test_twenty_concurrent_triggers_start_exactly_one_run():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_trigger_whose_task_the_broker_refuses_is_503_and_leaves_nothing_blocked(monkeypatch):
+def test_trigger_whose_task_the_broker_refuses_is_503_and_leaves_nothing_blocked(broker_down, monkeypatch):
     rio = ApiConfigurationFactory(organization=OrganizationFactory(code="RIO")).organization
     user = make_user("ana", organizations=[rio])
 
-    def broker_down(*args, **kwargs):
-        raise ConnectionError("Error 111 connecting to the broker. Connection refused.")
-
-    monkeypatch.setattr("django_q.tasks.async_task", broker_down)
     body = assert_error(
         client_for(user).post("/api/sync/trigger", {"organizationId": "RIO"}, format="json"), 503, "QUEUE_UNAVAILABLE"
     )

@@ -181,13 +181,9 @@ def test_sync_now_needs_a_csrf_token(client, admin_user):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_sync_now_whose_task_the_broker_refuses_is_an_error(admin_client, monkeypatch):
+def test_sync_now_whose_task_the_broker_refuses_is_an_error(admin_client, broker_down):
     rio = configured("RIO")
 
-    def broker_down(*args, **kwargs):
-        raise ConnectionError("Error 111 connecting to the broker. Connection refused.")
-
-    monkeypatch.setattr("django_q.tasks.async_task", broker_down)
     response = admin_client.post(reverse("synclog:sync-now", args=["RIO"]), follow=True)
     ((level, text),) = [(m.level_tag, str(m)) for m in get_messages(response.wsgi_request)]
     assert level == "error" and "Could not be queued" in text

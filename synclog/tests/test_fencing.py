@@ -129,11 +129,9 @@ def test_a_claim_reaps_a_dead_run_of_its_organization_first(rio, settings):
     assert PfaSyncLog.objects.get(pk=dead.pk).status == SyncStatus.FAILED
 
 
-def test_a_task_the_broker_refuses_fails_its_run_at_once(rio, monkeypatch, django_capture_on_commit_callbacks):
-    def broker_down(*args, **kwargs):
-        raise ConnectionError("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
-
-    monkeypatch.setattr("django_q.tasks.async_task", broker_down)
+def test_a_task_the_broker_refuses_fails_its_run_at_once(
+    rio, broker_down, monkeypatch, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         batch = sync_start(organizations=[rio], trigger="api")
     assert batch.queued == [] and isinstance(batch.refused[0], SyncNotQueued)

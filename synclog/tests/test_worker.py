@@ -28,6 +28,7 @@ from synclog.models import PfaSyncLog, SyncStatus
 from synclog.worker import (
     FULL_SCHEDULE,
     TICK_SCHEDULE,
+    SyncSchedule,
     scheduled_organizations,
     schedules_upsert,
     sync_full,
@@ -51,12 +52,18 @@ def in_worker_processes(test):
     return test
 
 
-def test_schedule_follows_the_environment_and_is_never_duplicated(settings, capsys):
+def set_up_twice(settings, schedule: SyncSchedule, cron: str) -> Schedule:
+    """Run `setup_schedules` twice with the worker on and `schedule`'s cron setting at `cron`; the
+    one row it leaves."""
     settings.ENABLE_SYNC_WORKER = True
-    settings.SYNC_INTERVAL = "*/15 * * * *"
+    setattr(settings, schedule.setting, cron)
     call_command("setup_schedules")
     call_command("setup_schedules")
-    schedule = Schedule.objects.get(name=TICK_SCHEDULE.name)
+    return Schedule.objects.get(name=schedule.name)
+
+
+def test_schedule_follows_the_environment_and_is_never_duplicated(settings, capsys):
+    schedule = set_up_twice(settings, TICK_SCHEDULE, "*/15 * * * *")
     assert (schedule.func, schedule.schedule_type, schedule.cron) == ("synclog.tasks.sync_tick", "C", "*/15 * * * *")
     assert schedule.next_run > timezone.now() and schedule.next_run.minute % 15 == 0
     settings.SYNC_INTERVAL = "0 * * * *"
@@ -69,11 +76,7 @@ def test_schedule_follows_the_environment_and_is_never_duplicated(settings, caps
 
 
 def test_full_read_schedule_follows_sync_full_interval_and_is_never_duplicated(settings, capsys):
-    settings.ENABLE_SYNC_WORKER = True
-    settings.SYNC_FULL_INTERVAL = "0 3 * * *"
-    call_command("setup_schedules")
-    call_command("setup_schedules")
-    full = Schedule.objects.get(name=FULL_SCHEDULE.name)
+    full = set_up_twice(settings, FULL_SCHEDULE, "0 3 * * *")
     assert (full.func, full.schedule_type, full.cron) == ("synclog.tasks.sync_full", "C", "0 3 * * *")
     assert full.next_run > timezone.now() and (full.next_run.hour, full.next_run.minute) == (3, 0)
     assert "'pfasync-sync-full': cron '0 3 * * *'" in capsys.readouterr().out

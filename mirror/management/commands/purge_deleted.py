@@ -2,8 +2,8 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
+from mirror.management.organizations import add_org_argument, organizations_from_codes
 from mirror.models import Organization
-from mirror.selectors import organizations_named
 from mirror.services import pfa_deleted_purge
 
 
@@ -14,13 +14,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument(
-            "--org",
-            action="append",
-            dest="orgs",
-            metavar="CODE",
-            help="organization code; repeat for several (default: all)",
-        )
+        add_org_argument(parser, default="all")
         parser.add_argument(
             "--days",
             type=int,
@@ -39,9 +33,4 @@ class Command(BaseCommand):
 
     def _organizations(self, codes: list[str] | None) -> list[Organization | None]:
         """The organizations named, or [None]: every organization at once."""
-        if not codes:
-            return [None]
-        try:
-            return organizations_named(codes)
-        except LookupError as error:
-            raise CommandError(str(error)) from None
+        return organizations_from_codes(codes) if codes else [None]

@@ -12,8 +12,8 @@ from django.utils import timezone
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
+from mirror.management.organizations import add_org_argument, organizations_from_codes
 from mirror.models import Organization
-from mirror.selectors import organizations_named
 from ops.metrics import run_figures_write
 from synclog.engine import SyncOutcome, sync_organizations
 from synclog.models import PfaSyncLog
@@ -27,13 +27,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument(
-            "--org",
-            action="append",
-            dest="orgs",
-            metavar="CODE",
-            help="organization code; repeat for several (default: all active)",
-        )
+        add_org_argument(parser, default="every active organization with sync enabled")
         parser.add_argument(
             "--full",
             action="store_true",
@@ -77,10 +71,7 @@ class Command(BaseCommand):
             if not organizations:
                 raise CommandError("No active organization with sync enabled: add one with add_organization.")
             return organizations
-        try:
-            return organizations_named(codes)
-        except LookupError as error:
-            raise CommandError(str(error)) from None
+        return organizations_from_codes(codes)
 
     def _stop_handler(self, stop: threading.Event):
         def handle(signum, frame):
