@@ -5,7 +5,7 @@ import threading
 import uuid
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+from synclog.tests.factories import user_with
 
 pytestmark = pytest.mark.django_db
 
@@ -41,14 +42,6 @@ LOG_KEYS = {
 }
 
 
-def make_user(username: str, *, organizations=(), can_trigger: bool = True, **flags) -> User:
-    user = User.objects.create_user(username=username, password="pw-" + username, **flags)
-    user.organizations.set(organizations)
-    if can_trigger:
-        user.user_permissions.add(Permission.objects.get(codename="trigger_sync", content_type__app_label="synclog"))
-    return user
-
-
 def client_for(user: User | None) -> APIClient:
     client = APIClient()
     if user is not None:
@@ -68,7 +61,7 @@ def hou():
 
 @pytest.fixture
 def rio_user(rio):
-    return make_user("ana", organizations=[rio])
+    return user_with("ana", "synclog.trigger_sync", organizations=[rio])
 
 
 def assert_error(response, status_code: int, code: str) -> dict:
@@ -128,14 +121,14 @@ def test_trigger_another_users_organization_is_404_and_creates_nothing(rio_user,
 
 
 def test_trigger_without_the_permission_is_403(rio):
-    viewer = make_user("viewer", organizations=[rio], can_trigger=False)
+    viewer = user_with("viewer", organizations=[rio])
     response = client_for(viewer).post("/api/sync/trigger", {"organizationId": "RIO"}, format="json")
     assert_error(response, 403, "FORBIDDEN")
     assert not PfaSyncLog.objects.exists()
 
 
 def test_staff_without_the_permission_is_403_but_a_superuser_may(rio):
-    staff = make_user("staff", can_trigger=False, is_staff=True)
+    staff = user_with("staff", is_staff=True)
     assert_error(
         client_for(staff).post("/api/sync/trigger", {"organizationId": "RIO"}, format="json"), 403, "FORBIDDEN"
     )
@@ -159,7 +152,7 @@ def test_trigger_with_a_malformed_body_is_400_naming_the_field(rio_user, payload
 
 def test_staff_trigger_without_organization_queues_every_active_one_in_one_batch(rio, hou):
     OrganizationFactory(code="OLD", is_active=False)
-    staff = make_user("staff", is_staff=True)
+    staff = user_with("staff", "synclog.trigger_sync", is_staff=True)
     running = PfaSyncLog.objects.create(organization=hou, trigger="schedule", status=SyncStatus.RUNNING)
     response = client_for(staff).post("/api/sync/trigger", {}, format="json")
     assert response.status_code == 202, response.content
@@ -180,7 +173,7 @@ def test_staff_trigger_without_organization_queues_every_active_one_in_one_batch
 
 def test_trigger_an_organization_without_a_connection_is_400():
     bare = OrganizationFactory(code="BARE")
-    user = make_user("bob", organizations=[bare])
+    user = user_with("bob", "synclog.trigger_sync", organizations=[bare])
     body = assert_error(
         client_for(user).post("/api/sync/trigger", {"organizationId": "BARE"}, format="json"), 400, "NOT_CONFIGURED"
     )
@@ -189,7 +182,7 @@ def test_trigger_an_organization_without_a_connection_is_400():
 
 
 def test_staff_may_allow_a_mass_deletion(rio, hou):
-    staff = make_user("staff", is_staff=True)
+    staff = user_with("staff", "synclog.trigger_sync", is_staff=True)
     response = client_for(staff).post(
         "/api/sync/trigger", {"organizationId": "RIO", "allowMassDelete": True}, format="json"
     )
@@ -223,7 +216,7 @@ def test_a_non_staff_user_asking_for_a_mass_deletion_is_403(rio, rio_user):
     ],
 )
 def test_allow_mass_delete_must_be_a_boolean_on_a_full_read_of_one_organization(rio, payload):
-    staff = make_user("staff", is_staff=True)
+    staff = user_with("staff", "synclog.trigger_sync", is_staff=True)
     body = assert_error(client_for(staff).post("/api/sync/trigger", payload, format="json"), 400, "VALIDATION_ERROR")
     assert set(body["fields"]) == {"allowMassDelete"} and "allowMassDelete" in body["message"]
     assert not PfaSyncLog.objects.exists()
@@ -233,7 +226,7 @@ def test_allow_mass_delete_must_be_a_boolean_on_a_full_read_of_one_organization(
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite serializes writers; the race needs PostgreSQL")
 def test_twenty_concurrent_triggers_start_exactly_one_run():
     rio = ApiConfigurationFactory(organization=OrganizationFactory(code="RIO")).organization
-    user = make_user("ana", organizations=[rio])
+    user = user_with("ana", "synclog.trigger_sync", organizations=[rio])
     barrier = threading.Barrier(20)
     statuses: list[int] = []
 
@@ -257,7 +250,7 @@ def test_twenty_concurrent_triggers_start_exactly_one_run():
 @pytest.mark.django_db(transaction=True)
 def test_trigger_whose_task_the_broker_refuses_is_503_and_leaves_nothing_blocked(broker_down, monkeypatch):
     rio = ApiConfigurationFactory(organization=OrganizationFactory(code="RIO")).organization
-    user = make_user("ana", organizations=[rio])
+    user = user_with("ana", "synclog.trigger_sync", organizations=[rio])
 
     body = assert_error(
         client_for(user).post("/api/sync/trigger", {"organizationId": "RIO"}, format="json"), 503, "QUEUE_UNAVAILABLE"
@@ -316,8 +309,8 @@ def test_cancel_a_run_out_of_reach_is_404_and_changes_nothing(rio_user, hou):
 
 def test_cancel_needs_the_permission_to_start_syncs(rio):
     queued = PfaSyncLog.objects.create(organization=rio, trigger="api", status=SyncStatus.QUEUED)
-    viewer = make_user("viewer", organizations=[rio], can_trigger=False)
-    staff = make_user("staff", can_trigger=False, is_staff=True)
+    viewer = user_with("viewer", organizations=[rio])
+    staff = user_with("staff", is_staff=True)
     for user in (viewer, staff):
         assert_error(cancel(user, queued), 403, "FORBIDDEN")
     queued.refresh_from_db()
@@ -374,7 +367,7 @@ def test_status_limit_and_summary_count_the_same_filter(rio, hou, rio_user):
     body = client_for(rio_user).get("/api/sync/status", {"limit": 2}).json()
     assert len(body["logs"]) == 2 and {log["organizationCode"] for log in body["logs"]} == {"RIO"}
     assert body["summary"]["totalSyncs"] == 3
-    staff = make_user("staff", is_staff=True)
+    staff = user_with("staff", "synclog.trigger_sync", is_staff=True)
     assert client_for(staff).get("/api/sync/status").json()["summary"]["totalSyncs"] == 4
 
 
@@ -415,7 +408,7 @@ def test_status_of_a_batch_lists_its_runs(rio, hou):
     batch_id = uuid.uuid4()
     make_log(rio, batch_id=batch_id, status=SyncStatus.COMPLETED)
     make_log(hou, batch_id=batch_id, status=SyncStatus.FAILED)
-    staff = make_user("staff", is_staff=True)
+    staff = user_with("staff", "synclog.trigger_sync", is_staff=True)
     body = client_for(staff).get(f"/api/sync/status/{batch_id}").json()
     assert [log["organizationCode"] for log in body["logs"]] == ["HOU", "RIO"]
     assert body["finished"] is True

@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 from mirror.models import Organization
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from synclog.models import PfaSyncLog, SyncStatus
+from synclog.tests.factories import user_with
 
 pytestmark = pytest.mark.django_db
 
@@ -17,14 +18,6 @@ ORGANIZATIONS = reverse("admin:mirror_organization_changelist")
 SYNC_LOGS = reverse("admin:synclog_pfasynclog_changelist")
 DASHBOARD = reverse("synclog:dashboard")
 VIEW = ["mirror.view_organization", "mirror.view_apiconfiguration", "synclog.view_pfasynclog"]
-
-
-def staff(username: str, *permissions: str) -> User:
-    user = User.objects.create_user(username, password="pw", is_staff=True)
-    for permission in permissions:
-        app_label, codename = permission.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    return User.objects.get(pk=user.pk)  # a fresh permission cache
 
 
 def browser(user: User) -> Client:
@@ -56,17 +49,17 @@ def offered_actions(client, url: str) -> set[str]:
 
 @pytest.fixture
 def viewer() -> User:
-    return staff("viewer", *VIEW)
+    return user_with("viewer", *VIEW, is_staff=True)
 
 
 @pytest.fixture
 def trigger() -> User:
-    return staff("trigger", *VIEW, "synclog.trigger_sync")
+    return user_with("trigger", *VIEW, "synclog.trigger_sync", is_staff=True)
 
 
 @pytest.fixture
 def changer() -> User:
-    return staff("changer", *VIEW, "mirror.change_organization", "mirror.change_apiconfiguration")
+    return user_with("changer", *VIEW, "mirror.change_organization", "mirror.change_apiconfiguration", is_staff=True)
 
 
 # --- start a sync -----------------------------------------------------------------------------------
@@ -180,7 +173,7 @@ def test_django_q_pages_are_for_superusers_only_whatever_the_model_permissions(a
         f"django_q.{codename}"
         for codename in Permission.objects.filter(content_type__app_label="django_q").values_list("codename", flat=True)
     ]
-    client = browser(staff("operator", *every_django_q_permission))
+    client = browser(user_with("operator", *every_django_q_permission, is_staff=True))
     for url in DJANGO_Q_PAGES:
         assert client.get(url).status_code == 403, url
     from django_q.models import Schedule
