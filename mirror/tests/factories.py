@@ -42,8 +42,17 @@ STAFF_PERMISSIONS = ("view_organization", "add_organization", "change_organizati
 CONNECTION_PERMISSIONS = ("view_apiconfiguration", "add_apiconfiguration", "change_apiconfiguration")
 
 
+def user_with(username: str, *permissions: str, organizations=(), **flags) -> User:
+    """A user (password `pw-<username>`) holding these `app_label.codename` permissions, a member of
+    `organizations`; `flags` such as is_staff=True go to the user."""
+    user = User.objects.create_user(username, password=f"pw-{username}", **flags)
+    user.organizations.set(organizations)
+    for permission in permissions:
+        app_label, codename = permission.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return User.objects.get(pk=user.pk)  # a fresh permission cache
+
+
 def staff_user(username: str, *codenames: str) -> User:
     """A staff user holding these `mirror` permissions."""
-    user = User.objects.create_user(username, password="pw", is_staff=True)
-    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="mirror", codename__in=codenames))
-    return User.objects.get(pk=user.pk)  # a fresh permission cache
+    return user_with(username, *(f"mirror.{codename}" for codename in codenames), is_staff=True)

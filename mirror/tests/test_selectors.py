@@ -3,7 +3,7 @@ organizations by code, and the mirror's size (the records list and KPIs are in t
 test_records_api.py)."""
 
 import pytest
-from django.contrib.auth.models import AnonymousUser, User
+from django.contrib.auth.models import AnonymousUser
 from django.utils import timezone
 
 from mirror.models import Organization, PfaMirror
@@ -13,7 +13,7 @@ from mirror.selectors import (
     organizations_named,
     organizations_visible_to,
 )
-from mirror.tests.factories import OrganizationFactory
+from mirror.tests.factories import OrganizationFactory, user_with
 
 pytestmark = pytest.mark.django_db
 
@@ -31,13 +31,11 @@ def hou():
 @pytest.fixture
 def member(rio):
     """A user who is a member of RIO only."""
-    user = User.objects.create_user("ana")
-    user.organizations.set([rio])
-    return user
+    return user_with("ana", organizations=[rio])
 
 
 def test_a_member_sees_their_organizations_staff_every_one_and_anonymous_none(rio, hou, member):
-    staff = User.objects.create_user("sam", is_staff=True)
+    staff = user_with("sam", is_staff=True)
     assert list(organizations_visible_to(member)) == [rio]
     assert set(organizations_visible_to(staff)) == {rio, hou}
     assert not organizations_visible_to(AnonymousUser()).exists()

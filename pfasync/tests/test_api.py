@@ -8,8 +8,7 @@ import pytest
 from django.test import Client
 from rest_framework.test import APIClient
 
-from mirror.tests.factories import OrganizationFactory
-from synclog.tests.factories import user_with
+from mirror.tests.factories import OrganizationFactory, user_with
 
 pytestmark = pytest.mark.django_db
 

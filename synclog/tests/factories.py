@@ -1,9 +1,8 @@
-"""Test factories for the sync app: runs, and users who may start them."""
+"""Test factories for the sync app."""
 
 from datetime import timedelta
 
 import factory
-from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
 from mirror.tests.factories import OrganizationFactory
@@ -30,14 +29,3 @@ class PfaSyncLogFactory(factory.django.DjangoModelFactory):
     completed_at = factory.LazyAttribute(
         lambda run: run.started_at + timedelta(milliseconds=run.duration_ms) if run.ended else None
     )
-
-
-def user_with(username: str, *permissions: str, organizations=(), **flags) -> User:
-    """A user (password `pw-<username>`) holding these `app_label.codename` permissions, a member of
-    `organizations`; `flags` such as is_staff=True go to the user."""
-    user = User.objects.create_user(username, password=f"pw-{username}", **flags)
-    user.organizations.set(organizations)
-    for permission in permissions:
-        app_label, codename = permission.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    return User.objects.get(pk=user.pk)  # a fresh permission cache

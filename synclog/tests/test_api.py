@@ -12,9 +12,8 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework.test import APIClient
 
-from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory, user_with
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
-from synclog.tests.factories import user_with
 
 pytestmark = pytest.mark.django_db
 

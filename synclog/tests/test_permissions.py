@@ -8,9 +8,8 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from mirror.models import Organization
-from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory, user_with
 from synclog.models import PfaSyncLog, SyncStatus
-from synclog.tests.factories import user_with
 
 pytestmark = pytest.mark.django_db
 

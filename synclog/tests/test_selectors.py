@@ -8,10 +8,10 @@ from django.contrib.auth.models import AnonymousUser
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from mirror.tests.factories import OrganizationFactory
+from mirror.tests.factories import OrganizationFactory, user_with
 from synclog.models import PfaSyncLog, SyncStatus
 from synclog.selectors import organizations_to_sync, organizations_with_last_run, sync_logs_visible_to
-from synclog.tests.factories import PfaSyncLogFactory, user_with
+from synclog.tests.factories import PfaSyncLogFactory
 
 pytestmark = pytest.mark.django_db
 
