@@ -16,8 +16,10 @@ On N synthetic PFA rows (the simulator's generator, seed 1) it measures, in this
    incremental read when nothing changed, and 1%-changed re-sync (verified to update exactly the rows
    the simulator changed); plus a first load of a small organization to show that peak memory does
    not grow with N;
-3. the mirror's list query (organization + category + forecast window, newest 100) on the N-row
-   table: p50/p95 and the plan's index;
+3. the delta layer on the N-row organization with 10,000 committed edits and 1,000 drafts of the
+   caller (bench_delta.py): the records list (category + forecast window, newest 100) and the KPIs,
+   p50/p95 through the whole selector, the list plan's indexes, and one refresh of the materialized
+   views; the unchanged re-syncs are checked to ask for no refresh;
 4. dlt (its own venv, `.venv-dlt`, from benchmarks/requirements-dlt.txt) reading the same grid over
    HTTP and merging it by (organization, pfs_id) into a separate database: first load and a
    1%-changed re-sync. If dlt cannot be installed the run says so and goes on.
@@ -42,13 +44,10 @@ import datetime as dt
 import json
 import os
 import platform
-import random
-import re
 import resource
 import shlex
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,6 +74,10 @@ PAGE_SIZE = 5_000
 # Peak memory within this factor between the small and the large run counts as flat.
 FLAT_MEMORY_FACTOR = 1.2
 LIST_QUERY_INDEX = "pfa_mirror_org_cat_fcst"
+# Issue 17's targets, on the N-row organization with 10,000 committed edits and 1,000 drafts.
+LIST_P95_TARGET_MS = 5.0
+KPIS_P95_TARGET_MS = 5.0
+REFRESH_TARGET_SECONDS = 6.0
 # Issue 15's targets: a full re-sync that detects deletions at most 10% slower than one that does
 # not; an incremental read of the whole organization when nothing changed under a second.
 DELETION_DETECTION_TARGET = 1.10
@@ -141,6 +144,7 @@ def child_sync(*, org: str, sync_type: str, detect_deletions: bool) -> dict[str,
 
     organization = Organization.objects.get(code=org)
     before = _mirror_state(organization)
+    requests_before = _view_refresh_requests()
     started = time.perf_counter()
     log = sync_claim(organization=organization, trigger="command", sync_type=sync_type)
     try:
@@ -162,7 +166,14 @@ def child_sync(*, org: str, sync_type: str, detect_deletions: bool) -> dict[str,
         "deleted": log.records_deleted,
         "before": before,
         "after": _mirror_state(organization),
+        "view_refresh_requests": _view_refresh_requests() - requests_before,
     }
+
+
+def _view_refresh_requests() -> int:
+    from mirror.models import ViewRefresh
+
+    return ViewRefresh.objects.values_list("requested", flat=True).first() or 0
 
 
 def _record_fields():
@@ -332,49 +343,12 @@ def child_limit(*, records: int, database_url: str, repeats: int) -> dict[str, A
     return result
 
 
-def child_query(*, runs: int) -> dict[str, Any]:
-    """The front end's list query on the N-row mirror: latency percentiles and the plan."""
+def child_delta(*, runs: int) -> dict[str, Any]:
+    """The delta layer's read path on the N-row mirror (see bench_delta.py)."""
     _django()
-    from django.db import connection
+    from bench_delta import delta_measure
 
-    from mirror.models import Organization
-    from mirror.services import pfa_records_list, pfa_records_list_query
-    from mirror.simulator import CATEGORIES
-
-    # As autovacuum would have done by now on a table that just took N rows.
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE pfa_mirror")
-    organization = Organization.objects.get(code=ORG)
-    rng = random.Random(42)
-    first_day = dt.date(2024, 1, 1)
-
-    def filters() -> dict[str, Any]:
-        category = CATEGORIES[rng.randrange(len(CATEGORIES))][0]
-        start = first_day + dt.timedelta(days=rng.randrange(3 * 365))
-        end = start + dt.timedelta(days=rng.choice((30, 90, 180, 365)))
-        return {"organization": organization, "category": category, "forecast_from": start, "forecast_to": end}
-
-    for _ in range(10):  # warm the cache and the connection; not measured
-        pfa_records_list(**filters())
-    timings = []
-    returned = []
-    for _ in range(runs):
-        chosen = filters()
-        started = time.perf_counter()  # the whole selector: building the SQL, the query and the rows
-        found = pfa_records_list(**chosen)
-        timings.append((time.perf_counter() - started) * 1000)
-        returned.append(len(found))
-    timings.sort()
-    plan = pfa_records_list_query(**filters()).explain(analyze=True)
-    return {
-        "runs": runs,
-        "p50_ms": round(statistics.median(timings), 2),
-        "p95_ms": round(timings[min(len(timings) - 1, round(0.95 * len(timings)) - 1)], 2),
-        "max_ms": round(timings[-1], 2),
-        "mean_rows_returned": round(statistics.mean(returned), 1),
-        "indexes_used": sorted(set(re.findall(r"Index (?:Only )?Scan(?: Backward)? using (\w+)", plan))),
-        "explain": plan,
-    }
+    return delta_measure(org=ORG, runs=runs)
 
 
 # --- the parent: processes, databases, phases, the table ----------------------------------------
@@ -723,11 +697,24 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
             "flat": large_peak / small_peak <= FLAT_MEMORY_FACTOR if records > SMALL_RECORDS else None,
         }
 
-        # 3. The list query on the N-row table the syncs just wrote.
-        print(f"list query: {args.query_runs} runs", flush=True)
-        report["list_query"] = run_measured(child_command("query", "--runs", str(args.query_runs)), env).result
-        if LIST_QUERY_INDEX not in report["list_query"]["indexes_used"]:
-            failures.append(f"list query does not use {LIST_QUERY_INDEX}: {report['list_query']['indexes_used']}")
+        # 3. The delta layer on the N-row table the syncs just wrote: 10,000 committed edits and
+        # 1,000 drafts of the planner who lists.
+        print(f"delta layer: records list and KPIs, {args.query_runs} runs each; a refresh of the views", flush=True)
+        report["delta"] = delta = run_measured(child_command("delta", "--runs", str(args.query_runs)), env).result
+        if LIST_QUERY_INDEX not in delta["list"]["indexes_used"]:
+            failures.append(f"records list does not use {LIST_QUERY_INDEX}: {delta['list']['indexes_used']}")
+        for name, target, value in (
+            ("records list p95 (ms)", LIST_P95_TARGET_MS, delta["list"]["p95_ms"]),
+            ("kpis p95 (ms)", KPIS_P95_TARGET_MS, delta["kpis"]["p95_ms"]),
+            ("refresh of both views (s)", REFRESH_TARGET_SECONDS, delta["refresh"]["seconds"]),
+        ):
+            if records > SMALL_RECORDS and value >= target:
+                failures.append(f"{name}: {value} (target under {target})")
+        if not all(syncs[name]["view_refresh_requests"] == 0 for name in unchanged_pair):
+            failures.append("an unchanged re-sync asked for a refresh of the materialized views")
+        report["checks"]["unchanged_resync_refreshed_nothing"] = not any(
+            syncs[name]["view_refresh_requests"] for name in unchanged_pair
+        )
 
         # 4. dlt on the same simulator data.
         report["dlt"] = run_dlt(args, port, records, dlt_database_url, env, phase, failures)
@@ -874,11 +861,15 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"dlt: not measured ({dlt.get('reason', 'not reached')})")
     elif dlt.get("errors"):
         print(f"dlt: failed in {', '.join(dlt['errors'])} (see the JSON)")
-    query = report.get("list_query")
-    if query:
+    delta = report.get("delta")
+    if delta:
+        listed, kpis, setup = delta["list"], delta["kpis"], delta["setup"]
         print(
-            f"list query (org + category + forecast window, newest 100), {query['runs']} runs: "
-            f"p50 {query['p50_ms']} ms, p95 {query['p95_ms']} ms; index: {', '.join(query['indexes_used']) or 'none'}"
+            f"delta layer ({setup['committed']:,} committed edits, {setup['drafts']:,} drafts of the caller): "
+            f"records list (category + forecast window, newest 100) p50 {listed['p50_ms']} ms, p95 {listed['p95_ms']} ms "
+            f"(target {LIST_P95_TARGET_MS}); kpis p50 {kpis['p50_ms']} ms, p95 {kpis['p95_ms']} ms "
+            f"(target {KPIS_P95_TARGET_MS}); refresh of both views {delta['refresh']['seconds']} s "
+            f"(target {REFRESH_TARGET_SECONDS}); index: {', '.join(listed['indexes_used']) or 'none'}"
         )
     memory = report.get("memory")
     if memory:
@@ -907,7 +898,8 @@ def print_table(report: dict[str, Any]) -> None:
     if checks:
         print(
             f"checks: unchanged re-sync wrote nothing: {checks['unchanged_resync_wrote_nothing']}; "
-            f"1% re-sync updated {checks['changed_resync_updated']:,} of {checks['changed_in_simulator']:,} changed"
+            f"1% re-sync updated {checks['changed_resync_updated']:,} of {checks['changed_in_simulator']:,} changed; "
+            f"unchanged re-syncs asked for no view refresh: {checks.get('unchanged_resync_refreshed_nothing')}"
         )
 
 
@@ -924,7 +916,7 @@ def main() -> None:
         help="first loads per tool, the median counts; odd (default 3; --quick: 1)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "bench_sync.json")
-    parser.add_argument("--child", choices=("setup", "sync", "limit", "query"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("setup", "sync", "limit", "delta"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--org", help=argparse.SUPPRESS)
     parser.add_argument("--sync-type", default="full", help=argparse.SUPPRESS)
@@ -937,7 +929,7 @@ def main() -> None:
             "setup": lambda: child_setup(port=args.port),
             "sync": lambda: child_sync(org=args.org, sync_type=args.sync_type, detect_deletions=not args.no_deletions),
             "limit": lambda: child_limit(records=args.records, database_url=args.database_url, repeats=args.repeats),
-            "query": lambda: child_query(runs=args.runs),
+            "delta": lambda: child_delta(runs=args.runs),
         }
         print(json.dumps(children[args.child](), default=str))
         return

@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 from mirror import delta
 from mirror.materialized import views_refresh
 from mirror.models import PfaMergedLive, PfaMirror, PfaOverlay
-from mirror.selectors import RECORD_ORDERINGS, RecordFilters, kpis_get, records_list
+from mirror.selectors import RECORD_COLUMNS, RECORD_ORDERINGS, RecordFilters, kpis_get, records_list
 from mirror.tests.factories import OrganizationFactory
 
 pytestmark = pytest.mark.django_db
@@ -139,3 +139,14 @@ def test_fixed_answers_alike_on_postgresql_and_sqlite(world):
         Decimal("17881.92"),
     ]
     assert (kpis.timeline["forecast_start"], kpis.timeline["forecast_end"]) == (date(2027, 1, 4), date(2027, 5, 30))
+
+
+def test_a_listed_record_has_every_column_as_the_model_types_it(world):
+    rio, (ann, _, _) = world
+    stored = PfaMirror.objects.live().filter(organization=rio).exclude(pfa_id__in=PfaOverlay.objects.values("pfa_id"))
+    stored = stored.order_by("pfa_id").first()
+    PfaMirror.objects.filter(pk=stored.pk).update(pems_last_modified=datetime(2026, 5, 1, 12, 30, tzinfo=UTC))
+    stored.refresh_from_db()
+    (listed,) = records_list(organization=rio, user=ann, filters=RecordFilters(pfa_id=stored.pfa_id)).records
+    assert listed == {**{name: getattr(stored, name) for name in RECORD_COLUMNS}, "changes": {}}
+    assert "data" not in listed and "content_hash" not in listed

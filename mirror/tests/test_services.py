@@ -4,12 +4,14 @@ PEMS, and the purge (with its command) deletes them for good after the retention
 from datetime import date, timedelta
 
 import pytest
+from django.contrib.auth.models import AnonymousUser
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from mirror import services
 from mirror.models import PfaMirror
-from mirror.services import pfa_deleted_purge, pfa_records_list, pfa_records_list_query
+from mirror.selectors import RecordFilters, records_list
+from mirror.services import pfa_deleted_purge
 from mirror.tests.factories import OrganizationFactory
 
 pytestmark = pytest.mark.django_db
@@ -49,11 +51,11 @@ def hou():
     [{}, {"category": "CRANES"}, {"forecast_from": date(2026, 1, 1)}, {"forecast_to": date(2026, 12, 31)}],
 )
 def test_records_list_leaves_out_records_deleted_in_pems(rio, filters):
-    forecast = {"category": "CRANES", "forecast_start_date": date(2026, 6, 1)}
+    forecast = {"category": "CRANES", "forecast_start_date": date(2026, 6, 1), "forecast_end_date": date(2026, 9, 1)}
     record(rio, "PFA-LIVE", **forecast)
     record(rio, "PFA-GONE", deleted_days_ago=1, **forecast)
-    assert [row["pfa_id"] for row in pfa_records_list(organization=rio, **filters)] == ["PFA-LIVE"]
-    assert [row[1] for row in pfa_records_list_query(organization=rio, **filters)] == ["PFA-LIVE"]
+    listed = records_list(organization=rio, user=AnonymousUser(), filters=RecordFilters(**filters))
+    assert [row["pfa_id"] for row in listed.records] == ["PFA-LIVE"]
 
 
 # --- purge --------------------------------------------------------------------------------------

@@ -204,58 +204,6 @@ def test_same_key_in_two_organizations_is_two_rows():
     assert PfaMirror.objects.filter(pfa_id="PFA-1").count() == 2
 
 
-def test_list_selector_filters_orders_and_leaves_out_the_raw_row():
-    from datetime import date
-
-    from mirror.services import PFA_LIST_COLUMNS, pfa_records_list
-
-    organization = OrganizationFactory(code="RIO")
-    upsert(
-        organization,
-        [
-            record("PFA-1", pfs_f_startdate="03/01/2026"),
-            record("PFA-2", pfs_f_startdate="05/01/2026"),
-            record("PFA-3", pfs_f_startdate="07/01/2026", pfs_f_category="GEN"),
-        ],
-    )
-    listed = list(pfa_records_list(organization=organization, category="CRANE", forecast_from=date(2026, 1, 1)))
-    assert [r["pfa_id"] for r in listed] == ["PFA-2", "PFA-1"]
-    assert listed[0]["forecast_start_date"] == date(2026, 5, 1) and listed[0]["monthly_rate"] == Decimal("12500.5")
-    assert "data" not in listed[0] and "content_hash" not in listed[0]
-    assert [r["pfa_id"] for r in pfa_records_list(organization=organization, forecast_to=date(2026, 4, 1))] == ["PFA-1"]
-    # Every column as the model has it, whichever way the rows were read.
-    stored = PfaMirror.objects.get(organization=organization, pfa_id="PFA-2")
-    assert listed[0] == {column: getattr(stored, column) for column in PFA_LIST_COLUMNS}
-
-
-@pytest.mark.parametrize("category", ["", "CRANE"])
-@pytest.mark.parametrize("forecast_from", [None, "2026-04-01"])
-@pytest.mark.parametrize("forecast_to", [None, "2026-06-01"])
-def test_list_selector_gives_what_the_orm_query_gives_for_every_combination_of_filters(
-    category, forecast_from, forecast_to
-):
-    from datetime import date
-
-    from mirror.services import PFA_LIST_COLUMNS, pfa_records_list, pfa_records_list_query
-
-    rio, hou = OrganizationFactory(code="RIO"), OrganizationFactory(code="HOU")
-    months = ["01", "03", "05", "07"]
-    upsert(rio, [record(f"PFA-{m}", pfs_f_startdate=f"{m}/01/2026") for m in months])
-    upsert(rio, [record(f"GEN-{m}", pfs_f_startdate=f"{m}/02/2026", pfs_f_category="GEN") for m in months])
-    upsert(hou, [record("PFA-05", pfs_f_startdate="05/01/2026")])
-    filters = {
-        "organization": rio,
-        "category": category,
-        "forecast_from": forecast_from and date.fromisoformat(forecast_from),
-        "forecast_to": forecast_to and date.fromisoformat(forecast_to),
-        "limit": 3,
-    }
-    expected = [dict(zip(PFA_LIST_COLUMNS, row, strict=True)) for row in pfa_records_list_query(**filters)]
-    assert expected  # every combination finds something, so a wrong parameter order would show
-    for _ in range(2):  # the second time from the compiled statement
-        assert pfa_records_list(**filters) == expected
-
-
 def test_stored_hashes_are_those_of_the_keys_asked_for():
     organization, other = OrganizationFactory(code="RIO"), OrganizationFactory(code="HOU")
     upsert(organization, [record(f"PFA-{i:03d}", pfs_f_model=f"M{i}") for i in range(10)])
