@@ -222,6 +222,59 @@ def modifications_fail_deleted(*, organization_id: UUID, pfa_ids: Sequence[str],
     return failed
 
 
+# --- Write-back: a committed modification's way to PEMS (driven by synclog.writeback) --------------
+
+
+def modification_writing(modification: PfaModification) -> bool:
+    """Take a committed modification (or one a dead worker left `writing`) to `writing`; False if
+    it left the shared states meanwhile (a conflict resolved, a deletion)."""
+    taken = PfaModification.objects.filter(pk=modification.pk, state__in=PfaModification.SHARED_STATES).update(
+        state=State.WRITING, updated_at=timezone.now()
+    )
+    modification.state = State.WRITING
+    return bool(taken)
+
+
+def modification_requeue(modification: PfaModification) -> None:
+    """PEMS could not be reached: the modification waits, committed, for the next write run."""
+    PfaModification.objects.filter(pk=modification.pk, state=State.WRITING).update(
+        state=State.COMMITTED, updated_at=timezone.now()
+    )
+
+
+def modification_written(modification: PfaModification, *, record_id: int | None) -> None:
+    """PEMS holds the modification (`record_id`: its recordid after it); the record's mirror row
+    was replaced by PEMS's in the same transaction."""
+    _end_writing(modification, State.WRITTEN, written_record_id=record_id)
+
+
+def modification_conflicted(modification: PfaModification, *, fields: dict[str, dict[str, Any]]) -> None:
+    """PEMS changed a field the modification changes, to another value: nothing of it is written;
+    `fields` holds each such field's base, mine and theirs for a planner to resolve."""
+    _end_writing(modification, State.CONFLICT, conflict=fields, error_message=_conflict_message(fields))
+
+
+def modification_failed(modification: PfaModification, *, message: str) -> None:
+    """PEMS refused the modification (a value, or the record is gone): it is not tried again."""
+    _end_writing(modification, State.FAILED, error_message=message)
+
+
+def _end_writing(modification: PfaModification, state: str, **changes: Any) -> None:
+    now = timezone.now()
+    PfaModification.objects.filter(pk=modification.pk).update(state=state, finished_at=now, updated_at=now, **changes)
+    modification.state = state
+    for name, value in changes.items():
+        setattr(modification, name, value)
+    overlay_refresh(organization_id=modification.organization_id, pfa_ids=[modification.pfa_id])
+
+
+def _conflict_message(fields: dict[str, dict[str, Any]]) -> str:
+    return "PEMS changed " + ", ".join(
+        f"{name} to {change['theirs']!r} (from {change['base']!r}; yours: {change['mine']!r})"
+        for name, change in fields.items()
+    )
+
+
 # --- The overlay ---------------------------------------------------------------------------------
 
 

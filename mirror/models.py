@@ -439,6 +439,12 @@ class PfaModification(models.Model):
     finished_at = models.DateTimeField(
         null=True, blank=True, help_text="When it was written, discarded, or ended in conflict or failure."
     )
+    written_record_id = models.BigIntegerField(
+        null=True, blank=True, help_text="PEMS's recordid after this modification was written."
+    )
+    conflict = models.JSONField(
+        default=dict, blank=True, help_text="Per conflicting field: its base, mine and theirs (PEMS's)."
+    )
 
     objects = PfaModificationQuerySet.as_manager()
 

@@ -464,3 +464,26 @@ def _column_converters(time_zone: ZoneInfo) -> tuple[tuple[str, _Column | None],
 
 _COLUMN_ALIASES = tuple(alias for alias, _ in _column_converters(ZoneInfo("UTC")))
 _column_values = itemgetter(*_COLUMN_ALIASES)
+
+
+# --- The way back: typed values as the grid writes them (for PATCHes to PEMS) ------------------------
+
+# The grid alias of each typed field of a record.
+FIELD_ALIASES = {
+    "pfa_id": "pfs_id",
+    **dict(zip(PfaRecord._fields[1 : 1 + len(_COLUMN_ALIASES)], _COLUMN_ALIASES, strict=True)),
+}
+
+
+def grid_text(value: object) -> str:
+    """A typed value in the grid's string format: MM/DD/YYYY, 5,200.50, -1/0, "" for none."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "-1" if value else "0"
+    if isinstance(value, date):
+        return f"{value.month:02}/{value.day:02}/{value.year}"
+    if isinstance(value, Decimal):
+        places = max(2, -min(0, value.normalize().as_tuple().exponent))
+        return f"{value:,.{places}f}"
+    return str(value)

@@ -3,21 +3,17 @@ the mirror (live records only) and purging the records PEMS deleted."""
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass, replace
-from datetime import date, timedelta
-from functools import lru_cache
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
-from django.db import connection, transaction
-from django.db.models import QuerySet
+from django.db import transaction
 from django.utils import timezone
 
 from mirror.models import ApiConfiguration, Organization, PfaMirror
 from mirror.pems import DEFAULT_PAGE_SIZE, PemsClient, organization_filter
 from mirror.secrets import SecretDecryptionError, rotate_secret
-from mirror.store import psycopg_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +149,22 @@ def read_configuration_for(organization: Organization) -> ApiConfiguration:
     return configuration
 
 
-def pems_client_for(organization: Organization) -> PemsClient:
-    return PemsClient(read_configuration_for(organization).pems_settings(organization))
+def write_configuration_for(organization: Organization) -> ApiConfiguration:
+    """The connection writes go through: the organization's write connection, else the global
+    default write connection, else the one it reads through."""
+    own = {configuration.usage: configuration for configuration in organization.api_configurations.all()}
+    return (
+        own.get("write")
+        or own.get("read")
+        or ApiConfiguration.objects.filter(organization__isnull=True, usage="write").first()
+        or read_configuration_for(organization)
+    )
+
+
+def pems_client_for(organization: Organization, *, usage: str = "read") -> PemsClient:
+    """A client for reading (or, `usage="write"`, writing) the organization's PFA records."""
+    configuration = write_configuration_for(organization) if usage == "write" else read_configuration_for(organization)
+    return PemsClient(configuration.pems_settings(organization))
 
 
 @dataclass(frozen=True)
@@ -195,99 +205,6 @@ def pems_connection_check(*, configuration: ApiConfiguration) -> ConnectionCheck
         record_count=record_count,
         latency_ms=round((time.monotonic() - started) * 1000),
     )
-
-
-# What a list row shows. The raw PEMS row (`data`) and the sync bookkeeping are left out: decoding
-# them is most of the cost of a list, and they are only needed to show one record.
-PFA_LIST_COLUMNS = (
-    "id",
-    "pfa_id",
-    "pems_record_id",
-    "pems_last_modified",
-    "area_silo",
-    "category",
-    "category_description",
-    "pfa_class",
-    "source",
-    "dor",
-    "monthly_rate",
-    "purchase_price",
-    "manufacturer",
-    "model",
-    "project_code",
-    "equipment_tag",
-    "plan_start_date",
-    "plan_end_date",
-    "forecast_start_date",
-    "forecast_end_date",
-    "actual_start_date",
-    "actual_end_date",
-    "is_actualized",
-    "is_discontinued",
-    "is_funds_transferred",
-    "version",
-)
-
-
-def pfa_records_list_query(
-    *, organization: Organization, category: str = "", forecast_from=None, forecast_to=None, limit: int = 100
-) -> QuerySet:
-    """The front end's list query: `PFA_LIST_COLUMNS` of the live records (not deleted in PEMS), newest
-    forecasts first, optionally one category and a forecast window."""
-    records = PfaMirror.objects.live().filter(organization=organization)
-    if category:
-        records = records.filter(category=category)
-    if forecast_from:
-        records = records.filter(forecast_start_date__gte=forecast_from)
-    if forecast_to:
-        records = records.filter(forecast_start_date__lte=forecast_to)
-    return records.order_by("-forecast_start_date").values_list(*PFA_LIST_COLUMNS)[:limit]
-
-
-def pfa_records_list(
-    *, organization: Organization, category: str = "", forecast_from=None, forecast_to=None, limit: int = 100
-) -> list[dict]:
-    """The front end's list (see `pfa_records_list_query` for the filters), as dicts.
-
-    On PostgreSQL the query is run with binary results: psycopg then decodes every column in C,
-    where the text results Django asks for cost milliseconds per 100 rows (timestamps are parsed
-    in Python), several times the query itself. Its SQL is compiled once per combination of
-    filters (`_list_statement`): building and compiling the queryset took longer than running it.
-    """
-    filters = {"category": category, "forecast_from": forecast_from, "forecast_to": forecast_to}
-    if connection.vendor == "postgresql":
-        sql, parameters = _list_statement(bool(category), bool(forecast_from), bool(forecast_to), limit)
-        values = {"organization": organization.pk, **filters}
-        with psycopg_cursor() as cursor:
-            cursor.execute(sql, [values[name] for name in parameters], binary=True)
-            rows = cursor.fetchall()
-    else:
-        rows = pfa_records_list_query(organization=organization, limit=limit, **filters)
-    return [dict(zip(PFA_LIST_COLUMNS, row, strict=True)) for row in rows]
-
-
-# Stand-ins that tell the compiled list query's parameters apart.
-_STAND_INS = {
-    "organization": uuid.UUID(int=1),
-    "category": "<category>",
-    "forecast_from": date(1, 1, 2),
-    "forecast_to": date(9999, 12, 30),
-}
-
-
-@lru_cache(maxsize=64)
-def _list_statement(category: bool, forecast_from: bool, forecast_to: bool, limit: int) -> tuple[str, tuple[str, ...]]:
-    """The list query's SQL for one combination of filters, and which filter each parameter is."""
-    query = pfa_records_list_query(
-        organization=Organization(pk=_STAND_INS["organization"]),
-        category=_STAND_INS["category"] if category else "",
-        forecast_from=_STAND_INS["forecast_from"] if forecast_from else None,
-        forecast_to=_STAND_INS["forecast_to"] if forecast_to else None,
-        limit=limit,
-    ).query
-    sql, parameters = query.sql_with_params()
-    names = {value: name for name, value in _STAND_INS.items()}
-    return sql, tuple(names[parameter] for parameter in parameters)
 
 
 # Rows deleted per statement by `pfa_deleted_purge`: each batch is its own short transaction, so a

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+import orjson
 import psycopg
 from django.db import connection, transaction
-from django.db.models import Max
+from django.db.models import Case, F, Max, PositiveIntegerField, Q, When
 from psycopg.adapt import PyFormat
 
 from mirror.models import PfaMirror
@@ -175,11 +176,16 @@ def _quoted(column: str) -> str:
 def _conflict_clause(distinct_operator: str) -> str:
     table = _quoted(PfaMirror._meta.db_table)
     assignments = ", ".join(f"{_quoted(f.column)} = EXCLUDED.{_quoted(f.column)}" for f in RECORD_FIELDS)
-    # A row marked deleted that PEMS sends again is revived, as an update, even when unchanged.
+    # A row marked deleted that PEMS sends again is revived, as an update, even when unchanged. A
+    # live row never goes back to an older recordid: a page read before a write-back and stored
+    # after it would undo the write until the next read. (A record PEMS deleted and created again
+    # may start its recordid over: the full read that marked it deleted lets the new one in.)
     return (
         f"ON CONFLICT (organization_id, pfa_id) DO UPDATE SET {assignments}, "
         f"version = {table}.version + 1, last_synced_at = EXCLUDED.last_synced_at, deleted_at = NULL "
-        f"WHERE {table}.content_hash {distinct_operator} EXCLUDED.content_hash OR {table}.deleted_at IS NOT NULL "
+        f"WHERE ({table}.content_hash {distinct_operator} EXCLUDED.content_hash OR {table}.deleted_at IS NOT NULL) "
+        f"AND ({table}.deleted_at IS NOT NULL OR {table}.pems_record_id IS NULL OR EXCLUDED.pems_record_id IS NULL "
+        f"OR EXCLUDED.pems_record_id >= {table}.pems_record_id) "
         "RETURNING version"
     )
 
@@ -310,3 +316,25 @@ def _upsert_batch_sqlite(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [version for (version,) in cursor.fetchall()]
+
+
+def pfa_record_replace(*, organization_id: UUID, record: PfaRecord, synced_at: datetime) -> bool:
+    """Replace one live record's row by `record` as PEMS holds it now (after a write); its version
+    grows if the content changed. A row holding a newer recordid is left alone. Returns whether a
+    row was replaced."""
+    values = {field.attname: getattr(record, field.name) for field in RECORD_FIELDS if field.name != "pfa_id"}
+    values["data"] = orjson.loads(record.data)
+    stored = PfaMirror.objects.filter(organization_id=organization_id, pfa_id=record.pfa_id)
+    if record.pems_record_id is not None:
+        stored = stored.filter(Q(pems_record_id__isnull=True) | Q(pems_record_id__lte=record.pems_record_id))
+    changed = ~Q(content_hash=record.content_hash)
+    return bool(
+        stored.update(
+            **values,
+            version=Case(
+                When(changed, then=F("version") + 1), default=F("version"), output_field=PositiveIntegerField()
+            ),
+            last_synced_at=synced_at,
+            deleted_at=None,
+        )
+    )

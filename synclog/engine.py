@@ -36,7 +36,7 @@ from mirror.pems import (
 )
 from mirror.records import ParsedRows, PfaRowError, content_hash, is_text, parse_pfa_rows, pfa_keys
 from mirror.secrets import secrets_scrub
-from mirror.services import pems_client_for, read_configuration_for
+from mirror.services import pems_client_for, read_configuration_for, write_configuration_for
 from mirror.store import (
     pfa_content_hashes,
     pfa_key_range_hashes,
@@ -94,18 +94,21 @@ def sync_claim(
     organization: Organization,
     trigger: str,
     sync_type: str = PfaSyncLog.SyncType.FULL,
+    direction: str = PfaSyncLog.Direction.READ,
     triggered_by=None,
     batch_id: uuid.UUID | None = None,
     allow_mass_delete: bool = False,
 ) -> PfaSyncLog:
-    """Create the organization's `queued` run, or raise SyncAlreadyRunning naming the active one
-    (or SyncNotConfigured when it has no PEMS connection).
+    """Create the organization's `queued` run (a read, or a write to PEMS), or raise
+    SyncAlreadyRunning naming the active one of that direction (or SyncNotConfigured when it has
+    no PEMS connection). Reads and writes of one organization may overlap.
 
-    The partial unique index on `pfa_sync_log` is the lock: of two concurrent claims, the
+    The partial unique indexes on `pfa_sync_log` are the lock: of two concurrent claims, the
     database lets exactly one insert through.
     """
+    write = direction == PfaSyncLog.Direction.WRITE
     try:
-        configuration = read_configuration_for(organization)
+        configuration = write_configuration_for(organization) if write else read_configuration_for(organization)
     except ImproperlyConfigured as error:
         raise SyncNotConfigured(organization, str(error)) from None
     # A run whose worker is gone must not block the organization until a schedule notices.
@@ -116,7 +119,7 @@ def sync_claim(
                 organization=organization,
                 api_configuration=configuration,
                 sync_type=sync_type,
-                direction=PfaSyncLog.Direction.READ,
+                direction=direction,
                 status=SyncStatus.QUEUED,
                 trigger=trigger,
                 triggered_by=triggered_by,
@@ -125,7 +128,7 @@ def sync_claim(
             )
     except IntegrityError:
         active = PfaSyncLog.objects.filter(
-            organization=organization, direction=PfaSyncLog.Direction.READ, status__in=SyncStatus.active()
+            organization=organization, direction=direction, status__in=SyncStatus.active()
         ).first()
         raise SyncAlreadyRunning(organization, active) from None
 
@@ -646,6 +649,8 @@ def client_for_run(
     """The PEMS client for the run's organization; when its connection cannot make one
     (ImproperlyConfigured), the run is failed with the reason and the error re-raised."""
     try:
+        if sync_log.direction == PfaSyncLog.Direction.WRITE:
+            return client_factory(sync_log.organization, usage="write")
         return client_factory(sync_log.organization)
     except ImproperlyConfigured as error:
         fail_run(sync_log, str(error), error)
@@ -746,9 +751,11 @@ def sync_start(
     trigger: str,
     triggered_by=None,
     sync_type: str = PfaSyncLog.SyncType.FULL,
+    direction: str = PfaSyncLog.Direction.READ,
     allow_mass_delete: bool = False,
 ) -> SyncBatch:
-    """Queue a background sync per organization: the `queued` run exists before this returns.
+    """Queue a background run (a read, or a write to PEMS) per organization: the `queued` run exists
+    before this returns.
 
     Each task is enqueued only once the caller's transaction commits, so a worker never picks up
     a run that is not visible yet. An organization already syncing, or without a PEMS connection,
@@ -762,6 +769,7 @@ def sync_start(
                 organization=organization,
                 trigger=trigger,
                 sync_type=sync_type,
+                direction=direction,
                 triggered_by=triggered_by,
                 batch_id=batch.batch_id,
                 allow_mass_delete=allow_mass_delete,

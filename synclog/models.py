@@ -67,6 +67,13 @@ class PfaSyncLog(models.Model):
     records_unchanged = models.PositiveBigIntegerField(default=0)
     records_deleted = models.PositiveBigIntegerField(default=0)
     records_errored = models.PositiveBigIntegerField(default=0)
+    # A write run's own counts (`records_total` is how many modifications it took, `records_errored`
+    # those PEMS refused).
+    records_written = models.PositiveBigIntegerField(default=0)
+    records_rebased = models.PositiveBigIntegerField(
+        default=0, help_text="Written after a three-way merge with a change PEMS took meanwhile."
+    )
+    records_conflicts = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
@@ -96,6 +103,12 @@ class PfaSyncLog(models.Model):
                 fields=["organization"],
                 condition=Q(direction="read", status__in=["queued", "running"]),
                 name="pfa_sync_log_one_active_read_per_org",
+            ),
+            # And of write runs: one at a time, so never two writes of one record are in flight.
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=Q(direction="write", status__in=["queued", "running"]),
+                name="pfa_sync_log_one_active_write_per_org",
             ),
         ]
         indexes = [models.Index(fields=["organization", "-created_at"], name="pfa_sync_log_org_created")]
@@ -149,6 +162,25 @@ class PfaSyncLog(models.Model):
         self.records_inserted += inserted
         self.records_updated += updated
         self.records_unchanged += unchanged
+        self.records_errored += errored
+        self.heartbeat_at = now
+
+    def add_write(self, *, written: int = 0, rebased: int = 0, conflicts: int = 0, errored: int = 0) -> None:
+        """Count one modification's outcome (in the transaction that records it)."""
+        now = timezone.now()
+        self._change(
+            set_attributes=False,
+            records_processed=F("records_processed") + 1,
+            records_written=F("records_written") + written,
+            records_rebased=F("records_rebased") + rebased,
+            records_conflicts=F("records_conflicts") + conflicts,
+            records_errored=F("records_errored") + errored,
+            heartbeat_at=now,
+        )
+        self.records_processed += 1
+        self.records_written += written
+        self.records_rebased += rebased
+        self.records_conflicts += conflicts
         self.records_errored += errored
         self.heartbeat_at = now
 

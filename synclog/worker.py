@@ -25,6 +25,7 @@ from ops.logs import run_log_context
 from synclog.engine import client_for_run, sync_run, sync_start
 from synclog.models import PfaSyncLog, SyncStatus, stale_runs_expire
 from synclog.selectors import organizations_to_sync, organizations_with_last_run
+from synclog.writeback import write_run
 
 if TYPE_CHECKING:
     from django_q.models import Schedule
@@ -209,7 +210,8 @@ def sync_execute_queued(sync_log_id: str) -> str:
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set()) if in_main_thread else None
     try:
         with client, run_log_context(sync_log):
-            sync_run(sync_log=sync_log, client=client, stop=stop)
+            run = write_run if sync_log.direction == PfaSyncLog.Direction.WRITE else sync_run
+            run(sync_log=sync_log, client=client, stop=stop)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,226 @@
+"""Write runs against the simulator over HTTP: clean writes, rebases, conflicts, order, exactly
+once, PEMS's errors, the mirror that never goes back, and one write run per organization."""
+
+import threading
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+
+from mirror import delta
+from mirror.models import PfaMirror, PfaModification
+from mirror.pems import PemsError
+from mirror.records import parse_pfa_row
+from mirror.store import pfa_records_upsert
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from ops.tests.runs import fast_client, run_sync
+from synclog.engine import SyncAlreadyRunning, sync_claim
+from synclog.models import PfaSyncLog, SyncStatus
+from synclog.writeback import write_run
+
+pytestmark = pytest.mark.django_db
+
+State = PfaModification.State
+KEY = "PFA-0000007"
+
+
+@pytest.fixture
+def rio(pems_server):
+    organization = ApiConfigurationFactory(
+        organization=OrganizationFactory(code="RIO"), base_url=pems_server.url
+    ).organization
+    assert run_sync(organization).status == SyncStatus.COMPLETED
+    return organization
+
+
+@pytest.fixture
+def simulator(pems_server):
+    return pems_server.simulator
+
+
+@pytest.fixture
+def ann():
+    return User.objects.create_user("ann")
+
+
+@pytest.fixture
+def bob():
+    return User.objects.create_user("bob")
+
+
+def commit(organization, user, values: dict, pfa_id: str = KEY) -> PfaModification:
+    delta.draft_save(organization=organization, pfa_id=pfa_id, user=user, values=values)
+    delta.drafts_commit(organization=organization, user=user, pfa_ids=[pfa_id])
+    return PfaModification.objects.get(organization=organization, pfa_id=pfa_id, author=user, state=State.COMMITTED)
+
+
+def write(organization) -> PfaSyncLog:
+    sync_log = sync_claim(organization=organization, trigger="command", direction=PfaSyncLog.Direction.WRITE)
+    with fast_client(organization) as client:
+        try:
+            write_run(sync_log=sync_log, client=client)
+        except PemsError:
+            pass
+    sync_log.refresh_from_db()
+    return sync_log
+
+
+def patches(simulator) -> int:
+    return sum(1 for entry in simulator.requests if entry["method"] == "PATCH")
+
+
+def mirror_row(organization, pfa_id: str = KEY) -> PfaMirror:
+    return PfaMirror.objects.get(organization=organization, pfa_id=pfa_id)
+
+
+def test_a_clean_write_reaches_pems_and_the_mirror_and_the_next_read_finds_it_unchanged(rio, simulator, ann):
+    before = mirror_row(rio)
+    modification = commit(rio, ann, {"monthly_rate": "5200.5", "forecast_end_date": "2028-02-29"})
+    run = write(rio)
+    assert (run.status, run.records_total, run.records_written, run.records_conflicts) == ("completed", 1, 1, 0)
+    row = simulator.get_row("RIO", KEY)
+    assert (row["pfs_f_rental"], row["pfs_f_enddate"]) == ("5,200.50", "02/29/2028")
+    assert int(row["pfs_recordid"]) == before.pems_record_id + 1
+    after = mirror_row(rio)
+    assert after.monthly_rate == Decimal("5200.5") and after.pems_record_id == before.pems_record_id + 1
+    assert after.version == before.version + 1
+    modification.refresh_from_db()
+    assert modification.state == State.WRITTEN and modification.written_record_id == after.pems_record_id
+    reread = run_sync(rio)
+    assert (reread.records_updated, reread.records_inserted) == (0, 0)  # the mirror had it already
+    assert patches(simulator) == 1
+
+
+def test_a_change_pems_took_meanwhile_in_another_field_is_merged_and_rebased(rio, simulator, ann):
+    modification = commit(rio, ann, {"monthly_rate": "777"})
+    simulator.update_row("RIO", KEY, {"pfs_f_model": "Changed in PEMS"})
+    run = write(rio)
+    assert (run.records_written, run.records_rebased, run.records_conflicts) == (1, 1, 0)
+    row = simulator.get_row("RIO", KEY)
+    assert (row["pfs_f_rental"], row["pfs_f_model"]) == ("777.00", "Changed in PEMS")
+    assert mirror_row(rio).model == "Changed in PEMS"
+    modification.refresh_from_db()
+    assert modification.state == State.WRITTEN
+
+
+def test_the_same_field_changed_in_pems_is_a_conflict_and_nothing_is_written(rio, simulator, ann):
+    base = mirror_row(rio).dor
+    modification = commit(rio, ann, {"dor": "MINE"})
+    simulator.update_row("RIO", KEY, {"pfs_f_dor": "THEIRS"})
+    sent = patches(simulator)
+    run = write(rio)
+    assert (run.records_written, run.records_conflicts) == (0, 1)
+    modification.refresh_from_db()
+    assert modification.state == State.CONFLICT
+    assert modification.conflict == {"dor": {"base": base, "mine": "MINE", "theirs": "THEIRS"}}
+    assert simulator.get_row("RIO", KEY)["pfs_f_dor"] == "THEIRS"
+    assert mirror_row(rio).dor == "THEIRS"  # refreshed from PEMS's record
+    assert patches(simulator) == sent + 1  # the first try, refused; no second
+
+
+def test_several_users_edits_of_one_record_are_written_in_commit_order(rio, simulator, ann, bob):
+    commit(rio, ann, {"monthly_rate": "1000", "dor": "ANN"})
+    commit(rio, bob, {"monthly_rate": "2000"})
+    run = write(rio)
+    assert (run.records_written, run.records_conflicts, run.records_rebased) == (2, 0, 0)
+    row = simulator.get_row("RIO", KEY)
+    assert (row["pfs_f_rental"], row["pfs_f_dor"]) == ("2,000.00", "ANN")  # the later commit wins a field
+    assert patches(simulator) == 2
+    written = PfaModification.objects.filter(state=State.WRITTEN).in_commit_order()
+    assert [m.author.username for m in written] == ["ann", "bob"]
+    assert written[0].written_record_id + 1 == written[1].written_record_id
+
+
+def test_a_patch_pems_took_before_the_worker_died_is_not_applied_twice(rio, simulator, ann):
+    modification = commit(rio, ann, {"monthly_rate": "4321"})
+    # The dead worker: it marked the modification writing and PEMS took its PATCH; nothing more.
+    delta.modification_writing(modification)
+    with fast_client(rio) as client:
+        client.patch_record(KEY, str(modification.base_record_id), {"pfs_f_rental": "4,321.00"})
+    recordid = simulator.get_row("RIO", KEY)["pfs_recordid"]
+    sent = patches(simulator)
+    run = write(rio)
+    assert (run.records_written, run.records_conflicts) == (1, 0)
+    assert patches(simulator) == sent + 1  # refused as stale; no second write
+    assert simulator.get_row("RIO", KEY)["pfs_recordid"] == recordid
+    modification.refresh_from_db()
+    assert modification.state == State.WRITTEN
+
+
+def test_a_record_deleted_in_pems_fails_its_modification(rio, simulator, ann):
+    modification = commit(rio, ann, {"dor": "X"})
+    simulator.delete_row("RIO", KEY)
+    run = write(rio)
+    assert (run.status, run.records_errored) == ("completed", 1)
+    modification.refresh_from_db()
+    assert modification.state == State.FAILED and "deleted in PEMS" in modification.error_message
+
+
+def test_a_value_pems_rejects_fails_the_modification_and_is_not_retried(rio, simulator, ann):
+    modification = commit(rio, ann, {"dor": "X"})
+    simulator.inject_fault("status", status=400, target="record")
+    run = write(rio)
+    assert run.records_errored == 1 and patches(simulator) == 1
+    modification.refresh_from_db()
+    assert modification.state == State.FAILED and "PEMS refused the change" in modification.error_message
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_pems_overloaded_for_a_moment_is_retried_within_the_run(rio, simulator, ann, status):
+    modification = commit(rio, ann, {"dor": "X"})
+    simulator.inject_fault("status", status=status, target="record", count=2)
+    run = write(rio)
+    assert (run.status, run.records_written) == ("completed", 1)
+    modification.refresh_from_db()
+    assert modification.state == State.WRITTEN
+
+
+def test_pems_down_leaves_the_modifications_committed_and_fails_the_run(rio, simulator, ann, bob):
+    first = commit(rio, ann, {"dor": "X"})
+    commit(rio, bob, {"dor": "Y"}, pfa_id="PFA-0000008")
+    simulator.inject_fault("status", status=503, target="record", count=100)
+    run = write(rio)
+    assert run.status == SyncStatus.FAILED and "2 modifications left committed" in run.error_message
+    assert set(PfaModification.objects.values_list("state", flat=True)) == {State.COMMITTED}
+    simulator.clear_faults()
+    assert write(rio).records_written == 2
+    first.refresh_from_db()
+    assert first.state == State.WRITTEN
+
+
+def test_a_read_page_older_than_a_write_does_not_undo_it(rio, simulator, ann):
+    pems = rio.api_configurations.get().pems_settings(rio)
+    page_read_before_the_write = dict(simulator.get_row("RIO", KEY))
+    commit(rio, ann, {"monthly_rate": "9999"})
+    write(rio)
+    old = parse_pfa_row(page_read_before_the_write, time_zone=pems.zone, organization_code="RIO")
+    counts = pfa_records_upsert(organization_id=rio.pk, records=[old], synced_at=mirror_row(rio).last_synced_at)
+    assert (counts.updated, counts.unchanged) == (0, 1)
+    assert mirror_row(rio).monthly_rate == Decimal("9999")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_active_write_run_per_organization_under_20_concurrent_triggers(pems_server):
+    rio = ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url).organization
+    outcomes, start = [], threading.Barrier(20)
+
+    def trigger():
+        start.wait()
+        try:
+            sync_claim(organization=rio, trigger="api", direction=PfaSyncLog.Direction.WRITE)
+            outcomes.append("claimed")
+        except SyncAlreadyRunning:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=trigger) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["claimed"] + ["refused"] * 19
+    # A read of the same organization is not held up by the write.
+    sync_claim(organization=rio, trigger="api")
+    assert PfaSyncLog.objects.filter(status=SyncStatus.QUEUED).count() == 2
