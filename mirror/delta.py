@@ -197,7 +197,30 @@ def _drafts_end(organization: Organization, user, pfa_ids: Sequence[str] | None,
         overlay_refresh(organization_id=organization.pk, pfa_ids=keys)
         if ended and changes["state"] == State.COMMITTED:
             views_refresh_request()
+            write_soon(organization, user)
     return ended
+
+
+def write_soon(organization: Organization, user) -> None:
+    """Once the caller's transaction commits, have the worker start the organization's write run
+    (the tick starts it otherwise: a broker that refuses is only logged)."""
+
+    def enqueue() -> None:
+        from django_q.tasks import async_task
+
+        try:
+            # By name: the sync app runs it (this app never imports that one).
+            async_task(
+                "synclog.tasks.write_after_commit",
+                str(organization.pk),
+                getattr(user, "pk", None),
+                task_name=f"write {organization.code}",
+                group="pfasync-write",
+            )
+        except Exception:
+            logger.warning("Could not queue the write run of %s; the next tick will", organization.code, exc_info=True)
+
+    transaction.on_commit(enqueue)
 
 
 def modifications_fail_deleted(*, organization_id: UUID, pfa_ids: Sequence[str], deleted_at: datetime) -> int:

@@ -189,6 +189,7 @@ class RecordListApi(APIView):
     """The organization's records as the caller sees them, filtered, ordered, a page at a time."""
 
     @extend_schema(
+        operation_id="records_list",
         parameters=[
             RecordListInputSerializer,
             OpenApiParameter("class", OpenApiTypes.STR, description="Class code, exactly."),
@@ -252,6 +253,7 @@ class RecordDetailApi(APIView):
     """One record as the caller sees it; PATCH saves the caller's draft of it."""
 
     @extend_schema(
+        operation_id="records_retrieve",
         responses={
             200: inline_serializer(
                 "PfaRecordDetail",

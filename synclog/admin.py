@@ -63,18 +63,25 @@ def format_duration(duration_ms: int | None) -> str:
 # --- the acts, shared with the dashboard ------------------------------------------------------------
 
 
-def sync_now_with_messages(request: HttpRequest, organizations: Iterable[Organization]) -> None:
-    """Start a sync of each organization, as the admin's action and the dashboard's button do, and
-    say how each went: queued, already running (a warning), or refused (an error: no connection, or
-    the task queue would not take it). The caller has checked `can_trigger_sync`."""
+def sync_now_with_messages(
+    request: HttpRequest, organizations: Iterable[Organization], *, direction: str = PfaSyncLog.Direction.READ
+) -> None:
+    """Start a sync (or, `direction`, a write run) of each organization, as the admin's actions and
+    the dashboard's button do, and say how each went: queued, already running (a warning), or
+    refused (an error: no connection, or the task queue would not take it). The caller has checked
+    `can_trigger_sync`."""
     # Every run of the batch is visible before its task is enqueued; the queue has answered once
     # the block ends.
     with transaction.atomic():
         batch = sync_start(
-            organizations=list(organizations), trigger=PfaSyncLog.Trigger.ADMIN, triggered_by=request.user
+            organizations=list(organizations),
+            trigger=PfaSyncLog.Trigger.ADMIN,
+            triggered_by=request.user,
+            direction=direction,
         )
+    what = "Write run" if direction == PfaSyncLog.Direction.WRITE else "Sync"
     for sync_log in batch.queued:
-        messages.success(request, f"Sync of {sync_log.organization.code} queued (run {sync_log.id}).")
+        messages.success(request, f"{what} of {sync_log.organization.code} queued (run {sync_log.id}).")
     for refusal in batch.refused:
         level = messages.WARNING if isinstance(refusal, SyncAlreadyRunning) else messages.ERROR
         messages.add_message(request, level, str(refusal))
@@ -116,7 +123,7 @@ class OrganizationAdmin(admin.ModelAdmin):
     )
     list_filter = ("is_active", "sync_enabled")
     search_fields = ("code", "name")
-    actions = ("sync_now", "enable_sync", "disable_sync")
+    actions = ("sync_now", "write_now", "enable_sync", "disable_sync")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Organization]:
         return organizations_with_last_run(super().get_queryset(request)).annotate(mirror_size=mirror_size_subquery())
@@ -143,6 +150,10 @@ class OrganizationAdmin(admin.ModelAdmin):
     @admin.action(description="Sync now", permissions=["trigger"])
     def sync_now(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
         sync_now_with_messages(request, queryset)
+
+    @admin.action(description="Write committed edits to PEMS now", permissions=["trigger"])
+    def write_now(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
+        sync_now_with_messages(request, queryset, direction=PfaSyncLog.Direction.WRITE)
 
     @admin.action(description="Enable scheduled sync", permissions=["change"])
     def enable_sync(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:

@@ -24,7 +24,12 @@ from pfasync.api import ApiError, error_responses
 from synclog.engine import SyncNotConfigured, SyncNotQueued, SyncRefused, sync_cancel, sync_start
 from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus
 from synclog.permissions import can_trigger_sync
-from synclog.selectors import organizations_to_sync, organizations_with_last_run, sync_logs_visible_to
+from synclog.selectors import (
+    organizations_to_sync,
+    organizations_with_edits_waiting,
+    organizations_with_last_run,
+    sync_logs_visible_to,
+)
 from synclog.worker import worker_status
 
 RECORDS_KEPT_ASIDE_SHOWN = 50
@@ -101,6 +106,11 @@ class SyncTriggerInputSerializer(serializers.Serializer):
         required=False, max_length=64, help_text="UUID or code; left out (staff only): every active organization."
     )
     syncType = serializers.ChoiceField(choices=PfaSyncLog.SyncType.choices, default=PfaSyncLog.SyncType.FULL)
+    direction = serializers.ChoiceField(
+        choices=PfaSyncLog.Direction.choices,
+        default=PfaSyncLog.Direction.READ,
+        help_text="`read` (PEMS to the mirror) or `write` (the committed edits to PEMS; syncType does not apply).",
+    )
     allowMassDelete = StrictBooleanField(
         default=False,
         help_text="Staff only, full reads only: mark the records PEMS no longer holds deleted even when they "
@@ -108,6 +118,8 @@ class SyncTriggerInputSerializer(serializers.Serializer):
     )
 
     def validate(self, data: dict) -> dict:
+        if data["allowMassDelete"] and data["direction"] == PfaSyncLog.Direction.WRITE:
+            raise exceptions.ValidationError({"allowMassDelete": ["A write run deletes nothing."]})
         if data["allowMassDelete"] and data["syncType"] != PfaSyncLog.SyncType.FULL:
             raise exceptions.ValidationError({"allowMassDelete": ["Only a full read deletes records."]})
         if data["allowMassDelete"] and not data.get("organizationId"):
@@ -164,7 +176,8 @@ def _skipped(refusal: SyncRefused) -> dict:
 
 
 class SyncTriggerApi(APIView):
-    """Queue a read sync: the `queued` run exists when this answers; a worker runs it."""
+    """Queue a read sync, or a write run of the committed edits (`direction`): the `queued` run
+    exists when this answers; a worker runs it."""
 
     @extend_schema(
         request=SyncTriggerInputSerializer,
@@ -181,10 +194,13 @@ class SyncTriggerApi(APIView):
         serializer = SyncTriggerInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         key = serializer.validated_data.get("organizationId")
+        write = serializer.validated_data["direction"] == PfaSyncLog.Direction.WRITE
         if key:
             organizations = [visible_organization_or_404(request.user, key)]
         elif request.user.is_staff:
-            organizations = list(organizations_to_sync(including_sync_disabled=True))
+            organizations = list(
+                organizations_with_edits_waiting() if write else organizations_to_sync(including_sync_disabled=True)
+            )
         else:
             raise exceptions.ValidationError({"organizationId": ["This field is required."]})
         if not can_trigger_sync(request.user):
@@ -200,6 +216,7 @@ class SyncTriggerApi(APIView):
                 trigger=PfaSyncLog.Trigger.API,
                 triggered_by=request.user,
                 sync_type=serializer.validated_data["syncType"],
+                direction=serializer.validated_data["direction"],
                 allow_mass_delete=allow_mass_delete,
             )
         skipped = [_skipped(refusal) for refusal in batch.refused]
@@ -229,12 +246,13 @@ class SyncTriggerApi(APIView):
             "logIds": [str(sync_log.pk) for sync_log in batch.queued],
             "skipped": skipped,
         }
+        what = "Write run queued" if write else "Sync triggered"
         if key:
             body["logId"] = body["logIds"][0]
-            body["message"] = f"Sync triggered for organization {organizations[0].code}"
+            body["message"] = f"{what} for organization {organizations[0].code}"
         else:
             codes = ", ".join(sync_log.organization.code for sync_log in batch.queued) or "none"
-            body["message"] = f"Sync triggered for {len(batch.queued)} organization(s): {codes}"
+            body["message"] = f"{what} for {len(batch.queued)} organization(s): {codes}"
             if skipped:
                 body["message"] += f"; {len(skipped)} skipped (see skipped)"
         return Response(body, status=status.HTTP_202_ACCEPTED)

@@ -643,6 +643,15 @@ def fail_run(sync_log: PfaSyncLog, message: str, error: BaseException) -> None:
     logger.error("Sync %s of %s failed: %s", sync_log.id, sync_log.organization.code, message)
 
 
+def run_for(sync_log: PfaSyncLog) -> Callable[..., PfaSyncLog]:
+    """What runs a claimed run: `sync_run` for a read, `synclog.writeback.write_run` for a write."""
+    if sync_log.direction == PfaSyncLog.Direction.WRITE:
+        from synclog.writeback import write_run  # here: the write-back module builds on this one
+
+        return write_run
+    return sync_run
+
+
 def client_for_run(
     sync_log: PfaSyncLog, client_factory: Callable[[Organization], PemsClient] = pems_client_for
 ) -> PemsClient:
@@ -676,12 +685,14 @@ def sync_organizations(
     trigger: str,
     triggered_by=None,
     sync_type: str = PfaSyncLog.SyncType.FULL,
+    direction: str = PfaSyncLog.Direction.READ,
     allow_mass_delete: bool = False,
     stop: threading.Event | None = None,
     on_progress: ProgressCallback | None = None,
-    client_factory: Callable[[Organization], PemsClient] = pems_client_for,
+    client_factory: Callable[..., PemsClient] = pems_client_for,
 ) -> list[SyncOutcome]:
-    """Sync organizations one after another under one batch id; one failure never stops the next."""
+    """Run a read (or a write to PEMS) of each organization, one after another under one batch id,
+    inline; one failure never stops the next."""
     batch_id = uuid.uuid4()
     outcomes = []
     for organization in organizations:
@@ -693,6 +704,7 @@ def sync_organizations(
                 organization=organization,
                 trigger=trigger,
                 sync_type=sync_type,
+                direction=direction,
                 triggered_by=triggered_by,
                 batch_id=batch_id,
                 allow_mass_delete=allow_mass_delete,
@@ -707,7 +719,7 @@ def sync_organizations(
             continue
         try:
             with client:
-                sync_run(sync_log=sync_log, client=client, stop=stop, on_progress=on_progress)
+                run_for(sync_log)(sync_log=sync_log, client=client, stop=stop, on_progress=on_progress)
         except PemsError:
             pass  # the run is failed with the PEMS message; the next organization still runs
         except Exception:

@@ -1,9 +1,9 @@
 """Read-side queries of the sync app: which organizations a sync of all of them reads, each
 organization with its last run, and the runs a user sees."""
 
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import Exists, OuterRef, QuerySet, Subquery
 
-from mirror.models import Organization
+from mirror.models import Organization, PfaModification
 from mirror.selectors import organizations_visible_to
 from synclog.models import PfaSyncLog
 
@@ -50,3 +50,9 @@ def sync_logs_visible_to(user) -> QuerySet[PfaSyncLog]:
     return PfaSyncLog.objects.filter(organization__in=organizations_visible_to(user)).select_related(
         "organization", "triggered_by"
     )
+
+
+def organizations_with_edits_waiting() -> QuerySet[Organization]:
+    """The active organizations with committed modifications not yet written to PEMS (a write run's work)."""
+    waiting = PfaModification.objects.filter(organization=OuterRef("pk"), state__in=PfaModification.SHARED_STATES)
+    return Organization.objects.filter(Exists(waiting), is_active=True)

@@ -3,6 +3,7 @@
 from datetime import datetime
 
 from synclog import worker
+from synclog.models import PfaSyncLog
 
 
 def sync_execute(sync_log_id: str) -> str:
@@ -19,3 +20,15 @@ def sync_tick(scheduled_for: str | None = None) -> str:
 def sync_full() -> str:
     """The full schedule: free lost runs, then queue one full read per configured organization."""
     return worker.sync_full()
+
+
+def write_after_commit(organization_id: str, user_id: int | None = None) -> str:
+    """Queue the organization's write run once a planner committed edits (mirror.delta enqueues this)."""
+    from django.contrib.auth import get_user_model
+
+    from mirror.models import Organization
+
+    user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
+    organization = Organization.objects.get(pk=organization_id)
+    batch = worker.write_runs_queue(trigger=PfaSyncLog.Trigger.API, organizations=[organization], triggered_by=user)
+    return f"{organization.code}: " + ("write run queued" if batch.queued else str(batch.refused[0]))

@@ -22,10 +22,9 @@ from mirror.materialized import views_refresh_enqueue, views_refresh_pending
 from mirror.models import Organization
 from mirror.services import pfa_deleted_purge
 from ops.logs import run_log_context
-from synclog.engine import client_for_run, sync_run, sync_start
+from synclog.engine import SyncBatch, client_for_run, run_for, sync_start
 from synclog.models import PfaSyncLog, SyncStatus, stale_runs_expire
-from synclog.selectors import organizations_to_sync, organizations_with_last_run
-from synclog.writeback import write_run
+from synclog.selectors import organizations_to_sync, organizations_with_edits_waiting, organizations_with_last_run
 
 if TYPE_CHECKING:
     from django_q.models import Schedule
@@ -163,6 +162,9 @@ def sync_tick(*, scheduled_for: datetime | None = None) -> str:
         summary = "left to the full read due at the same time"
     else:
         summary = _queue_scheduled_reads(sync_type=PfaSyncLog.SyncType.INCREMENTAL)
+    writes = write_runs_queue(trigger=PfaSyncLog.Trigger.SCHEDULE)
+    if writes.queued or writes.refused:
+        summary += f"; write runs queued {len(writes.queued)}, skipped {len(writes.refused)}"
     purged = pfa_deleted_purge()  # logs what it purged
     if views_refresh_pending():  # asked for while the broker was down, or by a refresh that died
         views_refresh_enqueue()
@@ -195,6 +197,22 @@ def _queue_scheduled_reads(*, sync_type: str) -> str:
     return f"queued {len(batch.queued)}, skipped {len(batch.refused)} still running, expired {len(expired)} lost run(s)"
 
 
+def write_runs_queue(*, trigger: str, organizations=None, triggered_by=None) -> SyncBatch:
+    """Queue a write run for each organization (default: every one with edits waiting) that has
+    none active."""
+    if organizations is None:
+        organizations = organizations_with_edits_waiting()
+    batch = sync_start(
+        organizations=list(organizations),
+        trigger=trigger,
+        triggered_by=triggered_by,
+        direction=PfaSyncLog.Direction.WRITE,
+    )
+    for refusal in batch.refused:
+        logger.info("Write run of %s not queued: %s", refusal.organization.code, refusal)
+    return batch
+
+
 def sync_execute_queued(sync_log_id: str) -> str:
     """Run a queued sync in this worker; a run no longer queued (expired, cancelled) is skipped."""
     sync_log = PfaSyncLog.objects.select_related("organization", "api_configuration").get(pk=sync_log_id)
@@ -210,8 +228,7 @@ def sync_execute_queued(sync_log_id: str) -> str:
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set()) if in_main_thread else None
     try:
         with client, run_log_context(sync_log):
-            run = write_run if sync_log.direction == PfaSyncLog.Direction.WRITE else sync_run
-            run(sync_log=sync_log, client=client, stop=stop)
+            run_for(sync_log)(sync_log=sync_log, client=client, stop=stop)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

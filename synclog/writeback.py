@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from mirror import delta
 from mirror.materialized import views_refresh_request
-from mirror.models import PfaMirror, PfaModification
+from mirror.models import Organization, PfaMirror, PfaModification
 from mirror.pems import PemsClient, PemsError, PemsNotFound, PemsRecordConflict, PemsRequestError, PemsUnavailable
 from mirror.records import FIELD_ALIASES, PfaRowError, grid_text, parse_pfa_row
 from mirror.store import pfa_record_replace
@@ -64,41 +64,36 @@ def write_run(
 def _write_run(*, sync_log, client, stop, on_progress) -> PfaSyncLog:
     organization = sync_log.organization
     sync_log.start()
-    # `writing` ones too: a worker that died mid-write left them so (see the module's docstring).
-    modifications = list(
-        PfaModification.objects.filter(organization=organization, state__in=PfaModification.SHARED_STATES)
-        .select_related("author")
-        .in_commit_order()
-    )
-    logger.info("Write %s of %s started: %d modifications", sync_log.id, organization.code, len(modifications))
-    held_back: set[str] = set()  # records with an earlier modification left for the next run
+    taken: set[int] = set()
     try:
         with _Heartbeat(sync_log) as heartbeat:
-            sync_log.set_total(len(modifications))
-            for modification in modifications:
-                if (stop is not None and stop.is_set()) or sync_log.cancel_requested():
-                    left = len(modifications) - sync_log.records_processed
-                    sync_log.finish(
-                        SyncStatus.CANCELLED,
-                        error_message=f"{_stop_reason(sync_log, stop)} {left} modifications left for the next run.",
-                    )
-                    return sync_log
-                if modification.pfa_id in held_back:
-                    continue  # never ahead of an earlier change of the same record
-                heartbeat.check()
-                try:
-                    _write_one(sync_log, client, modification)
-                except _PemsGone as gone:
-                    held_back.add(modification.pfa_id)
-                    left = len(modifications) - sync_log.records_processed
-                    _record_failure(
-                        sync_log,
-                        f"PEMS is unavailable: {gone.__cause__}. {left} modifications left committed for the next run.",
-                        gone.__cause__,
-                    )
-                    return sync_log
-                if on_progress:
-                    on_progress(sync_log)
+            # Edits committed while the run goes on join it: it ends when none is left.
+            while batch := [m for m in _waiting(organization) if m.pk not in taken]:
+                sync_log.set_total((sync_log.records_total or 0) + len(batch))
+                logger.info("Write %s of %s: %d modifications to write", sync_log.id, organization.code, len(batch))
+                for modification in batch:
+                    taken.add(modification.pk)
+                    if (stop is not None and stop.is_set()) or sync_log.cancel_requested():
+                        left = sync_log.records_total - sync_log.records_processed
+                        sync_log.finish(
+                            SyncStatus.CANCELLED,
+                            error_message=f"{_stop_reason(sync_log, stop)} {left} modifications left for the next run.",
+                        )
+                        return sync_log
+                    heartbeat.check()
+                    try:
+                        _write_one(sync_log, client, modification)
+                    except _PemsGone as gone:
+                        left = sync_log.records_total - sync_log.records_processed
+                        _record_failure(
+                            sync_log,
+                            f"PEMS is unavailable: {gone.__cause__}. {left} modifications left committed for the "
+                            "next run.",
+                            gone.__cause__,
+                        )
+                        return sync_log
+                    if on_progress:
+                        on_progress(sync_log)
             sync_log.complete()
     except ClaimLost as lost:
         logger.warning("Write %s of %s stopped without writing more: %s", sync_log.id, organization.code, lost)
@@ -123,6 +118,16 @@ def _write_run(*, sync_log, client, stop, on_progress) -> PfaSyncLog:
         sync_log.duration_ms,
     )
     return sync_log
+
+
+def _waiting(organization: Organization) -> list[PfaModification]:
+    """The organization's modifications to write, in commit order: `writing` ones too, which a
+    worker that died mid-write left so (see the module's docstring)."""
+    return list(
+        PfaModification.objects.filter(organization=organization, state__in=PfaModification.SHARED_STATES)
+        .select_related("author")
+        .in_commit_order()
+    )
 
 
 def _write_one(sync_log: PfaSyncLog, client: PemsClient, modification: PfaModification) -> None:

@@ -224,3 +224,77 @@ def test_one_active_write_run_per_organization_under_20_concurrent_triggers(pems
     # A read of the same organization is not held up by the write.
     sync_claim(organization=rio, trigger="api")
     assert PfaSyncLog.objects.filter(status=SyncStatus.QUEUED).count() == 2
+
+
+# --- what starts a write run ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def inline_tasks(monkeypatch):
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", True)  # django-q2 runs an enqueued task at once, in this process
+
+
+def test_a_commit_has_the_worker_write_it(rio, simulator, ann, inline_tasks, django_capture_on_commit_callbacks):
+    delta.draft_save(organization=rio, pfa_id=KEY, user=ann, values={"dor": "AFTER-COMMIT"})
+    with django_capture_on_commit_callbacks(execute=True):
+        delta.drafts_commit(organization=rio, user=ann)
+    assert simulator.get_row("RIO", KEY)["pfs_f_dor"] == "AFTER-COMMIT"
+    run = PfaSyncLog.objects.get(direction="write")
+    assert (run.trigger, run.triggered_by, run.records_written) == ("api", ann, 1)
+
+
+def test_the_tick_writes_what_was_left(rio, simulator, ann, inline_tasks, django_capture_on_commit_callbacks):
+    from synclog.worker import sync_tick
+
+    commit(rio, ann, {"dor": "LEFT"})  # its own trigger never ran (say, the broker was down)
+    with django_capture_on_commit_callbacks(execute=True):
+        sync_tick()
+    assert simulator.get_row("RIO", KEY)["pfs_f_dor"] == "LEFT"
+    assert PfaSyncLog.objects.get(direction="write").trigger == "schedule"
+
+
+def test_push_pems_writes_inline_and_prints_a_summary(rio, simulator, ann):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    commit(rio, ann, {"dor": "PUSHED"})
+    out = StringIO()
+    call_command("push_pems", "--org", "rio", stdout=out)
+    assert simulator.get_row("RIO", KEY)["pfs_f_dor"] == "PUSHED"
+    lines = out.getvalue().splitlines()
+    header = next(line for line in lines if line.startswith("Org"))
+    assert header.split() == ["Org", "Status", "Total", "Written", "Rebased", "Conflicts", "Failed", "Duration"]
+    assert lines[lines.index(header) + 2].split()[:4] == ["RIO", "completed", "1", "1"]
+
+
+def test_the_api_trigger_queues_a_write_run_and_names_a_bad_direction(rio):
+    from rest_framework.test import APIClient
+
+    from mirror.tests.factories import user_with
+
+    client = APIClient()
+    client.force_authenticate(user_with("ops", "synclog.trigger_sync", organizations=[rio]))
+    response = client.post("/api/sync/trigger", {"organizationId": "RIO", "direction": "write"}, format="json")
+    assert response.status_code == 202, response.content
+    assert PfaSyncLog.objects.get(pk=response.json()["logId"]).direction == "write"
+    again = client.post("/api/sync/trigger", {"organizationId": "RIO", "direction": "write"}, format="json")
+    assert again.status_code == 409
+    read = client.post("/api/sync/trigger", {"organizationId": "RIO"}, format="json")
+    assert read.status_code == 202  # reads and writes of one organization may overlap
+    bad = client.post("/api/sync/trigger", {"organizationId": "RIO", "direction": "sideways"}, format="json")
+    assert bad.status_code == 400 and "direction" in bad.json()["fields"]
+
+
+def test_the_admin_action_queues_a_write_run(rio, admin_client):
+    from django.urls import reverse
+
+    response = admin_client.post(
+        reverse("admin:mirror_organization_changelist"),
+        {"action": "write_now", "_selected_action": [rio.pk]},
+        follow=True,
+    )
+    assert "Write run of RIO queued" in response.content.decode()
+    assert PfaSyncLog.objects.filter(direction="write", status="queued", trigger="admin").count() == 1

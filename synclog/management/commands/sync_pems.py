@@ -40,8 +40,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
-        if options["allow_mass_delete"] and not options["full"]:
-            raise CommandError("--allow-mass-delete needs --full: only a full read finds the records PEMS deleted.")
+        run_options = self.run_options(options)
         organizations = self._organizations(options["orgs"])
         stop = threading.Event()
         previous = {sig: signal.signal(sig, self._stop_handler(stop)) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -50,10 +49,9 @@ class Command(BaseCommand):
                 outcomes = sync_organizations(
                     organizations=organizations,
                     trigger=PfaSyncLog.Trigger.COMMAND,
-                    sync_type=PfaSyncLog.SyncType.FULL if options["full"] else PfaSyncLog.SyncType.INCREMENTAL,
-                    allow_mass_delete=options["allow_mass_delete"],
                     stop=stop,
                     on_progress=progress.update,
+                    **run_options,
                 )
                 progress.finish(outcomes)
         finally:
@@ -65,13 +63,23 @@ class Command(BaseCommand):
         if failed:
             raise CommandError(f"{len(failed)} of {len(outcomes)} organizations did not complete: {', '.join(failed)}")
 
+    def run_options(self, options: dict) -> dict:
+        """What the runs are (`sync_organizations`' options), from the command's options."""
+        if options["allow_mass_delete"] and not options["full"]:
+            raise CommandError("--allow-mass-delete needs --full: only a full read finds the records PEMS deleted.")
+        return {
+            "sync_type": PfaSyncLog.SyncType.FULL if options["full"] else PfaSyncLog.SyncType.INCREMENTAL,
+            "allow_mass_delete": options["allow_mass_delete"],
+        }
+
+    def default_organizations(self) -> list[Organization]:
+        organizations = list(organizations_to_sync())
+        if not organizations:
+            raise CommandError("No active organization with sync enabled: add one with add_organization.")
+        return organizations
+
     def _organizations(self, codes: list[str] | None) -> list[Organization]:
-        if not codes:
-            organizations = list(organizations_to_sync())
-            if not organizations:
-                raise CommandError("No active organization with sync enabled: add one with add_organization.")
-            return organizations
-        return organizations_from_codes(codes)
+        return organizations_from_codes(codes) if codes else self.default_organizations()
 
     def _stop_handler(self, stop: threading.Event):
         def handle(signum, frame):
@@ -82,19 +90,19 @@ class Command(BaseCommand):
 
         return handle
 
+    # The summary's columns: a heading and the run's field, after Org and Status.
+    SUMMARY_COLUMNS = (
+        ("Total", "records_total"),
+        ("Processed", "records_processed"),
+        ("Inserted", "records_inserted"),
+        ("Updated", "records_updated"),
+        ("Unchanged", "records_unchanged"),
+        ("Deleted", "records_deleted"),
+        ("Errored", "records_errored"),
+    )
+
     def _print_summary(self, outcomes: list[SyncOutcome]) -> None:
-        header = (
-            "Org",
-            "Status",
-            "Total",
-            "Processed",
-            "Inserted",
-            "Updated",
-            "Unchanged",
-            "Deleted",
-            "Errored",
-            "Duration",
-        )
+        header = ("Org", "Status", *(heading for heading, _ in self.SUMMARY_COLUMNS), "Duration")
         rows = [header]
         for outcome in outcomes:
             log = outcome.sync_log
@@ -105,13 +113,7 @@ class Command(BaseCommand):
                 (
                     outcome.organization.code,
                     log.status,
-                    _n(log.records_total),
-                    _n(log.records_processed),
-                    _n(log.records_inserted),
-                    _n(log.records_updated),
-                    _n(log.records_unchanged),
-                    _n(log.records_deleted),
-                    _n(log.records_errored),
+                    *(_n(getattr(log, field)) for _, field in self.SUMMARY_COLUMNS),
                     f"{(log.duration_ms or 0) / 1000:.1f}s",
                 )
             )
