@@ -265,7 +265,7 @@ class RecordDetailApi(APIView):
                 },
             ),
             **error_responses(401, 404),
-        }
+        },
     )
     def get(self, request: Request, key: str, pfa_id: str) -> Response:
         organization = visible_organization_or_404(request.user, key)
