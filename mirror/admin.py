@@ -10,13 +10,16 @@ from functools import cached_property
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
-from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import connection
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path
 from django.utils.html import format_html
 
+from mirror import delta
 from mirror.models import ApiConfiguration, PfaMirror, PfaModification
 from mirror.pems import PemsError
 from mirror.services import pems_connection_check
@@ -336,7 +339,8 @@ class PfaMirrorAdmin(admin.ModelAdmin):
 
 @admin.register(PfaModification)
 class PfaModificationAdmin(admin.ModelAdmin):
-    """Planners' edits, from draft to written; made through the API, looked at here."""
+    """Planners' edits, from draft to written; made through the API, looked at (and, in conflict,
+    resolved) here."""
 
     list_display = ("pfa_id", "organization", "author", "state", "changed_fields", "committed_at", "updated_at")
     list_filter = ("state", "organization", "author")
@@ -344,6 +348,8 @@ class PfaModificationAdmin(admin.ModelAdmin):
     search_fields = ("=pfa_id",)
     ordering = ("-updated_at",)
     readonly_fields = [field.name for field in PfaModification._meta.fields]
+    actions = ("resolve_keep_mine", "resolve_take_pems")
+    change_form_template = "admin/mirror/pfamodification/change_form.html"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # edits come through the records API, which validates them
@@ -354,6 +360,65 @@ class PfaModificationAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: PfaModification | None = None) -> bool:
         return False  # the history of what was written stays
 
+    def has_edit_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("mirror.edit_pfa_records")
+
     @admin.display(description="fields changed")
     def changed_fields(self, modification: PfaModification) -> str:
         return ", ".join(sorted(modification.changes))
+
+    @admin.action(description="Resolve conflicts: keep mine (commit again on PEMS's record)", permissions=["edit"])
+    def resolve_keep_mine(self, request: HttpRequest, queryset: QuerySet[PfaModification]) -> None:
+        self._resolve(request, queryset, delta.Resolution.KEEP_MINE)
+
+    @admin.action(description="Resolve conflicts: take PEMS's values (discard mine)", permissions=["edit"])
+    def resolve_take_pems(self, request: HttpRequest, queryset: QuerySet[PfaModification]) -> None:
+        self._resolve(request, queryset, delta.Resolution.TAKE_PEMS)
+
+    def _resolve(self, request, modifications, resolution: str, values: dict | None = None) -> bool:
+        resolved = True
+        for modification in modifications:
+            try:
+                delta.conflict_resolve(
+                    modification=modification, user=request.user, resolution=resolution, values=values
+                )
+            except (delta.NotInConflict, ValidationError) as error:
+                messages.error(request, f"{modification.pfa_id}: {'; '.join(_messages(error))}")
+                resolved = False
+                continue
+            modification.refresh_from_db()
+            messages.success(request, f"{modification.pfa_id}: {modification.error_message}")
+        return resolved
+
+    def get_urls(self):
+        merge = self.admin_site.admin_view(self.merge_view)
+        return [path("<int:object_id>/merge/", merge, name="mirror_pfamodification_merge"), *super().get_urls()]
+
+    def merge_view(self, request: HttpRequest, object_id: int):
+        """Resolve one conflict by merging: a value per conflicting field, committed on PEMS's record."""
+        modification = get_object_or_404(PfaModification, pk=object_id, state=PfaModification.State.CONFLICT)
+        if not self.has_edit_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            values = {name: request.POST.get(name, "") for name in modification.conflict}
+            values = {name: _form_value(name, value) for name, value in values.items()}
+            if self._resolve(request, [modification], delta.Resolution.MERGE, values):
+                return redirect("admin:mirror_pfamodification_change", modification.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Merge the conflict of {modification.pfa_id}",
+            "modification": modification,
+            "opts": self.model._meta,
+        }
+        return render(request, "admin/mirror/pfamodification/merge.html", context)
+
+
+def _messages(error: Exception) -> list[str]:
+    return error.messages if isinstance(error, ValidationError) else [str(error)]
+
+
+def _form_value(name: str, text: str):
+    """A form's text as the records API's JSON value of the field (flags from true/false)."""
+    if PfaMirror._meta.get_field(name).get_internal_type() == "BooleanField":
+        return text.strip().lower() in ("true", "1", "yes", "-1", "y")
+    return text.strip() or None

@@ -298,6 +298,63 @@ def _conflict_message(fields: dict[str, dict[str, Any]]) -> str:
     )
 
 
+# --- Conflicts: a planner decides ----------------------------------------------------------------------
+
+
+class Resolution:
+    KEEP_MINE = "keep_mine"
+    TAKE_PEMS = "take_pems"
+    MERGE = "merge"
+    CHOICES = (KEEP_MINE, TAKE_PEMS, MERGE)
+
+
+class NotInConflict(Exception):
+    """The modification is not (or no longer) in conflict."""
+
+
+def conflict_resolve(
+    *, modification: PfaModification, user, resolution: str, values: dict[str, Any] | None = None
+) -> PfaModification:
+    """Resolve a conflict: `keep_mine` commits the same change again on PEMS's current record (its
+    recordid and values the new base), `take_pems` discards it, `merge` commits `values` (field name
+    -> JSON value) on PEMS's current record instead. Fields already at PEMS's value are left out; a
+    change with none left ends discarded. ValidationError for bad values or a record deleted in
+    PEMS; NotInConflict if someone resolved it first."""
+    if resolution not in Resolution.CHOICES:
+        raise ValidationError({"resolution": [f"Must be one of {', '.join(Resolution.CHOICES)}."]})
+    if resolution == Resolution.MERGE:
+        if not values:
+            raise ValidationError({"values": ["A merge needs the values to commit."]})
+        changes = changes_parse(values)
+    else:
+        changes = {name: value_from_json(name, value) for name, value in modification.changes.items()}
+    who = user.get_username() if user else "someone"
+    with transaction.atomic():
+        if not PfaModification.objects.select_for_update().filter(pk=modification.pk, state=State.CONFLICT).exists():
+            raise NotInConflict(f"Modification {modification.pk} is not in conflict (any more).")
+        modification.refresh_from_db()
+        record = PfaMirror.objects.get(organization_id=modification.organization_id, pfa_id=modification.pfa_id)
+        if record.deleted_at is not None and resolution != Resolution.TAKE_PEMS:
+            raise ValidationError(f"PFA {modification.pfa_id} was deleted in PEMS: only take_pems resolves it.")
+        changes = {name: value for name, value in changes.items() if value != getattr(record, name)}
+        now = timezone.now()
+        if resolution == Resolution.TAKE_PEMS or not changes:
+            modification.state, modification.finished_at = State.DISCARDED, now
+            modification.error_message = f"Conflict resolved by {who}: PEMS's values kept."
+        else:
+            modification.state, modification.committed_at, modification.finished_at = State.COMMITTED, now, None
+            modification.changes = {name: value_to_json(name, value) for name, value in changes.items()}
+            modification.base_values = {name: value_to_json(name, getattr(record, name)) for name in changes}
+            modification.base_version, modification.base_record_id = record.version, record.pems_record_id
+            modification.error_message = f"Conflict resolved by {who} ({resolution}); committed again."
+        modification.save()
+        overlay_refresh(organization_id=modification.organization_id, pfa_ids=[modification.pfa_id])
+        if modification.state == State.COMMITTED:
+            views_refresh_request()
+            write_soon(modification.organization, user)
+    return modification
+
+
 # --- The overlay ---------------------------------------------------------------------------------
 
 

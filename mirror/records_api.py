@@ -33,10 +33,11 @@ from mirror.selectors import (
     RECORD_ORDERINGS,
     RecordFilters,
     kpis_get,
+    organizations_visible_to,
     record_get,
     records_list,
 )
-from pfasync.api import error_responses
+from pfasync.api import ApiError, error_responses
 
 EDIT_RECORDS = "mirror.edit_pfa_records"
 
@@ -419,3 +420,90 @@ class KpisApi(APIView):
                 "timeline": _api_values(kpis.timeline),
             }
         )
+
+
+# --- Conflicts ----------------------------------------------------------------------------------------
+
+
+class ConflictListApi(APIView):
+    """The organization's modifications in conflict with a change PEMS took meanwhile: per field,
+    the base the edit began from, mine (the edit) and theirs (PEMS now)."""
+
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "PfaConflicts",
+                {
+                    "success": serializers.BooleanField(),
+                    "conflicts": serializers.ListField(child=serializers.DictField()),
+                },
+            ),
+            **error_responses(401, 404),
+        }
+    )
+    def get(self, request: Request, key: str) -> Response:
+        organization = visible_organization_or_404(request.user, key)
+        conflicts = (
+            PfaModification.objects.filter(organization=organization, state=PfaModification.State.CONFLICT)
+            .select_related("author")
+            .in_commit_order()
+        )
+        return Response({"success": True, "conflicts": [conflict_output(m) for m in conflicts]})
+
+
+def conflict_output(modification: PfaModification) -> dict[str, Any]:
+    return {
+        "id": modification.pk,
+        "pfaId": modification.pfa_id,
+        "by": modification.author.get_username() if modification.author else None,
+        "committedAt": _json(modification.committed_at),
+        "fields": {_API_NAMES.get(name, name): sides for name, sides in modification.conflict.items()},
+    }
+
+
+class ResolveInputSerializer(serializers.Serializer):
+    resolution = serializers.ChoiceField(choices=delta.Resolution.CHOICES)
+    values = serializers.DictField(
+        required=False,
+        allow_null=True,
+        help_text="For `merge`: the fields to commit (camelCase), in the records API's formats.",
+    )
+
+
+class ModificationResolveApi(APIView):
+    """Resolve a conflict: `keep_mine` commits the edit again on PEMS's current record, `take_pems`
+    discards it, `merge` commits the given values instead."""
+
+    @extend_schema(
+        request=ResolveInputSerializer,
+        responses={
+            200: inline_serializer(
+                "ConflictResolved", {"success": serializers.BooleanField(), "modification": serializers.DictField()}
+            ),
+            **error_responses(400, 401, 403, 404, 409),
+        },
+    )
+    def post(self, request: Request, modification_id: int) -> Response:
+        modification = (
+            PfaModification.objects.filter(pk=modification_id, organization__in=organizations_visible_to(request.user))
+            .select_related("organization", "author")
+            .first()
+        )
+        if modification is None:
+            raise NotFound(f"Modification {modification_id} not found.")
+        _require_edit(request.user)
+        serializer = ResolveInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        values = serializer.validated_data.get("values")
+        try:
+            modification = delta.conflict_resolve(
+                modification=modification,
+                user=request.user,
+                resolution=serializer.validated_data["resolution"],
+                values=values and {_FIELD_NAMES.get(name, name): value for name, value in values.items()},
+            )
+        except delta.NotInConflict as error:
+            raise ApiError(status_code=409, error="NOT_IN_CONFLICT", message=str(error)) from None
+        except DjangoValidationError as error:
+            raise _model_errors(error) from None
+        return Response({"success": True, "modification": modification_output(modification)})

@@ -32,6 +32,12 @@ urlpatterns = [
     path("organizations/<str:key>/drafts/commit", records_api.DraftsCommitApi.as_view(), name="api-drafts-commit"),
     path("organizations/<str:key>/drafts/discard", records_api.DraftsDiscardApi.as_view(), name="api-drafts-discard"),
     path("organizations/<str:key>/kpis", records_api.KpisApi.as_view(), name="api-kpis"),
+    path("organizations/<str:key>/conflicts", records_api.ConflictListApi.as_view(), name="api-conflicts"),
+    path(
+        "modifications/<int:modification_id>/resolve",
+        records_api.ModificationResolveApi.as_view(),
+        name="api-modification-resolve",
+    ),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", api.ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"^", api.NotFoundApi.as_view()),

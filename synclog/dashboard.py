@@ -135,8 +135,11 @@ def _organization_rows(*, now: datetime, interval: timedelta, last_runs: dict) -
         last_success_message=Subquery(completed.values("error_message")[:1]),
         last_success_details=Subquery(completed.values("error_details")[:1]),
         mirror_size=mirror_size_subquery(),
+        last_write_id=Subquery(latest_read_runs(PfaSyncLog.Direction.WRITE).values("pk")[:1]),
     )
+    organizations = list(organizations)
     edits = edit_counts_by_organization()
+    last_writes = PfaSyncLog.objects.in_bulk([o.last_write_id for o in organizations if o.last_write_id])
     rows = []
     for organization in organizations:
         age = now - organization.last_completed_at if organization.last_completed_at else None
@@ -154,6 +157,7 @@ def _organization_rows(*, now: datetime, interval: timedelta, last_runs: dict) -
                 "deletions_held_back": (organization.last_success_details or {}).get("deletions_held_back"),
                 "last_success_message": organization.last_success_message,
                 "edits": edits.get(organization.pk, EditCounts()),
+                "last_write": last_writes.get(organization.last_write_id),
             }
         )
     return rows

@@ -20,14 +20,13 @@ def organizations_to_sync(*, including_sync_disabled: bool = False) -> QuerySet[
     return organizations if including_sync_disabled else organizations.filter(sync_enabled=True)
 
 
-def latest_read_runs() -> QuerySet[PfaSyncLog]:
-    """Read runs of the organization in the enclosing query (`OuterRef("pk")`), newest first.
+def latest_read_runs(direction: str = PfaSyncLog.Direction.READ) -> QuerySet[PfaSyncLog]:
+    """Read runs (or write runs, `direction`) of the organization in the enclosing query
+    (`OuterRef("pk")`), newest first.
 
     Slice `[:1]` inside a Subquery to annotate organizations with their last run.
     """
-    return PfaSyncLog.objects.filter(organization=OuterRef("pk"), direction=PfaSyncLog.Direction.READ).order_by(
-        "-created_at", "-pk"
-    )
+    return PfaSyncLog.objects.filter(organization=OuterRef("pk"), direction=direction).order_by("-created_at", "-pk")
 
 
 def organizations_with_last_run(organizations: QuerySet[Organization] | None = None) -> QuerySet[Organization]:

@@ -244,3 +244,10 @@ def test_dashboard_shows_each_organizations_edits_and_the_kpi_views(admin_client
     assert '<td class="drafts">0</td>' in org_row(body, "HOU")
     views_refresh(now_anyway=True)
     assert re.search(r'id="views-refresh">refreshed .* ago, in \d+ ms', admin_client.get(DASHBOARD).content.decode())
+
+
+def test_dashboard_shows_each_organizations_last_write_run(admin_client):
+    rio = configured("RIO")
+    PfaSyncLogFactory(organization=rio, direction="write", records_written=7, records_conflicts=2)
+    row = org_row(admin_client.get(DASHBOARD).content.decode(), "RIO")
+    assert re.search(r'class="last-write"><a href="[^"]+">Completed</a>, 7 written, 2 conflicts', row), row

@@ -298,3 +298,93 @@ def test_the_admin_action_queues_a_write_run(rio, admin_client):
     )
     assert "Write run of RIO queued" in response.content.decode()
     assert PfaSyncLog.objects.filter(direction="write", status="queued", trigger="admin").count() == 1
+
+
+# --- resolving conflicts -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def conflicted(rio, simulator, ann) -> PfaModification:
+    """Ann's rate and dor edit, after PEMS changed the dor to THEIRS: a conflict."""
+    modification = commit(rio, ann, {"dor": "MINE", "monthly_rate": "1234"})
+    simulator.update_row("RIO", KEY, {"pfs_f_dor": "THEIRS"})
+    assert write(rio).records_conflicts == 1
+    modification.refresh_from_db()
+    return modification
+
+
+def planner_client(rio, *permissions, username: str = "pat"):
+    from rest_framework.test import APIClient
+
+    from mirror.tests.factories import user_with
+
+    client = APIClient()
+    client.force_authenticate(user_with(username, *permissions, organizations=[rio]))
+    return client
+
+
+def test_conflicts_are_listed_with_base_mine_and_theirs(rio, conflicted):
+    body = planner_client(rio).get("/api/organizations/RIO/conflicts").json()
+    (conflict,) = body["conflicts"]
+    assert (conflict["id"], conflict["pfaId"], conflict["by"]) == (conflicted.pk, KEY, "ann")
+    assert conflict["fields"] == {"dor": {"base": conflicted.base_values["dor"], "mine": "MINE", "theirs": "THEIRS"}}
+
+
+@pytest.mark.parametrize(
+    ("resolution", "values", "dor", "rate"),
+    [
+        ("keep_mine", None, "MINE", "1,234.00"),
+        ("take_pems", None, "THEIRS", None),
+        ("merge", {"dor": "BOTH", "monthlyRate": "99"}, "BOTH", "99.00"),
+    ],
+)
+def test_each_resolution_reaches_pems_as_chosen(rio, simulator, conflicted, resolution, values, dor, rate):
+    rate_before = simulator.get_row("RIO", KEY)["pfs_f_rental"]
+    client = planner_client(rio, "mirror.edit_pfa_records")
+    response = client.post(
+        f"/api/modifications/{conflicted.pk}/resolve", {"resolution": resolution, "values": values}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    write(rio)
+    row = simulator.get_row("RIO", KEY)
+    assert (row["pfs_f_dor"], row["pfs_f_rental"]) == (dor, rate or rate_before)
+    conflicted.refresh_from_db()
+    assert conflicted.state == (State.DISCARDED if resolution == "take_pems" else State.WRITTEN)
+    again = client.post(f"/api/modifications/{conflicted.pk}/resolve", {"resolution": "keep_mine"}, format="json")
+    assert again.status_code == 409
+
+
+def test_resolving_needs_the_permission_and_the_organization(rio, conflicted):
+    url = f"/api/modifications/{conflicted.pk}/resolve"
+    assert planner_client(rio).post(url, {"resolution": "take_pems"}, format="json").status_code == 403
+    outsider = planner_client(OrganizationFactory(code="SEA"), "mirror.edit_pfa_records", username="otto")
+    assert outsider.post(url, {"resolution": "take_pems"}, format="json").status_code == 404
+    bad = planner_client(rio, "mirror.edit_pfa_records", username="ed").post(url, {"resolution": "x"}, format="json")
+    assert bad.status_code == 400 and "resolution" in bad.json()["fields"]
+    conflicted.refresh_from_db()
+    assert conflicted.state == State.CONFLICT
+
+
+def test_the_admin_resolves_by_action_and_by_merge(rio, simulator, conflicted, admin_client):
+    from django.urls import reverse
+
+    merge_url = reverse("admin:mirror_pfamodification_merge", args=[conflicted.pk])
+    assert (
+        merge_url
+        in admin_client.get(reverse("admin:mirror_pfamodification_change", args=[conflicted.pk])).content.decode()
+    )
+    assert "THEIRS" in admin_client.get(merge_url).content.decode()
+    admin_client.post(merge_url, {"dor": "MERGED"})
+    conflicted.refresh_from_db()
+    assert conflicted.state == State.COMMITTED and conflicted.changes == {"dor": "MERGED"}
+    write(rio)
+    assert simulator.get_row("RIO", KEY)["pfs_f_dor"] == "MERGED"
+    other = commit(rio, User.objects.get(username="ann"), {"dor": "AGAIN"})
+    simulator.update_row("RIO", KEY, {"pfs_f_dor": "PEMS-AGAIN"})
+    write(rio)
+    admin_client.post(
+        reverse("admin:mirror_pfamodification_changelist"),
+        {"action": "resolve_take_pems", "_selected_action": [other.pk]},
+    )
+    other.refresh_from_db()
+    assert other.state == State.DISCARDED
