@@ -105,7 +105,8 @@ def _write_run(*, sync_log, client, stop, on_progress) -> PfaSyncLog:
             _record_failure(sync_log, f"Internal error: {type(error).__name__}: {error}", error)
         raise
     finally:
-        if sync_log.records_written:
+        # Each outcome takes an edit out of the merged view's committed ones: the KPIs change.
+        if sync_log.records_written or sync_log.records_conflicts or sync_log.records_errored:
             views_refresh_request()
     logger.info(
         "Write %s of %s completed: %d written (%d rebased), %d conflicts, %d failed in %d ms",
