@@ -20,7 +20,12 @@ On N synthetic PFA rows (the simulator's generator, seed 1) it measures, in this
    caller (bench_delta.py): the records list (category + forecast window, newest 100) and the KPIs,
    p50/p95 through the whole selector, the list plan's indexes, and one refresh of the materialized
    views; the unchanged re-syncs are checked to ask for no refresh;
-4. dlt (its own venv, `.venv-dlt`, from benchmarks/requirements-dlt.txt) reading the same grid over
+4. write-back (bench_writeback.py): committed modifications PATCHed to the simulator with 20 ms added
+   to every PEMS call, 2,500 per organization (100 with --quick), for 1, 2 and 4 organizations
+   written at once (1 and 2 with --quick; 4 x 2,500 = 10,000): modifications per second, the share
+   of wall time spent in PEMS calls, and the rate PEMS's latency alone allows; every modification
+   checked written once, a sample read back from the simulator;
+5. dlt (its own venv, `.venv-dlt`, from benchmarks/requirements-dlt.txt) reading the same grid over
    HTTP and merging it by (organization, pfs_id) into a separate database: first load and a
    1%-changed re-sync. If dlt cannot be installed the run says so and goes on.
 
@@ -84,6 +89,13 @@ DELETION_DETECTION_TARGET = 1.10
 INCREMENTAL_TARGET_SECONDS = 1.0
 # Issue 6's target: pfasync's first load, end to end, at least at this share of its limit's rate.
 FIRST_LOAD_TARGET = 0.8
+# Issue 18's write-back: modifications per organization, the organizations written at once, and
+# the latency the simulator adds to every PEMS call meanwhile.
+WRITEBACK_PER_ORG = 2_500
+WRITEBACK_LEVELS = (1, 2, 4)
+WRITEBACK_QUICK_PER_ORG = 100
+WRITEBACK_QUICK_LEVELS = (1, 2)
+WRITEBACK_LATENCY_SECONDS = 0.020
 T = TypeVar("T")
 
 
@@ -103,21 +115,27 @@ def child_setup(*, port: int) -> dict[str, Any]:
     _django()
     from django.core.management import call_command
 
-    from mirror.services import organization_register
-
     call_command("migrate", verbosity=0)
     for code in (ORG, SMALL_ORG):
-        organization_register(
-            code=code,
-            name=f"Benchmark {code}",
-            base_url=f"http://127.0.0.1:{port}",
-            tenant="PEMS_DEMO",
-            username="pfasync",
-            secret="pfasync-demo",
-            time_zone=SIM_TIME_ZONE,
-            page_size=PAGE_SIZE,
-        )
+        _register(code, port=port)
     return {}
+
+
+def _register(code: str, *, port: int):
+    """Register organization `code` against the simulator at `port`; return it."""
+    from mirror.services import organization_register
+
+    organization, _ = organization_register(
+        code=code,
+        name=f"Benchmark {code}",
+        base_url=f"http://127.0.0.1:{port}",
+        tenant="PEMS_DEMO",
+        username="pfasync",
+        secret="pfasync-demo",
+        time_zone=SIM_TIME_ZONE,
+        page_size=PAGE_SIZE,
+    )
+    return organization
 
 
 def _mirror_state(organization) -> dict[str, Any]:
@@ -349,6 +367,20 @@ def child_delta(*, runs: int) -> dict[str, Any]:
     from bench_delta import delta_measure
 
     return delta_measure(org=ORG, runs=runs)
+
+
+def child_writeback(*, port: int, per_org: int, levels: list[int], latency: float) -> dict[str, Any]:
+    """Committed modifications written to the simulator with PEMS's latency (see bench_writeback.py)."""
+    _django()
+    from bench_writeback import writeback_measure
+
+    return writeback_measure(
+        base_url=f"http://127.0.0.1:{port}",
+        per_org=per_org,
+        levels=levels,
+        latency=latency,
+        register=lambda code: _register(code, port=port),
+    )
 
 
 # --- the parent: processes, databases, phases, the table ----------------------------------------
@@ -716,7 +748,32 @@ def benchmark(args: argparse.Namespace, command_line: str) -> tuple[dict[str, An
             syncs[name]["view_refresh_requests"] for name in unchanged_pair
         )
 
-        # 4. dlt on the same simulator data.
+        # 4. Write-back: committed modifications PATCHed to the simulator, PEMS's latency added.
+        per_org, levels = (
+            (WRITEBACK_QUICK_PER_ORG, WRITEBACK_QUICK_LEVELS) if args.quick else (WRITEBACK_PER_ORG, WRITEBACK_LEVELS)
+        )
+        print(
+            f"write-back: {per_org:,} modifications per organization, {', '.join(map(str, levels))} organizations "
+            f"at once, {WRITEBACK_LATENCY_SECONDS * 1000:g} ms per PEMS call",
+            flush=True,
+        )
+        report["writeback"] = writeback = run_measured(
+            child_command(
+                "writeback",
+                "--port",
+                str(port),
+                "--per-org",
+                str(per_org),
+                "--levels",
+                ",".join(map(str, levels)),
+                "--latency",
+                str(WRITEBACK_LATENCY_SECONDS),
+            ),
+            env,
+        ).result
+        failures += [f"write-back, {failure}" for failure in writeback["failures"]]
+
+        # 5. dlt on the same simulator data.
         report["dlt"] = run_dlt(args, port, records, dlt_database_url, env, phase, failures)
     finally:
         simulator.terminate()
@@ -871,6 +928,10 @@ def print_table(report: dict[str, Any]) -> None:
             f"(target {KPIS_P95_TARGET_MS}); refresh of both views {delta['refresh']['seconds']} s "
             f"(target {REFRESH_TARGET_SECONDS}); index: {', '.join(listed['indexes_used']) or 'none'}"
         )
+    if report.get("writeback"):
+        from bench_writeback import writeback_summary
+
+        print(writeback_summary(report["writeback"]))
     memory = report.get("memory")
     if memory:
         print(
@@ -916,13 +977,16 @@ def main() -> None:
         help="first loads per tool, the median counts; odd (default 3; --quick: 1)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "bench_sync.json")
-    parser.add_argument("--child", choices=("setup", "sync", "limit", "delta"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("setup", "sync", "limit", "delta", "writeback"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--org", help=argparse.SUPPRESS)
     parser.add_argument("--sync-type", default="full", help=argparse.SUPPRESS)
     parser.add_argument("--no-deletions", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--per-org", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--levels", help=argparse.SUPPRESS)
+    parser.add_argument("--latency", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         children = {
@@ -930,6 +994,12 @@ def main() -> None:
             "sync": lambda: child_sync(org=args.org, sync_type=args.sync_type, detect_deletions=not args.no_deletions),
             "limit": lambda: child_limit(records=args.records, database_url=args.database_url, repeats=args.repeats),
             "delta": lambda: child_delta(runs=args.runs),
+            "writeback": lambda: child_writeback(
+                port=args.port,
+                per_org=args.per_org,
+                levels=[int(count) for count in args.levels.split(",")],
+                latency=args.latency,
+            ),
         }
         print(json.dumps(children[args.child](), default=str))
         return
