@@ -26,7 +26,7 @@ from django.utils import timezone
 from mirror import delta
 from mirror.materialized import views_refresh_request
 from mirror.models import Organization, PfaMirror, PfaModification
-from mirror.pems import PemsClient, PemsError, PemsNotFound, PemsRecordConflict, PemsRequestError, PemsUnavailable
+from mirror.pems import PemsClient, PemsError, PemsNotFound, PemsRecordConflict, PemsRequestError
 from mirror.records import FIELD_ALIASES, PfaRowError, grid_text, parse_pfa_row
 from mirror.store import pfa_record_replace
 from ops.logs import run_log_context
@@ -41,7 +41,8 @@ MAX_REBASES = 3
 
 
 class _PemsGone(Exception):
-    """PEMS kept failing for one modification: it stays committed, and the run stops."""
+    """PEMS failed the run, not one edit (unavailable, credentials refused): the edit stays
+    committed, and the run stops."""
 
 
 def write_run(
@@ -87,8 +88,7 @@ def _write_run(*, sync_log, client, stop, on_progress) -> PfaSyncLog:
                         left = sync_log.records_total - sync_log.records_processed
                         _record_failure(
                             sync_log,
-                            f"PEMS is unavailable: {gone.__cause__}. {left} modifications left committed for the "
-                            "next run.",
+                            f"{str(gone.__cause__).rstrip('.')}. {left} modifications left committed for the next run.",
                             gone.__cause__,
                         )
                         return sync_log
@@ -139,6 +139,7 @@ def _write_one(sync_log: PfaSyncLog, client: PemsClient, modification: PfaModifi
     recordid, base = _base_of(modification)
     mine = {name: delta.value_from_json(name, value) for name, value in modification.changes.items()}
     rebased = False
+    pems_row = _stored_row(modification)  # the record as last seen: the mirror's, then PEMS's own
     try:
         for _ in range(MAX_REBASES):
             if not sync_log.beat():  # the last moment before acting on PEMS: still ours?
@@ -147,7 +148,8 @@ def _write_one(sync_log: PfaSyncLog, client: PemsClient, modification: PfaModifi
                 saved = client.patch_record(
                     modification.pfa_id, str(recordid), _aliases(mine), organization=pems.organization
                 )
-                row = {**_stored_row(modification), **_aliases(mine), **saved}
+                # PEMS may answer with the new recordid and stamp only: the rest is what it holds now.
+                row = {**pems_row, **_aliases(mine), **saved}
                 _record(sync_log, modification, row, pems, written=True, rebased=rebased)
                 return
             except PemsRecordConflict:
@@ -171,15 +173,15 @@ def _write_one(sync_log: PfaSyncLog, client: PemsClient, modification: PfaModifi
             if not mine:  # PEMS holds every value already (e.g. our own PATCH whose answer was lost)
                 _record(sync_log, modification, row, pems, written=True, rebased=rebased)
                 return
-            recordid, rebased = row["recordid"], True
+            recordid, rebased, pems_row = row["recordid"], True, row
         raise PemsRequestError(f"PEMS's record {modification.pfa_id} changed under {MAX_REBASES} tries in a row")
     except PemsNotFound:
         _record(sync_log, modification, None, pems, failed="The record was deleted in PEMS (PEMS answered 404).")
-    except PemsUnavailable as error:
+    except PemsRequestError as error:  # PEMS refused the value: never retried
+        _record(sync_log, modification, None, pems, failed=f"PEMS refused the change: {error.message}")
+    except PemsError as error:  # unavailable, credentials refused, an answer not understood: not this edit's fault
         delta.modification_requeue(modification)
         raise _PemsGone() from error
-    except PemsError as error:  # PEMS refused the value: never retried
-        _record(sync_log, modification, None, pems, failed=f"PEMS refused the change: {error.message}")
 
 
 def _base_of(modification: PfaModification) -> tuple[int | None, dict[str, Any]]:

@@ -55,9 +55,9 @@ def commit(organization, user, values: dict, pfa_id: str = KEY) -> PfaModificati
     return PfaModification.objects.get(organization=organization, pfa_id=pfa_id, author=user, state=State.COMMITTED)
 
 
-def write(organization) -> PfaSyncLog:
+def write(organization, **client_overrides) -> PfaSyncLog:
     sync_log = sync_claim(organization=organization, trigger="command", direction=PfaSyncLog.Direction.WRITE)
-    with fast_client(organization) as client:
+    with fast_client(organization, **client_overrides) as client:
         try:
             write_run(sync_log=sync_log, client=client)
         except PemsError:
@@ -187,6 +187,14 @@ def test_pems_down_leaves_the_modifications_committed_and_fails_the_run(rio, sim
     assert write(rio).records_written == 2
     first.refresh_from_db()
     assert first.state == State.WRITTEN
+
+
+def test_credentials_pems_refuses_fail_the_run_not_the_edit(rio, simulator, ann):
+    modification = commit(rio, ann, {"dor": "X"})
+    run = write(rio, secret="not-the-password")
+    assert run.status == SyncStatus.FAILED and "credentials" in run.error_message
+    modification.refresh_from_db()
+    assert modification.state == State.COMMITTED and simulator.get_row("RIO", KEY)["pfs_f_dor"] != "X"
 
 
 def test_a_read_page_older_than_a_write_does_not_undo_it(rio, simulator, ann):
