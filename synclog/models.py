@@ -69,11 +69,11 @@ class PfaSyncLog(models.Model):
     records_errored = models.PositiveBigIntegerField(default=0)
     # A write run's own counts (`records_total` is how many modifications it took, `records_errored`
     # those PEMS refused).
-    records_written = models.PositiveBigIntegerField(default=0)
+    records_written = models.PositiveBigIntegerField(default=0, db_default=0)
     records_rebased = models.PositiveBigIntegerField(
-        default=0, help_text="Written after a three-way merge with a change PEMS took meanwhile."
+        default=0, db_default=0, help_text="Written after a three-way merge with a change PEMS took meanwhile."
     )
-    records_conflicts = models.PositiveBigIntegerField(default=0)
+    records_conflicts = models.PositiveBigIntegerField(default=0, db_default=0)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
