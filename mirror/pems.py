@@ -1,10 +1,10 @@
 """The PEMS client: grid pages in, rows (alias -> string) out, one error type per failure kind.
 
-Speaks the contract in PEMS-API.md: both grid endpoints (`grids`, `griddata`), both response
+Speaks the contract in docs/pems-api.md: both grid endpoints (`grids`, `griddata`), both response
 shapes (`DATARECORD` and `GRID`), cursor paging, session reuse, retries with backoff, and the
 single-record GET/PATCH used to write changes back. Rows come out as alias -> string dicts;
-`mirror.records` types them. A plain grid data page is decoded straight into typed structs (several
-times faster than generic JSON); anything else about an answer goes through the generic decode.
+`mirror.records` types them. A plain grid data page is decoded by `mirror.pems_fast`; anything
+else about an answer goes through the general JSON decode here.
 
 This module does not touch the database or Django settings; callers build a `PemsSettings`.
 """
@@ -21,22 +21,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from functools import lru_cache
 from http import HTTPStatus
 from http.client import HTTPException, IncompleteRead
-from operator import itemgetter
-from sys import intern
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import msgspec
 import orjson
 import requests
 from django.core.exceptions import ImproperlyConfigured
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ProtocolError
 
+from mirror.pems_fast import DecodedPage, PageDecoder
 from mirror.secrets import secret_register, secrets_scrub
 
 logger = logging.getLogger("mirror.pems")
@@ -212,14 +209,11 @@ class PemsSettings:
 
 @dataclass(frozen=True)
 class GridFilter:
-    """One entry of MULTIADDON_FILTERS; `joiner` links it to the next entry."""
+    """One entry of MULTIADDON_FILTERS; a grid call's filters must all hold (they are joined by AND)."""
 
     alias: str
     operator: str
     value: str = ""
-    joiner: str = "AND"
-    lparen: bool = False
-    rparen: bool = False
 
 
 @dataclass
@@ -355,7 +349,7 @@ def _observed(send: Callable[..., Any]) -> Callable[..., Any]:
 
 @dataclass(frozen=True)
 class _Answered:
-    """A 2xx answer the contract describes: the JSON object, or the struct `typed` made of it."""
+    """A 2xx answer the contract describes: the JSON object, or what `typed` made of it."""
 
     answer: Any
     response: requests.Response
@@ -450,12 +444,12 @@ class PemsClient:
         """
         last_key: str | None = None
         number = 0
-        columns = _GridColumns()
+        decoder = PageDecoder()
         while True:
             bound = [GridFilter("pfs_id", ">", last_key)] if last_key is not None else []
             body = self._grid_body("LIST.DATA_ONLY.STORED", [*filters, *bound], sort=("pfs_id", "ASC"))
             number += 1
-            rows, more, server_date = self._grid_page(body, columns, number)
+            rows, more, server_date = self._grid_page(body, decoder, number)
             page = GridPage(
                 number,
                 rows,
@@ -472,7 +466,7 @@ class PemsClient:
             last_key = page.last_key
 
     def _grid_page(
-        self, body: dict[str, Any], columns: _GridColumns, number: int
+        self, body: dict[str, Any], decoder: PageDecoder, number: int
     ) -> tuple[list[dict[str, str]], bool, datetime | None]:
         """One grid page: its rows, whether PEMS says more follow, and the server's clock.
 
@@ -483,9 +477,9 @@ class PemsClient:
         attempts = 0
         while True:
             attempts += 1
-            answer, response = self._send("POST", self.settings.endpoint, body, typed=columns.decode, deadline=deadline)
-            if isinstance(answer, _GridPageAnswer):
-                rows, next_cursor = _typed_grid_rows(answer.Result.ResultData)
+            answer, response = self._send("POST", self.settings.endpoint, body, typed=decoder.decode, deadline=deadline)
+            if isinstance(answer, DecodedPage):
+                rows, next_cursor = answer.rows, _decoded_next_cursor(answer)
             else:
                 rows, next_cursor = _grid_rows(_result_data(answer))
             # Only `rows` lives on while the caller works on the page: the body and its parsed
@@ -529,19 +523,15 @@ class PemsClient:
         return f"pfa/{quote(pfa_id, safe='')}%23{quote(org, safe='')}"
 
     def _grid_body(
-        self,
-        request_type: str,
-        filters: Sequence[GridFilter],
-        *,
-        sort: tuple[str, str] | None = None,
-        cursor: int = 1,
+        self, request_type: str, filters: Sequence[GridFilter], *, sort: tuple[str, str] | None = None
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "GRID": {
                 "GRID_NAME": self.settings.grid_name,
                 "GRID_ID": self.settings.grid_id,
                 "NUMBER_OF_ROWS_FIRST_RETURNED": self.settings.page_size,
-                "CURSOR_POSITION": cursor,
+                # Always the first rows: a read pages by key (`pfs_id >` the last one read).
+                "CURSOR_POSITION": 1,
             },
             "GRID_TYPE": {"TYPE": "LIST"},
             "REQUEST_TYPE": request_type,
@@ -549,20 +539,16 @@ class PemsClient:
         if sort is not None:
             body["ADDON_SORT"] = {"ALIAS_NAME": sort[0], "TYPE": sort[1]}
         if filters:
-            entries = []
-            for seqnum, grid_filter in enumerate(filters, start=1):
-                entry: dict[str, Any] = {
+            entries = [
+                {
                     "SEQNUM": seqnum,
                     "ALIAS_NAME": grid_filter.alias,
                     "OPERATOR": grid_filter.operator,
                     "VALUE": grid_filter.value,
-                    "JOINER": grid_filter.joiner,
+                    "JOINER": "AND",
                 }
-                if grid_filter.lparen:
-                    entry["LPAREN"] = True
-                if grid_filter.rparen:
-                    entry["RPAREN"] = True
-                entries.append(entry)
+                for seqnum, grid_filter in enumerate(filters, start=1)
+            ]
             body["MULTIADDON_FILTERS"] = {"MADDON_FILTER": entries}
         return body
 
@@ -596,7 +582,7 @@ class PemsClient:
         """One PEMS call: attempts until one is answered; returns the answer and the response.
 
         The answer is the JSON object, or, when `typed` can decode a 2xx answer (it returns None
-        when it cannot), its struct, which carries `Result.SessionID` like the JSON does.
+        when it cannot), what it made of it, which carries a `session_id`.
 
         An expired session is renewed once per call, without counting as a failed attempt. A
         failure another attempt may mend is retried with backoff; any other is raised at once.
@@ -694,7 +680,7 @@ class PemsClient:
         status = response.status_code
         success = 200 <= status < 300
         if success and typed is not None and (answer := typed(content)) is not None:
-            self._remember_session(answer.Result.SessionID)
+            self._remember_session(answer.session_id)
             return _Answered(answer, response)
         payload = _loads(content)
         if payload is None and success:
@@ -948,6 +934,13 @@ def _grid_rows(result_data: dict) -> tuple[list[dict[str, str]], int | None]:
     raise PemsProtocolError("the grid answer has neither ResultData.DATARECORD nor ResultData.GRID")
 
 
+def _decoded_next_cursor(page: DecodedPage) -> int | None:
+    """What `_grid_rows` makes of the cursor fields of the same page."""
+    if page.shape == "A":
+        return _cursor(page.next_position, "NEXTCURSORPOSITION")
+    return _grid_next_cursor(page.more_records, page.current_position)
+
+
 def _grid_next_cursor(more_records: Any, current: Any) -> int | None:
     """Shape B's next cursor position: the one after the current, while more records are present."""
     if more_records != "+":
@@ -956,28 +949,15 @@ def _grid_next_cursor(more_records: Any, current: Any) -> int | None:
     return position + 1 if position is not None else None
 
 
-_ONLY_STR = {str}
-
-
 def _cell_rows(entries: list, cells_key: str, name_key: str, value_key: str, what: str) -> list[dict[str, str]]:
-    name_of, value_of = itemgetter(name_key), itemgetter(value_key)
     rows = []
-    for index, entry in enumerate(entries):
+    for entry in entries:
         if not isinstance(entry, dict):
             raise PemsProtocolError(f"a {what} entry is not an object")
         cells = _as_list(entry.get(cells_key))
-        try:
-            # The common case at C speed: well-formed cells whose values are all strings.
-            row = dict(zip(map(intern, map(name_of, cells)), map(value_of, cells), strict=True))
-            clean = {*map(type, row), *map(type, row.values())} == _ONLY_STR
-        except (KeyError, TypeError):
-            clean = False
-        if not clean:
-            if not all(isinstance(cell, dict) for cell in cells):
-                raise PemsProtocolError(f"a {what} cell is not an object")
-            row = {_text(cell.get(name_key)): _text(cell.get(value_key)) for cell in cells}
-        rows.append(row)
-        entries[index] = None  # free the parsed cells as we go: they weigh several times the rows
+        if not all(isinstance(cell, dict) for cell in cells):
+            raise PemsProtocolError(f"a {what} cell is not an object")
+        rows.append({_text(cell.get(name_key)): _text(cell.get(value_key)) for cell in cells})
     return rows
 
 
@@ -986,212 +966,3 @@ def _pfa_result(payload: dict) -> dict[str, str]:
     if not isinstance(record, dict):
         raise PemsProtocolError("the record answer has no Result.ResultData.PFA object")
     return {str(alias): _text(value) for alias, value in record.items()}
-
-
-# --- grid pages, typed (the fast path) ----------------------------------------------------------
-#
-# A plain data page decodes straight into these structs, several times faster than into orjson's
-# dicts (gc=False keeps the cyclic GC off the quarter million cells). They declare every key the
-# contract shows and forbid any other: msgspec skips an undeclared value without checking its UTF-8,
-# number range or nesting depth, so skipping would accept bodies orjson rejects as not JSON. Any
-# answer the structs do not describe exactly (a null or number value, a bare object for a list, an
-# extra key, ...) fails to decode and goes through `_grid_rows`, which keeps its lenient handling
-# and its error messages.
-
-# Larger integers become floats in orjson, which the generic path rejects as cursors.
-_TypedCursor = str | Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None
-
-
-class _Wire(msgspec.Struct, forbid_unknown_fields=True):
-    """Base of the grid page structs: keys as PEMS spells them, nothing undeclared."""
-
-
-# A cell's column name and data type: `str` for any page, or a Literal of the names a read has
-# met so far, which hands every cell the one string object of its name (see `_GridColumns`).
-_Name = TypeVar("_Name")
-_DataType = TypeVar("_DataType")
-
-
-# The cells and rows of both shapes have the same attribute names (`cells`, `name`, `value`), so
-# that one loop makes rows of either.
-
-
-class _DataField(_Wire, Generic[_Name, _DataType], gc=False):
-    """One shape A cell."""
-
-    name: _Name = msgspec.field(name="FIELDNAME")
-    value: str = msgspec.field(name="FIELDVALUE")
-    # Unused; declared so that it is checked like the rest of the body.
-    datatype: _DataType = msgspec.field(default="", name="DATATYPE")
-
-
-class _DataRecord(_Wire, Generic[_Name, _DataType], gc=False):
-    """One shape A row."""
-
-    cells: list[_DataField[_Name, _DataType]] = msgspec.field(name="DATAFIELD")
-
-
-class _Cell(_Wire, Generic[_Name], gc=False):
-    """One shape B cell."""
-
-    name: _Name = msgspec.field(name="ALIAS_NAME")
-    value: str = msgspec.field(name="VALUE")
-
-
-class _Row(_Wire, Generic[_Name], gc=False):
-    """One shape B row."""
-
-    cells: list[_Cell[_Name]] = msgspec.field(name="CELL")
-
-
-class _GridData(_Wire, Generic[_Name]):
-    """Shape B's GRID.DATA."""
-
-    ROW: list[_Row[_Name]] | None = None
-
-
-class _GridMetadata(_Wire):
-    """Shape B's GRID.METADATA."""
-
-    CURRENTCURSORPOSITION: _TypedCursor = None
-    MORERECORDPRESENT: str | None = None
-    CLIENTROWS: str | None = None
-    RECORDS: str | None = None
-    SERVERTIMESTAMP: str | None = None
-
-
-class _Grid(_Wire, Generic[_Name]):
-    """Shape B's ResultData.GRID."""
-
-    GRIDID: str | None = None
-    GRIDNAME: str | None = None
-    METADATA: _GridMetadata | None = None
-    DATA: _GridData[_Name] | None = None
-
-
-class _GridResultData(_Wire, Generic[_Name, _DataType]):
-    """Result.ResultData of a data page, in either shape."""
-
-    # UNSET tells a missing DATARECORD (then shape B) from a null one (shape A, no rows).
-    DATARECORD: list[_DataRecord[_Name, _DataType]] | None | msgspec.UnsetType = msgspec.UNSET
-    CURRENTCURSORPOSITION: _TypedCursor = None
-    NEXTCURSORPOSITION: _TypedCursor = None
-    RECORDS: str | None = None
-    GRID: _Grid[_Name] | None = None
-
-    def __post_init__(self) -> None:
-        if self.DATARECORD is msgspec.UNSET and self.GRID is None:
-            # Not a page in either shape: the generic path words the error.
-            raise ValueError("neither DATARECORD nor GRID")
-
-
-class _GridResult(_Wire, Generic[_Name, _DataType]):
-    """Result of a data page."""
-
-    ResultData: _GridResultData[_Name, _DataType]
-    InfoAlert: None = None
-    WarningAlert: None = None
-    SessionID: str | None = None
-
-
-class _GridPageAnswer(_Wire, Generic[_Name, _DataType]):
-    """A successful grid data page."""
-
-    Result: _GridResult[_Name, _DataType]
-    ErrorAlert: None = None
-    ConfirmationAlert: None = None
-
-
-_GRID_PAGE_DECODER = msgspec.json.Decoder(_GridPageAnswer[str, str])
-_NO_METADATA = _GridMetadata()
-# A read that meets more column names than this (no real grid has so many) stops learning them
-# and decodes every page the general way.
-_MAX_KNOWN_COLUMNS = 2_000
-
-
-class _GridColumns:
-    """The column names (and shape A data types) one grid read has met, and a page decoder that
-    accepts those and no others.
-
-    That decoder gives each cell the one string object of its name and of its type where the
-    general one makes two new strings per cell and frees them again: a page decodes about a third
-    cheaper. A page with a name or type it does not know fails it and is decoded the general way,
-    which also teaches the read the new ones, so a column never goes missing.
-    """
-
-    def __init__(self) -> None:
-        self._names: set[str] = set()
-        self._datatypes: set[str] = set()
-        self._decoder: msgspec.json.Decoder | None = None
-
-    def decode(self, content: bytes) -> _GridPageAnswer | None:
-        """The page's struct, or None when only the generic JSON decode can read it."""
-        if self._decoder is not None and (answer := _decode_typed(self._decoder, content)) is not None:
-            return answer
-        answer = _decode_typed(_GRID_PAGE_DECODER, content)
-        if answer is not None and len(self._names) <= _MAX_KNOWN_COLUMNS:
-            self._learn(answer.Result.ResultData)
-        return answer
-
-    def _learn(self, result_data: _GridResultData) -> None:
-        names: set[str] = set()
-        datatypes: set[str] = set()
-        if result_data.DATARECORD:
-            for record in result_data.DATARECORD:
-                names.update(cell.name for cell in record.cells)
-                datatypes.update(cell.datatype for cell in record.cells)
-        elif result_data.GRID and result_data.GRID.DATA and result_data.GRID.DATA.ROW:
-            for row in result_data.GRID.DATA.ROW:
-                names.update(cell.name for cell in row.cells)
-        if names <= self._names and datatypes <= self._datatypes:
-            return
-        self._names |= names
-        self._datatypes |= datatypes
-        if len(self._names) > _MAX_KNOWN_COLUMNS:
-            self._decoder = None
-        else:
-            self._decoder = _known_columns_decoder(
-                tuple(sorted(map(intern, self._names))), tuple(sorted(self._datatypes))
-            )
-
-
-@lru_cache(maxsize=64)
-def _known_columns_decoder(names: tuple[str, ...], datatypes: tuple[str, ...]) -> msgspec.json.Decoder:
-    """A grid page decoder that accepts only these column names and data types (any type if none)."""
-    return msgspec.json.Decoder(_GridPageAnswer[Literal[names], Literal[datatypes] if datatypes else str])
-
-
-def _decode_typed(decoder: msgspec.json.Decoder, content: bytes) -> Any:
-    """The struct `decoder` makes of `content`, or None when the generic decode must handle it."""
-    try:
-        return decoder.decode(content)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        # DecodeError covers malformed JSON and ValidationError; a str value that is not UTF-8
-        # raises UnicodeDecodeError.
-        return None
-
-
-def _typed_grid_rows(result_data: _GridResultData) -> tuple[list[dict[str, str]], int | None]:
-    """What `_grid_rows` makes of the same page: the rows and the next cursor position."""
-    if result_data.DATARECORD is not msgspec.UNSET:
-        return _struct_rows(result_data.DATARECORD), _cursor(result_data.NEXTCURSORPOSITION, "NEXTCURSORPOSITION")
-    grid = result_data.GRID
-    rows = _struct_rows(grid.DATA.ROW if grid.DATA else None)
-    metadata = grid.METADATA or _NO_METADATA
-    return rows, _grid_next_cursor(metadata.MORERECORDPRESENT, metadata.CURRENTCURSORPOSITION)
-
-
-def _struct_rows(entries: list[_DataRecord] | list[_Row] | None) -> list[dict[str, str]]:
-    """Rows (alias -> value) of decoded cells.
-
-    Once a read knows its columns, the rows share one string object per column name (see
-    `_GridColumns`). A dict comprehension makes a row about twice as fast as
-    `dict(zip(map(attrgetter(...), cells), ...))`: it reads each attribute in one specialized step.
-    """
-    if not entries:
-        return []
-    rows = []
-    for index, entry in enumerate(entries):
-        rows.append({cell.name: cell.value for cell in entry.cells})
-        entries[index] = None  # free the cells as we go, like `_cell_rows`
-    return rows

@@ -5,19 +5,15 @@ import json
 import logging
 import re
 import socket
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from zoneinfo import ZoneInfo
 
-import msgspec
 import orjson
 import pytest
-import requests
 
-from mirror import pems
 from mirror.pems import (
     GridFilter,
     PemsAuthError,
@@ -31,6 +27,7 @@ from mirror.pems import (
     modified_since_filter,
     organization_filter,
 )
+from mirror.pems_fast import PageDecoder
 from mirror.records import parse_pfa_row
 from mirror.simulator import (
     DEFAULT_API_KEY,
@@ -385,20 +382,16 @@ def test_spelled_out_operator_is_rejected_with_the_pems_message(sim, make_client
     assert len(grid_requests(sim, 1)) == 1
 
 
-def test_filters_are_sent_in_order_with_joiners_and_parentheses(sim, make_client):
+def test_filters_are_sent_in_order_and_must_all_hold(sim, make_client):
     client = make_client(organization="*")
-    either = [
-        GridFilter("pfs_a_org", "=", "RIO", joiner="OR", lparen=True),
-        GridFilter("pfs_a_org", "=", "HOU", rparen=True),
-        GridFilter("pfs_id", "NOT EMPTY"),
-    ]
-    assert client.count(either) == 700
-    assert client.count([GridFilter("pfs_a_org", "=", "RIO", joiner="OR"), organization_filter("HOU")]) == 700
+    assert client.count([organization_filter("RIO"), GridFilter("pfs_id", "NOT EMPTY")]) == 500
     assert client.count([organization_filter("RIO"), organization_filter("HOU")]) == 0
-    sent = grid_requests(sim, 3)[0]["json"]["MULTIADDON_FILTERS"]["MADDON_FILTER"]
-    assert [entry["SEQNUM"] for entry in sent] == [1, 2, 3]
-    assert sent[0]["JOINER"] == "OR" and sent[0]["LPAREN"] is True and sent[1]["RPAREN"] is True
-    assert sent[2]["OPERATOR"] == "NOT EMPTY"
+    sent = grid_requests(sim, 2)[0]["json"]["MULTIADDON_FILTERS"]["MADDON_FILTER"]
+    assert [(entry["SEQNUM"], entry["ALIAS_NAME"], entry["JOINER"]) for entry in sent] == [
+        (1, "pfs_a_org", "AND"),
+        (2, "pfs_id", "AND"),
+    ]
+    assert sent[1]["OPERATOR"] == "NOT EMPTY"
 
 
 def test_unreachable_server_is_unavailable_after_the_retries(sleeps):
@@ -670,161 +663,25 @@ def test_non_json_400_is_a_request_error_with_only_the_status(sleeps):
     assert len(stub.bodies) == 1 and sleeps == []
 
 
-def test_grid_cells_with_null_or_number_values_become_strings():
-    from mirror.pems import _grid_rows
-
-    data = {
-        "DATARECORD": [
-            {
-                "DATAFIELD": [
-                    {"FIELDNAME": "pfs_id", "FIELDVALUE": "A"},
-                    {"FIELDNAME": "pfs_f_rental", "FIELDVALUE": None},
-                ]
-            },
-            {"DATAFIELD": [{"FIELDNAME": "pfs_id", "FIELDVALUE": "B"}, {"FIELDNAME": "pfs_recordid", "FIELDVALUE": 7}]},
-            {"DATAFIELD": [{"FIELDNAME": "pfs_id"}]},
-        ],
-        "NEXTCURSORPOSITION": None,
-    }
-    rows, cursor = _grid_rows(data)
-    assert rows == [{"pfs_id": "A", "pfs_f_rental": ""}, {"pfs_id": "B", "pfs_recordid": "7"}, {"pfs_id": ""}]
-    assert cursor is None
-
-
-def test_a_grid_cell_that_is_not_an_object_is_a_protocol_error():
-    from mirror.pems import _grid_rows
-
-    with pytest.raises(PemsProtocolError, match="cell is not an object"):
-        _grid_rows({"GRID": {"DATA": {"ROW": [{"CELL": [{"ALIAS_NAME": "pfs_id", "VALUE": "A"}, "junk"]}]}}})
-
-
-# --- decoding grid pages: the typed fast path and the generic path ------------------------------
-
-
-@pytest.fixture
-def decode_paths(monkeypatch):
-    """Which decode each grid page went through: "typed" or "generic"."""
-    paths = []
-    typed, generic = pems._typed_grid_rows, pems._grid_rows
-
-    def spy_typed(result_data):
-        paths.append("typed")
-        return typed(result_data)
-
-    def spy_generic(result_data):
-        paths.append("generic")
-        return generic(result_data)
-
-    monkeypatch.setattr(pems, "_typed_grid_rows", spy_typed)
-    monkeypatch.setattr(pems, "_grid_rows", spy_generic)
-    return paths
-
-
-def fetch_page_body(server, cursor: int) -> bytes:
-    """A raw grid page from the simulator, as the client receives it."""
-    body = {
-        "GRID": {
-            "GRID_NAME": "CUPFAG",
-            "GRID_ID": "100541",
-            "NUMBER_OF_ROWS_FIRST_RETURNED": 200,
-            "CURSOR_POSITION": cursor,
-        },
-        "REQUEST_TYPE": "LIST.DATA_ONLY.STORED",
-        "ADDON_SORT": {"ALIAS_NAME": "pfs_id", "TYPE": "ASC"},
-        "ADDON_FILTER": {"ALIAS_NAME": "pfs_a_org", "OPERATOR": "=", "VALUE": "RIO"},
-    }
-    headers = {"tenant": DEFAULT_TENANT, "organization": "RIO"}
-    response = requests.post(
-        f"{server.url}/axis/restservices/grids",
-        json=body,
-        headers=headers,
-        auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD),
-        timeout=5,
-    )
-    assert response.status_code == 200
-    return response.content
+def test_grid_cells_with_null_or_number_values_become_strings(sleeps):
+    records = [
+        {"DATAFIELD": [{"FIELDNAME": "pfs_id", "FIELDVALUE": "A"}, {"FIELDNAME": "pfs_f_rental", "FIELDVALUE": None}]},
+        {"DATAFIELD": [{"FIELDNAME": "pfs_id", "FIELDVALUE": "B"}, {"FIELDNAME": "pfs_recordid", "FIELDVALUE": 7}]},
+        {"DATAFIELD": [{"FIELDNAME": "pfs_id"}]},
+    ]
+    with StubServer([(200, a_answer(records, next_cursor=None))]) as stub:
+        [page] = stub_client(stub, sleeps).iter_pages()
+    assert page.rows == [{"pfs_id": "A", "pfs_f_rental": ""}, {"pfs_id": "B", "pfs_recordid": "7"}, {"pfs_id": ""}]
+    assert not page.more
 
 
 @pytest.mark.parametrize("shape", ["A", "B"])
-def test_typed_decode_of_a_simulator_page_equals_the_generic_decode(sim, server, shape):
-    sim.set_shape(shape)
-    first_id = sim.rows("RIO")[0]["pfs_id"]
-    sim.update_row("RIO", first_id, {"pfs_f_model": 'Müller "Q" 5\\6\ttab € 😀', "pfs_f_manufacturer": "Ünïcödé"})
-    cursors = []
-    for cursor in (1, 401):  # a page with more to come, then the last page
-        body = fetch_page_body(server, cursor)
-        answer = pems._GRID_PAGE_DECODER.decode(body)  # raises if the typed path rejects a plain page
-        typed_rows, typed_cursor = pems._typed_grid_rows(answer.Result.ResultData)
-        generic_rows, generic_cursor = pems._grid_rows(orjson.loads(body)["Result"]["ResultData"])
-        assert typed_rows == generic_rows
-        assert typed_cursor == generic_cursor
-        assert all(type(v) is str for row in typed_rows for v in (*row, *row.values()))
-        cursors.append(typed_cursor)
-        if cursor == 1:
-            assert len(typed_rows) == 200
-            assert typed_rows[0]["pfs_f_model"] == 'Müller "Q" 5\\6\ttab € 😀'
-            assert typed_rows[0]["pfs_f_manufacturer"] == "Ünïcödé"
-    assert cursors == [201, None]
-
-
-@pytest.mark.parametrize("shape", ["A", "B"])
-def test_simulator_pages_take_the_typed_path_with_the_same_rows(sim, make_client, decode_paths, shape):
+def test_simulator_pages_are_read_whole_in_either_shape(sim, make_client, shape):
     sim.set_shape(shape)
     sim.set_row_cap(150)
     rows, pages = read_all(make_client(page_size=1000))
-    assert decode_paths == ["typed"] * 4
     assert rows == sim.rows("RIO")
     assert [page.more for page in pages] == [True, True, True, False]
-
-
-def cell_names(answer) -> list:
-    """The column name objects of a decoded page's first row, either shape."""
-    data = answer.Result.ResultData
-    if data.DATARECORD is not msgspec.UNSET:
-        return [cell.name for cell in data.DATARECORD[0].cells]
-    return [cell.name for cell in data.GRID.DATA.ROW[0].cells]
-
-
-@pytest.mark.parametrize("shape", ["A", "B"])
-def test_a_read_decodes_known_columns_to_shared_names_and_still_reads_a_new_column(shape):
-    def page(*cells):
-        answer = a_answer([a_row(*cells)]) if shape == "A" else b_answer([b_row(*cells)])
-        return orjson.dumps(answer)
-
-    columns = pems._GridColumns()
-    first = columns.decode(page(("pfs_id", "A"), ("pfs_f_model", "M1")))
-    # The first page is read the general way: names are new strings, not the shared ones.
-    assert [name is sys.intern(name) for name in cell_names(first)] == [False, False]
-    second = columns.decode(page(("pfs_id", "B"), ("pfs_f_model", "M2")))
-    assert [name is sys.intern(name) for name in cell_names(second)] == [True, True]
-    assert pems._typed_grid_rows(second.Result.ResultData)[0] == [{"pfs_id": "B", "pfs_f_model": "M2"}]
-    # A column the read has not met yet is not lost: the page is read the general way, and learnt.
-    third = columns.decode(page(("pfs_id", "C"), ("pfs_udf_new", "N")))
-    assert pems._typed_grid_rows(third.Result.ResultData)[0] == [{"pfs_id": "C", "pfs_udf_new": "N"}]
-    fourth = columns.decode(page(("pfs_udf_new", "N2"), ("pfs_id", "D")))
-    assert [name is sys.intern(name) for name in cell_names(fourth)] == [True, True]
-    assert pems._typed_grid_rows(fourth.Result.ResultData)[0] == [{"pfs_udf_new": "N2", "pfs_id": "D"}]
-
-
-def test_a_data_type_the_read_has_not_met_is_read_the_general_way():
-    columns = pems._GridColumns()
-    columns.decode(orjson.dumps(a_answer([a_row(("pfs_id", "A"))])))
-    answer = a_answer([a_row(("pfs_id", "B"))])
-    answer["Result"]["ResultData"]["DATARECORD"][0]["DATAFIELD"][0]["DATATYPE"] = "MIXVARCHAR"
-    decoded = columns.decode(orjson.dumps(answer))
-    assert cell_names(decoded)[0] is not sys.intern("pfs_id")
-    assert pems._typed_grid_rows(decoded.Result.ResultData)[0] == [{"pfs_id": "B"}]
-
-
-def test_a_read_with_too_many_column_names_stops_learning_them_and_reads_on(monkeypatch):
-    monkeypatch.setattr(pems, "_MAX_KNOWN_COLUMNS", 2)
-    columns = pems._GridColumns()
-    for n in range(3):
-        decoded = columns.decode(orjson.dumps(a_answer([a_row(("pfs_id", "A"), (f"col{n}", "x"))])))
-        assert pems._typed_grid_rows(decoded.Result.ResultData)[0] == [{"pfs_id": "A", f"col{n}": "x"}]
-    assert columns._decoder is None
-    columns.decode(orjson.dumps(a_answer([a_row(("pfs_id", "A"), ("col9", "x"))])))
-    assert "col9" not in columns._names  # learning has stopped: what it holds stays bounded
 
 
 def a_row(*cells) -> dict:
@@ -898,14 +755,13 @@ def with_extra_key(answer: dict, *where: str) -> dict:
         (b_answer([b_row(("pfs_id", "A"))], current=2**63), "generic", [{"pfs_id": "A"}], 2**63 + 1),
     ],
 )  # fmt: skip
-def test_grid_page_decodes_the_same_on_either_path(sleeps, decode_paths, answer, path, rows, cursor):
-    body = orjson.dumps(answer)
-    with StubServer([(200, body)]) as stub:
+def test_grid_pages_are_read_to_the_same_rows_however_plain_or_odd(sleeps, answer, path, rows, cursor):
+    """`path`: whether `mirror.pems_fast` reads the page ("typed") or leaves it to the general decode."""
+    with StubServer([(200, answer)]) as stub:
         page = next(stub_client(stub, sleeps).iter_pages())
-    assert decode_paths == [path]
     assert page.rows == rows
     assert page.more == (cursor is not None)
-    assert pems._grid_rows(orjson.loads(body)["Result"]["ResultData"]) == (rows, cursor)
+    assert (PageDecoder().decode(orjson.dumps(answer)) is not None) == (path == "typed")
 
 
 @pytest.mark.parametrize(
