@@ -16,7 +16,6 @@ import orjson
 import psycopg
 from django.db import connection, transaction
 from django.db.models import Case, F, Max, PositiveIntegerField, Q, When
-from psycopg.adapt import PyFormat
 
 from mirror.models import PfaMirror
 from mirror.records import PfaRecord
@@ -30,11 +29,6 @@ RECORD_FIELDS = [f for f in PfaMirror._meta.concrete_fields if f.name not in _BO
 _SQLITE_MAX_PARAMS = 32_000
 
 
-# A COPY sends bytes (below) through psycopg's C dumper of bytes, even into a column it names
-# bytea, where psycopg would pick its Python dumper.
-_BYTES_DUMPER = psycopg.adapters.get_dumper(bytes, PyFormat.BINARY)
-
-
 def psycopg_cursor() -> psycopg.Cursor:
     """A plain psycopg cursor on Django's PostgreSQL connection, in its transaction.
 
@@ -42,9 +36,7 @@ def psycopg_cursor() -> psycopg.Cursor:
     COPY and can ask for binary results, which psycopg decodes in C.
     """
     connection.ensure_connection()
-    cursor = psycopg.Cursor(connection.connection)
-    cursor.adapters.register_dumper(bytes, _BYTES_DUMPER)
-    return cursor
+    return psycopg.Cursor(connection.connection)
 
 
 @dataclass
