@@ -121,6 +121,7 @@ def draft_save(
     A new draft takes the record's version, PEMS recordid and the mirror's values of the changed
     fields as its base; editing again merges into the draft and keeps that base (a field edited
     for the first time later takes the mirror's value then as its base: the value the user saw).
+    A field set back to its base leaves the draft; a draft left with no field is discarded.
     PfaMirror.DoesNotExist for an unknown record; ValidationError for a deleted record, a bad
     value, or a value that equals the base (nothing to change).
     """
@@ -149,16 +150,21 @@ def draft_save(
             base = (
                 value_from_json(name, draft.base_values[name]) if name in draft.base_values else getattr(record, name)
             )
-            if value == base:
+            if value == base and name in draft.changes:  # set back: the draft no longer changes it
+                del draft.changes[name], draft.base_values[name]
+            elif value == base:
                 unchanged[name] = [f"Equals PEMS's value ({value_to_json(name, base)!r}): nothing to change."]
-                continue
-            draft.base_values.setdefault(name, value_to_json(name, getattr(record, name)))
-            draft.changes[name] = value_to_json(name, value)
+            else:
+                draft.base_values.setdefault(name, value_to_json(name, getattr(record, name)))
+                draft.changes[name] = value_to_json(name, value)
         if unchanged:
             raise ValidationError(unchanged)
         if change_reason is not None:
             draft.change_reason = change_reason
-        draft.save()
+        if not draft.changes:  # every field set back: nothing is left to commit
+            draft.state, draft.finished_at = State.DISCARDED, timezone.now()
+        if draft.pk or draft.changes:
+            draft.save()
         overlay_refresh(organization_id=organization.pk, pfa_ids=[pfa_id])
     return draft
 
@@ -224,12 +230,13 @@ def write_soon(organization: Organization, user) -> None:
 
 
 def modifications_fail_deleted(*, organization_id: UUID, pfa_ids: Sequence[str], deleted_at: datetime) -> int:
-    """End the open modifications of records a read found deleted in PEMS: `failed`, saying so.
+    """End the open modifications (and conflicts) of records a read found deleted in PEMS: `failed`,
+    saying so.
     Runs in the transaction that marks them deleted; returns how many ended."""
     message = f"The record was deleted in PEMS (found gone by a full read at {deleted_at:%Y-%m-%d %H:%M} UTC)."
     failed = shared = 0
     open_modifications = PfaModification.objects.filter(
-        organization_id=organization_id, state__in=PfaModification.OPEN_STATES
+        organization_id=organization_id, state__in=[*PfaModification.OPEN_STATES, State.CONFLICT]
     )
     if not open_modifications.exists():
         return 0
@@ -316,27 +323,28 @@ def conflict_resolve(
     *, modification: PfaModification, user, resolution: str, values: dict[str, Any] | None = None
 ) -> PfaModification:
     """Resolve a conflict: `keep_mine` commits the same change again on PEMS's current record (its
-    recordid and values the new base), `take_pems` discards it, `merge` commits `values` (field name
-    -> JSON value) on PEMS's current record instead. Fields already at PEMS's value are left out; a
+    recordid and values the new base), `take_pems` discards it, `merge` commits the change with
+    `values` (field name -> JSON value) in place of its own for those fields. Fields already at PEMS's value are left out; a
     change with none left ends discarded. ValidationError for bad values or a record deleted in
     PEMS; NotInConflict if someone resolved it first."""
     if resolution not in Resolution.CHOICES:
         raise ValidationError({"resolution": [f"Must be one of {', '.join(Resolution.CHOICES)}."]})
+    changes = {name: value_from_json(name, value) for name, value in modification.changes.items()}
     if resolution == Resolution.MERGE:
         if not values:
             raise ValidationError({"values": ["A merge needs the values to commit."]})
-        changes = changes_parse(values)
-    else:
-        changes = {name: value_from_json(name, value) for name, value in modification.changes.items()}
+        changes.update(changes_parse(values))  # the given fields; mine for the others
     who = user.get_username() if user else "someone"
     with transaction.atomic():
         if not PfaModification.objects.select_for_update().filter(pk=modification.pk, state=State.CONFLICT).exists():
             raise NotInConflict(f"Modification {modification.pk} is not in conflict (any more).")
         modification.refresh_from_db()
-        record = PfaMirror.objects.get(organization_id=modification.organization_id, pfa_id=modification.pfa_id)
-        if record.deleted_at is not None and resolution != Resolution.TAKE_PEMS:
+        record = PfaMirror.objects.filter(
+            organization_id=modification.organization_id, pfa_id=modification.pfa_id, deleted_at__isnull=True
+        ).first()
+        if record is None and resolution != Resolution.TAKE_PEMS:
             raise ValidationError(f"PFA {modification.pfa_id} was deleted in PEMS: only take_pems resolves it.")
-        changes = {name: value for name, value in changes.items() if value != getattr(record, name)}
+        changes = {name: value for name, value in changes.items() if record and value != getattr(record, name)}
         now = timezone.now()
         if resolution == Resolution.TAKE_PEMS or not changes:
             modification.state, modification.finished_at = State.DISCARDED, now

@@ -150,8 +150,8 @@ def read_configuration_for(organization: Organization) -> ApiConfiguration:
 
 
 def write_configuration_for(organization: Organization) -> ApiConfiguration:
-    """The connection writes go through: the organization's write connection, else the global
-    default write connection, else the one it reads through."""
+    """The connection writes go through: the organization's own write connection, else its own read
+    connection, else the global default write connection, else the global default read one."""
     own = {configuration.usage: configuration for configuration in organization.api_configurations.all()}
     return (
         own.get("write")

@@ -169,15 +169,16 @@ def _conflict_clause(distinct_operator: str) -> str:
     table = _quoted(PfaMirror._meta.db_table)
     assignments = ", ".join(f"{_quoted(f.column)} = EXCLUDED.{_quoted(f.column)}" for f in RECORD_FIELDS)
     # A row marked deleted that PEMS sends again is revived, as an update, even when unchanged. A
-    # live row never goes back to an older recordid: a page read before a write-back and stored
-    # after it would undo the write until the next read. (A record PEMS deleted and created again
-    # may start its recordid over: the full read that marked it deleted lets the new one in.)
+    # live row never goes back to an older recordid saved no later: a page read before a write-back
+    # and stored after it would undo the write until the next read. (A record PEMS deleted and
+    # created again starts its recordid over, with a newer save time: that one is let in.)
     return (
         f"ON CONFLICT (organization_id, pfa_id) DO UPDATE SET {assignments}, "
         f"version = {table}.version + 1, last_synced_at = EXCLUDED.last_synced_at, deleted_at = NULL "
         f"WHERE ({table}.content_hash {distinct_operator} EXCLUDED.content_hash OR {table}.deleted_at IS NOT NULL) "
         f"AND ({table}.deleted_at IS NOT NULL OR {table}.pems_record_id IS NULL OR EXCLUDED.pems_record_id IS NULL "
-        f"OR EXCLUDED.pems_record_id >= {table}.pems_record_id) "
+        f"OR EXCLUDED.pems_record_id >= {table}.pems_record_id "
+        f"OR EXCLUDED.pems_last_modified > {table}.pems_last_modified) "
         "RETURNING version"
     )
 

@@ -319,3 +319,22 @@ def test_refresh_views_command_refreshes_now(rio):
     assert "Refreshed the materialized views" in out.getvalue()
     assert state.refreshed == state.requested == 1 and state.last_refreshed_at is not None
     assert kpis_get(organization=rio).summary[0]["record_count"] == 1
+
+
+def test_a_field_set_back_leaves_the_draft_and_an_empty_draft_is_discarded(rio, ann):
+    record(rio, "P1")
+    delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"monthly_rate": "1200", "dor": "BEO"})
+    draft = delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"monthly_rate": "1000"})
+    assert (draft.state, draft.changes, draft.base_values) == (State.DRAFT, {"dor": "BEO"}, {"dor": ""})
+    draft = delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"dor": ""})
+    assert draft.state == State.DISCARDED and not PfaOverlay.objects.exists()
+
+
+def test_deletion_in_pems_ends_a_conflict_too(rio, ann):
+    record(rio, "P1")
+    conflict = PfaModification.objects.create(
+        organization=rio, pfa_id="P1", author=ann, state=State.CONFLICT, base_version=1, changes={"dor": "X"}
+    )
+    assert delta.modifications_fail_deleted(organization_id=rio.pk, pfa_ids=["P1"], deleted_at=timezone.now()) == 1
+    conflict.refresh_from_db()
+    assert conflict.state == State.FAILED

@@ -2,6 +2,7 @@
 once, PEMS's errors, the mirror that never goes back, and one write run per organization."""
 
 import threading
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -208,6 +209,19 @@ def test_a_read_page_older_than_a_write_does_not_undo_it(rio, simulator, ann):
     assert mirror_row(rio).monthly_rate == Decimal("9999")
 
 
+def test_a_record_pems_deleted_and_created_again_is_let_in_despite_its_lower_recordid(rio, simulator, ann):
+    pems = rio.api_configurations.get().pems_settings(rio)
+    commit(rio, ann, {"monthly_rate": "9999"})
+    write(rio)
+    stored = mirror_row(rio)
+    again = {**simulator.get_row("RIO", KEY), "pfs_recordid": "1", "pfs_f_model": "Created again"}
+    later = stored.pems_last_modified.astimezone(pems.zone) + timedelta(minutes=5)
+    again["pfs_lastmodified"] = later.strftime("%m/%d/%Y %H:%M")
+    record = parse_pfa_row(again, time_zone=pems.zone, organization_code="RIO")
+    assert pfa_records_upsert(organization_id=rio.pk, records=[record], synced_at=stored.last_synced_at).updated == 1
+    assert (mirror_row(rio).pems_record_id, mirror_row(rio).model) == (1, "Created again")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_one_active_write_run_per_organization_under_20_concurrent_triggers(pems_server):
     rio = ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url).organization
@@ -344,6 +358,7 @@ def test_conflicts_are_listed_with_base_mine_and_theirs(rio, conflicted):
         ("keep_mine", None, "MINE", "1,234.00"),
         ("take_pems", None, "THEIRS", None),
         ("merge", {"dor": "BOTH", "monthlyRate": "99"}, "BOTH", "99.00"),
+        ("merge", {"dor": "BOTH"}, "BOTH", "1,234.00"),  # mine for the fields not given
     ],
 )
 def test_each_resolution_reaches_pems_as_chosen(rio, simulator, conflicted, resolution, values, dor, rate):
@@ -360,6 +375,17 @@ def test_each_resolution_reaches_pems_as_chosen(rio, simulator, conflicted, reso
     assert conflicted.state == (State.DISCARDED if resolution == "take_pems" else State.WRITTEN)
     again = client.post(f"/api/modifications/{conflicted.pk}/resolve", {"resolution": "keep_mine"}, format="json")
     assert again.status_code == 409
+
+
+def test_a_conflict_on_a_record_gone_from_the_mirror_can_only_take_pems(rio, conflicted):
+    PfaMirror.objects.filter(organization=rio, pfa_id=KEY).delete()  # deleted in PEMS, then purged
+    client = planner_client(rio, "mirror.edit_pfa_records")
+    url = f"/api/modifications/{conflicted.pk}/resolve"
+    refused = client.post(url, {"resolution": "keep_mine"}, format="json")
+    assert refused.status_code == 400 and "deleted in PEMS" in refused.json()["message"]
+    assert client.post(url, {"resolution": "take_pems"}, format="json").status_code == 200
+    conflicted.refresh_from_db()
+    assert conflicted.state == State.DISCARDED
 
 
 def test_resolving_needs_the_permission_and_the_organization(rio, conflicted):
@@ -384,7 +410,8 @@ def test_the_admin_resolves_by_action_and_by_merge(rio, simulator, conflicted, a
     assert "THEIRS" in admin_client.get(merge_url).content.decode()
     admin_client.post(merge_url, {"dor": "MERGED"})
     conflicted.refresh_from_db()
-    assert conflicted.state == State.COMMITTED and conflicted.changes == {"dor": "MERGED"}
+    assert conflicted.state == State.COMMITTED
+    assert conflicted.changes == {"dor": "MERGED", "monthly_rate": "1234.0000"}  # mine where no value was given
     write(rio)
     assert simulator.get_row("RIO", KEY)["pfs_f_dor"] == "MERGED"
     other = commit(rio, User.objects.get(username="ann"), {"dor": "AGAIN"})
