@@ -78,7 +78,8 @@ def _aggregate(runs: QuerySet[PfaSyncLog]) -> dict[str, Totals]:
             inserted=Sum("records_inserted"),
             updated=Sum("records_updated"),
             deleted=Sum("records_deleted"),
-            written=Sum(F("records_inserted") + F("records_updated")),
+            # Rows a read wrote into the mirror; edits a write run wrote to PEMS.
+            written=Sum(F("records_inserted") + F("records_updated") + F("records_written")),
             duration_count=Count("pk", filter=finished & Q(duration_ms__isnull=False)),
             duration_total_ms=Sum("duration_ms", filter=finished),
             **{

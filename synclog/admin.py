@@ -254,6 +254,9 @@ class PfaSyncLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                     "records_unchanged",
                     "records_deleted",
                     "records_errored",
+                    "records_written",
+                    "records_rebased",
+                    "records_conflicts",
                 )
             },
         ),

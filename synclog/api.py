@@ -56,6 +56,11 @@ class SyncLogOutputSerializer(serializers.Serializer):
     recordsUnchanged = serializers.IntegerField(source="records_unchanged")
     recordsDeleted = serializers.IntegerField(source="records_deleted")
     recordsErrored = serializers.IntegerField(source="records_errored")
+    recordsWritten = serializers.IntegerField(source="records_written", help_text="Write runs: edits PEMS took.")
+    recordsRebased = serializers.IntegerField(
+        source="records_rebased", help_text="Write runs: of those, written after a merge with PEMS's own change."
+    )
+    recordsConflicts = serializers.IntegerField(source="records_conflicts", help_text="Write runs: edits in conflict.")
     createdAt = serializers.DateTimeField(source="created_at")
     startedAt = serializers.DateTimeField(source="started_at", allow_null=True)
     completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)

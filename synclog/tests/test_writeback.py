@@ -80,6 +80,8 @@ def test_a_clean_write_reaches_pems_and_the_mirror_and_the_next_read_finds_it_un
     modification = commit(rio, ann, {"monthly_rate": "5200.5", "forecast_end_date": "2028-02-29"})
     run = write(rio)
     assert (run.status, run.records_total, run.records_written, run.records_conflicts) == ("completed", 1, 1, 0)
+    (status,) = planner_client(rio, username="viewer").get(f"/api/sync/status/{run.pk}").json()["logs"]
+    assert (status["direction"], status["recordsWritten"], status["recordsConflicts"]) == ("write", 1, 0)
     row = simulator.get_row("RIO", KEY)
     assert (row["pfs_f_rental"], row["pfs_f_enddate"]) == ("5,200.50", "02/29/2028")
     assert int(row["pfs_recordid"]) == before.pems_record_id + 1
