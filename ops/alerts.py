@@ -1,4 +1,5 @@
-"""Alerts: an organization whose data is stale, or whose reads keep failing, and its recovery.
+"""Alerts: an organization whose data is stale, whose reads keep failing, whose last write to PEMS
+failed, or whose edits wait in conflict for a planner; and its recovery.
 
 Checked on every tick of the worker, after the reads are queued. An organization enters the
 `stale` state when its newest completed read (or, before its first one, its registration) is
@@ -24,9 +25,12 @@ from django.utils import timezone
 
 from mirror.models import Organization
 from mirror.secrets import secret_register
+from mirror.selectors import EditCounts, edit_counts_by_organization
 from ops.models import AlertState
 from ops.selectors import organizations_sync_state
 from synclog.dashboard import interval_length
+from synclog.models import SyncStatus
+from synclog.selectors import last_write_runs
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +51,19 @@ class Alert:
     last_completed_at: datetime | None
     consecutive_failures: int
     stale_after: timedelta
+    conflicts: int = 0
+    last_write_error: str = ""
 
     @property
     def summary(self) -> str:
+        if self.kind == AlertState.Kind.CONFLICTS:
+            if not self.firing:
+                return f"{self.organization}: no edit in conflict with PEMS any more"
+            return f"{self.organization}: {self.conflicts} edits in conflict with PEMS wait for a planner"
+        if self.kind == AlertState.Kind.WRITES_FAILING:
+            if not self.firing:
+                return f"{self.organization}: writes to PEMS complete again"
+            return f"{self.organization}: the last write to PEMS failed: {self.last_write_error}"
         if self.kind == AlertState.Kind.STALE:
             if not self.firing:
                 return f"{self.organization}: data fresh again (read completed {_when(self.last_completed_at)})"
@@ -70,6 +84,8 @@ class Alert:
             "lastCompletedReadAt": self.last_completed_at.isoformat() if self.last_completed_at else None,
             "consecutiveFailures": self.consecutive_failures,
             "staleAfterSeconds": int(self.stale_after.total_seconds()),
+            "conflicts": self.conflicts,
+            "lastWriteError": self.last_write_error,
         }
 
 
@@ -87,11 +103,17 @@ def alerts_check(*, organizations: list[Organization], now: datetime | None = No
     limit = stale_after(now=now)
     AlertState.objects.exclude(organization__in=organizations).filter(active=True).update(active=False, changed_at=now)
     alerts = []
+    edits = edit_counts_by_organization()
+    last_writes = last_write_runs()
     for organization in organizations_sync_state(Organization.objects.filter(pk__in=[o.pk for o in organizations])):
         newest = organization.last_completed_at or organization.created_at
+        last_write = last_writes.get(organization.pk)
+        conflicts = edits.get(organization.pk, EditCounts()).conflicts
         states = {
             AlertState.Kind.STALE: now - newest > limit,
             AlertState.Kind.FAILING: organization.consecutive_failures >= settings.SYNC_ALERT_AFTER_FAILURES,
+            AlertState.Kind.WRITES_FAILING: last_write is not None and last_write.status == SyncStatus.FAILED,
+            AlertState.Kind.CONFLICTS: conflicts > 0,
         }
         for kind, active in states.items():
             if _state_change(organization, kind, active=active, now=now):
@@ -104,6 +126,8 @@ def alerts_check(*, organizations: list[Organization], now: datetime | None = No
                         last_completed_at=organization.last_completed_at,
                         consecutive_failures=organization.consecutive_failures,
                         stale_after=limit,
+                        conflicts=conflicts,
+                        last_write_error=last_write.error_message if last_write else "",
                     )
                 )
     for alert in alerts:

@@ -68,6 +68,8 @@ class AlertState(models.Model):
     class Kind(models.TextChoices):
         STALE = "stale", "Data is stale"
         FAILING = "failing", "Runs keep failing"
+        WRITES_FAILING = "writes_failing", "Writes to PEMS fail"
+        CONFLICTS = "conflicts", "Edits in conflict wait for a planner"
 
     id = models.BigAutoField(primary_key=True)
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="alert_states")

@@ -5,7 +5,7 @@ from django.db.models import Exists, OuterRef, QuerySet, Subquery
 
 from mirror.models import Organization, PfaModification
 from mirror.selectors import organizations_visible_to
-from synclog.models import PfaSyncLog
+from synclog.models import PfaSyncLog, SyncStatus
 
 
 def organizations_to_sync(*, including_sync_disabled: bool = False) -> QuerySet[Organization]:
@@ -55,3 +55,14 @@ def organizations_with_edits_waiting() -> QuerySet[Organization]:
     """The active organizations with committed modifications not yet written to PEMS (a write run's work)."""
     waiting = PfaModification.objects.filter(organization=OuterRef("pk"), state__in=PfaModification.SHARED_STATES)
     return Organization.objects.filter(Exists(waiting), is_active=True)
+
+
+def last_write_runs() -> dict:
+    """Each organization's newest finished write run, by organization id (two queries)."""
+    newest = latest_read_runs(PfaSyncLog.Direction.WRITE).filter(status__in=SyncStatus.terminal()).values("pk")[:1]
+    ids = (
+        Organization.objects.annotate(run_id=Subquery(newest))
+        .filter(run_id__isnull=False)
+        .values_list("run_id", flat=True)
+    )
+    return {run.organization_id: run for run in PfaSyncLog.objects.filter(pk__in=list(ids))}

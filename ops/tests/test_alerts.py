@@ -163,3 +163,32 @@ def test_the_tick_checks_the_alerts_after_queueing_and_never_fails_because_of_th
     assert [(body["alert"], body["state"]) for body in receiver.bodies] == [("failing", "firing")]
     assert mail.outbox == []
     assert "Alert e-mail for RIO not sent: ConnectionRefusedError" in caplog.text
+
+
+def test_edits_in_conflict_and_failed_writes_are_announced_and_their_end_too(rio, receiver):
+    from django.contrib.auth.models import User
+
+    from mirror.models import PfaModification
+    from synclog.models import PfaSyncLog
+    from synclog.tests.factories import PfaSyncLogFactory
+
+    run_sync(rio)
+    ann = User.objects.create_user("ann")
+    conflict = PfaModification.objects.create(
+        organization=rio, pfa_id="P1", author=ann, state="conflict", base_version=1
+    )
+    PfaSyncLogFactory(organization=rio, direction="write", status="failed", error_message="PEMS is unavailable")
+    alerts = alerts_check(organizations=[rio])
+    assert sorted((alert.kind, alert.firing) for alert in alerts) == [("conflicts", True), ("writes_failing", True)]
+    summaries = sorted(body["summary"] for body in receiver.bodies)
+    assert summaries == [
+        "RIO: 1 edits in conflict with PEMS wait for a planner",
+        "RIO: the last write to PEMS failed: PEMS is unavailable",
+    ]
+    assert alerts_check(organizations=[rio]) == []  # announced once
+    conflict.state = "discarded"
+    conflict.save()
+    PfaSyncLogFactory(organization=rio, direction="write", status="completed")
+    alerts = alerts_check(organizations=[rio])
+    assert sorted((alert.kind, alert.firing) for alert in alerts) == [("conflicts", False), ("writes_failing", False)]
+    assert PfaSyncLog.objects.filter(direction="write").count() == 2
