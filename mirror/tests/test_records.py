@@ -256,8 +256,7 @@ def test_a_page_sets_aside_only_its_bad_rows_and_keeps_the_order_of_the_rest():
     ]
 
 
-def test_a_long_page_is_typed_in_slices_and_keeps_page_order_across_them():
-    # Slices are 500 rows: bad rows in the first, second and last slice, one on each boundary.
+def test_a_long_page_keeps_page_order_around_its_bad_rows():
     rows = [full_row(pfs_id=f"PFA-{n:04}", pfs_f_rental=f"{n}.25") for n in range(1_201)]
     for n in (3, 499, 500, 1_200):
         rows[n]["pfs_p_enddate"] = "13/45/2025"
