@@ -254,17 +254,8 @@ def _sync_run(
                     warning=warning,
                     error_details=_error_summary(sync_log, kept_errors) | details,
                 )
-    except ClaimLost as lost:
-        logger.warning("Sync %s of %s stopped without writing more: %s", sync_log.id, organization.code, lost)
-        raise
-    except PemsError as error:
-        _record_failure(sync_log, str(error), error)
-        raise
     except BaseException as error:
-        if isinstance(error, KeyboardInterrupt | SystemExit):
-            _record_failure(sync_log, "Interrupted; pages committed so far are kept.", error, cancelled=True)
-        else:
-            _record_failure(sync_log, f"Internal error: {type(error).__name__}: {error}", error)
+        run_failure_record(sync_log, error, kept="pages committed so far are kept")
         raise
     if sync_log.api_configuration_id:
         sync_log.api_configuration.record_sync(
@@ -332,6 +323,20 @@ class _Heartbeat:
                     connection.close()
         finally:
             connection.close()  # this thread's own connection
+
+
+def run_failure_record(sync_log: PfaSyncLog, error: BaseException, *, kept: str) -> None:
+    """How a run that ends by `error` is recorded: a lost claim only logged (the run is not this
+    worker's to change), a PEMS error with PEMS's message, an interrupt as cancelled (`kept` says
+    what stays), anything else as an internal error."""
+    if isinstance(error, ClaimLost):
+        logger.warning("Run %s of %s stopped without writing more: %s", sync_log.id, sync_log.organization.code, error)
+    elif isinstance(error, PemsError):
+        _record_failure(sync_log, str(error), error)
+    elif isinstance(error, KeyboardInterrupt | SystemExit):
+        _record_failure(sync_log, f"Interrupted; {kept}.", error, cancelled=True)
+    else:
+        _record_failure(sync_log, f"Internal error: {type(error).__name__}: {error}", error)
 
 
 def _record_failure(sync_log: PfaSyncLog, message: str, error: BaseException, *, cancelled: bool = False) -> None:

@@ -30,7 +30,7 @@ from mirror.pems import PemsClient, PemsError, PemsNotFound, PemsRecordConflict,
 from mirror.records import FIELD_ALIASES, PfaRowError, grid_text, parse_pfa_row
 from mirror.store import pfa_record_replace
 from ops.logs import run_log_context
-from synclog.engine import ProgressCallback, _Heartbeat, _record_failure, _stop_reason
+from synclog.engine import ProgressCallback, _Heartbeat, _record_failure, _stop_reason, run_failure_record
 from synclog.models import ClaimLost, PfaSyncLog, SyncStatus
 
 logger = logging.getLogger(__name__)
@@ -95,14 +95,8 @@ def _write_run(*, sync_log, client, stop, on_progress) -> PfaSyncLog:
                     if on_progress:
                         on_progress(sync_log)
             sync_log.complete()
-    except ClaimLost as lost:
-        logger.warning("Write %s of %s stopped without writing more: %s", sync_log.id, organization.code, lost)
-        raise
     except BaseException as error:
-        if isinstance(error, KeyboardInterrupt | SystemExit):
-            _record_failure(sync_log, "Interrupted; modifications written so far are kept.", error, cancelled=True)
-        else:
-            _record_failure(sync_log, f"Internal error: {type(error).__name__}: {error}", error)
+        run_failure_record(sync_log, error, kept="modifications written so far are kept")
         raise
     finally:
         # Each outcome takes an edit out of the merged view's committed ones: the KPIs change.

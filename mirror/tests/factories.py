@@ -1,9 +1,12 @@
 """Test factories for the mirror app."""
 
+from datetime import date
+from decimal import Decimal
+
 import factory
 from django.contrib.auth.models import Permission, User
 
-from mirror.models import ApiConfiguration, Organization
+from mirror.models import ApiConfiguration, Organization, PfaMirror
 from mirror.simulator import DEFAULT_PASSWORD, DEFAULT_TENANT, DEFAULT_USERNAME
 
 
@@ -56,3 +59,19 @@ def user_with(username: str, *permissions: str, organizations=(), **flags) -> Us
 def staff_user(username: str, *codenames: str) -> User:
     """A staff user holding these `mirror` permissions."""
     return user_with(username, *(f"mirror.{codename}" for codename in codenames), is_staff=True)
+
+
+def mirror_record(organization, pfa_id: str, **fields) -> PfaMirror:
+    """A stored PFA record: a crane rented at 1,000 a month, forecast Jan to Mar 2027, unless told otherwise."""
+    values = {
+        "category": "CRANES",
+        "source": "Rental",
+        "monthly_rate": Decimal("1000"),
+        "forecast_start_date": date(2027, 1, 1),
+        "forecast_end_date": date(2027, 3, 1),
+        "pems_record_id": 7,
+        "data": {"pfs_id": pfa_id},
+        "content_hash": "0" * 32,
+        **fields,
+    }
+    return PfaMirror.objects.create(organization=organization, pfa_id=pfa_id, **values)

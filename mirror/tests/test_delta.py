@@ -11,26 +11,11 @@ from django.utils import timezone
 from mirror import delta
 from mirror.models import PfaMergedLive, PfaMirror, PfaModification, PfaOverlay, ViewRefresh
 from mirror.selectors import RecordFilters, kpis_get, record_get, records_list
-from mirror.tests.factories import OrganizationFactory
+from mirror.tests.factories import OrganizationFactory, mirror_record
 
 pytestmark = pytest.mark.django_db(transaction=False)
 
 State = PfaModification.State
-
-
-def record(organization, pfa_id: str, **fields) -> PfaMirror:
-    values = {
-        "category": "CRANES",
-        "source": "Rental",
-        "monthly_rate": Decimal("1000.0000"),
-        "forecast_start_date": date(2027, 1, 1),
-        "forecast_end_date": date(2027, 3, 1),
-        "pems_record_id": 7,
-        **fields,
-    }
-    return PfaMirror.objects.create(
-        organization=organization, pfa_id=pfa_id, data={"pfs_id": pfa_id}, content_hash="0" * 32, **values
-    )
 
 
 @pytest.fixture
@@ -61,7 +46,7 @@ def listed(organization, user, **filters):
 
 
 def test_a_draft_captures_its_base_and_merges_later_edits(rio, ann):
-    row = record(rio, "P1")
+    row = mirror_record(rio, "P1")
     delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"monthly_rate": "1200.5"}, change_reason="longer")
     PfaMirror.objects.filter(pk=row.pk).update(version=2, pems_record_id=8, category="TRUCKS")
     draft = delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"forecast_end_date": "2027-05-01"})
@@ -92,7 +77,7 @@ def test_a_draft_captures_its_base_and_merges_later_edits(rio, ann):
     ],
 )
 def test_a_bad_edit_is_refused_naming_its_field(rio, ann, values, field, message):
-    record(rio, "P1")
+    mirror_record(rio, "P1")
     with pytest.raises(ValidationError) as refused:
         delta.draft_save(organization=rio, pfa_id="P1", user=ann, values=values)
     assert field in refused.value.message_dict
@@ -101,7 +86,7 @@ def test_a_bad_edit_is_refused_naming_its_field(rio, ann, values, field, message
 
 
 def test_editing_a_record_deleted_in_pems_is_refused(rio, ann):
-    record(rio, "P1", deleted_at=timezone.now())
+    mirror_record(rio, "P1", deleted_at=timezone.now())
     with pytest.raises(ValidationError, match="deleted in PEMS"):
         delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"category": "TRUCKS"})
 
@@ -115,7 +100,7 @@ def test_editing_an_unknown_record_is_not_found(rio, ann):
 
 
 def test_drafts_are_seen_by_their_author_only(rio, ann, bob):
-    record(rio, "P1")
+    mirror_record(rio, "P1")
     delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"category": "TRUCKS"})
     assert merged(rio, "P1").category == "CRANES"
     assert listed(rio, ann)["P1"]["category"] == "TRUCKS"
@@ -132,8 +117,8 @@ def test_drafts_are_seen_by_their_author_only(rio, ann, bob):
 
 
 def test_committed_edits_apply_in_commit_order_for_everyone(rio, ann, bob):
-    record(rio, "P1")
-    record(rio, "P2")
+    mirror_record(rio, "P1")
+    mirror_record(rio, "P2")
     delta.draft_save(organization=rio, pfa_id="P1", user=bob, values={"monthly_rate": "3000", "category": "LIFTS"})
     delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"monthly_rate": "2000"})
     assert delta.drafts_commit(organization=rio, user=ann) == 1
@@ -150,7 +135,7 @@ def test_committed_edits_apply_in_commit_order_for_everyone(rio, ann, bob):
 
 
 def test_a_sync_that_changes_a_committed_record_keeps_the_edit_on_top(rio, ann):
-    row = record(rio, "P1")
+    row = mirror_record(rio, "P1")
     delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"monthly_rate": "2000"})
     delta.drafts_commit(organization=rio, user=ann)
     PfaMirror.objects.filter(pk=row.pk).update(category="TRUCKS", version=2)
@@ -160,8 +145,8 @@ def test_a_sync_that_changes_a_committed_record_keeps_the_edit_on_top(rio, ann):
 
 
 def test_discarded_drafts_leave_the_view_and_stay_as_rows(rio, ann):
-    record(rio, "P1")
-    record(rio, "P2")
+    mirror_record(rio, "P1")
+    mirror_record(rio, "P2")
     delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"category": "TRUCKS"})
     delta.draft_save(organization=rio, pfa_id="P2", user=ann, values={"category": "TRUCKS"})
     delta.draft_discard(organization=rio, user=ann, pfa_id="P1")
@@ -174,7 +159,7 @@ def test_discarded_drafts_leave_the_view_and_stay_as_rows(rio, ann):
 
 
 def test_deletion_in_pems_fails_open_modifications_and_hides_the_record(rio, ann, bob):
-    record(rio, "P1")
+    mirror_record(rio, "P1")
     delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"category": "TRUCKS"})
     delta.draft_save(organization=rio, pfa_id="P1", user=bob, values={"category": "LIFTS"})
     delta.drafts_commit(organization=rio, user=bob)
@@ -189,7 +174,7 @@ def test_deletion_in_pems_fails_open_modifications_and_hides_the_record(rio, ann
 
 def test_state_filter_and_cursor_pagination(rio, ann, bob):
     for n in range(7):
-        record(rio, f"P{n}", forecast_start_date=date(2027, 1, 1) + timedelta(days=n % 3) if n != 5 else None)
+        mirror_record(rio, f"P{n}", forecast_start_date=date(2027, 1, 1) + timedelta(days=n % 3) if n != 5 else None)
     delta.draft_save(organization=rio, pfa_id="P2", user=ann, values={"category": "TRUCKS"})
     delta.draft_save(organization=rio, pfa_id="P3", user=bob, values={"category": "TRUCKS"})
     delta.drafts_commit(organization=rio, user=bob)
@@ -226,7 +211,7 @@ def test_state_filter_and_cursor_pagination(rio, ann, bob):
 
 
 def test_record_get_shows_own_draft_and_visible_modifications(rio, ann, bob):
-    record(rio, "P1")
+    mirror_record(rio, "P1")
     delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"category": "TRUCKS"})
     delta.draft_save(organization=rio, pfa_id="P1", user=bob, values={"dor": "BEO"})
     row, data, modifications = record_get(organization=rio, user=ann, pfa_id="P1")
@@ -240,14 +225,14 @@ def test_record_get_shows_own_draft_and_visible_modifications(rio, ann, bob):
 def test_kpis_read_the_merged_view(rio, ann):
     from mirror.materialized import views_refresh
 
-    record(
+    mirror_record(
         rio,
         "P1",
         monthly_rate=Decimal("1000"),
         forecast_start_date=date(2027, 1, 1),
         forecast_end_date=date(2027, 1, 31),
     )
-    record(rio, "P2", source="Purchase", monthly_rate=None, purchase_price=Decimal("5000"))
+    mirror_record(rio, "P2", source="Purchase", monthly_rate=None, purchase_price=Decimal("5000"))
     delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"monthly_rate": "2000"})
     delta.drafts_commit(organization=rio, user=ann)
     views_refresh()
@@ -312,7 +297,7 @@ def test_refresh_views_command_refreshes_now(rio):
 
     from django.core.management import call_command
 
-    record(rio, "P1")
+    mirror_record(rio, "P1")
     out = StringIO()
     call_command("refresh_views", stdout=out)
     state = ViewRefresh.objects.get()
@@ -322,7 +307,7 @@ def test_refresh_views_command_refreshes_now(rio):
 
 
 def test_a_field_set_back_leaves_the_draft_and_an_empty_draft_is_discarded(rio, ann):
-    record(rio, "P1")
+    mirror_record(rio, "P1")
     delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"monthly_rate": "1200", "dor": "BEO"})
     draft = delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"monthly_rate": "1000"})
     assert (draft.state, draft.changes, draft.base_values) == (State.DRAFT, {"dor": "BEO"}, {"dor": ""})
@@ -331,7 +316,7 @@ def test_a_field_set_back_leaves_the_draft_and_an_empty_draft_is_discarded(rio, 
 
 
 def test_deletion_in_pems_ends_a_conflict_too(rio, ann):
-    record(rio, "P1")
+    mirror_record(rio, "P1")
     conflict = PfaModification.objects.create(
         organization=rio, pfa_id="P1", author=ann, state=State.CONFLICT, base_version=1, changes={"dor": "X"}
     )

@@ -1,31 +1,14 @@
 """The records REST API: the merged list, one record, drafts, commits, KPIs; scoping and permission."""
 
-from datetime import date
-from decimal import Decimal
-
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from mirror.models import PfaMirror, PfaModification
-from mirror.tests.factories import OrganizationFactory
+from mirror.tests.factories import OrganizationFactory, mirror_record
 
 pytestmark = pytest.mark.django_db
-
-
-def record(organization, pfa_id: str, **fields) -> PfaMirror:
-    values = {
-        "category": "CRANES",
-        "source": "Rental",
-        "monthly_rate": Decimal("1000"),
-        "forecast_start_date": date(2027, 1, 1),
-        "forecast_end_date": date(2027, 3, 1),
-        **fields,
-    }
-    return PfaMirror.objects.create(
-        organization=organization, pfa_id=pfa_id, data={"pfs_id": pfa_id, "x": "raw"}, content_hash="0" * 32, **values
-    )
 
 
 def planner(username: str, *organizations, can_edit: bool = True) -> APIClient:
@@ -42,7 +25,9 @@ def planner(username: str, *organizations, can_edit: bool = True) -> APIClient:
 def rio():
     organization = OrganizationFactory(code="RIO")
     for n in range(1, 6):
-        record(organization, f"P{n}", category="CRANES" if n % 2 else "TRUCKS")
+        mirror_record(
+            organization, f"P{n}", category="CRANES" if n % 2 else "TRUCKS", data={"pfs_id": f"P{n}", "x": "raw"}
+        )
     return organization
 
 

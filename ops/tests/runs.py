@@ -1,10 +1,10 @@
-"""Read runs for the ops tests, run as the worker runs them (inside `run_log_context`)."""
+"""Runs for the tests, run as the worker runs them (inside `run_log_context`)."""
 
 from dataclasses import replace
 
 from mirror.pems import PemsClient, PemsError
 from ops.logs import run_log_context
-from synclog.engine import sync_claim, sync_run
+from synclog.engine import run_for, sync_claim
 from synclog.models import PfaSyncLog
 
 
@@ -15,12 +15,20 @@ def fast_client(organization, **overrides) -> PemsClient:
     return PemsClient(settings, sleep=lambda seconds: None)
 
 
-def run_sync(organization, *, sync_type: str = PfaSyncLog.SyncType.FULL, **client_overrides) -> PfaSyncLog:
-    """One read run; a PEMS failure fails the run and is not raised."""
-    sync_log = sync_claim(organization=organization, trigger=PfaSyncLog.Trigger.COMMAND, sync_type=sync_type)
+def run_sync(
+    organization,
+    *,
+    sync_type: str = PfaSyncLog.SyncType.FULL,
+    direction: str = PfaSyncLog.Direction.READ,
+    **client_overrides,
+) -> PfaSyncLog:
+    """One read run (or, `direction`, one write run); a PEMS failure fails the run and is not raised."""
+    sync_log = sync_claim(
+        organization=organization, trigger=PfaSyncLog.Trigger.COMMAND, sync_type=sync_type, direction=direction
+    )
     with fast_client(organization, **client_overrides) as client, run_log_context(sync_log):
         try:
-            sync_run(sync_log=sync_log, client=client)
+            run_for(sync_log)(sync_log=sync_log, client=client)
         except PemsError:
             pass
     sync_log.refresh_from_db()

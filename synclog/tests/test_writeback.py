@@ -11,14 +11,12 @@ from django.db import connection
 
 from mirror import delta
 from mirror.models import PfaMirror, PfaModification
-from mirror.pems import PemsError
 from mirror.records import parse_pfa_row
 from mirror.store import pfa_records_upsert
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from ops.tests.runs import fast_client, run_sync
 from synclog.engine import SyncAlreadyRunning, sync_claim
 from synclog.models import PfaSyncLog, SyncStatus
-from synclog.writeback import write_run
 
 pytestmark = pytest.mark.django_db
 
@@ -57,14 +55,7 @@ def commit(organization, user, values: dict, pfa_id: str = KEY) -> PfaModificati
 
 
 def write(organization, **client_overrides) -> PfaSyncLog:
-    sync_log = sync_claim(organization=organization, trigger="command", direction=PfaSyncLog.Direction.WRITE)
-    with fast_client(organization, **client_overrides) as client:
-        try:
-            write_run(sync_log=sync_log, client=client)
-        except PemsError:
-            pass
-    sync_log.refresh_from_db()
-    return sync_log
+    return run_sync(organization, direction=PfaSyncLog.Direction.WRITE, **client_overrides)
 
 
 def patches(simulator) -> int:
