@@ -203,9 +203,8 @@ _COPY_TYPES = {
     "DateField": "date",
     "BooleanField": "bool",
 }
-# Two columns go into a COPY already in their binary form, as bytes: `data` as the record's JSON
-# text (what `json` receives in binary) and the organization as a UUID's 16 bytes. The dumpers
-# psycopg has for JSON and uuid are Python code, called for every row; its dumper of bytes is C.
+# `data` goes into a COPY as the record's JSON text, in bytes, which is what `json` receives in
+# binary: the column holds exactly the text `content_hash` digests, encoded once.
 
 
 def _copy_types(fields) -> list[str]:
@@ -257,8 +256,8 @@ def _upsert_batch_postgresql(
 
 
 def _insert_new_statement() -> tuple[str, list[str]]:
-    # The columns and order of `_insert_columns()`; the organization goes in as its bytes.
-    types = ["bytea", *_copy_types(RECORD_FIELDS), "int4", "timestamptz", "timestamptz"]
+    # The columns and order of `_insert_columns()`.
+    types = ["uuid", *_copy_types(RECORD_FIELDS), "int4", "timestamptz", "timestamptz"]
     return f"COPY {_quoted(PfaMirror._meta.db_table)} ({_insert_columns()}) FROM STDIN (FORMAT BINARY)", types
 
 
@@ -276,9 +275,7 @@ def _insert_new_batch_postgresql(
         on_staged()
     try:
         with transaction.atomic(), psycopg_cursor() as cursor:
-            _copy_records(
-                cursor, copy_sql, copy_types, batch, head=(organization_id.bytes,), tail=(1, synced_at, synced_at)
-            )
+            _copy_records(cursor, copy_sql, copy_types, batch, head=(organization_id,), tail=(1, synced_at, synced_at))
     except psycopg.errors.UniqueViolation:
         return False
     return True
