@@ -295,3 +295,17 @@ def test_edits_waiting_and_open_conflicts_count_modifications_by_state(client, m
     samples = scrape(client)
     assert value(samples, "pfasync_edits_waiting", organization="RIO") == 3
     assert value(samples, "pfasync_conflicts_open", organization="RIO") == 1
+
+
+def test_only_a_run_that_changed_rows_recounts_its_mirror(rio, pems_server):
+    from ops.models import MirrorCount
+
+    run_sync(rio)
+    counted = MirrorCount.objects.get(organization=rio)
+    assert counted.live_rows == 250
+    run_sync(rio)  # nothing changed
+    assert MirrorCount.objects.get(organization=rio).counted_at == counted.counted_at
+    pems_server.simulator.delete_row("RIO", "PFA-0000001")
+    run_sync(rio)
+    recounted = MirrorCount.objects.get(organization=rio)
+    assert (recounted.live_rows, recounted.deleted_rows) == (249, 1) and recounted.counted_at > counted.counted_at
