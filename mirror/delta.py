@@ -385,8 +385,14 @@ def overlay_refresh(*, organization_id: UUID, pfa_ids: Iterable[str]) -> None:
         open_modifications = PfaModification.objects.filter(
             organization_id=organization_id, state__in=PfaModification.OPEN_STATES
         )
-        if not open_modifications.exists() and not PfaOverlay.objects.filter(organization_id=organization_id).exists():
-            return  # the common case for a sync's page: nothing to merge with
+        # A sync's page of thousands of keys usually meets no edit at all: two cheap checks first.
+        many = len(keys) > 100
+        if (
+            many
+            and not open_modifications.exists()
+            and not PfaOverlay.objects.filter(organization_id=organization_id).exists()
+        ):
+            return
         modifications: dict[str, list[PfaModification]] = defaultdict(list)
         for start in range(0, len(keys), _CHUNK):
             chunk = keys[start : start + _CHUNK]
