@@ -31,6 +31,7 @@ This module knows nothing of HTTP or of errors: what a cursor value means is `mi
 
 from __future__ import annotations
 
+from sys import intern
 from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar
 
 import msgspec
@@ -198,7 +199,9 @@ class PageDecoder:
         if len(self._names) > MAX_KNOWN_COLUMNS:
             self._known_columns_decoder = None
             return
-        name_type = Literal[tuple(sorted(self._names))]
+        # Interned: each cell's name is then the very string `mirror.records` looks its columns up
+        # by. Without it a first load took 1.16x as long (0.93x-1.35x) and 1.08x the CPU (9 pairs).
+        name_type = Literal[tuple(sorted(map(intern, self._names)))]
         datatype_type = Literal[tuple(sorted(self._datatypes))] if self._datatypes else str
         self._known_columns_decoder = msgspec.json.Decoder(_GridPageAnswer[name_type, datatype_type])
 
