@@ -1,6 +1,5 @@
 """The read sync end to end: simulator over HTTP -> client -> parser -> mirror -> pfa_sync_log."""
 
-import gc
 import logging
 import threading
 import time
@@ -13,7 +12,7 @@ from mirror.models import ApiConfiguration, PfaMirror
 from mirror.pems import PemsClient, PemsUnavailable
 from mirror.simulator import DEFAULT_PASSWORD
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
-from synclog.engine import SyncAlreadyRunning, _page_transaction, sync_claim, sync_organizations, sync_run
+from synclog.engine import SyncAlreadyRunning, sync_claim, sync_organizations, sync_run
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
 
 pytestmark = pytest.mark.django_db
@@ -159,31 +158,6 @@ def test_the_next_page_is_read_while_a_page_is_stored_but_no_further(rio, pems_s
     assert seen == [3, 4, 4]
 
 
-def test_the_collector_runs_less_often_during_a_sync_and_as_before_after_it(rio):
-    before = gc.get_threshold()
-    during = []
-    run_sync(rio, on_progress=lambda sync_log: during.append(gc.get_threshold()))
-    assert during and all(thresholds[0] >= 100_000 for thresholds in during)
-    assert gc.get_threshold() == before
-
-
-def synchronous_commit() -> str:
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW synchronous_commit")
-        return cursor.fetchone()[0]
-
-
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL setting")
-@pytest.mark.django_db(transaction=True)
-def test_a_page_commits_without_waiting_for_the_disk_and_nothing_else_does():
-    with _page_transaction():
-        assert synchronous_commit() == "off"
-    assert synchronous_commit() == "on"
-    with pytest.raises(RuntimeError), _page_transaction():
-        raise RuntimeError("the page failed")
-    assert synchronous_commit() == "on"
-
-
 def test_stop_request_cancels_at_a_page_boundary(rio, pems_server):
     pems_server.simulator.set_row_cap(100)
     stop = threading.Event()
@@ -208,8 +182,6 @@ def test_concurrent_claims_let_exactly_one_through(rio):
     results = []
 
     def claim():
-        from django.db import connection
-
         barrier.wait()
         try:
             results.append(sync_claim(organization=rio, trigger=PfaSyncLog.Trigger.API))
