@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from functools import cache, partial
+from functools import cache, lru_cache
 from itertools import repeat
 from operator import itemgetter
 from typing import NamedTuple
@@ -84,6 +84,8 @@ _DECIMAL_LIMIT = Decimal(10) ** _DECIMAL_WHOLE_DIGITS
 _BIGINT_MAX = 2**63 - 1
 _FLAGS = {"-1": True, "Y": True, "0": False, "N": False, "": False}
 _sorted_json = orjson.OPT_SORT_KEYS
+_59_MINUTES = timedelta(minutes=59)
+_MINUTES = {f"{minute:02}": timedelta(minutes=minute) for minute in range(60)}
 
 
 def content_hash(raw: dict[str, str]) -> str:
@@ -311,9 +313,7 @@ def _wall_time_to_utc(text: str, time_zone: ZoneInfo) -> datetime:
     date_text, _, time_text = text.partition(" ")
     parts = _split_date(date_text)
     hour, _, minute = time_text.strip().partition(":")
-    if parts is None or not (
-        hour.isdigit() and len(hour) <= 2 and len(minute) == 2 and minute.isascii() and minute.isdigit()
-    ):
+    if parts is None or not (hour.isdigit() and minute.isdigit() and len(minute) == 2 and len(hour) <= 2):
         raise _Unreadable(_NOT_DATETIME)
     try:
         # fold=0: skipped and repeated wall times (DST) resolve to the earlier offset, every time.
@@ -323,11 +323,36 @@ def _wall_time_to_utc(text: str, time_zone: ZoneInfo) -> datetime:
     return local.astimezone(UTC)
 
 
-def _utc_datetime(value: str | None, time_zone: ZoneInfo) -> datetime | None:
-    """A `pfs_lastmodified` value (a wall time in `time_zone`) in UTC."""
-    if not value or not (text := value.strip()):
+@cache  # one converter per time zone, so that the hours it has converted are kept for the next page
+def _utc_datetime_in(time_zone: ZoneInfo) -> Callable[[str | None], datetime | None]:
+    """The converter of `pfs_lastmodified` values (wall times in `time_zone`) to UTC.
+
+    Nearly every value is a distinct minute, but few are a distinct hour: the start of each
+    wall-clock hour is converted once and the minutes added, except in an hour whose UTC offset
+    changes within it, where each minute is converted on its own. Without the kept hours a
+    200,000-row first load took 1.06x as long (0.94x-1.25x) and 1.09x the CPU (18 pairs, 2026-12-04).
+    """
+
+    @lru_cache(maxsize=20_000)
+    def hour_start(hour_text: str) -> datetime | None:
+        start = _wall_time_to_utc(f"{hour_text}:00", time_zone)
+        if _wall_time_to_utc(f"{hour_text}:59", time_zone) - start == _59_MINUTES:
+            return start
         return None
-    return _wall_time_to_utc(text, time_zone)
+
+    def utc_datetime(value: str | None) -> datetime | None:
+        if not value or not (text := value.strip()):
+            return None
+        hour_text, _, minute = text.rpartition(":")
+        minutes = _MINUTES.get(minute)
+        if minutes is None:
+            raise _Unreadable(_NOT_DATETIME)
+        start = hour_start(hour_text)
+        if start is None:
+            return _wall_time_to_utc(text, time_zone)
+        return start + minutes
+
+    return utc_datetime
 
 
 def _flag(value: str | None) -> bool:
@@ -396,8 +421,8 @@ def _column_converters(time_zone: ZoneInfo) -> tuple[tuple[str, _Column | None],
     whole_number, decimal, day, flag = _Column(_whole_number), _Column(_decimal), _Column(_date), _Column(_flag)
     return (
         ("pfs_recordid", whole_number),
-        # Nearly every value is a distinct minute: not worth keeping.
-        ("pfs_lastmodified", _Column(partial(_utc_datetime, time_zone=time_zone), keep_answers=False)),
+        # Nearly every value is a distinct minute: not worth keeping (`_utc_datetime_in` keeps hours).
+        ("pfs_lastmodified", _Column(_utc_datetime_in(time_zone), keep_answers=False)),
         ("pfs_f_area", None),
         ("pfs_f_category", None),
         ("pfs_f_catdesc", None),
