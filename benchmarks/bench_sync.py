@@ -7,7 +7,7 @@ On N synthetic PFA rows (the simulator's generator, seed 1) it measures, in this
 1. PostgreSQL's limit for each write, on the rows already typed (generated and parsed untimed), on
    the path pfasync takes for it, into a freshly migrated `pfa_mirror` (its indexes and triggers as
    they are): for the first load, a binary COPY of each 5,000-row page straight into the mirror, one
-   transaction per page, committed as every transaction is; for the unchanged and the
+   transaction per page committed without waiting for the disk; for the unchanged and the
    1%-changed re-sync, a COPY into an UNLOGGED staging table, ANALYZE, and one INSERT ... SELECT ...
    ON CONFLICT DO UPDATE ... WHERE the content hash differs;
 2. pfasync end to end (simulator over HTTP -> client -> parse -> store -> pfa_sync_log) through
@@ -229,7 +229,7 @@ def _column_oids(pg, table: str, columns: list[str]) -> list[int]:
 def limit_first_load(pg, pages: list[list[tuple]], columns: list[str]) -> dict[str, Any]:
     """PostgreSQL's limit for a first load, on the path pfasync's first load takes: each page's
     typed rows (built untimed) COPYed straight into the migrated `pfa_mirror`, with its indexes
-    and triggers as they are, one transaction per page."""
+    and triggers as they are, one transaction per page that does not wait for the disk."""
     quoted = ", ".join(f'"{column}"' for column in columns)
     copy_sql = f"COPY pfa_mirror ({quoted}) FROM STDIN (FORMAT BINARY)"
     oids = _column_oids(pg, "pfa_mirror", columns)
@@ -238,6 +238,7 @@ def limit_first_load(pg, pages: list[list[tuple]], columns: list[str]) -> dict[s
     started = time.perf_counter()
     with _copy_cursor(pg) as cursor:
         for page in pages:
+            cursor.execute("SET LOCAL synchronous_commit = off")
             with cursor.copy(copy_sql) as copy:
                 copy.set_types(oids)
                 for row in page:
