@@ -7,7 +7,7 @@ from django.db.models.functions import Coalesce
 
 from mirror.models import Organization
 from synclog.models import PfaSyncLog, SyncStatus
-from synclog.selectors import latest_read_runs
+from synclog.selectors import latest_runs
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -22,8 +22,8 @@ def organizations_sync_state(organizations: QuerySet[Organization] | None = None
     """
     if organizations is None:
         organizations = Organization.objects.filter(is_active=True)
-    completed = latest_read_runs().filter(status=SyncStatus.COMPLETED)
-    finished = latest_read_runs().filter(status__in=SyncStatus.terminal())
+    completed = latest_runs().filter(status=SyncStatus.COMPLETED)
+    finished = latest_runs().filter(status__in=SyncStatus.terminal())
     failures = PfaSyncLog.objects.filter(
         organization=OuterRef("pk"),
         direction=PfaSyncLog.Direction.READ,

@@ -19,7 +19,7 @@ from mirror.models import Organization
 from mirror.selectors import EditCounts, edit_counts_by_organization, mirror_size_subquery
 from ops.selectors import organizations_sync_state
 from synclog.models import PfaSyncLog, SyncStatus
-from synclog.selectors import latest_read_runs
+from synclog.selectors import latest_runs
 from synclog.worker import worker_status
 
 CHART_DAYS = 30
@@ -128,14 +128,14 @@ def bar_chart(
 
 
 def _organization_rows(*, now: datetime, interval: timedelta, last_runs: dict) -> list[dict]:
-    completed = latest_read_runs().filter(status=SyncStatus.COMPLETED)
+    completed = latest_runs().filter(status=SyncStatus.COMPLETED)
     # Every organization, inactive ones too: the last completed read and the failures since come
     # from the same query as /metrics and the alerts use.
     organizations = organizations_sync_state(Organization.objects.all()).annotate(
         last_success_message=Subquery(completed.values("error_message")[:1]),
         last_success_details=Subquery(completed.values("error_details")[:1]),
         mirror_size=mirror_size_subquery(),
-        last_write_id=Subquery(latest_read_runs(PfaSyncLog.Direction.WRITE).values("pk")[:1]),
+        last_write_id=Subquery(latest_runs(PfaSyncLog.Direction.WRITE).values("pk")[:1]),
     )
     organizations = list(organizations)
     edits = edit_counts_by_organization()

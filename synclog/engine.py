@@ -159,12 +159,17 @@ def sync_run(
                 sync_log=sync_log, client=client, stop=stop, on_progress=on_progress, detect_deletions=detect_deletions
             )
         finally:
-            # Whatever the outcome, pages it committed may have changed what the KPI views read.
-            if sync_log.records_inserted or sync_log.records_updated or sync_log.records_deleted:
-                try:
-                    views_refresh_request()
-                except DatabaseError:  # the run's own error, if any, is the one to report
-                    logger.warning("Could not ask for a refresh of the materialized views", exc_info=True)
+            views_refresh_if_changed(sync_log)
+
+
+def views_refresh_if_changed(sync_log: PfaSyncLog) -> None:
+    """Ask for a refresh of the KPI views if the run changed what they read, whatever its outcome
+    (a failed run keeps the pages it committed)."""
+    if sync_log.changed_merged_view:
+        try:
+            views_refresh_request()
+        except DatabaseError:  # the run's own error, if any, is the one to report
+            logger.warning("Could not ask for a refresh of the materialized views", exc_info=True)
 
 
 def _sync_run(
@@ -450,7 +455,8 @@ def _page_transaction() -> Iterator[None]:
     On PostgreSQL the commit does not wait for the disk (`synchronous_commit` off, for this
     transaction only): a crash of the database can lose the last fraction of a second of pages,
     which the next sync reads again, but never half a page, and nothing committed before them.
-    A first load is about 4% faster. Only the read sync commits this way: PEMS keeps its rows.
+    A first load is 1.12x slower without it (decision 8). Only the read sync commits this way: PEMS
+    keeps its rows.
     """
     with transaction.atomic():
         if connection.vendor == "postgresql":

@@ -184,6 +184,14 @@ class PfaSyncLog(models.Model):
         self.records_errored += errored
         self.heartbeat_at = now
 
+    @property
+    def changed_merged_view(self) -> bool:
+        """Whether the run changed what `pfa_merged_live` (and so the KPI views) holds: mirror rows
+        a read inserted, updated or deleted, or edits a write run took out of the committed ones."""
+        if self.direction == PfaSyncLog.Direction.WRITE:
+            return bool(self.records_written or self.records_conflicts or self.records_errored)
+        return bool(self.records_inserted or self.records_updated or self.records_deleted)
+
     def cancel_requested(self) -> bool:
         return PfaSyncLog.objects.filter(pk=self.pk, cancel_requested_at__isnull=False).exists()
 

@@ -20,7 +20,7 @@ def organizations_to_sync(*, including_sync_disabled: bool = False) -> QuerySet[
     return organizations if including_sync_disabled else organizations.filter(sync_enabled=True)
 
 
-def latest_read_runs(direction: str = PfaSyncLog.Direction.READ) -> QuerySet[PfaSyncLog]:
+def latest_runs(direction: str = PfaSyncLog.Direction.READ) -> QuerySet[PfaSyncLog]:
     """Read runs (or write runs, `direction`) of the organization in the enclosing query
     (`OuterRef("pk")`), newest first.
 
@@ -35,7 +35,7 @@ def organizations_with_last_run(organizations: QuerySet[Organization] | None = N
     `last_run_records_processed` (each None when it has none)."""
     if organizations is None:
         organizations = Organization.objects.all()
-    newest = latest_read_runs()
+    newest = latest_runs()
     return organizations.annotate(
         **{
             f"last_run_{field}": Subquery(newest.values(field)[:1])
@@ -59,7 +59,7 @@ def organizations_with_edits_waiting() -> QuerySet[Organization]:
 
 def last_write_runs() -> dict:
     """Each organization's newest finished write run, by organization id (two queries)."""
-    newest = latest_read_runs(PfaSyncLog.Direction.WRITE).filter(status__in=SyncStatus.terminal()).values("pk")[:1]
+    newest = latest_runs(PfaSyncLog.Direction.WRITE).filter(status__in=SyncStatus.terminal()).values("pk")[:1]
     ids = (
         Organization.objects.annotate(run_id=Subquery(newest))
         .filter(run_id__isnull=False)

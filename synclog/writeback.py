@@ -24,13 +24,19 @@ from django.db import transaction
 from django.utils import timezone
 
 from mirror import delta
-from mirror.materialized import views_refresh_request
 from mirror.models import Organization, PfaMirror, PfaModification
 from mirror.pems import PemsClient, PemsError, PemsNotFound, PemsRecordConflict, PemsRequestError
 from mirror.records import FIELD_ALIASES, PfaRowError, grid_text, parse_pfa_row
 from mirror.store import pfa_record_replace
 from ops.logs import run_log_context
-from synclog.engine import ProgressCallback, _Heartbeat, _record_failure, _stop_reason, run_failure_record
+from synclog.engine import (
+    ProgressCallback,
+    _Heartbeat,
+    _record_failure,
+    _stop_reason,
+    run_failure_record,
+    views_refresh_if_changed,
+)
 from synclog.models import ClaimLost, PfaSyncLog, SyncStatus
 
 logger = logging.getLogger(__name__)
@@ -99,9 +105,7 @@ def _write_run(*, sync_log, client, stop, on_progress) -> PfaSyncLog:
         run_failure_record(sync_log, error, kept="modifications written so far are kept")
         raise
     finally:
-        # Each outcome takes an edit out of the merged view's committed ones: the KPIs change.
-        if sync_log.records_written or sync_log.records_conflicts or sync_log.records_errored:
-            views_refresh_request()
+        views_refresh_if_changed(sync_log)
     logger.info(
         "Write %s of %s completed: %d written (%d rebased), %d conflicts, %d failed in %d ms",
         sync_log.id,
