@@ -4,6 +4,7 @@ import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
 from typing import Any
 from uuid import UUID
 
@@ -277,11 +278,20 @@ def _column(name: str) -> str:
     return PfaMirror._meta.get_field(name).column
 
 
-def _from_sqlite(row: dict[str, Any]) -> dict[str, Any]:
-    """A row as SQLite returns it, typed as the model's fields type it (as psycopg does on PostgreSQL)."""
+@cache
+def _sqlite_converters() -> list[tuple[str, Any, list]]:
+    """Each listed column with the converters Django applies to it on SQLite, found once."""
+    columns = []
     for name in RECORD_COLUMNS:
         column = PfaMirror._meta.get_field(name).get_col(PfaMirror._meta.db_table)
-        for converter in connection.ops.get_db_converters(column) + column.get_db_converters(connection):
+        columns.append((name, column, connection.ops.get_db_converters(column) + column.get_db_converters(connection)))
+    return columns
+
+
+def _from_sqlite(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as SQLite returns it, typed as the model's fields type it (as psycopg does on PostgreSQL)."""
+    for name, column, converters in _sqlite_converters():
+        for converter in converters:
             row[name] = converter(row[name], column, connection)
     row["changes"] = row["changes"] and json.loads(row["changes"])
     return row
