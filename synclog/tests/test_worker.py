@@ -191,7 +191,7 @@ def test_tick_purges_records_deleted_longer_ago_than_the_retention(settings, cap
     assert "Purged 1 records deleted in PEMS more than 30 days ago" in caplog.text
 
 
-def test_worker_status_reports_schedule_running_and_last_runs(settings):
+def test_worker_status_reports_schedule_syncs_running_and_last_runs(settings):
     settings.ENABLE_SYNC_WORKER = True
     settings.SYNC_FULL_INTERVAL = "0 3 * * *"
     rows = schedules_upsert()
@@ -199,7 +199,7 @@ def test_worker_status_reports_schedule_running_and_last_runs(settings):
     OrganizationFactory(code="HOU")
     run = sync_claim(organization=rio, trigger="api")
     status = worker_status()
-    assert (status["enabled"], status["running"], status["next_run"]) == (True, False, rows[TICK_SCHEDULE].next_run)
+    assert (status["enabled"], status["syncs_running"], status["next_run"]) == (True, 0, rows[TICK_SCHEDULE].next_run)
     assert status["full_sync"] == {
         "enabled": True,
         "interval": "0 3 * * *",
@@ -207,7 +207,7 @@ def test_worker_status_reports_schedule_running_and_last_runs(settings):
     }
     assert status["last_runs"] == {"HOU": None, "RIO": run}
     run.start()
-    assert worker_status()["running"] is True
+    assert worker_status()["syncs_running"] == 1
     settings.SYNC_FULL_INTERVAL = ""
     assert worker_status()["full_sync"] == {"enabled": False, "interval": None, "next_run": None}
     settings.ENABLE_SYNC_WORKER = False
@@ -456,3 +456,12 @@ def test_two_redis_clusters_never_run_one_organization_twice(clusters, organizat
     for code in ("RIO", "HOU"):
         assert runs(code).filter(status=SyncStatus.COMPLETED).exists()
         assert not runs(code).exclude(status=SyncStatus.COMPLETED).exists()
+
+
+@in_worker_processes
+def test_a_worker_is_alive_while_its_cluster_runs_and_not_once_it_stopped(clusters, organizations):
+    assert worker_status()["alive"] is False
+    cluster = clusters(SYNC_HEARTBEAT_SECONDS=1, SYNC_LEASE_SECONDS=3)
+    wait_until(lambda: worker_status()["alive"], timeout=30, what="the cluster to say it is alive")
+    assert cluster.terminate() < 30
+    assert worker_status()["alive"] is False  # at once, not two heartbeats later
