@@ -381,10 +381,13 @@ def queued_runs_lost(*, organization: Organization | None = None, now=None) -> l
         in_workers = PfaSyncLog.objects.exclude(trigger=PfaSyncLog.Trigger.COMMAND)
         if in_workers.filter(status=SyncStatus.RUNNING).count() >= sum(cluster.workers for cluster in clusters):
             return []
-        last_freed = in_workers.filter(started_at__isnull=False, completed_at__isnull=False).aggregate(
-            models.Max("completed_at")
+        freed_lately = in_workers.filter(
+            # Bounds the scan by the created_at index: no run lasts longer than the task timeout.
+            created_at__gte=now - lease - 2 * timedelta(seconds=settings.SYNC_TASK_TIMEOUT),
+            started_at__isnull=False,
+            completed_at__gt=now - lease,
         )
-        if last_freed["completed_at__max"] and last_freed["completed_at__max"] > now - lease:
+        if freed_lately.exists():
             return []
     from synclog.worker import runs_waiting_in_broker  # here: the worker module builds on this one
 
