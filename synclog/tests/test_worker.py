@@ -23,7 +23,7 @@ from mirror.models import PfaMirror
 from mirror.records import content_hash
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from synclog import tasks
-from synclog.engine import sync_claim, sync_organizations
+from synclog.engine import sync_claim, sync_organizations, sync_start
 from synclog.models import PfaSyncLog, SyncStatus
 from synclog.worker import (
     FULL_SCHEDULE,
@@ -465,3 +465,33 @@ def test_a_worker_is_alive_while_its_cluster_runs_and_not_once_it_stopped(cluste
     wait_until(lambda: worker_status()["alive"], timeout=30, what="the cluster to say it is alive")
     assert cluster.terminate() < 30
     assert worker_status()["alive"] is False  # at once, not two heartbeats later
+
+
+@in_worker_processes
+@pytest.mark.faults
+def test_a_task_redis_lost_after_the_202_is_failed_at_the_worker_start_and_synced_again(
+    clusters, organizations, monkeypatch
+):
+    redis = pytest.importorskip("redis")
+    redis_url = "redis://127.0.0.1:6379/12"  # not the other Redis test's db 13
+    connection = redis.Redis.from_url(redis_url)
+    try:
+        connection.flushdb()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "ORM", None)  # this process enqueues to the same Redis as the cluster
+    monkeypatch.setattr(Conf, "REDIS", redis_url)
+    rio = organizations[0]
+    (queued,) = sync_start(organizations=[rio], trigger="api").queued
+    assert connection.llen(f"django_q:{Conf.CLUSTER_NAME}:q") == 1
+    connection.flushdb()  # Redis restarted without its data, before any worker took the task
+    PfaSyncLog.objects.filter(pk=queued.pk).update(created_at=timezone.now() - timedelta(seconds=10))
+    clusters(REDIS_URL=redis_url, SYNC_QUEUE_LEASE_SECONDS=5)  # the check also runs when a cluster starts
+    queued.refresh_from_db()
+    assert queued.status == SyncStatus.FAILED and "the task was lost before a worker took it" in queued.error_message
+    async_task("synclog.tasks.sync_tick")
+    done = wait_until(lambda: runs("RIO").filter(status=SyncStatus.COMPLETED).first(), timeout=60, what="resync")
+    assert done.records_processed == 250
+    connection.flushdb()
