@@ -195,6 +195,9 @@ if SYNC_HEARTBEAT_SECONDS < 1 or SYNC_LEASE_SECONDS < 3 * SYNC_HEARTBEAT_SECONDS
         f"SYNC_LEASE_SECONDS ({SYNC_LEASE_SECONDS}) must be at least three heartbeats: 3 x SYNC_HEARTBEAT_SECONDS "
         f"({SYNC_HEARTBEAT_SECONDS}) = {3 * SYNC_HEARTBEAT_SECONDS}, so that one late beat never loses a live run."
     )
+# A queued run whose task is in neither the broker nor a busy worker's hands this long after it was
+# queued (a worker being free meanwhile) lost its task, and is failed (synclog.models.queued_runs_lost).
+SYNC_QUEUE_LEASE_SECONDS = env.int("SYNC_QUEUE_LEASE_SECONDS", default=300)
 # Hard ceiling on one sync task; the worker process is killed past it (and the lease then frees the org).
 SYNC_TASK_TIMEOUT = env.int("SYNC_TASK_TIMEOUT", default=4 * 3600)
 REDIS_URL = env.str("REDIS_URL", default="")

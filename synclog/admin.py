@@ -26,6 +26,7 @@ from synclog.engine import SyncAlreadyRunning, sync_cancel, sync_start
 from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus
 from synclog.permissions import can_trigger_sync
 from synclog.selectors import organizations_with_last_run
+from synclog.worker import queued_runs_warning
 
 STATUS_COLOURS = {
     SyncStatus.QUEUED: "#6c757d",
@@ -82,6 +83,8 @@ def sync_now_with_messages(
     what = "Write run" if direction == PfaSyncLog.Direction.WRITE else "Sync"
     for sync_log in batch.queued:
         messages.success(request, f"{what} of {sync_log.organization.code} queued (run {sync_log.id}).")
+    if warning := queued_runs_warning(batch.queued):
+        messages.warning(request, warning)
     for refusal in batch.refused:
         level = messages.WARNING if isinstance(refusal, SyncAlreadyRunning) else messages.ERROR
         messages.add_message(request, level, str(refusal))
@@ -203,7 +206,8 @@ class PfaSyncLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "started",
         "organization",
-        "sync_type",
+        "direction",
+        "read_type",
         "trigger",
         "coloured_status",
         "records_processed",
@@ -242,7 +246,7 @@ class PfaSyncLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 )
             },
         ),
-        ("Run", {"fields": ("sync_type", "direction", "trigger", "triggered_by", "allow_mass_delete")}),
+        ("Run", {"fields": ("direction", "read_type", "trigger", "triggered_by", "command", "allow_mass_delete")}),
         (
             "Records",
             {
@@ -279,7 +283,13 @@ class PfaSyncLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "progress",
         "duration",
         "pretty_error_details",
+        "read_type",
     )
+
+    @admin.display(description="read type", ordering="sync_type")
+    def read_type(self, sync_log: PfaSyncLog) -> str:
+        # A write run is neither full nor incremental.
+        return "-" if sync_log.direction == PfaSyncLog.Direction.WRITE else sync_log.get_sync_type_display()
 
     def has_trigger_permission(self, request: HttpRequest) -> bool:
         return can_trigger_sync(request.user)

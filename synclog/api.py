@@ -30,7 +30,7 @@ from synclog.selectors import (
     organizations_with_last_run,
     sync_logs_visible_to,
 )
-from synclog.worker import worker_status
+from synclog.worker import queued_runs_warning, worker_status
 
 RECORDS_KEPT_ASIDE_SHOWN = 50
 
@@ -44,11 +44,16 @@ class SyncLogOutputSerializer(serializers.Serializer):
     organizationId = serializers.UUIDField(source="organization_id")
     organizationCode = serializers.CharField(source="organization.code")
     organizationName = serializers.CharField(source="organization.name")
-    syncType = serializers.CharField(source="sync_type")
-    direction = serializers.CharField()
+    syncType = serializers.CharField(
+        source="sync_type", required=False, help_text="`full` or `incremental`; reads only (absent on a write run)."
+    )
+    direction = serializers.ChoiceField(choices=PfaSyncLog.Direction.choices)
     status = serializers.ChoiceField(choices=SyncStatus.choices)
     trigger = serializers.CharField()
-    triggeredBy = serializers.SerializerMethodField(help_text="Username, or `system` for the schedule.")
+    triggeredBy = serializers.CharField(
+        source="triggered_by_name",
+        help_text="The username, or the command (`sync_pems`, `push_pems`), or `system` for the schedule.",
+    )
     recordsTotal = serializers.IntegerField(source="records_total", allow_null=True)
     recordsProcessed = serializers.IntegerField(source="records_processed")
     recordsInserted = serializers.IntegerField(source="records_inserted")
@@ -68,8 +73,11 @@ class SyncLogOutputSerializer(serializers.Serializer):
     durationMs = serializers.IntegerField(source="duration_ms", allow_null=True)
     errorMessage = serializers.CharField(source="error_message")
 
-    def get_triggeredBy(self, sync_log: PfaSyncLog) -> str:  # noqa: N802 (API field name)
-        return sync_log.triggered_by.username if sync_log.triggered_by_id else "system"
+    def to_representation(self, sync_log: PfaSyncLog) -> dict:
+        data = super().to_representation(sync_log)
+        if sync_log.direction == PfaSyncLog.Direction.WRITE:
+            del data["syncType"]  # a write run is neither full nor incremental
+        return data
 
 
 class RecordKeptAsideSerializer(serializers.Serializer):
@@ -151,6 +159,9 @@ class SyncTriggerOutputSerializer(serializers.Serializer):
         many=True, help_text="Organizations left out: already syncing, without a connection, or not queued."
     )
     message = serializers.CharField()
+    warning = serializers.CharField(
+        required=False, help_text="No worker is alive: the run waits in the queue until one starts."
+    )
 
 
 class SyncInProgressSerializer(serializers.Serializer):
@@ -260,6 +271,8 @@ class SyncTriggerApi(APIView):
             body["message"] = f"{what} for {len(batch.queued)} organization(s): {codes}"
             if skipped:
                 body["message"] += f"; {len(skipped)} skipped (see skipped)"
+        if warning := queued_runs_warning(batch.queued):
+            body["warning"] = warning
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
 
@@ -395,6 +408,7 @@ class SyncStatusDetailApi(APIView):
 
 class LastRunSerializer(serializers.Serializer):
     id = serializers.UUIDField()
+    direction = serializers.ChoiceField(choices=PfaSyncLog.Direction.choices)
     status = serializers.CharField()
     createdAt = serializers.DateTimeField(source="created_at")
     completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)
@@ -409,8 +423,13 @@ class FullSyncScheduleSerializer(serializers.Serializer):
 
 
 class WorkerSerializer(serializers.Serializer):
-    enabled = serializers.BooleanField()
-    running = serializers.BooleanField(help_text="A sync is running now.")
+    enabled = serializers.BooleanField(help_text="The schedules are on (ENABLE_SYNC_WORKER); says nothing of `alive`.")
+    alive = serializers.BooleanField(
+        help_text="A worker cluster (`manage.py qcluster`) was seen within two heartbeats (2 x SYNC_HEARTBEAT_SECONDS)."
+    )
+    syncsRunning = serializers.IntegerField(
+        source="syncs_running", help_text="Runs (reads and writes) running now; 0 says nothing of `alive`."
+    )
     nextRun = serializers.DateTimeField(source="next_run", allow_null=True, help_text="Of the incremental reads.")
     interval = serializers.CharField(help_text="Cron expression of the incremental reads.")
     fullSync = FullSyncScheduleSerializer(source="full_sync", help_text="The scheduled full reads.")
@@ -425,7 +444,7 @@ class WorkerStatusOutputSerializer(serializers.Serializer):
 
 
 class WorkerStatusApi(APIView):
-    """Whether the background worker is enabled, busy, and when its incremental and full reads run next."""
+    """Whether a worker is alive, how many syncs run now, and when the incremental and full reads run next."""
 
     @extend_schema(responses={200: WorkerStatusOutputSerializer, **error_responses(401)})
     def get(self, request: Request) -> Response:

@@ -98,6 +98,7 @@ def sync_claim(
     triggered_by=None,
     batch_id: uuid.UUID | None = None,
     allow_mass_delete: bool = False,
+    command: str = "",
 ) -> PfaSyncLog:
     """Create the organization's `queued` run (a read, or a write to PEMS), or raise
     SyncAlreadyRunning naming the active one of that direction (or SyncNotConfigured when it has
@@ -125,6 +126,7 @@ def sync_claim(
                 triggered_by=triggered_by,
                 batch_id=batch_id or uuid.uuid4(),
                 allow_mass_delete=allow_mass_delete,
+                command=command,
             )
     except IntegrityError:
         active = PfaSyncLog.objects.filter(
@@ -701,9 +703,10 @@ def sync_organizations(
     stop: threading.Event | None = None,
     on_progress: ProgressCallback | None = None,
     client_factory: Callable[..., PemsClient] = pems_client_for,
+    command: str = "",
 ) -> list[SyncOutcome]:
     """Run a read (or a write to PEMS) of each organization, one after another under one batch id,
-    inline; one failure never stops the next."""
+    inline; one failure never stops the next. `command` names the management command running them."""
     batch_id = uuid.uuid4()
     outcomes = []
     for organization in organizations:
@@ -719,6 +722,7 @@ def sync_organizations(
                 triggered_by=triggered_by,
                 batch_id=batch_id,
                 allow_mass_delete=allow_mass_delete,
+                command=command,
             )
         except SyncRefused as refusal:
             outcomes.append(SyncOutcome(organization, None, str(refusal)))

@@ -59,6 +59,13 @@ class PfaSyncLog(models.Model):
     triggered_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    command = models.CharField(
+        max_length=32,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The management command that ran it (`sync_pems`, `push_pems`); empty for other triggers.",
+    )
     batch_id = models.UUIDField(default=uuid.uuid4, db_index=True, help_text="Shared by the runs of one trigger.")
     records_total = models.PositiveBigIntegerField(null=True, blank=True, help_text="PEMS's count at the start.")
     records_processed = models.PositiveBigIntegerField(default=0)
@@ -114,7 +121,15 @@ class PfaSyncLog(models.Model):
         indexes = [models.Index(fields=["organization", "-created_at"], name="pfa_sync_log_org_created")]
 
     def __str__(self) -> str:
-        return f"{self.organization_id} {self.sync_type} sync {self.id} ({self.status})"
+        what = "write run" if self.direction == PfaSyncLog.Direction.WRITE else f"{self.sync_type} sync"
+        return f"{self.organization_id} {what} {self.id} ({self.status})"
+
+    @property
+    def triggered_by_name(self) -> str:
+        """Who started the run: the user, else the command, else `system` (the schedule)."""
+        if self.triggered_by_id:
+            return self.triggered_by.username
+        return self.command or "system"
 
     @property
     def is_active(self) -> bool:
@@ -285,12 +300,13 @@ def failure_details(sync_log: PfaSyncLog, error: BaseException | None, error_typ
 
 
 def stale_runs_expire(*, organization: Organization | None = None, now=None) -> list[PfaSyncLog]:
-    """Fail the runs whose worker is gone, freeing their organizations (of one, or all).
+    """Fail the runs whose worker or task is gone, freeing their organizations (of one, or all).
 
     A running sync beats its heartbeat every SYNC_HEARTBEAT_SECONDS; one silent for longer than
-    the lease lost its worker (killed, host lost). A queued run never picked up within the task
-    timeout lost its task. Each is failed by a compare-and-set on its silence, so a run that beat
-    meanwhile is left alone, and the lost worker, should it wake, finds it no longer holds the run.
+    the lease lost its worker (killed, host lost). A queued run whose task is lost (`queued_runs_lost`)
+    or that no worker picked up within the task timeout is failed too. Each is failed by a
+    compare-and-set on its silence, so a run that beat or started meanwhile is left alone, and the
+    lost worker, should it wake, finds it no longer holds the run.
     """
     now = now or timezone.now()
     lease_cutoff = now - timedelta(seconds=settings.SYNC_LEASE_SECONDS)
@@ -299,25 +315,33 @@ def stale_runs_expire(*, organization: Organization | None = None, now=None) -> 
         Q(status=SyncStatus.RUNNING, heartbeat_at__lt=lease_cutoff)
         | Q(status=SyncStatus.QUEUED, created_at__lt=queue_cutoff)
     )
+    lost_tasks = queued_runs_lost(organization=organization, now=now)
     if organization is not None:
         runs = runs.filter(organization=organization)
     expired = []
-    for sync_log in runs.select_related("organization"):
+    for sync_log in [*runs.select_related("organization"), *lost_tasks]:
         if sync_log.status == SyncStatus.RUNNING:
             message = (
                 f"Worker lost: no heartbeat since {sync_log.heartbeat_at.isoformat()} "
                 f"(lease {settings.SYNC_LEASE_SECONDS} s); pages committed before are kept."
             )
-            still_stale = Q(status=SyncStatus.RUNNING, heartbeat_at__lt=lease_cutoff)
-        else:
+            still_stale, error_type = Q(status=SyncStatus.RUNNING, heartbeat_at__lt=lease_cutoff), "WorkerLost"
+        elif sync_log.created_at < queue_cutoff:
             message = f"Never started: no worker picked the run up within {settings.SYNC_TASK_TIMEOUT} s."
-            still_stale = Q(status=SyncStatus.QUEUED)
+            still_stale, error_type = Q(status=SyncStatus.QUEUED), "WorkerLost"
+        else:
+            message = (
+                "Task lost: the task was lost before a worker took it (it is not in the task queue "
+                f"{settings.SYNC_QUEUE_LEASE_SECONDS} s after it was queued, and a worker was free to take it). "
+                "Nothing was read or written; start the run again."
+            )
+            still_stale, error_type = Q(status=SyncStatus.QUEUED), "TaskLost"
         changes = {
             "status": SyncStatus.FAILED,
             "completed_at": now,
             "duration_ms": int((now - (sync_log.started_at or sync_log.created_at)).total_seconds() * 1000),
             "error_message": message,
-            "error_details": failure_details(sync_log, None, "WorkerLost"),
+            "error_details": failure_details(sync_log, None, error_type),
         }
         if PfaSyncLog.objects.filter(still_stale, pk=sync_log.pk).update(**changes):
             for name, value in changes.items():
@@ -325,6 +349,52 @@ def stale_runs_expire(*, organization: Organization | None = None, now=None) -> 
             expired.append(sync_log)
             logger.warning("Sync %s of %s: %s", sync_log.id, sync_log.organization.code, message)
     return expired
+
+
+def queued_runs_lost(*, organization: Organization | None = None, now=None) -> list[PfaSyncLog]:
+    """The queued runs (of one organization, or all) whose broker task is lost: Redis restarted, or
+    a worker was killed after popping the task (django-q2's Redis broker has no receipts).
+
+    A run is lost when all of these hold:
+
+    - it has waited SYNC_QUEUE_LEASE_SECONDS, counted from when it was queued and started over each
+      time a worker became free (a run ended), since until then it may just have been next in line;
+    - the worker clusters alive do not have every worker busy with a run: a cluster's pusher takes
+      tasks out of the broker ahead of its workers, so behind busy workers a task waits in the
+      cluster's memory, not in the broker (with no cluster alive, no memory holds it);
+    - its task is not in the broker, which is asked last and only about these runs (one that cannot
+      be asked loses no run).
+    """
+    now = now or timezone.now()
+    lease = timedelta(seconds=settings.SYNC_QUEUE_LEASE_SECONDS)
+    queued = PfaSyncLog.objects.filter(
+        status=SyncStatus.QUEUED,
+        created_at__lt=now - lease,
+        created_at__gte=now - timedelta(seconds=settings.SYNC_TASK_TIMEOUT),
+    ).exclude(trigger=PfaSyncLog.Trigger.COMMAND)  # a command runs its runs inline: no task
+    if organization is not None:
+        queued = queued.filter(organization=organization)
+    if not queued.exists():
+        return []
+    clusters = workers_alive(now=now)
+    if clusters:
+        in_workers = PfaSyncLog.objects.exclude(trigger=PfaSyncLog.Trigger.COMMAND)
+        if in_workers.filter(status=SyncStatus.RUNNING).count() >= sum(cluster.workers for cluster in clusters):
+            return []
+        freed_lately = in_workers.filter(
+            # Bounds the scan by the created_at index: no run lasts longer than the task timeout.
+            created_at__gte=now - lease - 2 * timedelta(seconds=settings.SYNC_TASK_TIMEOUT),
+            started_at__isnull=False,
+            completed_at__gt=now - lease,
+        )
+        if freed_lately.exists():
+            return []
+    from synclog.worker import runs_waiting_in_broker  # here: the worker module builds on this one
+
+    waiting = runs_waiting_in_broker()
+    if waiting is None:
+        return []
+    return [run for run in queued.select_related("organization") if str(run.pk) not in waiting]
 
 
 class PfaSyncRecordError(models.Model):
@@ -345,3 +415,28 @@ class PfaSyncRecordError(models.Model):
 
     def __str__(self) -> str:
         return f"{self.pfa_id or '(no id)'}: {self.reason}"
+
+
+class SyncWorker(models.Model):
+    """A worker cluster (`manage.py qcluster`) as it last said it was alive."""
+
+    id = models.UUIDField(primary_key=True, editable=False, help_text="The cluster's id.")
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    workers = models.PositiveSmallIntegerField(help_text="Its worker processes: how many tasks it runs at once.")
+    started_at = models.DateTimeField(default=timezone.now)
+    seen_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        db_table = "pfa_sync_worker"
+        verbose_name = "worker cluster"
+        ordering = ["started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid} ({self.workers} workers, seen {self.seen_at.isoformat()})"
+
+
+def workers_alive(*, now=None) -> list[SyncWorker]:
+    """The worker clusters seen within two heartbeats (each beats every SYNC_HEARTBEAT_SECONDS)."""
+    now = now or timezone.now()
+    return list(SyncWorker.objects.filter(seen_at__gte=now - timedelta(seconds=2 * settings.SYNC_HEARTBEAT_SECONDS)))

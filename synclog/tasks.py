@@ -31,4 +31,8 @@ def write_after_commit(organization_id: str, user_id: int | None = None) -> str:
     user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
     organization = Organization.objects.get(pk=organization_id)
     batch = worker.write_runs_queue(trigger=PfaSyncLog.Trigger.API, organizations=[organization], triggered_by=user)
-    return f"{organization.code}: " + ("write run queued" if batch.queued else str(batch.refused[0]))
+    if batch.queued:
+        return f"{organization.code}: write run queued"
+    if batch.refused:
+        return f"{organization.code}: {batch.refused[0]}"
+    return f"{organization.code}: nothing waits to be written (an earlier run wrote it): no write run"

@@ -7,10 +7,13 @@ when and for whom a sync is queued, and cleans up after workers that died.
 import logging
 import multiprocessing
 import multiprocessing.synchronize
+import os
 import signal
+import socket
 import threading
+import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from croniter import croniter
@@ -23,7 +26,7 @@ from mirror.models import Organization
 from mirror.services import pfa_deleted_purge
 from ops.logs import run_log_context
 from synclog.engine import SyncBatch, client_for_run, run_for, sync_start
-from synclog.models import PfaSyncLog, SyncStatus, stale_runs_expire
+from synclog.models import PfaSyncLog, SyncStatus, SyncWorker, stale_runs_expire, workers_alive
 from synclog.selectors import organizations_to_sync, organizations_with_edits_waiting, organizations_with_last_run
 
 if TYPE_CHECKING:
@@ -198,10 +201,16 @@ def _queue_scheduled_reads(*, sync_type: str) -> str:
 
 
 def write_runs_queue(*, trigger: str, organizations=None, triggered_by=None) -> SyncBatch:
-    """Queue a write run for each organization (default: every one with edits waiting) that has
-    none active."""
-    if organizations is None:
-        organizations = organizations_with_edits_waiting()
+    """Queue a write run for each organization (default: every one) that has edits waiting and no
+    write run active.
+
+    An organization with nothing waiting gets no run: a commit's task that comes after a run wrote
+    its edits (many such tasks wait in the broker while the worker is down) would log an empty one.
+    """
+    waiting = organizations_with_edits_waiting()
+    if organizations is not None:
+        waiting = waiting.filter(pk__in=[organization.pk for organization in organizations])
+    organizations = waiting
     batch = sync_start(
         organizations=list(organizations),
         trigger=trigger,
@@ -235,9 +244,76 @@ def sync_execute_queued(sync_log_id: str) -> str:
     return f"{sync_log.organization.code}: {sync_log.status}, {sync_log.records_processed} records"
 
 
-def worker_status() -> dict:
-    """Everything an interface shows about the worker: enabled, running now, both schedules, last runs.
+def runs_waiting_in_broker() -> set[str] | None:
+    """The ids of the runs whose task waits in the task broker now (taken by no worker yet), or None
+    when the broker cannot be asked (down, or a kind we cannot look into)."""
+    from django_q.brokers import get_broker
+    from django_q.brokers.orm import ORM
+    from django_q.signing import SignedPackage
 
+    broker = get_broker()
+    try:
+        if isinstance(broker, ORM):
+            # The ORM broker keeps a task until a worker acknowledges it: one a worker holds is here too.
+            packages = list(broker.get_connection().filter(key=broker.list_key).values_list("payload", flat=True))
+        elif type(broker).__module__ == "django_q.brokers.redis_broker":
+            packages = broker.connection.lrange(broker.list_key, 0, -1)
+        else:
+            return None
+    except Exception:  # the broker is down: a run whose task may still be there is not lost
+        logger.warning("Could not look into the task broker for queued runs", exc_info=True)
+        return None
+    waiting = set()
+    for package in packages:
+        try:
+            task = SignedPackage.loads(package)
+        except Exception:  # not ours to judge (another secret key, another version)
+            continue
+        if task.get("func") == "synclog.tasks.sync_execute" and task.get("args"):
+            waiting.add(str(task["args"][0]))
+    return waiting
+
+
+def worker_beat(*, cluster_id: uuid.UUID, workers: int, started_at: datetime) -> None:
+    """Say the cluster is alive (every SYNC_HEARTBEAT_SECONDS, from `manage.py qcluster`)."""
+    now = timezone.now()
+    SyncWorker.objects.update_or_create(
+        pk=cluster_id,
+        defaults={"seen_at": now},
+        create_defaults={
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "workers": workers,
+            "started_at": started_at,
+            "seen_at": now,
+        },
+    )
+    # Clusters killed without a word stay listed (not alive) for a day, for whoever looks.
+    SyncWorker.objects.filter(seen_at__lt=now - timedelta(days=1)).delete()
+
+
+def worker_gone(*, cluster_id: uuid.UUID) -> None:
+    """The cluster stopped: it is no longer alive at once, not two heartbeats later."""
+    SyncWorker.objects.filter(pk=cluster_id).delete()
+
+
+def queued_runs_warning(queued: list[PfaSyncLog]) -> str:
+    """What to tell whoever just queued `queued`: empty, unless no worker is alive to run them."""
+    from django_q.conf import Conf
+
+    if not queued or Conf.SYNC or workers_alive():  # django-q2's sync mode runs them inline
+        return ""
+    return (
+        "No worker is alive (no `manage.py qcluster` seen within two heartbeats): the run waits in the "
+        "queue until one starts."
+    )
+
+
+def worker_status() -> dict:
+    """Everything an interface shows about the worker: alive, syncs running, both schedules, last runs.
+
+    `alive`: a worker cluster (`manage.py qcluster`) was seen within two heartbeats; `syncs_running`:
+    how many runs (reads and writes) are running now, which says nothing of whether a worker is up.
     The top-level `enabled`, `interval` and `next_run` are the incremental schedule's; `full_sync`
     has the same three for the full reads.
     """
@@ -246,9 +322,12 @@ def worker_status() -> dict:
     rows = {row.name: row for row in Schedule.objects.filter(name__in=[s.name for s in SYNC_SCHEDULES])}
     organizations = organizations_with_last_run()
     last_runs = PfaSyncLog.objects.in_bulk([o.last_run_id for o in organizations if o.last_run_id])
+    clusters = workers_alive()
     return {
         **_schedule_status(TICK_SCHEDULE, rows.get(TICK_SCHEDULE.name)),
-        "running": PfaSyncLog.objects.filter(status=SyncStatus.RUNNING).exists(),
+        "alive": bool(clusters),
+        "clusters": len(clusters),
+        "syncs_running": PfaSyncLog.objects.filter(status=SyncStatus.RUNNING).count(),
         "full_sync": _schedule_status(FULL_SCHEDULE, rows.get(FULL_SCHEDULE.name)),
         "last_runs": {o.code: last_runs.get(o.last_run_id) for o in organizations},
     }

@@ -108,7 +108,15 @@ def test_sync_now_queues_an_admin_run_and_enqueues_it_on_commit(
         admin_user,
     )
     assert len(callbacks) == 1
-    assert message_texts(response) == [("success", f"Sync of RIO queued (run {sync_log.id}).")]
+    assert message_texts(response) == [
+        ("success", f"Sync of RIO queued (run {sync_log.id})."),
+        # No worker cluster has said it is alive in this test.
+        (
+            "warning",
+            "No worker is alive (no `manage.py qcluster` seen within two heartbeats): the run waits in the queue "
+            "until one starts.",
+        ),
+    ]
 
 
 def test_second_sync_now_while_queued_warns_naming_the_active_run(admin_client, django_capture_on_commit_callbacks):
@@ -192,7 +200,8 @@ def test_sync_log_list_shows_counts_status_and_duration(admin_client, history):
     body = response.content.decode()
     for header in (
         "Organization",
-        "Sync type",
+        "Direction",
+        "Read type",
         "Trigger",
         "Status",
         "Records processed",

@@ -433,8 +433,8 @@ def test_worker_status(rio, hou, rio_user, settings):
     body = client_for(rio_user).get("/api/sync/worker-status").json()
     assert body["success"] is True
     worker = body["worker"]
-    assert set(worker) >= {"enabled", "running", "nextRun", "interval"}
-    assert (worker["enabled"], worker["running"], worker["nextRun"]) == (False, True, None)
+    assert set(worker) >= {"enabled", "alive", "syncsRunning", "nextRun", "interval"}
+    assert (worker["enabled"], worker["alive"], worker["syncsRunning"], worker["nextRun"]) == (False, False, 1, None)
     assert worker["interval"] == settings.SYNC_INTERVAL
     assert worker["lastRuns"] == {"RIO": None}  # HOU's run is not this user's to see
     assert worker["fullSync"] == {"enabled": False, "nextRun": None, "interval": settings.SYNC_FULL_INTERVAL}

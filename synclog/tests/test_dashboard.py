@@ -167,6 +167,7 @@ def test_sync_now_queues_an_admin_run_and_redirects_back(admin_client, admin_use
 
     response = admin_client.post(url, follow=True)
     warnings = [str(m) for m in get_messages(response.wsgi_request) if m.level_tag == "warning"]
+    warnings = [warning for warning in warnings if not warning.startswith("No worker is alive")]
     assert len(warnings) == 1 and str(sync_log.id) in warnings[0]
     assert str(sync_log.id) in response.content.decode()
 

@@ -23,7 +23,7 @@ from mirror.models import PfaMirror
 from mirror.records import content_hash
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from synclog import tasks
-from synclog.engine import sync_claim, sync_organizations
+from synclog.engine import sync_claim, sync_organizations, sync_start
 from synclog.models import PfaSyncLog, SyncStatus
 from synclog.worker import (
     FULL_SCHEDULE,
@@ -191,7 +191,7 @@ def test_tick_purges_records_deleted_longer_ago_than_the_retention(settings, cap
     assert "Purged 1 records deleted in PEMS more than 30 days ago" in caplog.text
 
 
-def test_worker_status_reports_schedule_running_and_last_runs(settings):
+def test_worker_status_reports_schedule_syncs_running_and_last_runs(settings):
     settings.ENABLE_SYNC_WORKER = True
     settings.SYNC_FULL_INTERVAL = "0 3 * * *"
     rows = schedules_upsert()
@@ -199,7 +199,7 @@ def test_worker_status_reports_schedule_running_and_last_runs(settings):
     OrganizationFactory(code="HOU")
     run = sync_claim(organization=rio, trigger="api")
     status = worker_status()
-    assert (status["enabled"], status["running"], status["next_run"]) == (True, False, rows[TICK_SCHEDULE].next_run)
+    assert (status["enabled"], status["syncs_running"], status["next_run"]) == (True, 0, rows[TICK_SCHEDULE].next_run)
     assert status["full_sync"] == {
         "enabled": True,
         "interval": "0 3 * * *",
@@ -207,7 +207,7 @@ def test_worker_status_reports_schedule_running_and_last_runs(settings):
     }
     assert status["last_runs"] == {"HOU": None, "RIO": run}
     run.start()
-    assert worker_status()["running"] is True
+    assert worker_status()["syncs_running"] == 1
     settings.SYNC_FULL_INTERVAL = ""
     assert worker_status()["full_sync"] == {"enabled": False, "interval": None, "next_run": None}
     settings.ENABLE_SYNC_WORKER = False
@@ -456,3 +456,42 @@ def test_two_redis_clusters_never_run_one_organization_twice(clusters, organizat
     for code in ("RIO", "HOU"):
         assert runs(code).filter(status=SyncStatus.COMPLETED).exists()
         assert not runs(code).exclude(status=SyncStatus.COMPLETED).exists()
+
+
+@in_worker_processes
+def test_a_worker_is_alive_while_its_cluster_runs_and_not_once_it_stopped(clusters, organizations):
+    assert worker_status()["alive"] is False
+    cluster = clusters(SYNC_HEARTBEAT_SECONDS=1, SYNC_LEASE_SECONDS=3)
+    wait_until(lambda: worker_status()["alive"], timeout=30, what="the cluster to say it is alive")
+    assert cluster.terminate() < 30
+    assert worker_status()["alive"] is False  # at once, not two heartbeats later
+
+
+@in_worker_processes
+@pytest.mark.faults
+def test_a_task_redis_lost_after_the_202_is_failed_at_the_worker_start_and_synced_again(
+    clusters, organizations, monkeypatch
+):
+    redis = pytest.importorskip("redis")
+    redis_url = "redis://127.0.0.1:6379/12"  # not the other Redis test's db 13
+    connection = redis.Redis.from_url(redis_url)
+    try:
+        connection.flushdb()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "ORM", None)  # this process enqueues to the same Redis as the cluster
+    monkeypatch.setattr(Conf, "REDIS", redis_url)
+    rio = organizations[0]
+    (queued,) = sync_start(organizations=[rio], trigger="api").queued
+    assert connection.llen(f"django_q:{Conf.CLUSTER_NAME}:q") == 1
+    connection.flushdb()  # Redis restarted without its data, before any worker took the task
+    PfaSyncLog.objects.filter(pk=queued.pk).update(created_at=timezone.now() - timedelta(seconds=10))
+    clusters(REDIS_URL=redis_url, SYNC_QUEUE_LEASE_SECONDS=5)  # the check also runs when a cluster starts
+    queued.refresh_from_db()
+    assert queued.status == SyncStatus.FAILED and "the task was lost before a worker took it" in queued.error_message
+    async_task("synclog.tasks.sync_tick")
+    done = wait_until(lambda: runs("RIO").filter(status=SyncStatus.COMPLETED).first(), timeout=60, what="resync")
+    assert done.records_processed == 250
+    connection.flushdb()

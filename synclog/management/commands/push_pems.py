@@ -10,6 +10,7 @@ from synclog.selectors import organizations_with_edits_waiting
 
 
 class Command(SyncCommand):
+    command_name = "push_pems"
     help = (
         "Write the committed edits of the given (or every) organization to PEMS, one at a time in commit order, "
         "with a three-way merge where PEMS changed a record meanwhile. Ctrl-C stops after the edit being written."

@@ -21,6 +21,8 @@ from synclog.selectors import organizations_to_sync
 
 
 class Command(BaseCommand):
+    # Recorded on each run (`triggeredBy` in the API): which command started it.
+    command_name = "sync_pems"
     help = (
         "Sync PFA records from PEMS into the mirror for the given (or every active, sync-enabled) "
         "organization. Ctrl-C stops at the next page boundary and leaves the run cancelled."
@@ -49,6 +51,7 @@ class Command(BaseCommand):
                 outcomes = sync_organizations(
                     organizations=organizations,
                     trigger=PfaSyncLog.Trigger.COMMAND,
+                    command=self.command_name,
                     stop=stop,
                     on_progress=progress.update,
                     **run_options,

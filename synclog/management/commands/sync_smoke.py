@@ -38,8 +38,8 @@ class Command(BaseCommand):
 
         worker = api.call("get", "/api/sync/worker-status")["worker"]
         self.stdout.write(
-            f"Worker: {'enabled' if worker['enabled'] else 'disabled'}, "
-            f"{'a sync is running' if worker['running'] else 'idle'}, "
+            f"Worker: {'alive' if worker['alive'] else 'NOT ALIVE (no qcluster seen)'}, "
+            f"schedules {'enabled' if worker['enabled'] else 'disabled'}, {worker['syncsRunning']} sync(s) running, "
             f"interval {worker['interval']!r}, next run {worker['nextRun'] or '-'}"
         )
 
@@ -57,6 +57,8 @@ class Command(BaseCommand):
         if status_code != 202:
             raise CommandError(f"Trigger failed: HTTP {status_code} {_describe(body)}")
         self.stdout.write(f"{body['message']}: run {body['logId']} (batch {body['batchId']})")
+        if body.get("warning"):
+            self.stdout.write(self.style.WARNING(body["warning"]))
 
         sync_log = self._follow(api, body["logId"], timeout=options["timeout"], interval=options["poll_interval"])
         self._report(sync_log)
