@@ -1,0 +1,180 @@
+"""Edits are what PEMS will keep (its save rules checked at the door), "unchanged" is judged against
+the record the caller sees, and one user's simultaneous saves of a record end in one draft."""
+
+import threading
+from datetime import date
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.core.exceptions import ValidationError
+from django.db import connection
+from rest_framework.test import APIClient
+
+from mirror import delta
+from mirror.models import PfaMergedLive, PfaModification
+from mirror.selectors import RecordFilters, records_list
+from mirror.tests.factories import OrganizationFactory, mirror_record
+
+State = PfaModification.State
+
+
+@pytest.fixture
+def rio(db):
+    organization = OrganizationFactory(code="RIO")
+    mirror_record(organization, "P1", plan_start_date=date(2027, 1, 1), plan_end_date=date(2027, 6, 1))
+    return organization
+
+
+@pytest.fixture
+def ann(db):
+    return User.objects.create_user("ann")
+
+
+@pytest.fixture
+def bob(db):
+    return User.objects.create_user("bob")
+
+
+def save(organization, user, values: dict) -> PfaModification:
+    return delta.draft_save(organization=organization, pfa_id="P1", user=user, values=values)
+
+
+def commit(organization, user, values: dict) -> None:
+    save(organization, user, values)
+    delta.drafts_commit(organization=organization, user=user)
+
+
+def seen_by(organization, user) -> dict:
+    page = records_list(organization=organization, user=user, filters=RecordFilters(), limit=10)
+    return {row["pfa_id"]: row for row in page.records}["P1"]
+
+
+# --- edits are what PEMS will keep -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "message"),
+    [
+        ({"monthly_rate": "5200.1299"}, "monthly_rate", "2 decimal places"),
+        ({"purchase_price": "0.125"}, "purchase_price", "2 decimal places"),
+        ({"monthly_rate": "-0.01"}, "monthly_rate", "negative"),
+        ({"purchase_price": "-10"}, "purchase_price", "negative"),
+        ({"category": "C" * 31}, "category", "30 characters"),
+        ({"project_code": "P" * 31}, "project_code", "30 characters"),
+        ({"model": "M" * 81}, "model", "80 characters"),
+        ({"plan_end_date": "2026-12-31"}, "plan_end_date", "before its start"),
+        ({"plan_start_date": "2027-06-02"}, "plan_start_date", "before its start"),
+        ({"forecast_start_date": "2027-03-02"}, "forecast_start_date", "before its start"),
+        ({"actual_start_date": "2027-02-01", "actual_end_date": "2027-01-31"}, "actual_end_date", "before its start"),
+    ],
+)
+def test_a_value_pems_would_not_keep_is_refused_naming_the_field_and_the_rule(rio, ann, values, field, message):
+    with pytest.raises(ValidationError) as refused:
+        save(rio, ann, values)
+    assert message in " ".join(refused.value.message_dict[field])
+    assert not PfaModification.objects.exists()
+
+
+def test_text_is_trimmed_and_values_pems_keeps_are_taken(rio, ann):
+    draft = save(
+        rio,
+        ann,
+        {"model": "  Liebherr  ", "category": "C" * 30, "monthly_rate": "5200.13", "plan_end_date": "2027-01-01"},
+    )
+    assert draft.changes["model"] == "Liebherr" and draft.changes["category"] == "C" * 30
+    assert Decimal(draft.changes["monthly_rate"]) == Decimal("5200.13")
+    with pytest.raises(ValidationError, match="nothing to change"):
+        save(rio, ann, {"source": " Rental "})  # trimmed, it is what the user sees already
+
+
+def test_dates_are_checked_on_the_record_the_caller_sees(rio, ann, bob):
+    commit(rio, bob, {"plan_start_date": "2027-05-01"})  # bob's committed start is later than PEMS's
+    with pytest.raises(ValidationError) as refused:
+        save(rio, ann, {"plan_end_date": "2027-04-01"})  # after PEMS's start, before the one ann sees
+    assert "plan_end_date" in refused.value.message_dict
+
+
+def test_a_resolution_is_checked_against_the_save_rules(rio, ann):
+    conflict = PfaModification.objects.create(
+        organization=rio, pfa_id="P1", author=ann, state=State.CONFLICT, base_version=1, changes={"dor": "X"}
+    )
+    with pytest.raises(ValidationError) as refused:
+        delta.conflict_resolve(modification=conflict, user=ann, resolution="merge", values={"monthly_rate": "-1"})
+    assert "monthly_rate" in refused.value.message_dict
+
+
+def test_the_records_api_names_the_field_in_camel_case_and_the_rule(rio, ann):
+    ann.organizations.add(rio)
+    ann.user_permissions.add(Permission.objects.get(codename="edit_pfa_records"))
+    client = APIClient()
+    client.force_authenticate(User.objects.get(pk=ann.pk))
+    response = client.patch("/api/organizations/RIO/records/P1", {"monthlyRate": "5200.1299"}, format="json")
+    assert response.status_code == 400
+    assert "2 decimal places" in " ".join(response.json()["fields"]["monthlyRate"])
+
+
+# --- "unchanged" means unchanged for the caller ----------------------------------------------------------
+
+
+def test_setting_pems_value_while_a_committed_edit_sets_another_is_an_edit(rio, ann, bob):
+    commit(rio, ann, {"monthly_rate": "2000"})
+    draft = save(rio, bob, {"monthly_rate": "1000"})  # PEMS's value: reverses ann's edit
+    assert draft.state == State.DRAFT and Decimal(draft.changes["monthly_rate"]) == Decimal("1000")
+    assert seen_by(rio, bob)["monthly_rate"] == Decimal("1000")
+    delta.drafts_commit(organization=rio, user=bob)
+    assert PfaMergedLive.objects.get(pfa_id="P1").monthly_rate == Decimal("1000")  # the later commit wins
+
+
+def test_pems_value_after_an_intermediate_one_stays_in_the_draft(rio, ann, bob):
+    commit(rio, ann, {"monthly_rate": "2000"})
+    save(rio, bob, {"monthly_rate": "1500"})
+    draft = save(rio, bob, {"monthly_rate": "1000"})
+    assert draft.state == State.DRAFT and Decimal(draft.changes["monthly_rate"]) == Decimal("1000")
+    assert seen_by(rio, bob)["monthly_rate"] == Decimal("1000")
+
+
+def test_setting_a_field_back_to_what_others_see_leaves_the_draft(rio, ann, bob):
+    commit(rio, ann, {"monthly_rate": "2000"})
+    save(rio, bob, {"monthly_rate": "1500", "dor": "BEO"})
+    draft = save(rio, bob, {"monthly_rate": "2000"})
+    assert draft.changes == {"dor": "BEO"}
+    with pytest.raises(ValidationError, match="nothing to change"):
+        save(rio, bob, {"monthly_rate": "2000"})
+
+
+# --- concurrency ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_simultaneous_saves_of_one_user_on_one_record_end_in_one_draft(transactional_db):
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks need PostgreSQL")
+    rio = OrganizationFactory(code="RIO")
+    mirror_record(rio, "P1")
+    ann = User.objects.create_user("ann")
+    rounds = 8
+    for n in range(rounds):
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def edit(values: dict, barrier=barrier, errors=errors) -> None:
+            try:
+                barrier.wait(timeout=10)
+                delta.draft_save(organization=rio, pfa_id="P1", user=ann, values=values)
+            except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+                errors.append(error)
+            finally:
+                connection.close()
+
+        threads = [
+            threading.Thread(target=edit, args=({"model": f"M{n}"},)),
+            threading.Thread(target=edit, args=({"dor": f"D{n}"},)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert errors == []
+        (draft,) = PfaModification.objects.filter(state=State.DRAFT)
+        assert (draft.changes["model"], draft.changes["dor"]) == (f"M{n}", f"D{n}")
