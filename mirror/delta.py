@@ -505,18 +505,23 @@ def overlay_refresh(*, organization_id: UUID, pfa_ids: Iterable[str]) -> None:
 def _overlay_rows(record: PfaMirror, modifications: list[PfaModification]) -> list[PfaOverlay]:
     """The merged rows of one record: the shared one (if anything is committed) and one per draft."""
     shared: dict[str, PfaModification] = {}  # field -> the modification that sets it
+    overridden: set[str] = set()  # fields a later modification sets again (perhaps back to PEMS's value)
     for modification in modifications:
         if modification.state in PfaModification.SHARED_STATES:
+            overridden.update(name for name in modification.changes if name in shared)
             shared.update(dict.fromkeys(modification.changes, modification))  # in commit order: the latest wins
-    rows = [_overlay_row(record, shared, viewer_id=None)] if shared else []
+    rows = [_overlay_row(record, shared, overridden, viewer_id=None)] if shared else []
     for modification in modifications:
         if modification.state == State.DRAFT and modification.author_id is not None:
             setters = {**shared, **dict.fromkeys(modification.changes, modification)}
-            rows.append(_overlay_row(record, setters, viewer_id=modification.author_id))
+            mine_over = overridden | (modification.changes.keys() & shared.keys())
+            rows.append(_overlay_row(record, setters, mine_over, viewer_id=modification.author_id))
     return rows
 
 
-def _overlay_row(record: PfaMirror, setters: dict[str, PfaModification], *, viewer_id: int | None) -> PfaOverlay:
+def _overlay_row(
+    record: PfaMirror, setters: dict[str, PfaModification], overridden: set[str], *, viewer_id: int | None
+) -> PfaOverlay:
     values = {field.attname: getattr(record, field.attname) for field in PfaMirror._meta.concrete_fields}
     values.pop("id")
     changes = {}
@@ -524,7 +529,8 @@ def _overlay_row(record: PfaMirror, setters: dict[str, PfaModification], *, view
         value = modification.changes[name]
         values[name] = value_from_json(name, value)
         pems = value_to_json(name, getattr(record, name))
-        if value != pems:
+        # A change back to PEMS's value over another edit is still a change the reader should see.
+        if value != pems or name in overridden:
             author = modification.author.get_username() if modification.author_id else None
             changes[name] = {"pems": pems, "value": value, "state": modification.state, "by": author}
     return PfaOverlay(**values, mirror_id=record.pk, viewer_id=viewer_id, changes=changes)

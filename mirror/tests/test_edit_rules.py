@@ -2,18 +2,22 @@
 the record the caller sees, and one user's simultaneous saves of a record end in one draft."""
 
 import threading
-from datetime import date
+import time
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.core.exceptions import ValidationError
-from django.db import connection
+from django.db import connection, transaction
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from mirror import delta
-from mirror.models import PfaMergedLive, PfaModification
+from mirror.models import PfaMergedLive, PfaMirror, PfaModification, PfaOverlay
 from mirror.selectors import RecordFilters, records_list
+from mirror.services import pfa_deleted_purge
+from mirror.store import pfa_records_mark_deleted
 from mirror.tests.factories import OrganizationFactory, mirror_record
 
 State = PfaModification.State
@@ -122,8 +126,15 @@ def test_setting_pems_value_while_a_committed_edit_sets_another_is_an_edit(rio, 
     draft = save(rio, bob, {"monthly_rate": "1000"})  # PEMS's value: reverses ann's edit
     assert draft.state == State.DRAFT and Decimal(draft.changes["monthly_rate"]) == Decimal("1000")
     assert seen_by(rio, bob)["monthly_rate"] == Decimal("1000")
+    assert seen_by(rio, bob)["changes"]["monthly_rate"]["by"] == "bob"
     delta.drafts_commit(organization=rio, user=bob)
     assert PfaMergedLive.objects.get(pfa_id="P1").monthly_rate == Decimal("1000")  # the later commit wins
+    assert seen_by(rio, ann)["changes"]["monthly_rate"] == {
+        "pems": "1000.0000",
+        "value": "1000.0000",
+        "state": "committed",
+        "by": "bob",
+    }
 
 
 def test_pems_value_after_an_intermediate_one_stays_in_the_draft(rio, ann, bob):
@@ -178,3 +189,99 @@ def test_simultaneous_saves_of_one_user_on_one_record_end_in_one_draft(transacti
         assert errors == []
         (draft,) = PfaModification.objects.filter(state=State.DRAFT)
         assert (draft.changes["model"], draft.changes["dor"]) == (f"M{n}", f"D{n}")
+
+
+def _wait_until_someone_waits_for_a_lock(timeout: float = 20) -> None:
+    """Return once another backend of this database waits for a lock (the interleaving under test)."""
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("no transaction came to wait for the lock")
+
+
+def _in_thread(target) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as error:  # noqa: BLE001 - reported by the caller's assertion
+            errors.append(error)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_racing_a_deletion_ends_held_and_the_purge_fails_it(transactional_db):
+    if connection.vendor != "postgresql":
+        pytest.skip("row and advisory locks need PostgreSQL")
+    rio = OrganizationFactory(code="RIO")
+    mirror_record(rio, "P1")
+    ann = User.objects.create_user("ann")
+    delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"dor": "RACE"})
+    marked, release = threading.Event(), threading.Event()
+
+    def deletion() -> None:  # a read's deletion step, held open until the commit waits for it
+        with transaction.atomic():
+            pfa_records_mark_deleted(organization_id=rio.pk, pfa_ids=["P1"], deleted_at=timezone.now())
+            delta.modifications_hold_deleted(organization_id=rio.pk, pfa_ids=["P1"])
+            marked.set()
+            assert release.wait(timeout=30)
+
+    deleting, deletion_errors = _in_thread(deletion)
+    assert marked.wait(timeout=30)
+    committing, commit_errors = _in_thread(lambda: delta.drafts_commit(organization=rio, user=ann))
+    _wait_until_someone_waits_for_a_lock()
+    release.set()
+    for thread in (deleting, committing):
+        thread.join(timeout=30)
+    assert deletion_errors == [] and commit_errors == []
+    modification = PfaModification.objects.get()
+    # Held: committed on a deleted record, in no view and in no write run.
+    assert modification.state == State.COMMITTED
+    assert not PfaModification.objects.to_write().exists()
+    assert not PfaOverlay.objects.exists() and not PfaMergedLive.objects.filter(pfa_id="P1").exists()
+    PfaMirror.objects.update(deleted_at=timezone.now() - timedelta(days=400))
+    assert pfa_deleted_purge(organization=rio, retention_days=30) == 1
+    modification.refresh_from_db()
+    assert modification.state == State.FAILED and "purged" in modification.error_message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_racing_the_purge_ends_failed(transactional_db):
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks need PostgreSQL")
+    rio = OrganizationFactory(code="RIO")
+    mirror_record(rio, "P1")
+    ann = User.objects.create_user("ann")
+    delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"dor": "RACE"})
+    PfaMirror.objects.update(deleted_at=timezone.now() - timedelta(days=400))
+    committed, release = threading.Event(), threading.Event()
+
+    def commit() -> None:  # a commit whose transaction is still open when the purge comes
+        with transaction.atomic():
+            assert delta.drafts_commit(organization=rio, user=ann) == 1
+            committed.set()
+            assert release.wait(timeout=30)
+
+    committing, commit_errors = _in_thread(commit)
+    assert committed.wait(timeout=30)
+    purging, purge_errors = _in_thread(lambda: pfa_deleted_purge(organization=rio, retention_days=30))
+    _wait_until_someone_waits_for_a_lock()
+    release.set()
+    for thread in (committing, purging):
+        thread.join(timeout=30)
+    assert commit_errors == [] and purge_errors == []
+    assert not PfaMirror.objects.exists()
+    assert PfaModification.objects.get().state == State.FAILED
