@@ -9,12 +9,14 @@ PATCHes (`mirror.simulator.state`). Plain Python: the simulator runs without Dja
 
 from collections.abc import Mapping
 from datetime import date
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 # PEMS keeps every DECIMAL column with this many places.
 DECIMAL_PLACES = 2
 _QUANTUM = Decimal(1).scaleb(-DECIMAL_PLACES)
+# Wide enough for any value a grid holds: rounding never fails for want of digits.
+_WIDE = Context(prec=100)
 # Code columns are shorter than the other text columns.
 CODE_ALIASES = frozenset({"pfs_f_category", "pfs_f_class", "pfs_f_source", "pfs_f_dor", "pfs_f_area", "pfs_p_projcode"})
 CODE_LENGTH = 30
@@ -30,7 +32,7 @@ DATE_PAIRS = (
 
 def decimal_kept(value: Decimal) -> Decimal:
     """The decimal as PEMS keeps it: 2 places, rounded half up (5200.125 -> 5200.13)."""
-    return value.quantize(_QUANTUM, rounding=ROUND_HALF_UP)
+    return value.quantize(_QUANTUM, rounding=ROUND_HALF_UP, context=_WIDE)
 
 
 def text_kept(value: str | None) -> str:

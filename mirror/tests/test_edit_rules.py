@@ -11,12 +11,17 @@ from django.contrib.auth.models import Permission, User
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
+from hypothesis import given
+from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from mirror import delta
 from mirror.models import PfaMergedLive, PfaMirror, PfaModification, PfaOverlay
+from mirror.records import grid_text
+from mirror.save_rules import value_kept
 from mirror.selectors import RecordFilters, records_list
 from mirror.services import pfa_deleted_purge
+from mirror.simulator.state import _validate_value
 from mirror.store import pfa_records_mark_deleted
 from mirror.tests.factories import OrganizationFactory, mirror_record
 
@@ -285,3 +290,17 @@ def test_a_commit_racing_the_purge_ends_failed(transactional_db):
     assert commit_errors == [] and purge_errors == []
     assert not PfaMirror.objects.exists()
     assert PfaModification.objects.get().state == State.FAILED
+
+
+# --- one rule for both sides -----------------------------------------------------------------------------
+
+
+@given(
+    value=st.decimals(min_value=-(10**13), max_value=10**13, places=4, allow_nan=False, allow_infinity=False),
+    text=st.text(alphabet=" \tabcXYZ-7", max_size=12),
+)
+def test_what_pfasync_calls_kept_is_what_the_simulated_pems_keeps(value, text):
+    """Any value sent in the grid's format is held by PEMS (the simulator) as `value_kept` says."""
+    held_amount = _validate_value("pfs_f_rental", grid_text(value))
+    assert Decimal(held_amount.replace(",", "")) == value_kept(value)
+    assert _validate_value("pfs_f_model", grid_text(text)) == value_kept(text)
