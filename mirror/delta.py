@@ -330,9 +330,12 @@ def modifications_fail_purged(*, organization_id: UUID, purged: dict[str, dateti
 
 def modification_writing(modification: PfaModification) -> bool:
     """Take a committed modification (or one a dead worker left `writing`) to `writing`; False if
-    it left the shared states meanwhile (a conflict resolved, a deletion)."""
-    taken = PfaModification.objects.filter(pk=modification.pk, state__in=PfaModification.SHARED_STATES).update(
-        state=State.WRITING, updated_at=timezone.now()
+    it left the shared states meanwhile (a conflict resolved) or is held (its record was marked
+    deleted since the run listed it)."""
+    taken = (
+        PfaModification.objects.filter(pk=modification.pk)
+        .to_write()
+        .update(state=State.WRITING, updated_at=timezone.now())
     )
     modification.state = State.WRITING
     return bool(taken)

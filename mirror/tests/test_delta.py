@@ -357,3 +357,13 @@ def test_deletion_in_pems_holds_a_conflict_and_the_purge_ends_it(rio, ann):
     pfa_deleted_purge(organization=rio, retention_days=30)
     conflict.refresh_from_db()
     assert conflict.state == State.FAILED
+
+
+def test_a_held_edit_is_not_taken_for_writing(rio, ann):
+    mirror_record(rio, "P1")
+    delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"category": "TRUCKS"})
+    delta.drafts_commit(organization=rio, user=ann)
+    modification = PfaModification.objects.get()
+    PfaMirror.objects.update(deleted_at=timezone.now())  # marked deleted after the run listed it
+    assert delta.modification_writing(modification) is False
+    assert PfaModification.objects.get().state == State.COMMITTED
