@@ -63,7 +63,7 @@ def changes_parse(values: dict[str, Any]) -> dict[str, Any]:
     the way in), text trimmed as PEMS trims it; ValidationError naming each field that is unknown,
     read-only or invalid, or an amount with more places than PEMS keeps (PEMS would round it, and
     the edit would not be what PEMS holds). The rules that need the whole record are
-    `_save_problems`'."""
+    `_check_save`'s."""
     errors: dict[str, list[str]] = {}
     typed: dict[str, Any] = {}
     for name, raw in values.items():
