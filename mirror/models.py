@@ -425,7 +425,7 @@ class PfaModification(models.Model):
 
     # Applied to the merged view every reader sees, in commit order.
     SHARED_STATES = (State.COMMITTED, State.WRITING)
-    # Still open: a record deleted in PEMS fails these.
+    # Still open: held while their record is marked deleted in PEMS, failed when it is purged.
     OPEN_STATES = (State.DRAFT, State.COMMITTED, State.WRITING)
 
     id = models.BigAutoField(primary_key=True)
