@@ -21,6 +21,8 @@ from django.utils import timezone
 
 from mirror.materialized import views_refresh_request
 from mirror.models import EDITABLE_FIELDS, Organization, PfaMirror, PfaModification, PfaOverlay
+from mirror.records import FIELD_ALIASES
+from mirror.save_rules import places_problem, save_problems, text_kept, value_kept
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,10 @@ def value_from_json(name: str, value: Any) -> Any:
 
 def changes_parse(values: dict[str, Any]) -> dict[str, Any]:
     """Type the edited values by the mirror columns' own rules (the rules PEMS values are typed by on
-    the way in); ValidationError naming each field that is unknown, read-only or invalid."""
+    the way in), text trimmed as PEMS trims it; ValidationError naming each field that is unknown,
+    read-only or invalid, or an amount with more places than PEMS keeps (PEMS would round it, and
+    the edit would not be what PEMS holds). The rules that need the whole record are
+    `_check_save`'s."""
     errors: dict[str, list[str]] = {}
     typed: dict[str, Any] = {}
     for name, raw in values.items():
@@ -81,7 +86,10 @@ def changes_parse(values: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, str) and "\x00" in value:
             errors[name] = ["Contains a NUL character."]
             continue
-        typed[name] = value
+        if isinstance(value, Decimal) and (problem := places_problem(value)):
+            errors[name] = [problem]
+            continue
+        typed[name] = text_kept(value) if isinstance(value, str) else value
     if errors:
         raise ValidationError(errors)
     return typed
@@ -121,13 +129,19 @@ def draft_save(
     A new draft takes the record's version, PEMS recordid and the mirror's values of the changed
     fields as its base; editing again merges into the draft and keeps that base (a field edited
     for the first time later takes the mirror's value then as its base: the value the user saw).
-    A field set back to its base leaves the draft; a draft left with no field is discarded.
+    A change is judged against the record as the user sees it (PEMS's values with the committed
+    edits applied): a field set back to that value leaves the draft, a draft left with no field is
+    discarded, and setting a field to PEMS's value while a committed edit sets another is a change
+    (it reverses that edit, after it). The record as it would be saved must pass PEMS's save rules.
     PfaMirror.DoesNotExist for an unknown record; ValidationError for a deleted record, a bad
-    value, or a value that equals the base (nothing to change).
+    value, a value PEMS would refuse, or a value the user already sees (nothing to change).
+
+    The record's mirror row is locked for the transaction: one user's simultaneous saves of one
+    record follow each other and end in one draft.
     """
     typed = changes_parse(values)
     with transaction.atomic():
-        record = PfaMirror.objects.filter(organization=organization, pfa_id=pfa_id).get()
+        record = PfaMirror.objects.select_for_update().filter(organization=organization, pfa_id=pfa_id).get()
         if record.deleted_at is not None:
             raise ValidationError(
                 f"PFA {pfa_id} was deleted in PEMS ({record.deleted_at:%Y-%m-%d %H:%M} UTC): it can no longer be edited."
@@ -145,20 +159,21 @@ def draft_save(
                 base_version=record.version,
                 base_record_id=record.pems_record_id,
             )
+        shared = _shared_values(record, exclude=draft.pk)  # what the user sees, but for their draft
         unchanged = {}
         for name, value in typed.items():
-            base = (
-                value_from_json(name, draft.base_values[name]) if name in draft.base_values else getattr(record, name)
-            )
-            if value == base and name in draft.changes:  # set back: the draft no longer changes it
+            seen = shared.get(name, getattr(record, name))
+            if value_kept(value) == value_kept(seen) and name in draft.changes:  # set back: no longer a change
                 del draft.changes[name], draft.base_values[name]
-            elif value == base:
-                unchanged[name] = [f"Equals PEMS's value ({value_to_json(name, base)!r}): nothing to change."]
+            elif value_kept(value) == value_kept(seen):
+                unchanged[name] = [f"Equals the record's value ({value_to_json(name, seen)!r}): nothing to change."]
             else:
                 draft.base_values.setdefault(name, value_to_json(name, getattr(record, name)))
                 draft.changes[name] = value_to_json(name, value)
         if unchanged:
             raise ValidationError(unchanged)
+        after = {**_values_of(record), **shared, **_typed_changes(draft.changes)}
+        _check_save(typed, after)
         if change_reason is not None:
             draft.change_reason = change_reason
         if not draft.changes:  # every field set back: nothing is left to commit
@@ -167,6 +182,41 @@ def draft_save(
             draft.save()
         overlay_refresh(organization_id=organization.pk, pfa_ids=[pfa_id])
     return draft
+
+
+def _typed_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    return {name: value_from_json(name, value) for name, value in changes.items()}
+
+
+def _values_of(record: PfaMirror) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in EDITABLE_FIELDS}
+
+
+def _shared_values(record: PfaMirror, *, exclude: int | None = None) -> dict[str, Any]:
+    """The fields the record's committed, unwritten modifications set (but `exclude`), applied in
+    commit order: with the mirror's values, the record every reader sees."""
+    values: dict[str, Any] = {}
+    modifications = (
+        PfaModification.objects.shared()
+        .filter(organization_id=record.organization_id, pfa_id=record.pfa_id)
+        .exclude(pk=exclude)
+        .in_commit_order()
+    )
+    for changes in modifications.values_list("changes", flat=True):
+        values.update(_typed_changes(changes))
+    return values
+
+
+def _check_save(changed: dict[str, Any], after: dict[str, Any]) -> None:
+    """ValidationError naming each field of `changed` PEMS's save rules refuse on the record as it
+    would be saved (`after`: field name -> typed value)."""
+    problems = save_problems(
+        {FIELD_ALIASES[name]: value_kept(value) for name, value in changed.items()},
+        {FIELD_ALIASES[name]: value_kept(value) for name, value in after.items()},
+    )
+    if problems:
+        names = {alias: name for name, alias in FIELD_ALIASES.items()}
+        raise ValidationError({names[alias]: [problem] for alias, problem in problems.items()})
 
 
 def drafts_commit(*, organization: Organization, user, pfa_ids: Sequence[str] | None = None) -> int:
@@ -229,26 +279,49 @@ def write_soon(organization: Organization, user) -> None:
     transaction.on_commit(enqueue)
 
 
-def modifications_fail_deleted(*, organization_id: UUID, pfa_ids: Sequence[str], deleted_at: datetime) -> int:
-    """End the open modifications (and conflicts) of records a read found deleted in PEMS: `failed`,
-    saying so.
-    Runs in the transaction that marks them deleted; returns how many ended."""
-    message = f"The record was deleted in PEMS (found gone by a full read at {deleted_at:%Y-%m-%d %H:%M} UTC)."
-    failed = shared = 0
-    open_modifications = PfaModification.objects.filter(
+def modifications_hold_deleted(*, organization_id: UUID, pfa_ids: Sequence[str]) -> None:
+    """Hold the open modifications (and conflicts) of records a read found deleted in PEMS.
+
+    Held is no state of its own: a modification whose record is marked deleted keeps its state,
+    leaves the merged view (the overlay merges onto live records only), and the write run passes
+    it by (`PfaModificationQuerySet.to_write`). If a later read finds the record again, it is open
+    as before; if the record is purged first, `modifications_fail_purged` fails it. A draft
+    committed while the deletion's transaction runs is held alike: nothing here depends on the
+    modifications' states, and the overlay refresh waits for that commit's own refresh.
+    Runs in the transaction that marks the records deleted.
+    """
+    overlay_refresh(organization_id=organization_id, pfa_ids=pfa_ids)
+    shared = PfaModification.objects.shared().filter(organization_id=organization_id)
+    if shared.exists() and any(
+        shared.filter(pfa_id__in=pfa_ids[start : start + _CHUNK]).exists() for start in range(0, len(pfa_ids), _CHUNK)
+    ):
+        views_refresh_request()  # the materialized views no longer count those edits
+
+
+def modifications_fail_purged(*, organization_id: UUID, purged: dict[str, datetime]) -> int:
+    """Fail the held modifications (and conflicts) of records purged for good (`purged`: key ->
+    when a read found the record gone), saying so. Runs in the transaction that deletes the
+    records' rows, after the delete: a commit of one of them that ran meanwhile has ended, and is
+    failed too. Returns how many ended."""
+    now = timezone.now()
+    held = PfaModification.objects.filter(
         organization_id=organization_id, state__in=[*PfaModification.OPEN_STATES, State.CONFLICT]
     )
-    if not open_modifications.exists():
-        return 0
-    for start in range(0, len(pfa_ids), _CHUNK):
-        chunk = open_modifications.filter(pfa_id__in=pfa_ids[start : start + _CHUNK])
-        shared += chunk.filter(state__in=PfaModification.SHARED_STATES).count()
-        failed += chunk.update(state=State.FAILED, error_message=message, finished_at=deleted_at)
+    failed = 0
+    by_moment: dict[datetime, list[str]] = defaultdict(list)
+    for pfa_id, deleted_at in purged.items():
+        by_moment[deleted_at].append(pfa_id)
+    for deleted_at, keys in by_moment.items():
+        message = (
+            f"The record was deleted in PEMS (found gone by a full read at {deleted_at:%Y-%m-%d %H:%M} UTC) "
+            "and did not come back before it was purged."
+        )
+        for start in range(0, len(keys), _CHUNK):
+            failed += held.filter(pfa_id__in=keys[start : start + _CHUNK]).update(
+                state=State.FAILED, error_message=message, finished_at=now, updated_at=now
+            )
     if failed:
-        overlay_refresh(organization_id=organization_id, pfa_ids=pfa_ids)
-        logger.info("%d open modifications ended: their records were deleted in PEMS", failed)
-    if shared:
-        views_refresh_request()
+        logger.info("%d held modifications failed: their records were purged", failed)
     return failed
 
 
@@ -257,9 +330,12 @@ def modifications_fail_deleted(*, organization_id: UUID, pfa_ids: Sequence[str],
 
 def modification_writing(modification: PfaModification) -> bool:
     """Take a committed modification (or one a dead worker left `writing`) to `writing`; False if
-    it left the shared states meanwhile (a conflict resolved, a deletion)."""
-    taken = PfaModification.objects.filter(pk=modification.pk, state__in=PfaModification.SHARED_STATES).update(
-        state=State.WRITING, updated_at=timezone.now()
+    it left the shared states meanwhile (a conflict resolved) or is held (its record was marked
+    deleted since the run listed it)."""
+    taken = (
+        PfaModification.objects.filter(pk=modification.pk)
+        .to_write()
+        .update(state=State.WRITING, updated_at=timezone.now())
     )
     modification.state = State.WRITING
     return bool(taken)
@@ -272,10 +348,13 @@ def modification_requeue(modification: PfaModification) -> None:
     )
 
 
-def modification_written(modification: PfaModification, *, record_id: int | None) -> None:
-    """PEMS holds the modification (`record_id`: its recordid after it); the record's mirror row
-    was replaced by PEMS's in the same transaction."""
-    _end_writing(modification, State.WRITTEN, written_record_id=record_id)
+def modification_written(
+    modification: PfaModification, *, record_id: int | None, changes: dict[str, Any] | None = None
+) -> None:
+    """PEMS holds the modification (`record_id`: its recordid after it; `changes`: its values as
+    PEMS keeps them, if they differ in form); the record's mirror row was replaced by PEMS's in the
+    same transaction."""
+    _end_writing(modification, State.WRITTEN, written_record_id=record_id, **({"changes": changes} if changes else {}))
 
 
 def modification_conflicted(modification: PfaModification, *, fields: dict[str, dict[str, Any]]) -> None:
@@ -324,9 +403,10 @@ def conflict_resolve(
 ) -> PfaModification:
     """Resolve a conflict: `keep_mine` commits the same change again on PEMS's current record (its
     recordid and values the new base), `take_pems` discards it, `merge` commits the change with
-    `values` (field name -> JSON value) in place of its own for those fields. Fields already at PEMS's value are left out; a
-    change with none left ends discarded. ValidationError for bad values or a record deleted in
-    PEMS; NotInConflict if someone resolved it first."""
+    `values` (field name -> JSON value) in place of its own for those fields. Fields already at the
+    value every reader sees (PEMS's, with the other committed edits applied) are left out; a change
+    with none left ends discarded. ValidationError for bad values (PEMS's save rules, on the record
+    as it would be saved) or a record deleted in PEMS; NotInConflict if someone resolved it first."""
     if resolution not in Resolution.CHOICES:
         raise ValidationError({"resolution": [f"Must be one of {', '.join(Resolution.CHOICES)}."]})
     changes = {name: value_from_json(name, value) for name, value in modification.changes.items()}
@@ -344,14 +424,22 @@ def conflict_resolve(
         ).first()
         if record is None and resolution != Resolution.TAKE_PEMS:
             raise ValidationError(f"PFA {modification.pfa_id} was deleted in PEMS: only take_pems resolves it.")
-        changes = {name: value for name, value in changes.items() if record and value != getattr(record, name)}
+        shared = _shared_values(record, exclude=modification.pk) if record else {}
+        changes = {
+            name: value
+            for name, value in changes.items()
+            if record and value_kept(value) != value_kept(shared.get(name, getattr(record, name)))
+        }
+        if changes and resolution != Resolution.TAKE_PEMS:
+            _check_save(changes, {**_values_of(record), **shared, **changes})
         now = timezone.now()
         if resolution == Resolution.TAKE_PEMS or not changes:
             modification.state, modification.finished_at = State.DISCARDED, now
             modification.error_message = f"Conflict resolved by {who}: PEMS's values kept."
         else:
             modification.state, modification.committed_at, modification.finished_at = State.COMMITTED, now, None
-            modification.changes = {name: value_to_json(name, value) for name, value in changes.items()}
+            # As PEMS will keep them (a change stored before the save rules were checked may differ).
+            modification.changes = {name: value_to_json(name, value_kept(value)) for name, value in changes.items()}
             modification.base_values = {name: value_to_json(name, getattr(record, name)) for name in changes}
             modification.base_version, modification.base_record_id = record.version, record.pems_record_id
             modification.error_message = f"Conflict resolved by {who} ({resolution}); committed again."
@@ -420,18 +508,23 @@ def overlay_refresh(*, organization_id: UUID, pfa_ids: Iterable[str]) -> None:
 def _overlay_rows(record: PfaMirror, modifications: list[PfaModification]) -> list[PfaOverlay]:
     """The merged rows of one record: the shared one (if anything is committed) and one per draft."""
     shared: dict[str, PfaModification] = {}  # field -> the modification that sets it
+    overridden: set[str] = set()  # fields a later modification sets again (perhaps back to PEMS's value)
     for modification in modifications:
         if modification.state in PfaModification.SHARED_STATES:
+            overridden.update(name for name in modification.changes if name in shared)
             shared.update(dict.fromkeys(modification.changes, modification))  # in commit order: the latest wins
-    rows = [_overlay_row(record, shared, viewer_id=None)] if shared else []
+    rows = [_overlay_row(record, shared, overridden, viewer_id=None)] if shared else []
     for modification in modifications:
         if modification.state == State.DRAFT and modification.author_id is not None:
             setters = {**shared, **dict.fromkeys(modification.changes, modification)}
-            rows.append(_overlay_row(record, setters, viewer_id=modification.author_id))
+            mine_over = overridden | (modification.changes.keys() & shared.keys())
+            rows.append(_overlay_row(record, setters, mine_over, viewer_id=modification.author_id))
     return rows
 
 
-def _overlay_row(record: PfaMirror, setters: dict[str, PfaModification], *, viewer_id: int | None) -> PfaOverlay:
+def _overlay_row(
+    record: PfaMirror, setters: dict[str, PfaModification], overridden: set[str], *, viewer_id: int | None
+) -> PfaOverlay:
     values = {field.attname: getattr(record, field.attname) for field in PfaMirror._meta.concrete_fields}
     values.pop("id")
     changes = {}
@@ -439,7 +532,8 @@ def _overlay_row(record: PfaMirror, setters: dict[str, PfaModification], *, view
         value = modification.changes[name]
         values[name] = value_from_json(name, value)
         pems = value_to_json(name, getattr(record, name))
-        if value != pems:
+        # A change back to PEMS's value over another edit is still a change the reader should see.
+        if value != pems or name in overridden:
             author = modification.author.get_username() if modification.author_id else None
             changes[name] = {"pems": pems, "value": value, "state": modification.state, "by": author}
     return PfaOverlay(**values, mirror_id=record.pk, viewer_id=viewer_id, changes=changes)

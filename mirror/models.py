@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from mirror.fields import JSONTextField
@@ -394,6 +394,14 @@ class PfaModificationQuerySet(models.QuerySet):
         """Committed modifications not yet written: what every reader of the merged view sees."""
         return self.filter(state__in=PfaModification.SHARED_STATES)
 
+    def to_write(self) -> "PfaModificationQuerySet":
+        """Committed modifications a write run takes: not those held because their record is marked
+        deleted in PEMS (open again if a read finds it again; failed when it is purged)."""
+        deleted = PfaMirror.objects.filter(
+            organization_id=OuterRef("organization_id"), pfa_id=OuterRef("pfa_id"), deleted_at__isnull=False
+        )
+        return self.shared().filter(~Exists(deleted))
+
     def in_commit_order(self) -> "PfaModificationQuerySet":
         return self.order_by("committed_at", "id")
 
@@ -417,7 +425,7 @@ class PfaModification(models.Model):
 
     # Applied to the merged view every reader sees, in commit order.
     SHARED_STATES = (State.COMMITTED, State.WRITING)
-    # Still open: a record deleted in PEMS fails these.
+    # Still open: held while their record is marked deleted in PEMS, failed when it is purged.
     OPEN_STATES = (State.DRAFT, State.COMMITTED, State.WRITING)
 
     id = models.BigAutoField(primary_key=True)

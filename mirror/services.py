@@ -3,6 +3,7 @@ the mirror (live records only) and purging the records PEMS deleted."""
 
 import logging
 import time
+from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -11,6 +12,7 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from mirror.delta import modifications_fail_purged
 from mirror.models import ApiConfiguration, Organization, PfaMirror
 from mirror.pems import DEFAULT_PAGE_SIZE, PemsClient, organization_filter
 from mirror.secrets import SecretDecryptionError, rotate_secret
@@ -218,6 +220,7 @@ def pfa_deleted_purge(*, organization: Organization | None = None, retention_day
 
     Runs in batches of `PURGE_BATCH_SIZE`, one DELETE statement each, committed on its own (unless the
     caller holds a transaction). A record a sync found again meanwhile (no longer marked deleted) is kept.
+    The edits held on a purged record fail with their reason, in the batch's transaction.
     """
     if retention_days is None:
         retention_days = settings.SYNC_DELETED_RETENTION_DAYS
@@ -229,9 +232,21 @@ def pfa_deleted_purge(*, organization: Organization | None = None, retention_day
         expired = expired.filter(organization=organization)
     purged = 0
     while batch := list(expired.order_by().values_list("pk", flat=True)[:PURGE_BATCH_SIZE]):
-        # Filtered again: a sync may have found a record again since the batch was chosen.
-        _, deleted = expired.filter(pk__in=batch).delete()
-        purged += deleted.get(PfaMirror._meta.label, 0)
+        with transaction.atomic():
+            # Filtered again, and locked: a sync may have found a record again since the batch was chosen.
+            rows = list(
+                expired.filter(pk__in=batch)
+                .select_for_update()
+                .values_list("pk", "organization_id", "pfa_id", "deleted_at")
+            )
+            _, deleted = PfaMirror.objects.filter(pk__in=[row[0] for row in rows]).delete()
+            purged += deleted.get(PfaMirror._meta.label, 0)
+            # The edits held on those records fail now (after the delete: a commit that ran meanwhile too).
+            by_organization: dict = defaultdict(dict)
+            for _, organization_id, pfa_id, deleted_at in rows:
+                by_organization[organization_id][pfa_id] = deleted_at
+            for organization_id, keys in by_organization.items():
+                modifications_fail_purged(organization_id=organization_id, purged=keys)
     if purged:
         logger.info(
             "Purged %d records deleted in PEMS more than %d days ago (%s)",

@@ -22,7 +22,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from mirror.delta import modifications_fail_deleted, overlay_refresh
+from mirror.delta import modifications_hold_deleted, overlay_refresh
 from mirror.materialized import views_refresh_request
 from mirror.models import Organization
 from mirror.pems import (
@@ -446,7 +446,7 @@ class _DeletedKeys:
         deleted = pfa_records_mark_deleted(
             organization_id=self.organization_id, pfa_ids=self.keys, deleted_at=deleted_at
         )
-        modifications_fail_deleted(organization_id=self.organization_id, pfa_ids=self.keys, deleted_at=deleted_at)
+        modifications_hold_deleted(organization_id=self.organization_id, pfa_ids=self.keys)
         return deleted, "", {}
 
 

@@ -53,7 +53,7 @@ def sync_logs_visible_to(user) -> QuerySet[PfaSyncLog]:
 
 def organizations_with_edits_waiting() -> QuerySet[Organization]:
     """The active organizations with committed modifications not yet written to PEMS (a write run's work)."""
-    waiting = PfaModification.objects.filter(organization=OuterRef("pk"), state__in=PfaModification.SHARED_STATES)
+    waiting = PfaModification.objects.filter(organization=OuterRef("pk")).to_write()
     return Organization.objects.filter(Exists(waiting), is_active=True)
 
 

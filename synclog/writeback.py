@@ -14,6 +14,9 @@ the record meanwhile, and a GET and a three-way merge decide:
 Exactly once: a worker killed after PEMS took a PATCH but before recording it leaves the
 modification `writing`. The next run PATCHes it with the same stale `recordid`, finds every field
 already equal to the planner's value in PEMS, and records it as written without a second PATCH.
+Values are compared (and sent, and recorded as written) in the form PEMS keeps them
+(`mirror.save_rules`: 2 decimal places, trimmed text), so PEMS's rounding of our own write is never
+taken for someone else's change.
 """
 
 import logging
@@ -27,6 +30,7 @@ from mirror import delta
 from mirror.models import Organization, PfaMirror, PfaModification
 from mirror.pems import PemsClient, PemsError, PemsNotFound, PemsRecordConflict, PemsRequestError
 from mirror.records import FIELD_ALIASES, PfaRowError, grid_text, parse_pfa_row
+from mirror.save_rules import value_kept
 from mirror.store import pfa_record_replace
 from ops.logs import run_log_context
 from synclog.engine import (
@@ -121,11 +125,10 @@ def _write_run(*, sync_log, client, stop, on_progress) -> PfaSyncLog:
 
 def _waiting(organization: Organization) -> list[PfaModification]:
     """The organization's modifications to write, in commit order: `writing` ones too, which a
-    worker that died mid-write left so (see the module's docstring)."""
+    worker that died mid-write left so (see the module's docstring); not those held on a record
+    marked deleted."""
     return list(
-        PfaModification.objects.filter(organization=organization, state__in=PfaModification.SHARED_STATES)
-        .select_related("author")
-        .in_commit_order()
+        PfaModification.objects.filter(organization=organization).to_write().select_related("author").in_commit_order()
     )
 
 
@@ -135,7 +138,9 @@ def _write_one(sync_log: PfaSyncLog, client: PemsClient, modification: PfaModifi
         return  # resolved or discarded meanwhile
     pems = client.settings
     recordid, base = _base_of(modification)
-    mine = {name: delta.value_from_json(name, value) for name, value in modification.changes.items()}
+    # Compared and sent as PEMS keeps them: a value PEMS rounds or trims is PEMS's own after the save.
+    mine = {name: value_kept(delta.value_from_json(name, value)) for name, value in modification.changes.items()}
+    kept = {name: delta.value_to_json(name, value) for name, value in mine.items()}
     rebased = False
     pems_row = _stored_row(modification)  # the record as last seen: the mirror's, then PEMS's own
     try:
@@ -148,7 +153,7 @@ def _write_one(sync_log: PfaSyncLog, client: PemsClient, modification: PfaModifi
                 )
                 # PEMS may answer with the new recordid and stamp only: the rest is what it holds now.
                 row = {**pems_row, **_aliases(mine), **saved}
-                _record(sync_log, modification, row, pems, written=True, rebased=rebased)
+                _record(sync_log, modification, row, pems, written=kept, rebased=rebased)
                 return
             except PemsRecordConflict:
                 row = client.get_record(modification.pfa_id, organization=pems.organization)
@@ -162,14 +167,14 @@ def _write_one(sync_log: PfaSyncLog, client: PemsClient, modification: PfaModifi
                     "theirs": delta.value_to_json(name, getattr(theirs, name)),
                 }
                 for name, value in mine.items()
-                if getattr(theirs, name) not in (base[name], value)
+                if value_kept(getattr(theirs, name)) not in (base[name], value)
             }
             if conflicts:
                 _record(sync_log, modification, row, pems, conflict=conflicts)
                 return
-            mine = {name: value for name, value in mine.items() if getattr(theirs, name) != value}
+            mine = {name: value for name, value in mine.items() if value_kept(getattr(theirs, name)) != value}
             if not mine:  # PEMS holds every value already (e.g. our own PATCH whose answer was lost)
-                _record(sync_log, modification, row, pems, written=True, rebased=rebased)
+                _record(sync_log, modification, row, pems, written=kept, rebased=rebased)
                 return
             recordid, rebased, pems_row = row["recordid"], True, row
         raise PemsRequestError(f"PEMS's record {modification.pfa_id} changed under {MAX_REBASES} tries in a row")
@@ -188,7 +193,7 @@ def _base_of(modification: PfaModification) -> tuple[int | None, dict[str, Any]]
     A record's modifications go out in commit order, each on the recordid the one before produced:
     the fields an earlier modification wrote count as the base of the later one.
     """
-    base = {name: delta.value_from_json(name, value) for name, value in modification.base_values.items()}
+    base = {name: value_kept(delta.value_from_json(name, value)) for name, value in modification.base_values.items()}
     recordid = modification.base_record_id
     earlier = PfaModification.objects.filter(
         organization_id=modification.organization_id,
@@ -199,7 +204,7 @@ def _base_of(modification: PfaModification) -> tuple[int | None, dict[str, Any]]
     ).exclude(pk=modification.pk)
     for written in earlier.in_commit_order():
         recordid = max(recordid or 0, written.written_record_id)
-        base.update((name, delta.value_from_json(name, value)) for name, value in written.changes.items())
+        base.update((name, value_kept(delta.value_from_json(name, value))) for name, value in written.changes.items())
     return recordid, base
 
 
@@ -228,15 +233,18 @@ def _typed(row: dict[str, str], pems):
         return None
 
 
-def _record(sync_log, modification, row, pems, *, written=False, rebased=False, conflict=None, failed="") -> None:
+def _record(sync_log, modification, row, pems, *, written=None, rebased=False, conflict=None, failed="") -> None:
     """The outcome of one modification, the mirror row as PEMS has it now, and the run's count:
-    all or nothing, and only while the run is still this worker's."""
+    all or nothing, and only while the run is still this worker's. `written`: the changes PEMS
+    holds (field name -> JSON value), when it is written."""
     with transaction.atomic():
         record = _typed(row, pems) if row else None
         if record is not None:
             pfa_record_replace(organization_id=modification.organization_id, record=record, synced_at=timezone.now())
-        if written:
-            delta.modification_written(modification, record_id=record.pems_record_id if record else None)
+        if written is not None:
+            delta.modification_written(
+                modification, record_id=record.pems_record_id if record else None, changes=written
+            )
             sync_log.add_write(written=1, rebased=int(rebased))
         elif conflict:
             delta.modification_conflicted(modification, fields=conflict)

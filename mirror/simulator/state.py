@@ -22,6 +22,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
 from operator import itemgetter
 from typing import Any
 from urllib.parse import unquote
@@ -29,6 +30,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from mirror.save_rules import decimal_kept, save_problems
 from mirror.simulator.data import (
     ALIASES,
     COLUMN_TYPES,
@@ -43,7 +45,6 @@ from mirror.simulator.data import (
     RECORDID,
     RawJsonValue,
     format_datetime,
-    format_decimal,
     generate_rows,
 )
 from mirror.simulator.filters import (
@@ -866,12 +867,38 @@ class PemsSimulator:
                     "The record has been modified by another user. Please refresh and try again.",
                     name="com.dstm.mp.businessprocess.RecordModifiedException",
                 )
+            # PEMS's save rules, on the record as it would be saved: a refused save changes nothing.
+            saved_row = {**row, **changes}
+            problems = save_problems(
+                {alias: _typed(alias, text) for alias, text in changes.items()},
+                {alias: _typed(alias, text) for alias, text in saved_row.items() if alias in COLUMN_TYPES},
+            )
+            if problems:
+                raise BadRequest("; ".join(f"{alias}: {problem}" for alias, problem in sorted(problems.items())))
             saved = self.update_row(org, pfa_id, changes)
         return {"PFA": {**saved, "recordid": saved["pfs_recordid"]}}
 
 
+def _typed(alias: str, text: str) -> Any:
+    """A valid grid value typed for the save rules: Decimal, date, text, or None if empty."""
+    column_type = COLUMN_TYPES[alias]
+    if column_type == "VARCHAR":
+        return text
+    if not text.strip():
+        return None
+    if column_type == "DECIMAL":
+        return Decimal(text.replace(",", ""))
+    if column_type == "DATE":
+        try:
+            return dt.datetime.strptime(text.strip(), "%m/%d/%Y").date()
+        except ValueError:
+            return None  # a damaged stored row: not this save's concern
+    return text
+
+
 def _validate_value(alias: str, value: Any) -> str:
-    """Check a PATCH value against its column type; decimals come back in grid format."""
+    """Check a PATCH value against its column type; decimals come back in grid format, kept as
+    PEMS keeps them (2 places, rounded half up), text trimmed."""
     text = "" if value is None else str(value).strip()
     column_type = COLUMN_TYPES[alias]
     if not text:
@@ -882,7 +909,12 @@ def _validate_value(alias: str, value: Any) -> str:
         number = number_key(text)
         if number is None:
             raise BadRequest(f"Invalid number {text!r} for {alias}")
-        return format_decimal(number) if column_type == "DECIMAL" else text
+        if column_type == "NUMBER":
+            return text
+        try:
+            return f"{decimal_kept(Decimal(text.replace(',', ''))):,.2f}"
+        except InvalidOperation:
+            raise BadRequest(f"Invalid number {text!r} for {alias}") from None
     if column_type == "CHKBOOLEAN" and text not in ("-1", "0", "Y", "N"):
         raise BadRequest(f"Invalid check box value {text!r} for {alias}")
     return text

@@ -11,6 +11,7 @@ from django.utils import timezone
 from mirror import delta
 from mirror.models import PfaMergedLive, PfaMirror, PfaModification, PfaOverlay, ViewRefresh
 from mirror.selectors import RecordFilters, kpis_get, record_get, records_list
+from mirror.services import pfa_deleted_purge
 from mirror.tests.factories import OrganizationFactory, mirror_record
 
 pytestmark = pytest.mark.django_db(transaction=False)
@@ -158,18 +159,47 @@ def test_discarded_drafts_leave_the_view_and_stay_as_rows(rio, ann):
         delta.draft_discard(organization=rio, user=ann, pfa_id="P1")
 
 
-def test_deletion_in_pems_fails_open_modifications_and_hides_the_record(rio, ann, bob):
+def test_deletion_in_pems_holds_open_modifications_and_hides_the_record(rio, ann, bob):
     mirror_record(rio, "P1")
     delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"category": "TRUCKS"})
     delta.draft_save(organization=rio, pfa_id="P1", user=bob, values={"category": "LIFTS"})
     delta.drafts_commit(organization=rio, user=bob)
-    deleted_at = timezone.now()
-    PfaMirror.objects.filter(pfa_id="P1").update(deleted_at=deleted_at)
-    assert delta.modifications_fail_deleted(organization_id=rio.pk, pfa_ids=["P1"], deleted_at=deleted_at) == 2
-    assert set(PfaModification.objects.values_list("state", flat=True)) == {State.FAILED}
-    assert "deleted in PEMS" in PfaModification.objects.first().error_message
+    PfaMirror.objects.filter(pfa_id="P1").update(deleted_at=timezone.now())
+    delta.modifications_hold_deleted(organization_id=rio.pk, pfa_ids=["P1"])
+    # Held: the states stay, the record and its edits leave every view, the write run passes them by.
+    assert sorted(PfaModification.objects.values_list("state", flat=True)) == [State.COMMITTED, State.DRAFT]
     assert listed(rio, ann) == {} and listed(rio, bob) == {}
     assert not PfaOverlay.objects.exists()
+    assert not PfaModification.objects.to_write().exists()
+
+
+def test_a_held_edit_is_open_again_when_its_record_comes_back(rio, ann):
+    mirror_record(rio, "P1")
+    delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"category": "TRUCKS"})
+    delta.drafts_commit(organization=rio, user=ann)
+    PfaMirror.objects.filter(pfa_id="P1").update(deleted_at=timezone.now())
+    delta.modifications_hold_deleted(organization_id=rio.pk, pfa_ids=["P1"])
+    # A later read finds it again (the upsert clears deleted_at, then refreshes the overlay).
+    PfaMirror.objects.filter(pfa_id="P1").update(deleted_at=None)
+    delta.overlay_refresh(organization_id=rio.pk, pfa_ids=["P1"])
+    assert merged(rio, "P1").category == "TRUCKS"
+    assert PfaModification.objects.to_write().get().state == State.COMMITTED
+
+
+def test_the_purge_fails_held_edits_with_their_reason_and_keeps_the_others(rio, ann):
+    mirror_record(rio, "P1")
+    mirror_record(rio, "P2")
+    for key in ("P1", "P2"):
+        delta.draft_save(organization=rio, pfa_id=key, user=ann, values={"category": "TRUCKS"})
+    delta.drafts_commit(organization=rio, user=ann, pfa_ids=["P1"])
+    long_ago = timezone.now() - timedelta(days=400)
+    PfaMirror.objects.update(deleted_at=long_ago)
+    PfaMirror.objects.filter(pfa_id="P2").update(deleted_at=None)  # found again: kept
+    assert pfa_deleted_purge(organization=rio, retention_days=30) == 1
+    failed = PfaModification.objects.get(pfa_id="P1")
+    assert failed.state == State.FAILED and failed.finished_at is not None
+    assert "deleted in PEMS" in failed.error_message and "purged" in failed.error_message
+    assert PfaModification.objects.get(pfa_id="P2").state == State.DRAFT
 
 
 def test_state_filter_and_cursor_pagination(rio, ann, bob):
@@ -315,11 +345,25 @@ def test_a_field_set_back_leaves_the_draft_and_an_empty_draft_is_discarded(rio, 
     assert draft.state == State.DISCARDED and not PfaOverlay.objects.exists()
 
 
-def test_deletion_in_pems_ends_a_conflict_too(rio, ann):
+def test_deletion_in_pems_holds_a_conflict_and_the_purge_ends_it(rio, ann):
     mirror_record(rio, "P1")
     conflict = PfaModification.objects.create(
         organization=rio, pfa_id="P1", author=ann, state=State.CONFLICT, base_version=1, changes={"dor": "X"}
     )
-    assert delta.modifications_fail_deleted(organization_id=rio.pk, pfa_ids=["P1"], deleted_at=timezone.now()) == 1
+    PfaMirror.objects.update(deleted_at=timezone.now() - timedelta(days=400))
+    delta.modifications_hold_deleted(organization_id=rio.pk, pfa_ids=["P1"])
+    conflict.refresh_from_db()
+    assert conflict.state == State.CONFLICT
+    pfa_deleted_purge(organization=rio, retention_days=30)
     conflict.refresh_from_db()
     assert conflict.state == State.FAILED
+
+
+def test_a_held_edit_is_not_taken_for_writing(rio, ann):
+    mirror_record(rio, "P1")
+    delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"category": "TRUCKS"})
+    delta.drafts_commit(organization=rio, user=ann)
+    modification = PfaModification.objects.get()
+    PfaMirror.objects.update(deleted_at=timezone.now())  # marked deleted after the run listed it
+    assert delta.modification_writing(modification) is False
+    assert PfaModification.objects.get().state == State.COMMITTED

@@ -1,5 +1,5 @@
 """What a read does to the delta layer: merged rows follow PEMS's new values under the edits,
-deletions end open modifications, and only a read that changed something refreshes the KPI views."""
+deletions hold open modifications, and only a read that changed something refreshes the KPI views."""
 
 from dataclasses import replace
 from decimal import Decimal
@@ -48,7 +48,7 @@ def test_a_read_keeps_committed_edits_on_top_of_pems_new_values(rio, pems_server
     assert (merged.model, merged.monthly_rate) == ("New in PEMS", Decimal("4321.0000"))
 
 
-def test_a_record_deleted_in_pems_ends_its_open_modifications(rio, pems_server):
+def test_a_record_deleted_in_pems_holds_its_open_modifications(rio, pems_server):
     run(rio)
     ann = User.objects.create_user("ann")
     bob = User.objects.create_user("bob")
@@ -57,9 +57,9 @@ def test_a_record_deleted_in_pems_ends_its_open_modifications(rio, pems_server):
     delta.drafts_commit(organization=rio, user=bob)
     pems_server.simulator.delete_row("RIO", "PFA-0000002")
     assert run(rio).records_deleted == 1
-    ended = PfaModification.objects.filter(pfa_id="PFA-0000002")
-    assert {m.state for m in ended} == {PfaModification.State.FAILED}
-    assert all("deleted in PEMS" in m.error_message for m in ended)
+    held = PfaModification.objects.filter(pfa_id="PFA-0000002")
+    assert {m.state for m in held} == {PfaModification.State.DRAFT, PfaModification.State.COMMITTED}
+    assert not held.to_write().exists()
     assert not PfaMergedLive.objects.filter(pfa_id="PFA-0000002").exists()
 
 

@@ -12,6 +12,7 @@ from django.db import connection
 from mirror import delta
 from mirror.models import PfaMirror, PfaModification
 from mirror.records import parse_pfa_row
+from mirror.services import pfa_deleted_purge
 from mirror.store import pfa_records_upsert
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from ops.tests.runs import fast_client, run_sync
@@ -416,3 +417,121 @@ def test_the_admin_resolves_by_action_and_by_merge(rio, simulator, conflicted, a
     )
     other.refresh_from_db()
     assert other.state == State.DISCARDED
+
+
+# --- what PEMS keeps is what is called written ---------------------------------------------------------
+
+
+def assert_pems_holds_what_is_written(simulator, organization, modification: PfaModification) -> None:
+    pems = organization.api_configurations.get().pems_settings(organization)
+    record = parse_pfa_row(simulator.get_row("RIO", modification.pfa_id), time_zone=pems.zone, organization_code="RIO")
+    modification.refresh_from_db()
+    assert modification.state == State.WRITTEN
+    written = {name: delta.value_from_json(name, value) for name, value in modification.changes.items()}
+    assert written == {name: getattr(record, name) for name in written}
+
+
+def test_what_pems_holds_after_a_write_equals_what_is_called_written(rio, simulator, ann):
+    modification = commit(
+        rio,
+        ann,
+        {"model": "  Liebherr LTM  ", "monthly_rate": "5200.13", "purchase_price": "0.1", "dor": " "},
+    )
+    assert write(rio).records_written == 1
+    assert_pems_holds_what_is_written(simulator, rio, modification)
+    assert simulator.get_row("RIO", KEY)["pfs_f_model"] == "Liebherr LTM"
+
+
+def test_a_change_stored_with_more_places_is_written_as_pems_keeps_it(rio, simulator, ann):
+    modification = commit(rio, ann, {"monthly_rate": "5200.13"})
+    # Stored before the save rules were checked at the door: 4 places, untrimmed text.
+    PfaModification.objects.filter(pk=modification.pk).update(
+        changes={"monthly_rate": "5200.1299", "model": " Untrimmed "}
+    )
+    assert write(rio).records_written == 1
+    assert simulator.get_row("RIO", KEY)["pfs_f_rental"] == "5,200.13"
+    assert_pems_holds_what_is_written(simulator, rio, modification)
+    assert modification.changes == {"monthly_rate": "5200.1300", "model": "Untrimmed"}
+
+
+def test_a_replayed_patch_whose_answer_was_lost_is_written_not_a_conflict(rio, simulator, ann):
+    modification = commit(rio, ann, {"monthly_rate": "4321.01"})
+    PfaModification.objects.filter(pk=modification.pk).update(changes={"monthly_rate": "4321.0050"})
+    before = int(simulator.get_row("RIO", KEY)["pfs_recordid"])
+    # PEMS applies the PATCH and the answer is lost; the client sends it again, on the stale recordid.
+    simulator.inject_fault("truncate", target="record")
+    sent = patches(simulator)
+    run = write(rio)
+    assert patches(simulator) == sent + 2  # the lost one, and the replay PEMS refused as stale
+    assert (run.records_written, run.records_conflicts, run.records_errored) == (1, 0, 0)
+    assert int(simulator.get_row("RIO", KEY)["pfs_recordid"]) == before + 1  # applied once
+    assert simulator.get_row("RIO", KEY)["pfs_f_rental"] == "4,321.01"
+    assert_pems_holds_what_is_written(simulator, rio, modification)
+
+
+def test_keep_mine_of_a_conflict_pems_already_holds_patches_nothing(rio, simulator, ann):
+    # A conflict recorded before values were compared as PEMS keeps them: mine 4321.0050, theirs 4321.01.
+    simulator.update_row("RIO", KEY, {"pfs_f_rental": "4,321.01"})
+    run_sync(rio)
+    conflict = PfaModification.objects.create(
+        organization=rio,
+        pfa_id=KEY,
+        author=ann,
+        state=State.CONFLICT,
+        base_version=1,
+        changes={"monthly_rate": "4321.0050"},
+        base_values={"monthly_rate": "1000.0000"},
+    )
+    sent = patches(simulator)
+    resolved = delta.conflict_resolve(modification=conflict, user=ann, resolution="keep_mine")
+    assert resolved.state == State.DISCARDED
+    write(rio)
+    assert patches(simulator) == sent
+
+
+def test_pems_value_set_while_another_edit_is_committed_is_written_after_it(rio, simulator, ann, bob):
+    simulator.update_row("RIO", KEY, {"pfs_f_rental": "1,000.00"})
+    run_sync(rio)
+    pems_rate = mirror_row(rio).monthly_rate
+    first = commit(rio, ann, {"monthly_rate": "2000"})
+    second = commit(rio, bob, {"monthly_rate": str(pems_rate)})  # reverses ann's edit
+    run = write(rio)
+    assert (run.records_written, run.records_conflicts) == (2, 0)
+    assert mirror_row(rio).monthly_rate == pems_rate
+    assert simulator.get_row("RIO", KEY)["pfs_f_rental"] == f"{pems_rate:,.2f}"
+    for modification in (first, second):
+        modification.refresh_from_db()
+        assert modification.state == State.WRITTEN
+
+
+# --- records PEMS omits for a while --------------------------------------------------------------------
+
+
+def test_an_edit_on_a_record_pems_omits_for_a_while_is_held_and_written_when_it_comes_back(rio, simulator, ann):
+    modification = commit(rio, ann, {"dor": "HELD"})
+    row = simulator.get_row("RIO", KEY)
+    simulator.delete_row("RIO", KEY)
+    assert run_sync(rio, sync_type="full").records_deleted == 1
+    sent = patches(simulator)
+    write(rio)  # held: not tried, not failed
+    assert patches(simulator) == sent
+    modification.refresh_from_db()
+    assert modification.state == State.COMMITTED
+    simulator.insert_row("RIO", {alias: value for alias, value in row.items() if alias != "pfs_recordid"})
+    run_sync(rio, sync_type="full")
+    assert write(rio).records_written == 1
+    assert simulator.get_row("RIO", KEY)["pfs_f_dor"] == "HELD"
+    modification.refresh_from_db()
+    assert modification.state == State.WRITTEN
+
+
+def test_a_held_edit_fails_with_its_reason_when_its_record_is_purged(rio, simulator, ann):
+    modification = commit(rio, ann, {"dor": "HELD"})
+    simulator.delete_row("RIO", KEY)
+    run_sync(rio, sync_type="full")
+    PfaMirror.objects.filter(organization=rio, pfa_id=KEY).update(
+        deleted_at=mirror_row(rio).deleted_at - timedelta(days=400)
+    )
+    assert pfa_deleted_purge(organization=rio, retention_days=30) == 1
+    modification.refresh_from_db()
+    assert modification.state == State.FAILED and "purged" in modification.error_message
