@@ -25,11 +25,28 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+PROJECT = Path(__file__).resolve().parent.parent
 DATABASE_NAME = "pfasync"
 SERVER_USER = "embedded_postgres"
 # A Unix socket path is at most 107 bytes: a deep folder puts its socket in a short one under /tmp.
 _MAX_SOCKET_PATH = 100
 _SOCKET_NAME = ".s.PGSQL.5432"
+
+
+def dotenv_value(name: str) -> str:
+    """`name` from the environment (even empty), else from the project's .env (as settings.py reads it)."""
+    if name in os.environ:
+        return os.environ[name]
+    path = PROJECT / ".env"
+    lines = path.read_text().splitlines() if path.exists() else []
+    values = [line.split("=", 1)[1].strip().strip("'\"") for line in lines if line.startswith(f"{name}=")]
+    return values[-1] if values else ""
+
+
+def embedded_db_folder() -> Path:
+    """The cluster's folder: PFASYNC_PGDATA (relative to the project, whichever folder a command runs
+    from), default .pgdata in the project."""
+    return (PROJECT / (dotenv_value("PFASYNC_PGDATA") or ".pgdata")).resolve()
 
 
 def _bin_dir() -> Path:
@@ -117,6 +134,7 @@ def _locked(pgdata: Path):
 
 def embedded_db_settings(*, pgdata: Path) -> dict:
     """Django's connection settings for the cluster in `pgdata` (it need not run yet)."""
+    pgdata = pgdata.resolve()
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": DATABASE_NAME,
@@ -201,7 +219,7 @@ def main(argv: list[str]) -> int:
     if len(argv) not in (2, 3) or argv[1] not in ("start", "stop", "status"):
         print("usage: python -m pfasync.embedded_db start|stop|status [PGDATA]", file=sys.stderr)
         return 2
-    pgdata = Path(argv[2] if len(argv) == 3 else os.environ.get("PFASYNC_PGDATA") or ".pgdata").resolve()
+    pgdata = Path(argv[2]).resolve() if len(argv) == 3 else embedded_db_folder()
     if argv[1] == "start":
         started = embedded_db_start(pgdata=pgdata)
         print(f"{'Started' if started else 'Already running:'} embedded PostgreSQL on {pgdata}.")

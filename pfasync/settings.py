@@ -104,9 +104,9 @@ if not (DATABASE_URL or EMBEDDED_POSTGRES or SQLITE):
         "(a .pgdata folder here, started on demand), set PFASYNC_EMBEDDED_POSTGRES=true (`make .env` does)."
     )
 if EMBEDDED_POSTGRES:
-    from pfasync.embedded_db import embedded_db_settings, embedded_db_start
+    from pfasync.embedded_db import embedded_db_folder, embedded_db_settings, embedded_db_start
 
-    PFASYNC_PGDATA = Path(env.str("PFASYNC_PGDATA", default="") or BASE_DIR / ".pgdata")
+    PFASYNC_PGDATA = embedded_db_folder()
     embedded_db_start(pgdata=PFASYNC_PGDATA)
     DATABASES = {"default": embedded_db_settings(pgdata=PFASYNC_PGDATA)}
 else:

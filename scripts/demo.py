@@ -29,7 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pfasync.embedded_db import embedded_db_running, embedded_db_stop  # noqa: E402
+from pfasync.embedded_db import (  # noqa: E402
+    dotenv_value,
+    embedded_db_folder,
+    embedded_db_running,
+    embedded_db_stop,
+)
 
 PYTHON = sys.executable
 LOGS = ROOT / ".demo"
@@ -82,10 +87,11 @@ class Demo:
         self.env = {**os.environ, "PEMS_DEMO_PASSWORD": os.environ.get("PEMS_DEMO_PASSWORD") or "pfasync-demo"}
         # The simulator speaks plain http; the worker runs its schedule. Both are this run's, not .env's.
         self.env.update({"PEMS_ALLOW_HTTP": "true", "ENABLE_SYNC_WORKER": "true"})
-        self.embedded = not self.env.get("DATABASE_URL")
+        # As settings.py decides: a DATABASE_URL in the environment or in .env wins over the embedded server.
+        self.embedded = not dotenv_value("DATABASE_URL")
         if self.embedded:
             self.env["PFASYNC_EMBEDDED_POSTGRES"] = "true"
-        self.pgdata = Path(self.env.get("PFASYNC_PGDATA") or ROOT / ".pgdata").resolve()
+        self.pgdata = embedded_db_folder()
         self.started_database = self.embedded and not embedded_db_running(pgdata=self.pgdata)
 
     def manage(self, *args: str, quiet: bool = False, env: dict | None = None) -> None:
@@ -128,6 +134,9 @@ class Demo:
         web_url = f"http://127.0.0.1:{web_port}"
         database = f"embedded PostgreSQL ({self.pgdata})" if self.embedded else "DATABASE_URL"
         orgs = dict(part.split("=", 1) for part in options.orgs.split(","))
+        if options.ready_file:
+            # A file left by an earlier run must not announce this one.
+            Path(options.ready_file).unlink(missing_ok=True)
 
         print(f"==> Migrating the database: {database}", flush=True)
         self.manage("migrate", "--noinput", quiet=True)
