@@ -204,6 +204,12 @@ The worker syncs {", ".join(orgs)} on the schedule (SYNC_INTERVAL in .env). Logs
 Afterwards every manage.py command works in a fresh terminal (.env has the settings).""",
             flush=True,
         )
+        if dotenv_value("PEMS_ALLOW_HTTP").lower() not in ("true", "1", "yes", "on"):
+            print(
+                "Note: PEMS_ALLOW_HTTP is not true in .env (an older .env keeps its value): a later manage.py "
+                "sync_pems refuses the simulator's http:// URL until it is.",
+                flush=True,
+            )
         if options.ready_file:
             ready = Path(options.ready_file)
             ready.with_suffix(".tmp").write_text(json.dumps(urls, indent=2))
