@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Tests run against PostgreSQL (pytest-django creates and drops test_<name>): TEST_DATABASE_URL when set
-# (CI: the system server), else the embedded server in .pgdata/. `make test-sqlite` uses SQLite.
+# (CI: the system server), else an embedded server of their own in .pgdata-test/ (pytest.ini).
+# `make test-sqlite` uses SQLite.
 TEST_DATABASE_URL ?=
 # `make demo DEMO_ARGS="--web-port 8080"`; see `python scripts/demo.py --help`.
 DEMO_ARGS ?=
@@ -57,9 +58,10 @@ run: migrate
 worker: migrate
 	$(BIN)/python manage.py qcluster
 
-# Stop the embedded PostgreSQL server (.pgdata/); the next manage.py command starts it again.
+# Stop the embedded PostgreSQL servers (.pgdata/, and the tests' .pgdata-test/); the next use starts them again.
 db-stop:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pfasync.embedded_db stop; fi
+	@if [ -x $(BIN)/python ] && [ -d .pgdata-test ]; then $(BIN)/python -m pfasync.embedded_db stop .pgdata-test; fi
 
 # The throughput benchmark (PostgreSQL; about 15 minutes for a million rows, more on a slow day) and its CI-sized run.
 bench: $(BIN)/.installed
@@ -74,4 +76,4 @@ lint: $(BIN)/.installed
 
 # Removes the virtualenv and the local databases (the embedded cluster in .pgdata/ too).
 clean: db-stop
-	rm -rf $(VENV) .venv-dlt .pgdata .pgdata.lock .demo db.sqlite3 db.sqlite3-* test.sqlite3* .pytest_cache
+	rm -rf $(VENV) .venv-dlt .pgdata .pgdata.lock .pgdata-test .pgdata-test.lock .demo db.sqlite3 db.sqlite3-* test.sqlite3* .pytest_cache

@@ -116,7 +116,9 @@ def _pid(pgdata: Path) -> int | None:
     try:
         pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
         os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+    except PermissionError:
+        return pid  # it runs, as another user (the server user of a root install)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
         return None
     return pid
 
@@ -211,6 +213,8 @@ def embedded_db_stop(*, pgdata: Path) -> bool:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 break
+            except PermissionError:
+                pass  # still there, as another user
             time.sleep(0.05)
     return True
 
