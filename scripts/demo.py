@@ -6,9 +6,11 @@ schedule on), creates a demo administrator, syncs the demo organizations with li
 to open, and keeps everything running until Ctrl-C (or SIGTERM), which stops every process it started,
 the embedded PostgreSQL server too if this run started it (any later `manage.py` command starts it again).
 
-For a test that needs the running service (ports of its own, no fixed credentials):
-    python scripts/demo.py --web-port 0 --pems-port 0 --orgs RIO=500,HOU=200 --ready-file /tmp/demo.json
-writes the JSON file (URLs, administrator, process ids) once the service answers; SIGTERM stops it all.
+For a test that needs the running service (a database, ports and credentials of its own):
+    python scripts/demo.py --pgdata /tmp/x/pgdata --web-port 0 --pems-port 0 --orgs RIO=500,HOU=200 \
+        --ready-file /tmp/x/demo.json
+writes the JSON file (URLs, administrator, process ids) once the service answers; SIGTERM stops it all,
+the embedded server of that folder included.
 """
 
 import argparse
@@ -37,7 +39,6 @@ from pfasync.embedded_db import (  # noqa: E402
 )
 
 PYTHON = sys.executable
-LOGS = ROOT / ".demo"
 ADMIN_USERNAME = "demo-admin"
 # The demo tenant's time zone: the simulator writes its times in it, and the connection must name it.
 TIME_ZONE = "America/Chicago"
@@ -83,15 +84,19 @@ def _answers(url: str) -> bool:
 class Demo:
     def __init__(self, options: argparse.Namespace):
         self.options = options
+        self.logs = Path(options.logs).resolve()
         self.processes: dict[str, subprocess.Popen] = {}
         self.env = {**os.environ, "PEMS_DEMO_PASSWORD": os.environ.get("PEMS_DEMO_PASSWORD") or "pfasync-demo"}
         # The simulator speaks plain http; the worker runs its schedule. Both are this run's, not .env's.
         self.env.update({"PEMS_ALLOW_HTTP": "true", "ENABLE_SYNC_WORKER": "true"})
+        if options.pgdata:
+            # A cluster of this run's own, whatever the environment names (a test's isolated service).
+            self.env.update({"DATABASE_URL": "", "PFASYNC_PGDATA": str(Path(options.pgdata).resolve())})
         # As settings.py decides: a DATABASE_URL in the environment or in .env wins over the embedded server.
-        self.embedded = not dotenv_value("DATABASE_URL")
+        self.embedded = not (self.env["DATABASE_URL"] if "DATABASE_URL" in self.env else dotenv_value("DATABASE_URL"))
         if self.embedded:
             self.env["PFASYNC_EMBEDDED_POSTGRES"] = "true"
-        self.pgdata = embedded_db_folder()
+        self.pgdata = Path(options.pgdata).resolve() if options.pgdata else embedded_db_folder()
         self.started_database = self.embedded and not embedded_db_running(pgdata=self.pgdata)
 
     def manage(self, *args: str, quiet: bool = False, env: dict | None = None) -> None:
@@ -102,8 +107,8 @@ class Demo:
     def start(self, name: str, command: list[str], env: dict | None = None) -> subprocess.Popen:
         """A background process with its output in .demo/<name>.log, in a session of its own, so that
         Ctrl-C reaches the demo only and the demo stops each process in order."""
-        LOGS.mkdir(exist_ok=True)
-        with open(LOGS / f"{name}.log", "wb") as log:
+        self.logs.mkdir(exist_ok=True)
+        with open(self.logs / f"{name}.log", "wb") as log:
             process = subprocess.Popen(
                 command,
                 cwd=ROOT,
@@ -121,7 +126,7 @@ class Demo:
         deadline = time.monotonic() + seconds
         while not _answers(url):
             if self.processes[name].poll() is not None:
-                raise SystemExit(f"The {name} process stopped at start-up; see {LOGS / f'{name}.log'}.")
+                raise SystemExit(f"The {name} process stopped at start-up; see {self.logs / f'{name}.log'}.")
             if time.monotonic() > deadline:
                 raise SystemExit(f"The {name} process did not answer {url} in {seconds:.0f} s.")
             time.sleep(0.2)
@@ -182,7 +187,7 @@ class Demo:
 
         for name, process in self.processes.items():
             if process.poll() is not None:
-                raise SystemExit(f"The {name} process stopped; see {LOGS / f'{name}.log'}.")
+                raise SystemExit(f"The {name} process stopped; see {self.logs / f'{name}.log'}.")
         urls = {
             "web_url": web_url,
             "dashboard": f"{web_url}/ops/dashboard/",
@@ -200,7 +205,7 @@ pfasync is running on {database}:
   API docs    {urls["api_docs"]}
   Admin       {urls["admin"]}
 Sign in as {ADMIN_USERNAME} / {password} (the admin sign-in opens the dashboard and API docs too).
-The worker syncs {", ".join(orgs)} on the schedule (SYNC_INTERVAL in .env). Logs: {LOGS}/web.log, worker.log, simulator.log.
+The worker syncs {", ".join(orgs)} on the schedule (SYNC_INTERVAL in .env). Logs: {self.logs}/web.log, worker.log, simulator.log.
 Afterwards every manage.py command works in a fresh terminal (.env has the settings).""",
             flush=True,
         )
@@ -220,7 +225,7 @@ Afterwards every manage.py command works in a fresh terminal (.env has the setti
         while True:
             for name, process in self.processes.items():
                 if process.poll() is not None:
-                    print(f"The {name} process stopped ({process.returncode}); see {LOGS / f'{name}.log'}.")
+                    print(f"The {name} process stopped ({process.returncode}); see {self.logs / f'{name}.log'}.")
                     return 1
             time.sleep(1)
 
@@ -251,6 +256,10 @@ def main() -> int:
     parser.add_argument("--orgs", default="RIO=50000,HOU=20000", help="simulated organizations, CODE=ROWS,...")
     parser.add_argument("--admin-password", default=os.environ.get("DEMO_ADMIN_PASSWORD", ""))
     parser.add_argument("--ready-file", help="write the URLs and the administrator as JSON here once ready")
+    parser.add_argument("--logs", default=str(ROOT / ".demo"), help="folder of the processes' logs (.demo)")
+    parser.add_argument(
+        "--pgdata", help="run on an embedded PostgreSQL cluster in this folder, whatever DATABASE_URL says"
+    )
     options = parser.parse_args()
     signal.signal(signal.SIGTERM, _stop_signal)
     signal.signal(signal.SIGINT, _stop_signal)

@@ -2,15 +2,24 @@
 PostgreSQL server, syncs, stops everything it started, and leaves a .env with which `manage.py` commands
 work in a fresh shell that has nothing exported."""
 
+import http.cookiejar
+import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
+
+from pfasync.embedded_db import embedded_db_running, embedded_db_stop
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -80,3 +89,49 @@ def test_make_demo_once_from_a_clean_clone_then_manage_py_works_in_a_fresh_shell
             [str(clone / ".venv/bin/python"), "-m", "pfasync.embedded_db", "stop"], cwd=clone, timeout=120, check=False
         )
     assert _processes_of(clone) == []
+
+
+def _sign_in(web_url: str, username: str, password: str) -> urllib.request.OpenerDirector:
+    """A browser-like client signed in through the admin's login form."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = opener.open(f"{web_url}/admin/login/", timeout=30).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+    data = urllib.parse.urlencode(
+        {"csrfmiddlewaretoken": token, "username": username, "password": password, "next": "/admin/"}
+    ).encode()
+    opener.open(f"{web_url}/admin/login/", data=data, timeout=30).read()
+    return opener
+
+
+@pytest.mark.slow
+def test_the_demo_service_for_a_test_runs_on_its_own_database_and_stops_on_sigterm(tmp_path):
+    """The way a browser test starts the service: its own cluster, ports, logs and credentials."""
+    ready, pgdata = tmp_path / "demo.json", tmp_path / "pgdata"
+    command = [sys.executable, "scripts/demo.py", "--pgdata", str(pgdata), "--logs", str(tmp_path / "logs")]
+    command += ["--web-port", "0", "--pems-port", "0", "--orgs", "RIO=300,HOU=100", "--ready-file", str(ready)]
+    with open(tmp_path / "demo.out", "wb") as out:
+        demo = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists() and demo.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ready.exists(), (tmp_path / "demo.out").read_text()[-3000:]
+        service = json.loads(ready.read_text())
+
+        opener = _sign_in(service["web_url"], service["admin_username"], service["admin_password"])
+        dashboard = opener.open(service["dashboard"], timeout=30)
+        assert dashboard.url == service["dashboard"]  # not redirected to the login
+        page = dashboard.read().decode()
+        assert "RIO" in page and "HOU" in page
+        assert opener.open(service["api_docs"], timeout=30).status == 200
+
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=120) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        embedded_db_stop(pgdata=pgdata)
+    assert "Stopped: simulator, web, worker, embedded PostgreSQL" in (tmp_path / "demo.out").read_text()
+    assert not any(psutil.pid_exists(pid) for pid in service["pids"].values())
+    assert not embedded_db_running(pgdata=pgdata)
