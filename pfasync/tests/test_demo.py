@@ -86,7 +86,10 @@ def test_make_demo_once_from_a_clean_clone_then_manage_py_works_in_a_fresh_shell
     finally:
         # The manage.py commands above started the embedded server again and left it running for the next.
         subprocess.run(
-            [str(clone / ".venv/bin/python"), "-m", "pfasync.embedded_db", "stop"], cwd=clone, timeout=120, check=False
+            [str(clone / ".venv/bin/python"), "-m", "pfasync.embedded_db", "stop", str(clone / ".pgdata")],
+            cwd=clone,
+            timeout=120,
+            check=False,
         )
     assert _processes_of(clone) == []
 
