@@ -48,7 +48,7 @@ migrate: install
 
 # The production web server (gunicorn, configured by gunicorn.conf.py and WEB_* variables) on 127.0.0.1:8000.
 serve: migrate
-	$(BIN)/gunicorn --config gunicorn.conf.py
+	$(BIN)/python -m gunicorn --config gunicorn.conf.py
 
 # Django's development server (autoreload, DEBUG pages when DJANGO_DEBUG=true) on 127.0.0.1:8000.
 run: migrate
