@@ -43,7 +43,10 @@ def _fresh_shell(clone: Path, command: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not shutil.which("make") or not shutil.which("git"), reason="needs make and git")
+@pytest.mark.skipif(
+    not shutil.which("make") or not shutil.which("git") or not (ROOT / ".git").exists(),
+    reason="needs make, git and a git checkout to clone",
+)
 def test_make_demo_once_from_a_clean_clone_then_manage_py_works_in_a_fresh_shell(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
