@@ -89,18 +89,28 @@ TEMPLATES = [
 
 WSGI_APPLICATION = "pfasync.wsgi.application"
 
-# Unset DATABASE_URL means a SQLite file, so a newcomer needs nothing installed; but only when asked
-# for, so that a production start with the variable missing stops instead of writing to a local file.
+# Production and CI: DATABASE_URL. Unset, a local machine runs on an embedded PostgreSQL server whose
+# cluster is a project folder (.pgdata/, started on demand, see pfasync/embedded_db.py and decision 10);
+# but only when asked for (the .env of `make .env` asks), so that a production start with the variable
+# missing stops instead of writing to a local folder.
 DATABASE_URL = env.str("DATABASE_URL", default="")
-if not DATABASE_URL and not (DEBUG or env.bool("PFASYNC_ALLOW_SQLITE", default=False)):
+EMBEDDED_POSTGRES = not DATABASE_URL and (DEBUG or env.bool("PFASYNC_EMBEDDED_POSTGRES", default=False))
+# The SQLite file is on its way out (the demo no longer uses it); only an explicit PFASYNC_ALLOW_SQLITE=true.
+SQLITE = not DATABASE_URL and not EMBEDDED_POSTGRES and env.bool("PFASYNC_ALLOW_SQLITE", default=False)
+if not (DATABASE_URL or EMBEDDED_POSTGRES or SQLITE):
     raise ImproperlyConfigured(
         "DATABASE_URL is not set: pfasync runs on PostgreSQL, e.g. "
-        "DATABASE_URL=postgres://user@host:5432/pfasync. For a local trial on a SQLite file (db.sqlite3), "
-        "set PFASYNC_ALLOW_SQLITE=true (or DJANGO_DEBUG=true)."
+        "DATABASE_URL=postgres://user@host:5432/pfasync. For a local trial on an embedded PostgreSQL server "
+        "(a .pgdata folder here, started on demand), set PFASYNC_EMBEDDED_POSTGRES=true (`make .env` does)."
     )
-DATABASES = {
-    "default": env.db_url_config(DATABASE_URL or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-}
+if EMBEDDED_POSTGRES:
+    from pfasync.embedded_db import embedded_db_folder, embedded_db_settings, embedded_db_start
+
+    PFASYNC_PGDATA = embedded_db_folder()
+    embedded_db_start(pgdata=PFASYNC_PGDATA)
+    DATABASES = {"default": embedded_db_settings(pgdata=PFASYNC_PGDATA)}
+else:
+    DATABASES = {"default": env.db_url_config(DATABASE_URL or f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web server read while a sync writes; the timeout rides out short write locks.
     DATABASES["default"].setdefault("OPTIONS", {}).update(

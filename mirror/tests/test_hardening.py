@@ -305,7 +305,13 @@ def test_rotate_secrets_names_a_secret_no_key_decrypts_and_rotates_the_rest(sett
 
 def _manage(*args: str, **environment: str) -> subprocess.CompletedProcess:
     # Explicitly empty values win over a developer's .env (it only fills in what is unset).
-    clean = {"DJANGO_DEBUG": "", "DJANGO_SECURE": "", "PFASYNC_ALLOW_SQLITE": "", "DATABASE_URL": ""}
+    clean = {
+        "DJANGO_DEBUG": "",
+        "DJANGO_SECURE": "",
+        "PFASYNC_ALLOW_SQLITE": "",
+        "PFASYNC_EMBEDDED_POSTGRES": "",
+        "DATABASE_URL": "",
+    }
     env = {**os.environ, **clean, **environment}
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
@@ -334,9 +340,10 @@ def test_without_database_url_pfasync_refuses_to_start_unless_sqlite_is_allowed(
     show_engine = ("-c", "from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])")
     refused = _manage(*show_engine, DJANGO_SETTINGS_MODULE="pfasync.settings", DJANGO_DEBUG="false")
     assert refused.returncode != 0
-    assert "DATABASE_URL is not set" in refused.stderr and "PFASYNC_ALLOW_SQLITE=true" in refused.stderr
+    assert "DATABASE_URL is not set" in refused.stderr and "PFASYNC_EMBEDDED_POSTGRES=true" in refused.stderr
 
-    for allowed in ({"PFASYNC_ALLOW_SQLITE": "true"}, {"DJANGO_DEBUG": "true"}):
+    # (The embedded PostgreSQL server, PFASYNC_EMBEDDED_POSTGRES or DJANGO_DEBUG: pfasync/tests/test_embedded_db.py.)
+    for allowed in ({"PFASYNC_ALLOW_SQLITE": "true"},):
         result = _manage(*show_engine, DJANGO_SETTINGS_MODULE="pfasync.settings", **allowed)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "django.db.backends.sqlite3"

@@ -10,6 +10,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -229,6 +230,8 @@ def wait_until(predicate, *, timeout: float, what: str):
 
 def database_url() -> str:
     db = connection.settings_dict
+    if (db["HOST"] or "").startswith("/"):  # a Unix socket's folder (the embedded server)
+        return f"postgres://{db['USER'] or 'postgres'}@/{quote(db['HOST'], safe='')}/{db['NAME']}"
     return f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
