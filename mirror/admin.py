@@ -22,6 +22,7 @@ from django.utils.html import format_html
 from mirror import delta
 from mirror.models import ApiConfiguration, PfaMirror, PfaModification
 from mirror.pems import PemsError
+from mirror.permissions import can_resolve_conflicts
 from mirror.services import pems_connection_check
 
 # --- PEMS connections ---------------------------------------------------------------------------
@@ -361,7 +362,7 @@ class PfaModificationAdmin(admin.ModelAdmin):
         return False  # the history of what was written stays
 
     def has_edit_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("mirror.edit_pfa_records")
+        return can_resolve_conflicts(request.user)
 
     @admin.display(description="fields changed")
     def changed_fields(self, modification: PfaModification) -> str:

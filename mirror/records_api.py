@@ -27,6 +27,7 @@ from rest_framework.views import APIView
 from mirror import delta
 from mirror.api import visible_organization_or_404
 from mirror.models import EDITABLE_FIELDS, PfaMirror, PfaModification
+from mirror.permissions import can_edit_records, can_resolve_conflicts
 from mirror.selectors import (
     MODIFICATION_STATE_FILTERS,
     RECORD_COLUMNS,
@@ -38,8 +39,6 @@ from mirror.selectors import (
     records_list,
 )
 from pfasync.api import ApiError, error_responses
-
-EDIT_RECORDS = "mirror.edit_pfa_records"
 
 
 def camel(name: str) -> str:
@@ -94,8 +93,8 @@ def modification_output(modification: PfaModification) -> dict[str, Any]:
     }
 
 
-def _require_edit(user) -> None:
-    if not user.has_perm(EDIT_RECORDS):
+def _require_edit(user, *, may=can_edit_records) -> None:
+    if not may(user):
         raise PermissionDenied("Editing PFA records needs the permission 'Can edit PFA records'.")
 
 
@@ -491,7 +490,7 @@ class ModificationResolveApi(APIView):
         )
         if modification is None:
             raise NotFound(f"Modification {modification_id} not found.")
-        _require_edit(request.user)
+        _require_edit(request.user, may=can_resolve_conflicts)
         serializer = ResolveInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         values = serializer.validated_data.get("values")
