@@ -36,6 +36,7 @@ from mirror.selectors import (
     kpis_get,
     organizations_visible_to,
     record_get,
+    records_count,
     records_list,
 )
 from pfasync.api import ApiError, error_responses
@@ -73,6 +74,8 @@ def record_output(row: dict[str, Any]) -> dict[str, Any]:
         _API_NAMES[name]: {**change, "pems": _json(change["pems"]), "value": _json(change["value"])}
         for name, change in row["changes"].items()
     }
+    output["conflict"] = bool(row["conflict_ids"])
+    output["conflictIds"] = row["conflict_ids"]
     return output
 
 
@@ -123,6 +126,9 @@ class RecordListInputSerializer(serializers.Serializer):
     ordering = serializers.ChoiceField(choices=_ORDERINGS, required=False, default="pfaId")
     cursor = serializers.CharField(required=False, max_length=1000)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=500, default=100)
+    includeCount = serializers.BooleanField(
+        required=False, default=False, help_text="true: answer `total`, the exact count over all pages (it costs)."
+    )
 
     def get_fields(self):
         fields = super().get_fields()
@@ -181,6 +187,10 @@ PfaRecordSerializer = type(
     {
         **{_API_NAMES[name]: _schema_field(name) for name in RECORD_COLUMNS},
         "changes": serializers.DictField(child=ChangeSerializer(), help_text="Each field that differs from PEMS."),
+        "conflict": serializers.BooleanField(help_text="An edit of the record is in conflict with PEMS."),
+        "conflictIds": serializers.ListField(
+            child=serializers.IntegerField(), help_text="The modifications in conflict, in commit order."
+        ),
     },
 )
 
@@ -201,6 +211,9 @@ class RecordListApi(APIView):
                     "success": serializers.BooleanField(),
                     "records": PfaRecordSerializer(many=True),
                     "nextCursor": serializers.CharField(allow_null=True),
+                    "total": serializers.IntegerField(
+                        required=False, help_text="With includeCount=true: the records over all pages."
+                    ),
                 },
             ),
             **error_responses(400, 401, 404),
@@ -233,9 +246,10 @@ class RecordListApi(APIView):
             limit=params["limit"],
         )
         next_cursor = _cursor_encode(ordering, page.next_cursor) if page.next_cursor else None
-        return Response(
-            {"success": True, "records": [record_output(row) for row in page.records], "nextCursor": next_cursor}
-        )
+        body = {"success": True, "records": [record_output(row) for row in page.records], "nextCursor": next_cursor}
+        if params["includeCount"]:
+            body["total"] = records_count(organization=organization, user=request.user, filters=filters)
+        return Response(body)
 
 
 # --- One record and its draft -----------------------------------------------------------------------
