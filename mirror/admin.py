@@ -366,7 +366,7 @@ class PfaModificationAdmin(admin.ModelAdmin):
 
     @admin.display(description="fields changed")
     def changed_fields(self, modification: PfaModification) -> str:
-        return ", ".join(sorted(modification.changes))
+        return ", ".join(sorted(delta.field_label(name) for name in modification.changes))
 
     @admin.action(description="Resolve conflicts: keep mine (commit again on PEMS's record)", permissions=["edit"])
     def resolve_keep_mine(self, request: HttpRequest, queryset: QuerySet[PfaModification]) -> None:
@@ -409,6 +409,9 @@ class PfaModificationAdmin(admin.ModelAdmin):
             **self.admin_site.each_context(request),
             "title": f"Merge the conflict of {modification.pfa_id}",
             "modification": modification,
+            "conflict_fields": [
+                (name, delta.field_label(name), sides) for name, sides in modification.conflict.items()
+            ],
             "opts": self.model._meta,
         }
         return render(request, "admin/mirror/pfamodification/merge.html", context)

@@ -89,7 +89,12 @@ def modification_output(modification: PfaModification) -> dict[str, Any]:
         "baseVersion": modification.base_version,
         "baseRecordId": modification.base_record_id,
         "changeReason": modification.change_reason,
-        "errorMessage": modification.error_message,
+        "errorMessage": (
+            # The stored message names fields for people; the API names them as it does everywhere.
+            delta.conflict_message(modification.conflict, label=camel)
+            if modification.state == PfaModification.State.CONFLICT and modification.conflict
+            else modification.error_message
+        ),
         "createdAt": _json(modification.created_at),
         "committedAt": _json(modification.committed_at),
         "finishedAt": _json(modification.finished_at),

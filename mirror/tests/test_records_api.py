@@ -225,6 +225,23 @@ def test_a_record_with_an_edit_in_conflict_is_marked_with_its_id(rio, ann, bob):
     assert records(ann, state="conflict").keys() == {"P1"}
 
 
+def test_a_conflict_names_its_fields_as_the_api_does(rio, ann):
+    ann.patch("/api/organizations/RIO/records/P1", {"monthlyRate": "1200.00"}, format="json")
+    ann.post("/api/organizations/RIO/drafts/commit", {}, format="json")
+    modification = PfaModification.objects.get(pfa_id="P1")
+    assert delta.modification_writing(modification)
+    delta.modification_conflicted(
+        modification, fields={"monthly_rate": {"base": "1000.0000", "mine": "1200.0000", "theirs": "1300.0000"}}
+    )
+    detail = ann.get("/api/organizations/RIO/records/P1")
+    (listed,) = detail.json()["modifications"]
+    assert listed["errorMessage"] == "PEMS changed monthlyRate to '1300.0000' (from '1000.0000'; yours: '1200.0000')"
+    conflicts = ann.get("/api/organizations/RIO/conflicts")
+    assert conflicts.json()["conflicts"][0]["fields"].keys() == {"monthlyRate"}
+    for response in (detail, conflicts):
+        assert "monthly_rate" not in response.content.decode()
+
+
 def test_kpis(ann):
     body = ann.get("/api/organizations/RIO/kpis").json()
     assert body["success"] is True
