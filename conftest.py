@@ -1,4 +1,5 @@
-"""Fixtures shared by every app's tests: a real PEMS simulator served over HTTP."""
+"""Fixtures shared by every app's tests: a real PEMS simulator served over HTTP, and a check that
+every answer of the API a test client gets is what the published OpenAPI schema says it is."""
 
 import pytest
 from django.core.cache import cache
@@ -20,3 +21,25 @@ def fresh_cache():
     cache.clear()
     yield
     cache.clear()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def api_answers_match_the_schema():
+    """Every answer of a documented API operation to a test client (Django's or DRF's) is checked
+    against the schema /api/schema/ publishes: its status is one the operation declares, and its
+    body has the declared shape, with no key the schema does not name. The docs cannot drift."""
+    from django.test import Client
+
+    from pfasync.tests.schema_check import api_answer_check
+
+    request = Client.request
+
+    def checked(self, **environ):
+        response = request(self, **environ)
+        api_answer_check(response)
+        return response
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(Client, "request", checked)
+    yield
+    patch.undo()
