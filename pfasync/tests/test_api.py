@@ -136,3 +136,35 @@ def test_answers_to_an_allowed_origin_carry_cors_headers_and_others_none(setting
 def test_no_origin_is_allowed_when_none_is_configured(settings):
     settings.CORS_ALLOWED_ORIGINS = []
     assert "Access-Control-Allow-Origin" not in preflight(APIClient(), "/api/auth/me", FRONT_END)
+
+
+def test_docs_name_every_error_code_the_api_answers():
+    from pathlib import Path
+
+    from django.conf import settings
+
+    root = Path(settings.BASE_DIR)
+    sources = [root / "pfasync" / "api.py", *root.glob("*/api.py"), *root.glob("*/records_api.py")]
+    codes = set()
+    for source in sources:
+        text = source.read_text()
+        codes |= set(re.findall(r'error="([A-Z_]+)"', text)) | set(
+            re.findall(r'(?:return |: )"([A-Z][A-Z_]{4,})"', text)
+        )
+    assert {"VALIDATION_ERROR", "TOKEN_EXPIRED", "SYNC_IN_PROGRESS", "NOT_IN_CONFLICT", "SERVER_ERROR"} <= codes
+    documented = set(re.findall(r"`([A-Z][A-Z_]{4,})`", (root / "docs" / "api.md").read_text()))
+    assert sorted(codes - documented) == []
+
+
+def test_docs_name_every_field_the_api_answers():
+    from pathlib import Path
+
+    from django.conf import settings
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    names = {name for component in schema["components"]["schemas"].values() for name in component.get("properties", {})}
+    assert {"canEdit", "conflictIds", "total", "logIds", "lastRuns", "recordsWritten"} <= names
+    documented = (Path(settings.BASE_DIR) / "docs" / "api.md").read_text()
+    missing = sorted(name for name in names if not re.search(rf'[`"]{re.escape(name)}[`"]', documented))
+    assert missing == []
