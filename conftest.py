@@ -1,10 +1,18 @@
-"""Fixtures shared by every app's tests: a real PEMS simulator served over HTTP, and a check that
-every answer of the API a test client gets is what the published OpenAPI schema says it is."""
+"""Fixtures shared by every app's tests: a real PEMS simulator served over HTTP, headless Chromium
+for the browser tests, and a check that every answer of the API a test client gets is what the
+published OpenAPI schema says it is."""
+
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from django.core.cache import cache
 
 from mirror.simulator import PemsSimulator, SimulatorServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
 @pytest.fixture
@@ -13,6 +21,37 @@ def pems_server():
     simulator = PemsSimulator(orgs={"RIO": 250, "HOU": 80}, seed=1, row_cap=10_000)
     with SimulatorServer(simulator, host="127.0.0.1", port=0) as server:
         yield server
+
+
+@pytest.fixture
+def browser():
+    """Headless Debian Chromium driven by Selenium (the tests that use it skip without both)."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="pfasync-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1800",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
