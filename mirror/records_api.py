@@ -127,7 +127,12 @@ class RecordListInputSerializer(serializers.Serializer):
     forecastFrom = serializers.DateField(required=False, input_formats=["iso-8601"])
     forecastTo = serializers.DateField(required=False, input_formats=["iso-8601"])
     search = serializers.CharField(required=False, max_length=100)
-    state = serializers.ChoiceField(choices=MODIFICATION_STATE_FILTERS, required=False)
+    state = serializers.ChoiceField(
+        choices=MODIFICATION_STATE_FILTERS,
+        required=False,
+        help_text="draft: records with a draft of the caller's; committed: with an edit waiting to be written "
+        "(anyone's); conflict: with an edit in conflict with PEMS (anyone's).",
+    )
     ordering = serializers.ChoiceField(choices=_ORDERINGS, required=False, default="pfaId")
     cursor = serializers.CharField(required=False, max_length=1000)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=500, default=100)
