@@ -9,6 +9,8 @@ to another category, so the list's filters meet records that the drafts move in 
 Timed, through the whole selector, as the API calls it:
 - the records list as the front end asks for it (one category, a forecast window, newest first,
   100 rows) for the querying planner: p50/p95 and the indexes the plan uses;
+- the list's exact total (`includeCount=true`, `records_count`) for the same filters, and for the
+  whole organization unfiltered (the most it costs): p50/p95;
 - `kpis` (the materialized views): p50/p95;
 - one `REFRESH MATERIALIZED VIEW CONCURRENTLY` of both views (median of three).
 """
@@ -121,7 +123,7 @@ def delta_measure(*, org: str, runs: int) -> dict[str, Any]:
 
     from mirror.materialized import views_refresh
     from mirror.models import Organization, PfaOverlay
-    from mirror.selectors import RecordFilters, _RecordsStatement, kpis_get, records_list
+    from mirror.selectors import RecordFilters, _RecordsStatement, kpis_get, records_count, records_list
     from mirror.simulator import CATEGORIES
     from mirror.store import psycopg_cursor
 
@@ -168,6 +170,16 @@ def delta_measure(*, org: str, runs: int) -> dict[str, Any]:
         plan = "\n".join(line for (line,) in cursor.fetchall())
     report["list"]["indexes_used"] = sorted(set(re.findall(r"Index (?:Only )?Scan(?: Backward)? using (\w+)", plan)))
     report["list"]["explain"] = plan
+
+    # includeCount=true: the exact total, filtered as the list above, and of the whole organization.
+    def count(chosen: RecordFilters | None = None) -> int:
+        return records_count(organization=organization, user=me, filters=chosen or filters())
+
+    _timed(count, 3)
+    report["count"] = {"filtered": _percentiles(_timed(count, runs))}
+    whole_runs = max(3, runs // 10)  # a scan of the whole organization each: fewer runs
+    report["count"]["whole"] = _percentiles(_timed(lambda: count(RecordFilters()), whole_runs))
+    report["count"]["whole"]["records"] = count(RecordFilters())
 
     kpis = lambda: kpis_get(organization=organization)  # noqa: E731
     _timed(kpis, 10)

@@ -928,6 +928,13 @@ def print_table(report: dict[str, Any]) -> None:
             f"(target {KPIS_P95_TARGET_MS}); refresh of both views {delta['refresh']['seconds']} s "
             f"(target {REFRESH_TARGET_SECONDS}); index: {', '.join(listed['indexes_used']) or 'none'}"
         )
+        if "count" in delta:  # includeCount=true
+            filtered, whole = delta["count"]["filtered"], delta["count"]["whole"]
+            print(
+                f"records list total (includeCount): filtered as above p50 {filtered['p50_ms']} ms, "
+                f"p95 {filtered['p95_ms']} ms; whole organization ({whole['records']:,} records) "
+                f"p50 {whole['p50_ms']} ms, p95 {whole['p95_ms']} ms"
+            )
     if report.get("writeback"):
         from bench_writeback import writeback_summary
 

@@ -22,6 +22,7 @@ from django.utils.html import format_html
 from mirror import delta
 from mirror.models import ApiConfiguration, PfaMirror, PfaModification
 from mirror.pems import PemsError
+from mirror.permissions import can_resolve_conflicts
 from mirror.services import pems_connection_check
 
 # --- PEMS connections ---------------------------------------------------------------------------
@@ -361,11 +362,11 @@ class PfaModificationAdmin(admin.ModelAdmin):
         return False  # the history of what was written stays
 
     def has_edit_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("mirror.edit_pfa_records")
+        return can_resolve_conflicts(request.user)
 
     @admin.display(description="fields changed")
     def changed_fields(self, modification: PfaModification) -> str:
-        return ", ".join(sorted(modification.changes))
+        return ", ".join(sorted(delta.field_label(name) for name in modification.changes))
 
     @admin.action(description="Resolve conflicts: keep mine (commit again on PEMS's record)", permissions=["edit"])
     def resolve_keep_mine(self, request: HttpRequest, queryset: QuerySet[PfaModification]) -> None:
@@ -408,6 +409,9 @@ class PfaModificationAdmin(admin.ModelAdmin):
             **self.admin_site.each_context(request),
             "title": f"Merge the conflict of {modification.pfa_id}",
             "modification": modification,
+            "conflict_fields": [
+                (name, delta.field_label(name), sides) for name, sides in modification.conflict.items()
+            ],
             "opts": self.model._meta,
         }
         return render(request, "admin/mirror/pfamodification/merge.html", context)

@@ -9,7 +9,7 @@ modification or of a mirror row calls `overlay_refresh` for its keys, in the sam
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -39,6 +39,11 @@ class NoDraft(Exception):
 
 def _field(name: str):
     return PfaMirror._meta.get_field(name)
+
+
+def field_label(name: str) -> str:
+    """A record field as people read it (its verbose name: "monthly rate"), for the admin and stored messages."""
+    return str(_field(name).verbose_name)
 
 
 def value_to_json(name: str, value: Any) -> Any:
@@ -360,7 +365,7 @@ def modification_written(
 def modification_conflicted(modification: PfaModification, *, fields: dict[str, dict[str, Any]]) -> None:
     """PEMS changed a field the modification changes, to another value: nothing of it is written;
     `fields` holds each such field's base, mine and theirs for a planner to resolve."""
-    _end_writing(modification, State.CONFLICT, conflict=fields, error_message=_conflict_message(fields))
+    _end_writing(modification, State.CONFLICT, conflict=fields, error_message=conflict_message(fields))
 
 
 def modification_failed(modification: PfaModification, *, message: str) -> None:
@@ -377,9 +382,11 @@ def _end_writing(modification: PfaModification, state: str, **changes: Any) -> N
     overlay_refresh(organization_id=modification.organization_id, pfa_ids=[modification.pfa_id])
 
 
-def _conflict_message(fields: dict[str, dict[str, Any]]) -> str:
+def conflict_message(fields: dict[str, dict[str, Any]], *, label: Callable[[str], str] = field_label) -> str:
+    """What PEMS changed under an edit, each field named by `label`: its verbose name where the
+    message is stored (the admin shows it), the API's own name where the API says it."""
     return "PEMS changed " + ", ".join(
-        f"{name} to {change['theirs']!r} (from {change['base']!r}; yours: {change['mine']!r})"
+        f"{label(name)} to {change['theirs']!r} (from {change['base']!r}; yours: {change['mine']!r})"
         for name, change in fields.items()
     )
 

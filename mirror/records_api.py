@@ -27,6 +27,7 @@ from rest_framework.views import APIView
 from mirror import delta
 from mirror.api import visible_organization_or_404
 from mirror.models import EDITABLE_FIELDS, PfaMirror, PfaModification
+from mirror.permissions import can_edit_records, can_resolve_conflicts
 from mirror.selectors import (
     MODIFICATION_STATE_FILTERS,
     RECORD_COLUMNS,
@@ -35,11 +36,10 @@ from mirror.selectors import (
     kpis_get,
     organizations_visible_to,
     record_get,
+    records_count,
     records_list,
 )
 from pfasync.api import ApiError, error_responses
-
-EDIT_RECORDS = "mirror.edit_pfa_records"
 
 
 def camel(name: str) -> str:
@@ -74,6 +74,8 @@ def record_output(row: dict[str, Any]) -> dict[str, Any]:
         _API_NAMES[name]: {**change, "pems": _json(change["pems"]), "value": _json(change["value"])}
         for name, change in row["changes"].items()
     }
+    output["conflict"] = bool(row["conflict_ids"])
+    output["conflictIds"] = row["conflict_ids"]
     return output
 
 
@@ -87,15 +89,20 @@ def modification_output(modification: PfaModification) -> dict[str, Any]:
         "baseVersion": modification.base_version,
         "baseRecordId": modification.base_record_id,
         "changeReason": modification.change_reason,
-        "errorMessage": modification.error_message,
+        "errorMessage": (
+            # The stored message names fields for people; the API names them as it does everywhere.
+            delta.conflict_message(modification.conflict, label=camel)
+            if modification.state == PfaModification.State.CONFLICT and modification.conflict
+            else modification.error_message
+        ),
         "createdAt": _json(modification.created_at),
         "committedAt": _json(modification.committed_at),
         "finishedAt": _json(modification.finished_at),
     }
 
 
-def _require_edit(user) -> None:
-    if not user.has_perm(EDIT_RECORDS):
+def _require_edit(user, *, may=can_edit_records) -> None:
+    if not may(user):
         raise PermissionDenied("Editing PFA records needs the permission 'Can edit PFA records'.")
 
 
@@ -120,10 +127,18 @@ class RecordListInputSerializer(serializers.Serializer):
     forecastFrom = serializers.DateField(required=False, input_formats=["iso-8601"])
     forecastTo = serializers.DateField(required=False, input_formats=["iso-8601"])
     search = serializers.CharField(required=False, max_length=100)
-    state = serializers.ChoiceField(choices=MODIFICATION_STATE_FILTERS, required=False)
+    state = serializers.ChoiceField(
+        choices=MODIFICATION_STATE_FILTERS,
+        required=False,
+        help_text="draft: records with a draft of the caller's; committed: with an edit waiting to be written "
+        "(anyone's); conflict: with an edit in conflict with PEMS (anyone's).",
+    )
     ordering = serializers.ChoiceField(choices=_ORDERINGS, required=False, default="pfaId")
     cursor = serializers.CharField(required=False, max_length=1000)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=500, default=100)
+    includeCount = serializers.BooleanField(
+        required=False, default=False, help_text="true: answer `total`, the exact count over all pages (it costs)."
+    )
 
     def get_fields(self):
         fields = super().get_fields()
@@ -182,6 +197,10 @@ PfaRecordSerializer = type(
     {
         **{_API_NAMES[name]: _schema_field(name) for name in RECORD_COLUMNS},
         "changes": serializers.DictField(child=ChangeSerializer(), help_text="Each field that differs from PEMS."),
+        "conflict": serializers.BooleanField(help_text="An edit of the record is in conflict with PEMS."),
+        "conflictIds": serializers.ListField(
+            child=serializers.IntegerField(), help_text="The modifications in conflict, in commit order."
+        ),
     },
 )
 
@@ -202,6 +221,9 @@ class RecordListApi(APIView):
                     "success": serializers.BooleanField(),
                     "records": PfaRecordSerializer(many=True),
                     "nextCursor": serializers.CharField(allow_null=True),
+                    "total": serializers.IntegerField(
+                        required=False, help_text="With includeCount=true: the records over all pages."
+                    ),
                 },
             ),
             **error_responses(400, 401, 404),
@@ -234,9 +256,10 @@ class RecordListApi(APIView):
             limit=params["limit"],
         )
         next_cursor = _cursor_encode(ordering, page.next_cursor) if page.next_cursor else None
-        return Response(
-            {"success": True, "records": [record_output(row) for row in page.records], "nextCursor": next_cursor}
-        )
+        body = {"success": True, "records": [record_output(row) for row in page.records], "nextCursor": next_cursor}
+        if params["includeCount"]:
+            body["total"] = records_count(organization=organization, user=request.user, filters=filters)
+        return Response(body)
 
 
 # --- One record and its draft -----------------------------------------------------------------------
@@ -491,7 +514,7 @@ class ModificationResolveApi(APIView):
         )
         if modification is None:
             raise NotFound(f"Modification {modification_id} not found.")
-        _require_edit(request.user)
+        _require_edit(request.user, may=can_resolve_conflicts)
         serializer = ResolveInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         values = serializer.validated_data.get("values")

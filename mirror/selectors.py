@@ -134,7 +134,9 @@ def records_list(
     last and descending first, ties go by pfa_id. `after` is the previous page's `next_cursor`
     (the last record's ordering value and pfa_id). Each record is a dict of RECORD_COLUMNS plus
     `changes`: for each field whose value differs from PEMS's, {"pems": PEMS's value, "value": the
-    one shown, "state", "by"} of the modification that set it, values in their JSON form.
+    one shown, "state", "by"} of the modification that set it, values in their JSON form; and
+    `conflict_ids`: the ids of the record's modifications in conflict, in commit order (their
+    values are not shown: the record shows PEMS's until they are resolved).
     """
     descending = ordering.startswith("-")
     field = ordering.lstrip("-")
@@ -153,13 +155,38 @@ def records_list(
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             rows = [_from_sqlite(dict(zip(columns, row, strict=True))) for row in cursor.fetchall()]
-    for row in rows:
-        row["changes"] = row["changes"] or {}  # a mirror row: nobody changed it
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
         next_cursor = (rows[-1][field], rows[-1]["pfa_id"])
+    conflicts: dict[str, list[int]] = {}
+    if rows:  # one query per page, on the (organization, state) index: conflicts are few
+        in_conflict = (
+            PfaModification.objects.filter(
+                organization=organization,
+                state=PfaModification.State.CONFLICT,
+                pfa_id__in=[row["pfa_id"] for row in rows],
+            )
+            .in_commit_order()
+            .values_list("pfa_id", "id")
+        )
+        for pfa_id, modification_id in in_conflict:
+            conflicts.setdefault(pfa_id, []).append(modification_id)
+    for row in rows:
+        row["changes"] = row["changes"] or {}  # a mirror row: nobody changed it
+        row["conflict_ids"] = conflicts.get(row["pfa_id"], [])
     return RecordPage(records=rows, next_cursor=next_cursor)
+
+
+def records_count(*, organization: Organization, user, filters: RecordFilters) -> int:
+    """How many records `records_list` lists with these filters, over all its pages. Exact, so it
+    visits every matching row where a page stops after its limit: about a second for a whole
+    1,000,000-record organization (docs/api.md has the measurements)."""
+    viewer_id = user.pk if user.is_authenticated else None
+    sql, params = _RecordsStatement(organization, viewer_id, filters, "pfa_id", False, None, 0).count_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()[0]
 
 
 # Which modifications the `state` filter looks for.
@@ -188,33 +215,41 @@ class _RecordsStatement:
         self.params: list[Any] = []
 
     def sql(self) -> tuple[str, list[Any]]:
+        statement = " UNION ALL ".join(f"SELECT * FROM ({part}) AS part{n}" for n, part in enumerate(self._parts()))
+        return f"{statement} ORDER BY {self._order('')} LIMIT {self.limit + 1}", self.params
+
+    def count_sql(self) -> tuple[str, list[Any]]:
+        """The rows the list has over all its pages, counted: each part counted, the counts summed."""
+        counts = " + ".join(f"({part})" for part in self._parts(counting=True))
+        return f"SELECT {counts}", self.params
+
+    def _parts(self, *, counting: bool = False) -> list[str]:
         overlay = "SELECT 1 FROM pfa_overlay o WHERE o.organization_id = t.organization_id AND o.pfa_id = t.pfa_id"
-        parts = [
+        return [
             self._part(
                 "pfa_mirror",
                 ["t.deleted_at IS NULL", f"NOT EXISTS ({overlay} AND (o.viewer_id IS NULL OR o.viewer_id = %s))"],
+                counting,
             ),
             self._part(
                 "pfa_overlay",
                 ["t.viewer_id IS NULL", "t.deleted_at IS NULL", f"NOT EXISTS ({overlay} AND o.viewer_id = %s)"],
+                counting,
             ),
-            self._part("pfa_overlay", ["t.viewer_id = %s", "t.deleted_at IS NULL"]),
+            self._part("pfa_overlay", ["t.viewer_id = %s", "t.deleted_at IS NULL"], counting),
         ]
-        statement = " UNION ALL ".join(f"SELECT * FROM ({part}) AS part{n}" for n, part in enumerate(parts))
-        return f"{statement} ORDER BY {self._order('')} LIMIT {self.limit + 1}", self.params
 
-    def _part(self, table: str, conditions: list[str]) -> str:
-        """One part's SELECT; its parameters join `self.params` in the order they appear."""
-        columns = ", ".join(f't."{_column(name)}" AS {name}' for name in RECORD_COLUMNS)
+    def _part(self, table: str, conditions: list[str], counting: bool) -> str:
+        """One part's SELECT (or its count); its parameters join `self.params` in the order they appear."""
         filters, filter_params = self._filters()
         self.params += [self.organization_key, self.viewer_id, *filter_params]
+        where = f"FROM {table} t WHERE {' AND '.join(['t.organization_id = %s', *conditions, *filters])}"
+        if counting:
+            return f"SELECT count(*) {where}"
+        columns = ", ".join(f't."{_column(name)}" AS {name}' for name in RECORD_COLUMNS)
         null = "NULL::jsonb" if connection.vendor == "postgresql" else "NULL"
         changes = null if table == "pfa_mirror" else "t.changes"
-        return (
-            f"SELECT {columns}, {changes} AS changes FROM {table} t "
-            f"WHERE {' AND '.join(['t.organization_id = %s', *conditions, *filters])} "
-            f"ORDER BY {self._order('t.')} LIMIT {self.limit + 1}"
-        )
+        return f"SELECT {columns}, {changes} AS changes {where} ORDER BY {self._order('t.')} LIMIT {self.limit + 1}"
 
     def _filters(self) -> tuple[list[str], list[Any]]:
         filters, conditions, params = self.filters, [], []

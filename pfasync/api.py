@@ -4,6 +4,7 @@ may read it).
 
 Every error answers `{"success": false, "error": CODE, "message": ...}` through `exception_handler`
 (wired as REST_FRAMEWORK["EXCEPTION_HANDLER"]); the apps' views describe theirs with `error_responses`.
+A refused token answers TOKEN_EXPIRED when it is only too old, TOKEN_INVALID otherwise; no token, UNAUTHORIZED.
 """
 
 import logging
@@ -20,6 +21,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework_simplejwt.exceptions import AuthenticationFailed as TokenRefused
+from rest_framework_simplejwt.exceptions import ExpiredTokenError
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,8 @@ def _error_code(exc: exceptions.APIException, status_code: int) -> str:
         return exc.error
     if isinstance(exc, exceptions.ValidationError):
         return "VALIDATION_ERROR"
+    if isinstance(exc, TokenRefused):  # a token was sent and refused: refresh it, or log in again
+        return "TOKEN_EXPIRED" if isinstance(exc.__cause__, ExpiredTokenError) else "TOKEN_INVALID"
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
         return "UNAUTHORIZED"
     if isinstance(exc, exceptions.ParseError):
@@ -118,7 +123,8 @@ def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
     """Schema entries for the error answers of an operation (every one has the ErrorSerializer shape)."""
     described = {
         400: "Invalid input; `fields` names each invalid field.",
-        401: "Missing, invalid or expired access token.",
+        401: "No access token (UNAUTHORIZED), an expired one (TOKEN_EXPIRED: refresh it) or another refused one "
+        "(TOKEN_INVALID: log in again).",
         403: "Visible, but the user lacks the right to do this.",
         404: "Unknown, or not visible to this user.",
         409: "Conflicts with the current state.",

@@ -12,6 +12,7 @@ urlpatterns = [
     path("auth/login", auth.LoginApi.as_view(), name="api-login"),
     path("auth/refresh", auth.TokenRefreshApi.as_view(), name="api-refresh"),
     path("auth/logout", auth.LogoutApi.as_view(), name="api-logout"),
+    path("auth/me", auth.MeApi.as_view(), name="api-me"),
     path("sync/trigger", synclog_api.SyncTriggerApi.as_view(), name="api-sync-trigger"),
     path("sync/status", synclog_api.SyncStatusListApi.as_view(), name="api-sync-status"),
     path("sync/status/<uuid:key>", synclog_api.SyncStatusDetailApi.as_view(), name="api-sync-status-detail"),

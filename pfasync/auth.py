@@ -1,11 +1,18 @@
 """Signing in to the REST API: log in (JWT access and refresh tokens, failed logins throttled),
-refresh (rotating: a refresh token is spent once) and log out (revoking the refresh token)."""
+refresh (rotating: a refresh token is spent once), log out (revoking the refresh token), and "me"
+(who the token's user is and what they may do).
+
+A refused token answers 401 `TOKEN_EXPIRED` when it was good but is past its lifetime (refresh it,
+or for a refresh token log in again) and `TOKEN_INVALID` for anything else (log in again); a missing
+one answers `UNAUTHORIZED` (`pfasync.api.exception_handler` names them).
+"""
 
 import hashlib
 
 from django.contrib.auth import get_user_model
+from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import exceptions, serializers
+from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -17,9 +24,16 @@ from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenRefreshView
 
+from mirror.permissions import can_edit_records, can_resolve_conflicts
 from mirror.selectors import organizations_visible_to
 from pfasync.api import ErrorSerializer, error_responses
 from synclog.permissions import can_trigger_sync
+
+
+class JWTScheme(SimpleJWTScheme):
+    """The schema's bearer-token scheme for our authentication (drf-spectacular matches the class exactly)."""
+
+    target_class = "pfasync.authentication.JWTAuthentication"
 
 
 class LoginInputSerializer(serializers.Serializer):
@@ -28,18 +42,28 @@ class LoginInputSerializer(serializers.Serializer):
 
 
 class UserOutputSerializer(serializers.Serializer):
+    """Who the user is and what they may do, each answer from the rule the API itself applies."""
+
     id = serializers.IntegerField()
     username = serializers.CharField()
     isStaff = serializers.BooleanField(source="is_staff")
     isSuperuser = serializers.BooleanField(source="is_superuser")
-    canTriggerSync = serializers.SerializerMethodField()
+    canEdit = serializers.SerializerMethodField(help_text="Save, commit and discard drafts of records.")
+    canResolve = serializers.SerializerMethodField(help_text="Resolve an edit in conflict with PEMS.")
+    canTriggerSync = serializers.SerializerMethodField(help_text="Start or cancel a sync run.")
     organizations = serializers.SerializerMethodField(help_text="Codes of the organizations the user sees.")
+
+    def get_canEdit(self, user) -> bool:  # noqa: N802 (API field name)
+        return can_edit_records(user)
+
+    def get_canResolve(self, user) -> bool:  # noqa: N802 (API field name)
+        return can_resolve_conflicts(user)
 
     def get_canTriggerSync(self, user) -> bool:  # noqa: N802 (API field name)
         return can_trigger_sync(user)
 
     def get_organizations(self, user) -> list[str]:
-        return list(organizations_visible_to(user).values_list("code", flat=True))
+        return list(organizations_visible_to(user).order_by("code").values_list("code", flat=True))
 
 
 class LoginOutputSerializer(serializers.Serializer):
@@ -119,6 +143,19 @@ class LoginApi(APIView):
         return Response({**serializer.validated_data, "user": UserOutputSerializer(serializer.user).data})
 
 
+class MeOutputSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    user = UserOutputSerializer()
+
+
+class MeApi(APIView):
+    """The access token's user: who they are, what they may do, and the organizations they see."""
+
+    @extend_schema(responses={200: MeOutputSerializer, **error_responses(401)})
+    def get(self, request: Request) -> Response:
+        return Response({"success": True, "user": UserOutputSerializer(request.user).data})
+
+
 class TokenRefreshInputSerializer(TokenRefreshSerializer):
     """simplejwt's refresh with rotation, where a token of a deleted or inactive user is a 401 (simplejwt
     looks a deleted user up without a guard: a 500) and a refresh token is spent once, even by two
@@ -129,7 +166,7 @@ class TokenRefreshInputSerializer(TokenRefreshSerializer):
         user_id = refresh.payload.get(jwt_settings.USER_ID_CLAIM)
         user = get_user_model().objects.filter(**{jwt_settings.USER_ID_FIELD: user_id}).first()
         if user is None or not jwt_settings.USER_AUTHENTICATION_RULE(user):
-            raise exceptions.AuthenticationFailed(self.error_messages["no_active_account"], "no_active_account")
+            raise InvalidToken(self.error_messages["no_active_account"])
         access = str(refresh.access_token)
         _, spent_now = refresh.blacklist()
         if not spent_now:

@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "corsheaders",
     "rest_framework",
     "rest_framework_simplejwt",
     # Refresh tokens rotate and a used or revoked one is refused: its own tables.
@@ -60,6 +61,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before anything that may answer: a browser's preflight is answered here, without a login.
+    "corsheaders.middleware.CorsMiddleware",
     # Static files (admin, dashboard, API docs) from the app server itself: no CDN, no extra server.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -275,7 +278,7 @@ API_NUM_PROXIES = env.int("API_NUM_PROXIES", default=0)
 API_DOCS_PUBLIC = env.bool("API_DOCS_PUBLIC", default=False)
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework_simplejwt.authentication.JWTAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["pfasync.authentication.JWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -284,6 +287,10 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {"login_username": LOGIN_THROTTLE_RATE, "login_address": LOGIN_ADDRESS_THROTTLE_RATE},
     "NUM_PROXIES": API_NUM_PROXIES,
 }
+# Browser front ends on other origins (e.g. http://localhost:5173) that may call the API; empty: none.
+# Only /api/ answers them; the default allowed headers include Authorization (the bearer token).
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/api/.*$"
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=30)),
     "REFRESH_TOKEN_LIFETIME": timedelta(days=env.int("JWT_REFRESH_DAYS", default=1)),
@@ -300,7 +307,7 @@ SPECTACULAR_SETTINGS = {
     # Signed-in users only (a bearer token, or the admin's session in a browser), unless API_DOCS_PUBLIC.
     "SERVE_PERMISSIONS": ["pfasync.permissions.ApiDocsAccess"],
     "SERVE_AUTHENTICATION": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "pfasync.authentication.JWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     # The docs page loads Swagger UI from this server (drf-spectacular-sidecar), never a CDN.

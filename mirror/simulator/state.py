@@ -398,7 +398,8 @@ class PemsSimulator:
 
     def corrupt_rows(self, org: str, count: int, kinds: Iterable[str] = CORRUPTION_KINDS) -> list[str]:
         """Make ``count`` existing rows malformed (persistently), the kinds taken in turn; returns
-        the pfs_ids they had.
+        the pfs_ids they had. Each is saved as PEMS saves a row (recordid + 1, lastmodified now), so
+        an incremental read meets it too.
 
         CORRUPTION_KINDS break one field's format. POISON_KINDS, only when asked for, break more:
         ``huge_decimal`` (the amount has more digits than a decimal(18,4) or a 28-digit Decimal
@@ -419,8 +420,11 @@ class PemsSimulator:
             self._corruptions += 1
             rng = random.Random(f"{self.seed}:{org}:corrupt:{self._corruptions}")
             chosen = sorted(rng.sample(candidates, count))
+            now = self.now()
             for n, pfa_id in enumerate(chosen):
                 values = dict(zip(ALIASES, data.rows[pfa_id]))
+                values["pfs_recordid"] = _next_recordid(values["pfs_recordid"])
+                values["pfs_lastmodified"] = now
                 kind = kinds[n % len(kinds)]
                 key = pfa_id
                 if kind == "bad_date":

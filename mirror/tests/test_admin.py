@@ -432,3 +432,30 @@ def test_modifications_are_listed_filtered_and_read_only(admin_client):
     page = admin_client.get(reverse("admin:mirror_pfamodification_change", args=[written.pk]))
     assert page.status_code == 200 and 'name="state"' not in page.content.decode()
     assert admin_client.post(reverse("admin:mirror_pfamodification_delete", args=[written.pk])).status_code == 403
+
+
+def test_modifications_name_fields_by_their_verbose_names(admin_client):
+    from django.contrib.auth.models import User
+
+    from mirror import delta
+    from mirror.models import Organization, PfaModification
+
+    rio = Organization.objects.create(code="RIO", name="Rio")
+    mirror_row(rio, "P1", monthly_rate=1000)
+    modification = PfaModification.objects.create(
+        organization=rio,
+        pfa_id="P1",
+        author=User.objects.create_user("ann"),
+        state="writing",
+        base_version=1,
+        changes={"monthly_rate": "1200.0000", "forecast_start_date": "2027-02-01"},
+    )
+    delta.modification_conflicted(
+        modification, fields={"monthly_rate": {"base": "1000.0000", "mine": "1200.0000", "theirs": "1300.0000"}}
+    )
+    body = admin_client.get(reverse("admin:mirror_pfamodification_changelist")).content.decode()
+    assert "forecast start date, monthly rate" in body and "monthly_rate" not in body
+    page = admin_client.get(reverse("admin:mirror_pfamodification_change", args=[modification.pk])).content.decode()
+    assert "PEMS changed monthly rate to &#x27;1300.0000&#x27;" in page
+    merge = admin_client.get(reverse("admin:mirror_pfamodification_merge", args=[modification.pk])).content.decode()
+    assert ">Monthly rate</label>" in merge and 'name="monthly_rate"' in merge

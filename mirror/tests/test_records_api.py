@@ -5,6 +5,7 @@ from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from mirror import delta
 from mirror.models import PfaMirror, PfaModification
 from mirror.tests.factories import OrganizationFactory, mirror_record
 
@@ -180,6 +181,65 @@ def test_the_list_filters_and_pages_with_a_cursor(ann):
     assert seen == ["P5", "P4", "P3", "P2", "P1"]
     other_ordering = ann.get("/api/organizations/RIO/records", {"limit": 2, "cursor": "x" + "A" * 10})
     assert other_ordering.status_code == 400
+
+
+def test_the_list_answers_its_total_over_all_pages_when_asked(ann, bob):
+    bob.patch("/api/organizations/RIO/records/P2", {"category": "CRANES"}, format="json")  # bob's draft only
+    body = ann.get("/api/organizations/RIO/records", {"limit": 2}).json()
+    assert "total" not in body
+    body = ann.get("/api/organizations/RIO/records", {"limit": 2, "includeCount": "true"}).json()
+    assert (len(body["records"]), body["total"]) == (2, 5)
+    assert (
+        ann.get("/api/organizations/RIO/records", {"category": "CRANES", "includeCount": "true"}).json()["total"] == 3
+    )
+    assert (
+        bob.get("/api/organizations/RIO/records", {"category": "CRANES", "includeCount": "true"}).json()["total"] == 4
+    )
+    PfaMirror.objects.filter(pfa_id="P5").update(deleted_at=timezone.now())
+    assert ann.get("/api/organizations/RIO/records", {"includeCount": "true"}).json()["total"] == 4
+    assert error_of(ann.get("/api/organizations/RIO/records", {"includeCount": "maybe"}), 400)["fields"].keys() == {
+        "includeCount"
+    }
+
+
+def test_a_record_with_an_edit_in_conflict_is_marked_with_its_id(rio, ann, bob):
+    ann.patch("/api/organizations/RIO/records/P1", {"category": "LIFTS"}, format="json")
+    ann.post("/api/organizations/RIO/drafts/commit", {}, format="json")
+    bob.patch("/api/organizations/RIO/records/P1", {"dor": "SITE"}, format="json")
+    bob.post("/api/organizations/RIO/drafts/commit", {}, format="json")
+    first, second = PfaModification.objects.filter(pfa_id="P1").order_by("committed_at", "id")
+    # A write run found both changed in PEMS meanwhile (the run itself is tested in synclog).
+    for modification, fields in (
+        (second, {"dor": ["", "SITE", "YARD"]}),
+        (first, {"category": ["CRANES", "LIFTS", "X"]}),
+    ):
+        assert delta.modification_writing(modification)
+        sides = {name: dict(zip(("base", "mine", "theirs"), values, strict=True)) for name, values in fields.items()}
+        delta.modification_conflicted(modification, fields=sides)
+    listed = records(ann)
+    assert (listed["P1"]["conflict"], listed["P1"]["conflictIds"]) == (True, [first.pk, second.pk])
+    assert listed["P1"]["changes"] == {} and listed["P1"]["category"] == "CRANES"  # PEMS's value is shown
+    assert (listed["P2"]["conflict"], listed["P2"]["conflictIds"]) == (False, [])
+    detail = ann.get("/api/organizations/RIO/records/P1").json()["record"]
+    assert (detail["conflict"], detail["conflictIds"]) == (True, [first.pk, second.pk])
+    assert records(ann, state="conflict").keys() == {"P1"}
+
+
+def test_a_conflict_names_its_fields_as_the_api_does(rio, ann):
+    ann.patch("/api/organizations/RIO/records/P1", {"monthlyRate": "1200.00"}, format="json")
+    ann.post("/api/organizations/RIO/drafts/commit", {}, format="json")
+    modification = PfaModification.objects.get(pfa_id="P1")
+    assert delta.modification_writing(modification)
+    delta.modification_conflicted(
+        modification, fields={"monthly_rate": {"base": "1000.0000", "mine": "1200.0000", "theirs": "1300.0000"}}
+    )
+    detail = ann.get("/api/organizations/RIO/records/P1")
+    (listed,) = detail.json()["modifications"]
+    assert listed["errorMessage"] == "PEMS changed monthlyRate to '1300.0000' (from '1000.0000'; yours: '1200.0000')"
+    conflicts = ann.get("/api/organizations/RIO/conflicts")
+    assert conflicts.json()["conflicts"][0]["fields"].keys() == {"monthlyRate"}
+    for response in (detail, conflicts):
+        assert "monthly_rate" not in response.content.decode()
 
 
 def test_kpis(ann):

@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 from mirror import delta
 from mirror.materialized import views_refresh
 from mirror.models import PfaMergedLive, PfaMirror, PfaOverlay
-from mirror.selectors import RECORD_COLUMNS, RECORD_ORDERINGS, RecordFilters, kpis_get, records_list
+from mirror.selectors import RECORD_COLUMNS, RECORD_ORDERINGS, RecordFilters, kpis_get, records_count, records_list
 from mirror.tests.factories import OrganizationFactory
 
 pytestmark = pytest.mark.django_db
@@ -110,6 +110,7 @@ def test_the_list_is_the_merged_view_with_the_callers_drafts(world, ordering):
         for filters in filter_sets:
             want = expected(rio, user, filters, ordering)
             assert paged(rio, user, filters, ordering, limit=7) == want, (user, filters)
+            assert records_count(organization=rio, user=user, filters=filters) == len(want), (user, filters)
     assert set(RECORD_ORDERINGS) >= {ordering.lstrip("-")}
 
 
@@ -148,5 +149,5 @@ def test_a_listed_record_has_every_column_as_the_model_types_it(world):
     PfaMirror.objects.filter(pk=stored.pk).update(pems_last_modified=datetime(2026, 5, 1, 12, 30, tzinfo=UTC))
     stored.refresh_from_db()
     (listed,) = records_list(organization=rio, user=ann, filters=RecordFilters(pfa_id=stored.pfa_id)).records
-    assert listed == {**{name: getattr(stored, name) for name in RECORD_COLUMNS}, "changes": {}}
+    assert listed == {**{name: getattr(stored, name) for name in RECORD_COLUMNS}, "changes": {}, "conflict_ids": []}
     assert "data" not in listed and "content_hash" not in listed

@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -1138,8 +1139,13 @@ def test_control_endpoints_over_http(http, server, sim):
     hdrs = {"tenant": DEFAULT_TENANT, "organization": "RIO", "sessionid": session_id}
     assert error_of(post(http, server, body(), hdrs=hdrs))["Name"] == NO_SESSION_EXCEPTION
 
+    before, started = {row["pfs_id"]: row for row in sim.rows("RIO")}, sim.now()
     corrupted = http.post(control + "corrupt", json={"org": "RIO", "count": 2, "kinds": ["bad_flag"]}, timeout=5)
     assert [sim.get_row("RIO", pfa_id)["pfs_f_actualized"] for pfa_id in corrupted.json()["pfs_ids"]] == ["X", "X"]
+    for pfa_id in corrupted.json()["pfs_ids"]:  # saved as PEMS saves: an incremental read meets it
+        row = sim.get_row("RIO", pfa_id)
+        assert int(row["pfs_recordid"]) == int(before[pfa_id]["pfs_recordid"] or 0) + 1
+        assert row["pfs_lastmodified"] in {started, sim.now()} - {before[pfa_id]["pfs_lastmodified"]}
 
     state = http.post(control + "reset", timeout=5).json()
     assert (state["row_cap"], state["shape"], state["latency"], state["auth_failure_status"]) == (10000, None, 0, 401)
@@ -1202,3 +1208,13 @@ def test_parse_orgs():
 def test_command_rejects_bad_orgs(value, bad_part):
     with pytest.raises(CommandError, match=re.escape(bad_part)):
         call_command("pems_simulator", orgs=value, port=0)
+
+
+def test_every_control_route_is_documented():
+    root = Path(__file__).resolve().parents[2]
+    source = (root / "mirror" / "simulator" / "http.py").read_text()
+    routes = set(re.findall(r'route == \("(GET|POST|PATCH|DELETE)", "([a-z-]+)", \d\)', source))
+    assert ("POST", "corrupt") in routes and len(routes) >= 12
+    documented = (root / "docs" / "simulator.md").read_text()
+    missing = sorted(f"{method} /_sim/{name}" for method, name in routes if f"`{method} /_sim/{name}" not in documented)
+    assert missing == []

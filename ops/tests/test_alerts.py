@@ -3,7 +3,7 @@ by e-mail (Django's locmem backend) and by webhook (a receiver on 127.0.0.1)."""
 
 import json
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -192,3 +192,21 @@ def test_edits_in_conflict_and_failed_writes_are_announced_and_their_end_too(rio
     alerts = alerts_check(organizations=[rio])
     assert sorted((alert.kind, alert.firing) for alert in alerts) == [("conflicts", False), ("writes_failing", False)]
     assert PfaSyncLog.objects.filter(direction="write").count() == 2
+
+
+def test_the_operations_guide_names_every_alert_and_its_payload():
+    from pathlib import Path
+
+    from django.conf import settings
+
+    from ops.alerts import Alert
+    from ops.models import AlertState
+
+    guide = (Path(settings.BASE_DIR) / "docs" / "operations.md").read_text()
+    alerts = guide[guide.index("### Alerts") :]
+    alerts = alerts[: alerts.index("\n### ", 1)]
+    assert all(f"**{kind}**" in alerts for kind in AlertState.Kind.values), AlertState.Kind.values
+    assert "watch reads only" not in guide
+    now = datetime.now(UTC)
+    payload = Alert("RIO", AlertState.Kind.CONFLICTS, True, now, None, 0, timedelta(minutes=45), conflicts=2).payload()
+    assert all(f'"{key}"' in alerts for key in payload), sorted(payload)

@@ -56,7 +56,7 @@ def test_every_endpoint_needs_a_token(method, path):
 def test_an_invalid_token_is_401():
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Bearer not-a-jwt")
-    assert_error(client.get("/api/sync/status"), 401, "UNAUTHORIZED")
+    assert_error(client.get("/api/sync/status"), 401, "TOKEN_INVALID")
 
 
 def test_unknown_api_path_is_a_json_404():
@@ -99,3 +99,72 @@ def test_schema_and_docs_are_served(rio_user):
     assert b"jsdelivr" not in docs.content  # no CDN: the page must work offline
     for script in re.findall(rb'src="(/static/[^"]+)"', docs.content):
         assert Client().get(script.decode()).status_code == 200, script  # served by the app itself
+
+
+# --- CORS: browser front ends on other origins ------------------------------------------------------
+
+FRONT_END = "http://localhost:5173"
+
+
+def preflight(client: APIClient, path: str, origin: str):
+    return client.options(
+        path,
+        HTTP_ORIGIN=origin,
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
+        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization, content-type",
+    )
+
+
+def test_a_preflight_from_an_allowed_origin_is_answered_without_a_login(settings):
+    settings.CORS_ALLOWED_ORIGINS = [FRONT_END]
+    response = preflight(APIClient(), "/api/organizations/RIO/records", FRONT_END)
+    assert response.status_code == 200
+    assert response["Access-Control-Allow-Origin"] == FRONT_END
+    assert "authorization" in response["Access-Control-Allow-Headers"].lower()
+    assert "GET" in response["Access-Control-Allow-Methods"]
+
+
+def test_answers_to_an_allowed_origin_carry_cors_headers_and_others_none(settings, django_user_model):
+    settings.CORS_ALLOWED_ORIGINS = [FRONT_END]
+    client = APIClient()
+    client.force_authenticate(django_user_model.objects.create_user("ana"))
+    assert client.get("/api/organizations", HTTP_ORIGIN=FRONT_END)["Access-Control-Allow-Origin"] == FRONT_END
+    assert "Access-Control-Allow-Origin" not in client.get("/api/organizations", HTTP_ORIGIN="http://evil.example")
+    assert "Access-Control-Allow-Origin" not in preflight(APIClient(), "/api/auth/me", "http://evil.example")
+
+
+def test_no_origin_is_allowed_when_none_is_configured(settings):
+    settings.CORS_ALLOWED_ORIGINS = []
+    assert "Access-Control-Allow-Origin" not in preflight(APIClient(), "/api/auth/me", FRONT_END)
+
+
+def test_docs_name_every_error_code_the_api_answers():
+    from pathlib import Path
+
+    from django.conf import settings
+
+    root = Path(settings.BASE_DIR)
+    sources = [root / "pfasync" / "api.py", *root.glob("*/api.py"), *root.glob("*/records_api.py")]
+    codes = set()
+    for source in sources:
+        text = source.read_text()
+        codes |= set(re.findall(r'error="([A-Z_]+)"', text)) | set(
+            re.findall(r'(?:return |: )"([A-Z][A-Z_]{4,})"', text)
+        )
+    assert {"VALIDATION_ERROR", "TOKEN_EXPIRED", "SYNC_IN_PROGRESS", "NOT_IN_CONFLICT", "SERVER_ERROR"} <= codes
+    documented = set(re.findall(r"`([A-Z][A-Z_]{4,})`", (root / "docs" / "api.md").read_text()))
+    assert sorted(codes - documented) == []
+
+
+def test_docs_name_every_field_the_api_answers():
+    from pathlib import Path
+
+    from django.conf import settings
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    names = {name for component in schema["components"]["schemas"].values() for name in component.get("properties", {})}
+    assert {"canEdit", "conflictIds", "total", "logIds", "lastRuns", "recordsWritten"} <= names
+    documented = (Path(settings.BASE_DIR) / "docs" / "api.md").read_text()
+    missing = sorted(name for name in names if not re.search(rf'[`"]{re.escape(name)}[`"]', documented))
+    assert missing == []

@@ -60,6 +60,8 @@ def test_login_returns_tokens_and_the_user_with_their_organizations(ana_of_rio):
         "username": "ana",
         "isStaff": False,
         "isSuperuser": False,
+        "canEdit": False,
+        "canResolve": False,
         "canTriggerSync": True,
         "organizations": ["RIO"],
     }
@@ -83,7 +85,7 @@ def test_login_without_password_is_400_naming_it():
 
 
 def test_refresh_with_a_bad_token_is_401():
-    assert_error(APIClient().post("/api/auth/refresh", {"refresh": "garbage"}, format="json"), 401, "UNAUTHORIZED")
+    assert_error(APIClient().post("/api/auth/refresh", {"refresh": "garbage"}, format="json"), 401, "TOKEN_INVALID")
 
 
 # --- login throttling -----------------------------------------------------------------------------
@@ -131,7 +133,7 @@ def test_refresh_rotates_and_a_used_refresh_token_is_refused(ana):
     assert rotated.status_code == 200, rotated.content
     second = rotated.json()["refresh"]
     assert second != first and rotated.json()["access"]
-    assert_error(refresh(first), 401, "UNAUTHORIZED")  # spent
+    assert_error(refresh(first), 401, "TOKEN_INVALID")  # spent
     assert refresh(second).status_code == 200
 
 
@@ -140,10 +142,10 @@ def test_logout_revokes_the_refresh_token(ana):
     response = APIClient().post("/api/auth/logout", {"refresh": tokens["refresh"]}, format="json")
     assert response.status_code == 200, response.content
     assert response.json()["success"] is True
-    assert_error(refresh(tokens["refresh"]), 401, "UNAUTHORIZED")
+    assert_error(refresh(tokens["refresh"]), 401, "TOKEN_INVALID")
     again = APIClient().post("/api/auth/logout", {"refresh": tokens["refresh"]}, format="json")
-    assert_error(again, 401, "UNAUTHORIZED")
-    assert_error(APIClient().post("/api/auth/logout", {"refresh": "garbage"}, format="json"), 401, "UNAUTHORIZED")
+    assert_error(again, 401, "TOKEN_INVALID")
+    assert_error(APIClient().post("/api/auth/logout", {"refresh": "garbage"}, format="json"), 401, "TOKEN_INVALID")
     body = assert_error(APIClient().post("/api/auth/logout", {}, format="json"), 400, "VALIDATION_ERROR")
     assert list(body["fields"]) == ["refresh"]
 
@@ -156,10 +158,88 @@ def test_tokens_of_a_deleted_or_inactive_user_are_401(ana, gone):
     else:
         ana.is_active = False
         ana.save()
-    assert_error(refresh(tokens["refresh"]), 401, "UNAUTHORIZED")
+    assert_error(refresh(tokens["refresh"]), 401, "TOKEN_INVALID")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens['access']}")
-    assert_error(client.get("/api/organizations"), 401, "UNAUTHORIZED")
+    assert_error(client.get("/api/organizations"), 401, "TOKEN_INVALID")
+
+
+# --- me, and telling an expired token from a bad one ---------------------------------------------
+
+
+def bearer(access: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {access}")
+    return client
+
+
+def test_me_says_who_the_user_is_what_they_may_do_and_what_they_see(ana_of_rio):
+    OrganizationFactory(code="HOU")  # not ana's
+    ana_of_rio.user_permissions.add(Permission.objects.get(codename="edit_pfa_records"))
+    body = bearer(login("ana", PASSWORD).json()["access"]).get("/api/auth/me").json()
+    assert body == {
+        "success": True,
+        "user": {
+            "id": ana_of_rio.id,
+            "username": "ana",
+            "isStaff": False,
+            "isSuperuser": False,
+            "canEdit": True,
+            "canResolve": True,
+            "canTriggerSync": True,
+            "organizations": ["RIO"],
+        },
+    }
+
+
+def test_me_of_a_user_without_permissions_and_of_staff(ana, admin_user):
+    OrganizationFactory(code="RIO")
+    OrganizationFactory(code="HOU")
+    user = bearer(login("ana", PASSWORD).json()["access"]).get("/api/auth/me").json()["user"]
+    assert (user["canEdit"], user["canResolve"], user["canTriggerSync"], user["organizations"]) == (
+        False,
+        False,
+        False,
+        [],
+    )
+    client = APIClient()
+    client.force_authenticate(admin_user)
+    user = client.get("/api/auth/me").json()["user"]
+    assert (user["isStaff"], user["canEdit"], user["canTriggerSync"], user["organizations"]) == (
+        True,
+        True,
+        True,
+        ["HOU", "RIO"],
+    )
+    assert_error(APIClient().get("/api/auth/me"), 401, "UNAUTHORIZED")
+
+
+def _token(user, *, expired: bool, key: str | None = None) -> str:
+    from rest_framework_simplejwt.tokens import AccessToken
+
+    token = AccessToken.for_user(user)
+    if expired:
+        token.set_exp(lifetime=-django_settings.SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"])
+    if key is None:
+        return str(token)
+    return jwt.encode(token.payload, key, algorithm="HS256")  # signed with another key: forged
+
+
+def test_an_expired_access_token_is_token_expired_and_a_forged_one_token_invalid(ana):
+    assert_error(bearer(_token(ana, expired=True)).get("/api/auth/me"), 401, "TOKEN_EXPIRED")
+    forged = "a-different-key-that-is-long-enough-for-hs256!"
+    assert_error(bearer(_token(ana, expired=False, key=forged)).get("/api/auth/me"), 401, "TOKEN_INVALID")
+    assert_error(bearer(_token(ana, expired=True, key=forged)).get("/api/auth/me"), 401, "TOKEN_INVALID")
+    assert_error(bearer("not-a-jwt").get("/api/auth/me"), 401, "TOKEN_INVALID")
+    assert bearer(_token(ana, expired=False)).get("/api/auth/me").status_code == 200
+
+
+def test_an_expired_refresh_token_is_token_expired(ana):
+    from rest_framework_simplejwt.tokens import RefreshToken
+
+    token = RefreshToken.for_user(ana)
+    token.set_exp(lifetime=-django_settings.SIMPLE_JWT["REFRESH_TOKEN_LIFETIME"])
+    assert_error(refresh(str(token)), 401, "TOKEN_EXPIRED")
 
 
 # --- the signing key ------------------------------------------------------------------------------

@@ -4,8 +4,6 @@ django-q2 runs the task inline on enqueue (`Conf.SYNC`), so no worker process is
 organization's connection points at the PEMS simulator. A screenshot lands in artifacts/.
 """
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from synclog.models import PfaSyncLog, SyncStatus
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 USERNAME, PASSWORD = "ops", "ops-Password-1"
+# The `browser` fixture (headless Chromium through Selenium) is in the root conftest.py.
 
 pytestmark = [
     pytest.mark.browser,
@@ -27,36 +26,6 @@ pytestmark = [
         reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)",
     ),
 ]
-
-
-@pytest.fixture
-def browser():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="pfasync-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1800",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture

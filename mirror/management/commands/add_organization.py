@@ -18,25 +18,37 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("code", help="PEMS organization code, e.g. RIO")
-        parser.add_argument("--name", required=True)
+        parser.add_argument("--name", required=True, help='display name, e.g. "Rio Grande"')
         parser.add_argument("--pems-url", required=True, help="PEMS base URL, e.g. https://eam.example.com")
-        parser.add_argument("--tenant", required=True)
-        parser.add_argument("--username", default="")
+        parser.add_argument("--tenant", required=True, help="PEMS tenant, e.g. ACME_PRD")
+        parser.add_argument("--username", default="", help="PEMS user (required with --auth basic)")
         parser.add_argument(
             "--password-env",
             required=True,
             metavar="VAR",
             help="environment variable holding the password (or API key)",
         )
-        parser.add_argument("--auth", choices=ApiConfiguration.AuthType.values, default="basic")
-        parser.add_argument("--endpoint", choices=ApiConfiguration.Endpoint.values, default="grids")
+        parser.add_argument(
+            "--auth",
+            choices=ApiConfiguration.AuthType.values,
+            default="basic",
+            help="how to sign in to PEMS: a username and password, or an API key (default: basic)",
+        )
+        parser.add_argument(
+            "--endpoint",
+            choices=ApiConfiguration.Endpoint.values,
+            default="grids",
+            help="the grid endpoint: grids (current tenants, the default) or griddata (older ones)",
+        )
         parser.add_argument(
             "--timezone",
             required=True,
             metavar="ZONE",
             help="the tenant's IANA time zone, e.g. America/Chicago (PEMS times carry no offset)",
         )
-        parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE)
+        parser.add_argument(
+            "--page-size", type=int, default=DEFAULT_PAGE_SIZE, help=f"rows per PEMS page (default {DEFAULT_PAGE_SIZE})"
+        )
         parser.add_argument("--pems-org", default="", help="PEMS organization code if it differs from CODE")
 
     def handle(self, *args, **options):

@@ -27,12 +27,20 @@ class Command(BaseCommand):
     help = "Run a PEMS simulator (grid, count and record endpoints plus /_sim/ controls) for demos and benchmarks."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, default=8900)
+        parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+        parser.add_argument(
+            "--port", type=int, default=8900, help="port to listen on; 0 picks a free one (default 8900)"
+        )
         parser.add_argument("--orgs", default="RIO=50000,HOU=20000", help="ORG=COUNT[,ORG=COUNT...]")
-        parser.add_argument("--seed", type=int, default=1)
-        parser.add_argument("--tenant", default=DEFAULT_TENANT)
-        parser.add_argument("--username", default=DEFAULT_USERNAME)
+        parser.add_argument(
+            "--seed", type=int, default=1, help="seed of the generated rows: the same seed, the same data"
+        )
+        parser.add_argument(
+            "--tenant", default=DEFAULT_TENANT, help=f"the tenant it accepts (default {DEFAULT_TENANT})"
+        )
+        parser.add_argument(
+            "--username", default=DEFAULT_USERNAME, help=f"the user it accepts (default {DEFAULT_USERNAME})"
+        )
         parser.add_argument(
             "--password-env",
             default="PEMS_SIMULATOR_PASSWORD",
@@ -43,8 +51,17 @@ class Command(BaseCommand):
             default="PEMS_SIMULATOR_API_KEY",
             help="environment variable holding the API key (default key if unset)",
         )
-        parser.add_argument("--row-cap", type=int, default=10000)
-        parser.add_argument("--time-zone", default=DEFAULT_TIME_ZONE)
+        parser.add_argument(
+            "--row-cap",
+            type=int,
+            default=10000,
+            help="most rows a grid page answers, whatever is asked (default 10000)",
+        )
+        parser.add_argument(
+            "--time-zone",
+            default=DEFAULT_TIME_ZONE,
+            help=f"the tenant's IANA time zone; PEMS's times are local to it, without offset (default {DEFAULT_TIME_ZONE})",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

@@ -23,7 +23,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--url", default="http://localhost:8000", help="base URL of the server")
-        parser.add_argument("--username", required=True)
+        parser.add_argument("--username", required=True, help="API user (password: PFASYNC_SMOKE_PASSWORD or a prompt)")
         parser.add_argument(
             "--org", metavar="CODE", help="organization to sync (default: RIO if visible, else the first)"
         )
