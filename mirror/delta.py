@@ -5,6 +5,9 @@ committed modification is shared and waits to be written to PEMS. `pfa_overlay` 
 record with open modifications, the mirror's row with the committed changes applied in commit
 order (the row every reader sees) and one row per draft (what its author sees). Every change of a
 modification or of a mirror row calls `overlay_refresh` for its keys, in the same transaction.
+Every change of a modification's state is a transition `PfaModification.TRANSITIONS` allows, made
+by `PfaModification.transition` (one) or `PfaModificationQuerySet.transition` (many): a checked
+compare-and-set, so an act never applies to a modification someone else moved first.
 """
 
 import logging
