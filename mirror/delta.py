@@ -5,6 +5,9 @@ committed modification is shared and waits to be written to PEMS. `pfa_overlay` 
 record with open modifications, the mirror's row with the committed changes applied in commit
 order (the row every reader sees) and one row per draft (what its author sees). Every change of a
 modification or of a mirror row calls `overlay_refresh` for its keys, in the same transaction.
+Every change of a modification's state is a transition `PfaModification.TRANSITIONS` allows, made
+by `PfaModification.transition` (one) or `PfaModificationQuerySet.transition` (many): a checked
+compare-and-set, so an act never applies to a modification someone else moved first.
 """
 
 import logging
@@ -20,7 +23,14 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from mirror.materialized import views_refresh_request
-from mirror.models import EDITABLE_FIELDS, Organization, PfaMirror, PfaModification, PfaOverlay
+from mirror.models import (
+    EDITABLE_FIELDS,
+    ModificationStateChanged,
+    Organization,
+    PfaMirror,
+    PfaModification,
+    PfaOverlay,
+)
 from mirror.records import FIELD_ALIASES
 from mirror.save_rules import places_problem, save_problems, text_kept, value_kept
 
@@ -181,9 +191,12 @@ def draft_save(
         _check_save(typed, after)
         if change_reason is not None:
             draft.change_reason = change_reason
-        if not draft.changes:  # every field set back: nothing is left to commit
-            draft.state, draft.finished_at = State.DISCARDED, timezone.now()
-        if draft.pk or draft.changes:
+        content = {"changes": draft.changes, "base_values": draft.base_values, "change_reason": draft.change_reason}
+        if draft.pk and not draft.changes:  # every field set back: nothing is left to commit
+            draft.transition(from_states=[State.DRAFT], to_state=State.DISCARDED, **content)
+        elif draft.pk:  # still a draft, locked above: only its content changes
+            draft.save(update_fields=[*content, "updated_at"])
+        elif draft.changes:
             draft.save()
         overlay_refresh(organization_id=organization.pk, pfa_ids=[pfa_id])
     return draft
@@ -227,13 +240,13 @@ def _check_save(changed: dict[str, Any], after: dict[str, Any]) -> None:
 def drafts_commit(*, organization: Organization, user, pfa_ids: Sequence[str] | None = None) -> int:
     """Commit `user`'s drafts in the organization (those of `pfa_ids`, or all): they become shared
     and wait to be written, in commit order. Returns how many were committed."""
-    return _drafts_end(organization, user, pfa_ids, state=State.COMMITTED, committed_at=timezone.now())
+    return _drafts_end(organization, user, pfa_ids, to_state=State.COMMITTED, committed_at=timezone.now())
 
 
 def drafts_discard(*, organization: Organization, user, pfa_ids: Sequence[str] | None = None) -> int:
     """Discard `user`'s drafts in the organization (those of `pfa_ids`, or all); the rows stay,
     `discarded`. Returns how many were discarded."""
-    return _drafts_end(organization, user, pfa_ids, state=State.DISCARDED, finished_at=timezone.now())
+    return _drafts_end(organization, user, pfa_ids, to_state=State.DISCARDED)
 
 
 def draft_discard(*, organization: Organization, user, pfa_id: str) -> None:
@@ -242,7 +255,9 @@ def draft_discard(*, organization: Organization, user, pfa_id: str) -> None:
         raise NoDraft(f"You have no draft of PFA {pfa_id}.")
 
 
-def _drafts_end(organization: Organization, user, pfa_ids: Sequence[str] | None, **changes: Any) -> int:
+def _drafts_end(
+    organization: Organization, user, pfa_ids: Sequence[str] | None, *, to_state: str, **fields: Any
+) -> int:
     drafts = PfaModification.objects.filter(organization=organization, author=user, state=State.DRAFT)
     with transaction.atomic():
         keys: list[str] = []
@@ -253,10 +268,13 @@ def _drafts_end(organization: Organization, user, pfa_ids: Sequence[str] | None,
                 keys += drafts.filter(pfa_id__in=pfa_ids[start : start + _CHUNK]).values_list("pfa_id", flat=True)
         ended = 0
         for start in range(0, len(keys), _CHUNK):
-            # Conditional on the state: a draft ended meanwhile by a deletion is not revived.
-            ended += drafts.filter(pfa_id__in=keys[start : start + _CHUNK]).update(**changes)
+            # Conditional on the state: a draft ended meanwhile (committed elsewhere, failed by a
+            # purge) is neither counted nor revived.
+            ended += drafts.filter(pfa_id__in=keys[start : start + _CHUNK]).transition(
+                from_states=[State.DRAFT], to_state=to_state, **fields
+            )
         overlay_refresh(organization_id=organization.pk, pfa_ids=keys)
-        if ended and changes["state"] == State.COMMITTED:
+        if ended and to_state == State.COMMITTED:
             views_refresh_request()
             write_soon(organization, user)
     return ended
@@ -308,10 +326,7 @@ def modifications_fail_purged(*, organization_id: UUID, purged: dict[str, dateti
     when a read found the record gone), saying so. Runs in the transaction that deletes the
     records' rows, after the delete: a commit of one of them that ran meanwhile has ended, and is
     failed too. Returns how many ended."""
-    now = timezone.now()
-    held = PfaModification.objects.filter(
-        organization_id=organization_id, state__in=[*PfaModification.OPEN_STATES, State.CONFLICT]
-    )
+    modifications = PfaModification.objects.filter(organization_id=organization_id)
     failed = 0
     by_moment: dict[datetime, list[str]] = defaultdict(list)
     for pfa_id, deleted_at in purged.items():
@@ -322,8 +337,8 @@ def modifications_fail_purged(*, organization_id: UUID, purged: dict[str, dateti
             "and did not come back before it was purged."
         )
         for start in range(0, len(keys), _CHUNK):
-            failed += held.filter(pfa_id__in=keys[start : start + _CHUNK]).update(
-                state=State.FAILED, error_message=message, finished_at=now, updated_at=now
+            failed += modifications.filter(pfa_id__in=keys[start : start + _CHUNK]).transition(
+                from_states=PfaModification.UNFINISHED_STATES, to_state=State.FAILED, error_message=message
             )
     if failed:
         logger.info("%d held modifications failed: their records were purged", failed)
@@ -335,22 +350,25 @@ def modifications_fail_purged(*, organization_id: UUID, purged: dict[str, dateti
 
 def modification_writing(modification: PfaModification) -> bool:
     """Take a committed modification (or one a dead worker left `writing`) to `writing`; False if
-    it left the shared states meanwhile (a conflict resolved) or is held (its record was marked
-    deleted since the run listed it)."""
-    taken = (
-        PfaModification.objects.filter(pk=modification.pk)
-        .to_write()
-        .update(state=State.WRITING, updated_at=timezone.now())
-    )
-    modification.state = State.WRITING
-    return bool(taken)
+    it left the shared states meanwhile (failed by a purge) or is held (its record was marked
+    deleted since the run listed it), and then it is left as it is, in memory too."""
+    try:
+        modification.transition(
+            from_states=PfaModification.SHARED_STATES, to_state=State.WRITING, among=PfaModification.objects.to_write()
+        )
+    except ModificationStateChanged:
+        return False
+    return True
 
 
-def modification_requeue(modification: PfaModification) -> None:
-    """PEMS could not be reached: the modification waits, committed, for the next write run."""
-    PfaModification.objects.filter(pk=modification.pk, state=State.WRITING).update(
-        state=State.COMMITTED, updated_at=timezone.now()
-    )
+def modification_requeue(modification: PfaModification) -> bool:
+    """PEMS could not be reached: the modification waits, committed, for the next write run. False
+    if it is no longer `writing` (failed by a purge meanwhile): it stays as it is."""
+    try:
+        modification.transition(from_states=[State.WRITING], to_state=State.COMMITTED)
+    except ModificationStateChanged:
+        return False
+    return True
 
 
 def modification_written(
@@ -373,12 +391,10 @@ def modification_failed(modification: PfaModification, *, message: str) -> None:
     _end_writing(modification, State.FAILED, error_message=message)
 
 
-def _end_writing(modification: PfaModification, state: str, **changes: Any) -> None:
-    now = timezone.now()
-    PfaModification.objects.filter(pk=modification.pk).update(state=state, finished_at=now, updated_at=now, **changes)
-    modification.state = state
-    for name, value in changes.items():
-        setattr(modification, name, value)
+def _end_writing(modification: PfaModification, state: str, **fields: Any) -> None:
+    """The outcome of the modification's PATCH; ModificationStateChanged (nothing recorded) if it is
+    no longer `writing`: a purge failed it while the PATCH was under way."""
+    modification.transition(from_states=[State.WRITING], to_state=state, **fields)
     overlay_refresh(organization_id=modification.organization_id, pfa_ids=[modification.pfa_id])
 
 
@@ -423,9 +439,9 @@ def conflict_resolve(
         changes.update(changes_parse(values))  # the given fields; mine for the others
     who = user.get_username() if user else "someone"
     with transaction.atomic():
-        if not PfaModification.objects.select_for_update().filter(pk=modification.pk, state=State.CONFLICT).exists():
-            raise NotInConflict(f"Modification {modification.pk} is not in conflict (any more).")
         modification.refresh_from_db()
+        if modification.state != State.CONFLICT:
+            raise NotInConflict(f"Modification {modification.pk} is not in conflict (any more).")
         record = PfaMirror.objects.filter(
             organization_id=modification.organization_id, pfa_id=modification.pfa_id, deleted_at__isnull=True
         ).first()
@@ -439,18 +455,27 @@ def conflict_resolve(
         }
         if changes and resolution != Resolution.TAKE_PEMS:
             _check_save(changes, {**_values_of(record), **shared, **changes})
-        now = timezone.now()
-        if resolution == Resolution.TAKE_PEMS or not changes:
-            modification.state, modification.finished_at = State.DISCARDED, now
-            modification.error_message = f"Conflict resolved by {who}: PEMS's values kept."
-        else:
-            modification.state, modification.committed_at, modification.finished_at = State.COMMITTED, now, None
-            # As PEMS will keep them (a change stored before the save rules were checked may differ).
-            modification.changes = {name: value_to_json(name, value_kept(value)) for name, value in changes.items()}
-            modification.base_values = {name: value_to_json(name, getattr(record, name)) for name in changes}
-            modification.base_version, modification.base_record_id = record.version, record.pems_record_id
-            modification.error_message = f"Conflict resolved by {who} ({resolution}); committed again."
-        modification.save()
+        try:
+            if resolution == Resolution.TAKE_PEMS or not changes:
+                modification.transition(
+                    from_states=[State.CONFLICT],
+                    to_state=State.DISCARDED,
+                    error_message=f"Conflict resolved by {who}: PEMS's values kept.",
+                )
+            else:
+                modification.transition(
+                    from_states=[State.CONFLICT],
+                    to_state=State.COMMITTED,
+                    committed_at=timezone.now(),
+                    # As PEMS will keep them (a change stored before the save rules were checked may differ).
+                    changes={name: value_to_json(name, value_kept(value)) for name, value in changes.items()},
+                    base_values={name: value_to_json(name, getattr(record, name)) for name in changes},
+                    base_version=record.version,
+                    base_record_id=record.pems_record_id,
+                    error_message=f"Conflict resolved by {who} ({resolution}); committed again.",
+                )
+        except ModificationStateChanged:  # another planner (or a purge) was first
+            raise NotInConflict(f"Modification {modification.pk} is not in conflict (any more).") from None
         overlay_refresh(organization_id=modification.organization_id, pfa_ids=[modification.pfa_id])
         if modification.state == State.COMMITTED:
             views_refresh_request()

@@ -420,7 +420,7 @@ def edit_counts_by_organization() -> dict[UUID, EditCounts]:
         "conflicts": Q(state=PfaModification.State.CONFLICT),
     }
     rows = (
-        PfaModification.objects.filter(state__in=[*PfaModification.OPEN_STATES, PfaModification.State.CONFLICT])
+        PfaModification.objects.filter(state__in=PfaModification.UNFINISHED_STATES)
         .values("organization_id")
         .annotate(**{name: Count("pk", filter=condition) for name, condition in states.items()})
         .order_by()

@@ -27,7 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from mirror import delta
-from mirror.models import Organization, PfaMirror, PfaModification
+from mirror.models import ModificationStateChanged, Organization, PfaMirror, PfaModification
 from mirror.pems import PemsClient, PemsError, PemsNotFound, PemsRecordConflict, PemsRequestError
 from mirror.records import FIELD_ALIASES, PfaRowError, grid_text, parse_pfa_row
 from mirror.save_rules import value_kept
@@ -183,7 +183,7 @@ def _write_one(sync_log: PfaSyncLog, client: PemsClient, modification: PfaModifi
     except PemsRequestError as error:  # PEMS refused the value: never retried
         _record(sync_log, modification, None, pems, failed=f"PEMS refused the change: {error.message}")
     except PemsError as error:  # unavailable, credentials refused, an answer not understood: not this edit's fault
-        delta.modification_requeue(modification)
+        delta.modification_requeue(modification)  # False when a purge failed it meanwhile: then it stays failed
         raise _PemsGone() from error
 
 
@@ -236,19 +236,25 @@ def _typed(row: dict[str, str], pems):
 def _record(sync_log, modification, row, pems, *, written=None, rebased=False, conflict=None, failed="") -> None:
     """The outcome of one modification, the mirror row as PEMS has it now, and the run's count:
     all or nothing, and only while the run is still this worker's. `written`: the changes PEMS
-    holds (field name -> JSON value), when it is written."""
-    with transaction.atomic():
-        record = _typed(row, pems) if row else None
-        if record is not None:
-            pfa_record_replace(organization_id=modification.organization_id, record=record, synced_at=timezone.now())
-        if written is not None:
-            delta.modification_written(
-                modification, record_id=record.pems_record_id if record else None, changes=written
-            )
-            sync_log.add_write(written=1, rebased=int(rebased))
-        elif conflict:
-            delta.modification_conflicted(modification, fields=conflict)
-            sync_log.add_write(conflicts=1)
-        else:
-            delta.modification_failed(modification, message=failed)
-            sync_log.add_write(errored=1)
+    holds (field name -> JSON value), when it is written. A modification no longer `writing` (a
+    purge failed it during the PATCH) keeps the state it has: nothing of its outcome is recorded."""
+    try:
+        with transaction.atomic():
+            record = _typed(row, pems) if row else None
+            if record is not None:
+                pfa_record_replace(
+                    organization_id=modification.organization_id, record=record, synced_at=timezone.now()
+                )
+            if written is not None:
+                delta.modification_written(
+                    modification, record_id=record.pems_record_id if record else None, changes=written
+                )
+                sync_log.add_write(written=1, rebased=int(rebased))
+            elif conflict:
+                delta.modification_conflicted(modification, fields=conflict)
+                sync_log.add_write(conflicts=1)
+            else:
+                delta.modification_failed(modification, message=failed)
+                sync_log.add_write(errored=1)
+    except ModificationStateChanged as error:
+        logger.warning("Write %s: %s", sync_log.pk, error)
