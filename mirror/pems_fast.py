@@ -36,6 +36,8 @@ from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar
 
 import msgspec
 
+from mirror.records import row_with_repeated_columns
+
 
 class DecodedPage(NamedTuple):
     """A grid data page: its rows (alias -> value), the session id, and the cursor fields as PEMS
@@ -232,4 +234,10 @@ def _page(answer: _GridPageAnswer) -> DecodedPage:
 
 
 def _rows(entries: list[Any] | None) -> list[dict[str, str]]:
-    return [{cell.name: cell.value for cell in entry.cells} for entry in entries or ()]
+    rows = [{cell.name: cell.value for cell in entry.cells} for entry in entries or ()]
+    if rows and list(map(len, rows)) != [len(entry.cells) for entry in entries]:
+        # Some row names a column twice: the general path's rows, so that the row is set aside.
+        for index, entry in enumerate(entries):
+            if len(rows[index]) < len(entry.cells):
+                rows[index] = row_with_repeated_columns([(cell.name, cell.value) for cell in entry.cells])
+    return rows

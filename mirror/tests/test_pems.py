@@ -28,7 +28,7 @@ from mirror.pems import (
     organization_filter,
 )
 from mirror.pems_fast import PageDecoder
-from mirror.records import parse_pfa_row
+from mirror.records import REPEATED_COLUMNS, parse_pfa_row
 from mirror.simulator import (
     DEFAULT_API_KEY,
     DEFAULT_PASSWORD,
@@ -722,7 +722,13 @@ def with_extra_key(answer: dict, *where: str) -> dict:
         # plain pages, odd only in ways the typed path knows
         (a_answer([a_row(("pfs_id", "A"))]), "typed", [{"pfs_id": "A"}], 5),
         (a_answer([a_row(("pfs_id", ODD_VALUES), ("é", "ü"))]), "typed", [{"pfs_id": ODD_VALUES, "é": "ü"}], 5),
-        (a_answer([a_row(("pfs_id", "A"), ("pfs_id", "B"))]), "typed", [{"pfs_id": "B"}], 5),
+        # a column named twice: the last value, and the mark that sets the row aside
+        (a_answer([a_row(("pfs_id", "A"), ("pfs_id", "B"))]), "typed",
+         [{"pfs_id": "B", REPEATED_COLUMNS: "'pfs_id': 'A', 'B'"}], 5),
+        (b_answer([b_row(("pfs_id", "A"), ("x", "1"), ("pfs_id", "B"))]), "typed",
+         [{"pfs_id": "B", "x": "1", REPEATED_COLUMNS: "'pfs_id': 'A', 'B'"}], 5),
+        (a_answer([a_row(("pfs_id", "A"), ("pfs_id", "B"), ("pfs_recordid", 7))]), "generic",
+         [{"pfs_id": "B", "pfs_recordid": "7", REPEATED_COLUMNS: "'pfs_id': 'A', 'B'"}], 5),
         (a_answer([a_row(("pfs_id", "A"))], next_cursor=5), "typed", [{"pfs_id": "A"}], 5),
         (a_answer([a_row(("pfs_id", "A"))], next_cursor="1,001"), "typed", [{"pfs_id": "A"}], 1001),
         (a_answer([a_row(("pfs_id", "A"))], next_cursor=None), "typed", [{"pfs_id": "A"}], None),
