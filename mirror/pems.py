@@ -512,7 +512,9 @@ class PemsClient:
         them, among the rows after that key.
         """
         last_key: str | None = None
-        unseen_rows: list[dict[str, str]] = []  # rows without a visible key read after `last_key`
+        # Rows without a visible key read after `last_key`, while the pages start at the first row
+        # after it (cursor 1); past them, `cursor` - 1 is how many there are.
+        unseen_rows: list[dict[str, str]] = []
         cursor = 1
         number = 0
         decoder = PageDecoder()
@@ -522,7 +524,7 @@ class PemsClient:
             number += 1
             rows, more, server_date = self._grid_page(body, decoder, number)
             keys = _visible_keys(rows)
-            if unseen_rows and cursor == 1 and (repeated := _read_already(rows, keys, unseen_rows)):
+            if unseen_rows and (repeated := _read_already(rows, keys, unseen_rows)):
                 rows, keys = rows[repeated:], keys[repeated:]
             page = GridPage(
                 number,
@@ -532,19 +534,20 @@ class PemsClient:
                 more=more,
                 server_date=server_date,
             )
-            if unseen_rows or not all(keys):
+            hidden_before = bool(unseen_rows) or cursor > 1
+            if hidden_before or not all(keys):
                 page.hidden_key_ranges = _hidden_key_ranges(
-                    keys, last_key, hidden_before=bool(unseen_rows), at_end=not more
+                    keys, last_key, hidden_before=hidden_before, at_end=not more
                 )
-                if page.last_key != last_key:
+                if page.last_key != last_key:  # the next page starts after this one's last visible key
                     visible = max(index for index, key in enumerate(keys) if key)
                     unseen_rows, cursor = rows[visible + 1 :], 1
-                elif cursor > 1 or rows:
-                    cursor = cursor + len(rows) if cursor > 1 else cursor
+                elif cursor > 1:
+                    cursor += len(rows)
+                elif rows:
                     unseen_rows = unseen_rows + rows
-                else:
-                    # The page held only rows read already: the next starts past them.
-                    cursor = 1 + len(unseen_rows)
+                else:  # the page held only rows read already: the next starts past them
+                    unseen_rows, cursor = [], 1 + len(unseen_rows)
             del rows
             if page.rows or number == 1 or page.hidden_key_ranges:
                 yield page
