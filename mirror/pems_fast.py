@@ -31,6 +31,7 @@ This module knows nothing of HTTP or of errors: what a cursor value means is `mi
 
 from __future__ import annotations
 
+from operator import attrgetter
 from sys import intern
 from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar
 
@@ -233,9 +234,12 @@ def _page(answer: _GridPageAnswer) -> DecodedPage:
     )
 
 
+_cells = attrgetter("cells")
+
+
 def _rows(entries: list[Any] | None) -> list[dict[str, str]]:
     rows = [{cell.name: cell.value for cell in entry.cells} for entry in entries or ()]
-    if rows and list(map(len, rows)) != [len(entry.cells) for entry in entries]:
+    if rows and list(map(len, rows)) != list(map(len, map(_cells, entries))):
         # Some row names a column twice: the general path's rows, so that the row is set aside.
         for index, entry in enumerate(entries):
             if len(rows[index]) < len(entry.cells):
