@@ -375,8 +375,9 @@ class IncompleteRead(PemsError):
 def _check_complete(sync_log: PfaSyncLog, held_now: int) -> None:
     """Raise IncompleteRead unless the read saw at least as many rows as PEMS holds now.
 
-    Keys come in strictly ascending order (the client checks), so every row read is a distinct
-    record, stored or kept aside. Rows deleted during the read make PEMS hold fewer; a row the
+    Keys come in strictly ascending order (the client checks), and a row without a visible key is
+    read once (the client drops it where the next page brings it again), so every row read is a
+    distinct record, stored or kept aside, as PEMS counts them. Rows deleted during the read make PEMS hold fewer; a row the
     read missed, however it was missed, makes it hold more.
     """
     if sync_log.records_processed < held_now:
