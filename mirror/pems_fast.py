@@ -26,6 +26,9 @@ one string object of its name and type, where the general decode makes two new s
 and frees them again. A page with a name or type it has not met fails that decode and is decoded
 with plain strings, which also teaches the decoder the new ones, so a column never goes missing.
 
+A row that names a column twice comes out as the general path makes it
+(`mirror.records.row_with_repeated_columns`), so that the parser sets it aside either way.
+
 This module knows nothing of HTTP or of errors: what a cursor value means is `mirror.pems`'s call.
 """
 
