@@ -12,6 +12,7 @@ This module does not touch the database or Django settings; callers build a `Pem
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ProtocolError
 
 from mirror.pems_fast import DecodedPage, PageDecoder
+from mirror.records import row_with_repeated_columns
 from mirror.secrets import secret_register, secrets_scrub
 
 logger = logging.getLogger("mirror.pems")
@@ -219,7 +221,11 @@ class GridFilter:
 @dataclass
 class GridPage:
     """One page of grid rows, the keys after `after` up to `last_key` (None: the start of the grid);
-    `more` says whether PEMS has rows after it."""
+    `more` says whether PEMS has rows after it.
+
+    `hidden_key_ranges` are the key ranges (low, high), both exclusive, None for no bound, in which
+    this page or one before it read a row whose key the client cannot see (see `_visible_keys`):
+    PEMS holds some key there that the page does not show."""
 
     number: int
     rows: list[dict[str, str]]
@@ -227,15 +233,39 @@ class GridPage:
     last_key: str | None
     more: bool
     server_date: datetime | None
+    hidden_key_ranges: list[tuple[str | None, str | None]] = field(default_factory=list)
 
 
-def _last_key(rows: list[dict[str, str]], after: str | None, number: int) -> str | None:
-    """The page's last key, checking that each key is greater than the one before (from `after`).
+# A damaged record can reach the wire with `pfs_id` blank, yet PEMS sorts and filters it under the
+# key it holds for it (docs/pems-api.md, section 2); a key that is not valid Unicode text cannot be
+# sent back as a filter either. Such a row sits in the key order where the client cannot see, so it
+# is not a key of the order nor a bound of the next page: the next page, asked for the keys after
+# the last visible one, starts with it again, and is read past it (see `iter_pages`).
 
-    Rows without a key (kept aside by the parser) are not in the key order and are skipped.
-    """
+
+def _visible_keys(rows: list[dict[str, str]]) -> list[str]:
+    """Each row's key as the client can page by it; "" for a row whose key it cannot see."""
+    keys = [row.get("pfs_id") or "" for row in rows]
+    try:
+        "".join(keys).encode()
+    except UnicodeEncodeError:  # some key is not valid text (a lone surrogate): hidden
+        keys = [key if _is_text(key) else "" for key in keys]
+    return keys
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _last_key(keys: list[str], after: str | None, number: int) -> str | None:
+    """The page's last visible key (`after` if it has none), checking that each key is greater than
+    the one before (from `after`). Rows without a visible key are not in the visible order."""
     last = after
-    for key in map(_row_key, rows):
+    for key in keys:
         if not key:
             continue
         if last is not None and key <= last:
@@ -247,8 +277,42 @@ def _last_key(rows: list[dict[str, str]], after: str | None, number: int) -> str
     return last
 
 
-def _row_key(row: dict[str, str]) -> str:
-    return row.get("pfs_id") or ""
+def _hidden_key_ranges(
+    keys: list[str], after: str | None, *, hidden_before: bool, at_end: bool
+) -> list[tuple[str | None, str | None]]:
+    """The key ranges of a page (its visible `keys`, after `after`) that hold a row without a visible
+    key; `hidden_before`: such rows were read after `after` already; `at_end`: the grid ends here."""
+    ranges = []
+    low, hidden = after, hidden_before
+    for key in keys:
+        if not key:
+            hidden = True
+            continue
+        if hidden:
+            ranges.append((low, key))
+        low, hidden = key, False
+    if hidden and at_end:
+        ranges.append((low, None))
+    return ranges
+
+
+def _read_already(rows: list[dict[str, str]], keys: list[str], unseen_rows: list[dict[str, str]]) -> int:
+    """How many of the first `rows` (without a visible key) are among `unseen_rows`, the rows
+    without one read after the same bound: a page asked for the keys after the last visible one
+    starts with those again."""
+    left = collections.Counter(_row_identity(row) for row in unseen_rows)
+    count = 0
+    for row, key in zip(rows, keys, strict=True):
+        identity = _row_identity(row)
+        if key or not left[identity]:
+            break
+        left[identity] -= 1
+        count += 1
+    return count
+
+
+def _row_identity(row: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(row.items()))
 
 
 def organization_filter(org_code: str) -> GridFilter:
@@ -441,25 +505,51 @@ class PemsClient:
         are not each greater than the one before is a PEMS error, and so is an empty page while
         PEMS says more rows follow (retried first, like a failed call). The first page is always
         yielded, even when empty, so the caller learns the server's clock.
+
+        Rows without a visible key after the last key (see `_visible_keys`) come again at the start
+        of the next page and are dropped there, so each row is yielded once. Only when a whole page
+        holds nothing but such rows read already does the next call ask for a position, just past
+        them, among the rows after that key.
         """
         last_key: str | None = None
+        # Rows without a visible key read after `last_key`, while the pages start at the first row
+        # after it (cursor 1); past them, `cursor` - 1 is how many there are.
+        unseen_rows: list[dict[str, str]] = []
+        cursor = 1
         number = 0
         decoder = PageDecoder()
         while True:
             bound = [GridFilter("pfs_id", ">", last_key)] if last_key is not None else []
-            body = self._grid_body("LIST.DATA_ONLY.STORED", [*filters, *bound], sort=("pfs_id", "ASC"))
+            body = self._grid_body("LIST.DATA_ONLY.STORED", [*filters, *bound], sort=("pfs_id", "ASC"), cursor=cursor)
             number += 1
             rows, more, server_date = self._grid_page(body, decoder, number)
+            keys = _visible_keys(rows)
+            if unseen_rows and (repeated := _read_already(rows, keys, unseen_rows)):
+                rows, keys = rows[repeated:], keys[repeated:]
             page = GridPage(
                 number,
                 rows,
                 after=last_key,
-                last_key=_last_key(rows, last_key, number),
+                last_key=_last_key(keys, last_key, number),
                 more=more,
                 server_date=server_date,
             )
+            hidden_before = bool(unseen_rows) or cursor > 1
+            if hidden_before or not all(keys):
+                page.hidden_key_ranges = _hidden_key_ranges(
+                    keys, last_key, hidden_before=hidden_before, at_end=not more
+                )
+                if page.last_key != last_key:  # the next page starts after this one's last visible key
+                    visible = max(index for index, key in enumerate(keys) if key)
+                    unseen_rows, cursor = rows[visible + 1 :], 1
+                elif cursor > 1:
+                    cursor += len(rows)
+                elif rows:
+                    unseen_rows = unseen_rows + rows
+                else:  # the page held only rows read already: the next starts past them
+                    unseen_rows, cursor = [], 1 + len(unseen_rows)
             del rows
-            if page.rows or number == 1:
+            if page.rows or number == 1 or page.hidden_key_ranges:
                 yield page
             if not page.more:
                 return
@@ -523,15 +613,21 @@ class PemsClient:
         return f"pfa/{quote(pfa_id, safe='')}%23{quote(org, safe='')}"
 
     def _grid_body(
-        self, request_type: str, filters: Sequence[GridFilter], *, sort: tuple[str, str] | None = None
+        self,
+        request_type: str,
+        filters: Sequence[GridFilter],
+        *,
+        sort: tuple[str, str] | None = None,
+        cursor: int = 1,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "GRID": {
                 "GRID_NAME": self.settings.grid_name,
                 "GRID_ID": self.settings.grid_id,
                 "NUMBER_OF_ROWS_FIRST_RETURNED": self.settings.page_size,
-                # Always the first rows: a read pages by key (`pfs_id >` the last one read).
-                "CURSOR_POSITION": 1,
+                # The first rows but past rows without a visible key (see `iter_pages`): a read
+                # pages by key (`pfs_id >` the last one read).
+                "CURSOR_POSITION": cursor,
             },
             "GRID_TYPE": {"TYPE": "LIST"},
             "REQUEST_TYPE": request_type,
@@ -956,7 +1052,10 @@ def _cell_rows(entries: list, cells_key: str, name_key: str, value_key: str, wha
         cells = _as_list(entry.get(cells_key))
         if not all(isinstance(cell, dict) for cell in cells):
             raise PemsProtocolError(f"a {what} cell is not an object")
-        rows.append({_text(cell.get(name_key)): _text(cell.get(value_key)) for cell in cells})
+        row = {_text(cell.get(name_key)): _text(cell.get(value_key)) for cell in cells}
+        if len(row) < len(cells):
+            row = row_with_repeated_columns([(_text(cell.get(name_key)), _text(cell.get(value_key))) for cell in cells])
+        rows.append(row)
     return rows
 
 

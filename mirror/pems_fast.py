@@ -26,15 +26,21 @@ one string object of its name and type, where the general decode makes two new s
 and frees them again. A page with a name or type it has not met fails that decode and is decoded
 with plain strings, which also teaches the decoder the new ones, so a column never goes missing.
 
+A row that names a column twice comes out as the general path makes it
+(`mirror.records.row_with_repeated_columns`), so that the parser sets it aside either way.
+
 This module knows nothing of HTTP or of errors: what a cursor value means is `mirror.pems`'s call.
 """
 
 from __future__ import annotations
 
+from operator import attrgetter
 from sys import intern
 from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar
 
 import msgspec
+
+from mirror.records import row_with_repeated_columns
 
 
 class DecodedPage(NamedTuple):
@@ -231,5 +237,14 @@ def _page(answer: _GridPageAnswer) -> DecodedPage:
     )
 
 
+_cells = attrgetter("cells")
+
+
 def _rows(entries: list[Any] | None) -> list[dict[str, str]]:
-    return [{cell.name: cell.value for cell in entry.cells} for entry in entries or ()]
+    rows = [{cell.name: cell.value for cell in entry.cells} for entry in entries or ()]
+    if rows and list(map(len, rows)) != list(map(len, map(_cells, entries))):
+        # Some row names a column twice: the general path's rows, so that the row is set aside.
+        for index, entry in enumerate(entries):
+            if len(rows[index]) < len(entry.cells):
+                rows[index] = row_with_repeated_columns([(cell.name, cell.value) for cell in entry.cells])
+    return rows

@@ -146,6 +146,23 @@ def _without_nul(row: dict[str, str]) -> dict[str, str]:
     return {alias.replace("\x00", _NUL_SHOWN): value.replace("\x00", _NUL_SHOWN) for alias, value in row.items()}
 
 
+# A wire row that names a column twice has no one value for it: the readers of a PEMS answer
+# (`mirror.pems`, `mirror.pems_fast`) keep the last value and add this key, naming the repeated
+# columns and all their values, and the row is set aside. No JSON column name can be stored with a
+# NUL in it, so a row never carries this key unless a reader put it there.
+REPEATED_COLUMNS = "\x00repeated columns"
+
+
+def row_with_repeated_columns(cells: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The row of `cells` (name, value), in which some name appears more than once."""
+    row = dict(cells)
+    repeated = {name: [value for other, value in cells if other == name] for name in row}
+    row[REPEATED_COLUMNS] = "; ".join(
+        f"{name!r}: {', '.join(map(repr, values))}" for name, values in repeated.items() if len(values) > 1
+    )
+    return row
+
+
 def pfa_keys(rows: Sequence[dict[str, str]]) -> list[str]:
     """Each row's key (`pfs_id`) as the mirror stores it; "" for a row without one."""
     return [(row.get("pfs_id") or "").strip() for row in rows]
@@ -205,6 +222,12 @@ def parse_pfa_rows(
         if _JSON_NUL in text and (alias := _nul_column(rows[index])) is not None
     }
     for index, alias in with_nul.items():
+        if REPEATED_COLUMNS in rows[index]:  # this reason first: the row's other values may be wrong ones
+            reasons[index] = (
+                f"the answer names a column more than once in this row ({rows[index][REPEATED_COLUMNS]}), "
+                "so it holds no one value for it"
+            )
+            continue
         where = f"{alias!r} (a column name)" if "\x00" in alias else f"{alias}: {rows[index][alias]!r}"
         reasons.setdefault(index, f"{where} holds a NUL character, which the database cannot store")
     columns.append(canonical)
@@ -246,6 +269,7 @@ _TOO_MANY_PLACES = f"has more than {_DECIMAL_PLACES} decimal places"
 _TOO_MANY_DIGITS = f"has more than {_DECIMAL_WHOLE_DIGITS} digits before the point"
 _NOT_DATE = "is not a MM/DD/YYYY date"
 _NOT_DATETIME = "is not a MM/DD/YYYY HH:mm date and time"
+_NOT_IN_UTC_RANGE = "is a date and time too close to year 1 or 9999 to be converted to UTC"
 _NOT_FLAG = "is not a check box value (-1/0 or Y/N)"
 
 
@@ -320,7 +344,10 @@ def _wall_time_to_utc(text: str, time_zone: ZoneInfo) -> datetime:
         local = datetime(*parts, int(hour), int(minute), tzinfo=time_zone, fold=0)
     except ValueError:
         raise _Unreadable(_NOT_DATETIME) from None
-    return local.astimezone(UTC)
+    try:
+        return local.astimezone(UTC)
+    except OverflowError:  # the UTC reading falls outside years 1 to 9999
+        raise _Unreadable(_NOT_IN_UTC_RANGE) from None
 
 
 @cache  # one converter per time zone, so that the hours it has converted are kept for the next page

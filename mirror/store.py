@@ -103,7 +103,7 @@ def pfa_records_upsert(
 
 def pfa_content_hashes(*, organization_id: UUID, pfa_ids: Sequence[str]) -> dict[str, str]:
     """The stored content hash of those of `pfa_ids` the organization's mirror holds live."""
-    wanted = list(set(filter(None, pfa_ids)))
+    wanted = [key for key in set(pfa_ids) if key and "\x00" not in key]  # a NUL key is never stored
     hashes: dict[str, str] = {}
     records = PfaMirror.objects.live().filter(organization_id=organization_id)
     for start in range(0, len(wanted), 5000):  # SQLite binds a limited number of parameters
@@ -121,10 +121,10 @@ def pfa_key_range_hashes(*, organization_id: UUID, after: str | None, through: s
     conditions, params = ["organization_id = %s", "deleted_at IS NULL"], [organization_id]
     if after is not None:
         conditions.append("pfa_id > %s")
-        params.append(after)
+        params.append(_without_nul(after))
     if through is not None:
         conditions.append("pfa_id <= %s")
-        params.append(through)
+        params.append(_without_nul(through))
     if connection.vendor != "postgresql":
         params[0] = PfaMirror._meta.get_field("organization").get_db_prep_value(organization_id, connection)
     with connection.cursor() as cursor:
@@ -139,7 +139,7 @@ def pfa_live_count(*, organization_id: UUID, after: str | None = None) -> int:
     """How many live records the organization's mirror holds (with a key after `after`, if given)."""
     records = PfaMirror.objects.live().filter(organization_id=organization_id)
     if after is not None:
-        records = records.filter(pfa_id__gt=after)
+        records = records.filter(pfa_id__gt=_without_nul(after))
     return records.count()
 
 
@@ -159,6 +159,13 @@ def pfa_newest_modified(*, organization_id: UUID) -> datetime | None:
         .filter(organization_id=organization_id)
         .aggregate(Max("pems_last_modified"))["pems_last_modified__max"]
     )
+
+
+def _without_nul(key: str) -> str:
+    """A key bound the database can hold, for the keys it stores: PostgreSQL text holds no NUL, and
+    no stored key holds one (the parser sets such rows aside), and for such keys `k > key` and
+    `k <= key` hold exactly when they do against `key` cut at its first NUL (NUL sorts first)."""
+    return key.partition("\x00")[0]
 
 
 def _quoted(column: str) -> str:

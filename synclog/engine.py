@@ -188,7 +188,7 @@ def _sync_run(
     logger.info("Sync %s of %s started (%s)", sync_log.id, organization.code, sync_log.sync_type)
     kept_errors = 0
     server_started = None
-    last_key = None
+    last_key, hidden_at_end = None, False
     try:
         with _Heartbeat(sync_log) as heartbeat:
             filters = [organization_filter(pems.organization), *_incremental_filters(sync_log, pems)]
@@ -212,7 +212,7 @@ def _sync_run(
                         unchanged = len(page.rows) - len(changed)
                         parsed = parse_pfa_rows(changed, time_zone=pems.zone, organization_code=pems.organization)
                     server_started = server_started or page.server_date
-                    last_key = page.last_key
+                    last_key, hidden_at_end = page.last_key, page.hidden_at_end
                     with _page_transaction():
                         counts = pfa_records_upsert(
                             organization_id=organization.pk,
@@ -251,7 +251,8 @@ def _sync_run(
                         return sync_log
             if full:
                 _check_complete(sync_log, client.count([organization_filter(pems.organization)]))
-            if deletions is not None:
+            if deletions is not None and not hidden_at_end:
+                # (Past a row whose key PEMS does not show, the stored keys may be that one.)
                 deletions.add_after(last_key)
             heartbeat.check()
             with transaction.atomic():
@@ -376,8 +377,9 @@ class IncompleteRead(PemsError):
 def _check_complete(sync_log: PfaSyncLog, held_now: int) -> None:
     """Raise IncompleteRead unless the read saw at least as many rows as PEMS holds now.
 
-    Keys come in strictly ascending order (the client checks), so every row read is a distinct
-    record, stored or kept aside. Rows deleted during the read make PEMS hold fewer; a row the
+    Keys come in strictly ascending order (the client checks), and a row without a visible key is
+    read once (the client drops it where the next page brings it again), so every row read is a
+    distinct record, stored or kept aside, as PEMS counts them. Rows deleted during the read make PEMS hold fewer; a row the
     read missed, however it was missed, makes it hold more.
     """
     if sync_log.records_processed < held_now:
@@ -413,9 +415,14 @@ class _DeletedKeys:
     def held_back(self) -> bool:
         return self.limit is not None and self.count > self.limit
 
-    def add_page(self, stored: dict[str, str], page_keys: list[str]) -> None:
-        """Note the stored keys of a page's range that the page does not hold."""
+    def add_page(
+        self, stored: dict[str, str], page_keys: list[str], hidden_key_ranges: list[tuple[str | None, str | None]]
+    ) -> None:
+        """Note the stored keys of a page's range that the page does not hold, but for those in a
+        range where it read a row whose key PEMS does not show: that row may be one of them."""
         if gone := stored.keys() - set(page_keys):
+            for low, high in hidden_key_ranges:
+                gone = {key for key in gone if not ((low is None or key > low) and (high is None or key < high))}
             self._add(gone)
 
     def add_after(self, last_key: str | None) -> None:
@@ -476,13 +483,19 @@ class _PreparedPage:
     server_date: datetime | None
     after: str | None
     last_key: str | None
+    hidden_key_ranges: list[tuple[str | None, str | None]]
     parsed: ParsedRows | None = None
     keys: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
 
+    @property
+    def hidden_at_end(self) -> bool:
+        """Whether the page read a row whose key PEMS does not show after its last key, at the grid's end."""
+        return any(high is None for _, high in self.hidden_key_ranges)
+
 
 def _prepare_page(page: GridPage, *, time_zone: ZoneInfo, organization_code: str, type_rows: bool) -> _PreparedPage:
-    prepared = _PreparedPage(page.rows, page.server_date, page.after, page.last_key)
+    prepared = _PreparedPage(page.rows, page.server_date, page.after, page.last_key, page.hidden_key_ranges)
     if type_rows:
         prepared.parsed = parse_pfa_rows(page.rows, time_zone=time_zone, organization_code=organization_code)
     else:
@@ -506,7 +519,7 @@ def _changed_rows(
     else:
         stored = pfa_key_range_hashes(organization_id=organization.pk, after=page.after, through=page.last_key)
         if deletions is not None:
-            deletions.add_page(stored, page.keys)
+            deletions.add_page(stored, page.keys, page.hidden_key_ranges)
     return [
         raw for key, digest, raw in zip(page.keys, page.hashes, page.rows, strict=True) if stored.get(key) != digest
     ]

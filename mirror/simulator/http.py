@@ -386,7 +386,9 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, {"expired": sim.expire_sessions()}
         if route == ("POST", "corrupt", 1):
             kinds = payload.get("kinds") or CORRUPTION_KINDS
-            return 200, {"pfs_ids": sim.corrupt_rows(_need(payload, "org"), int(_need(payload, "count")), kinds)}
+            org, ids = _need(payload, "org"), payload.get("pfs_ids")
+            count = len(ids) if ids is not None else int(_need(payload, "count"))
+            return 200, {"pfs_ids": sim.corrupt_rows(org, count, kinds, pfa_ids=ids)}
         if route == ("POST", "touch", 1):
             touched = sim.touch_rows(
                 _need(payload, "org"), _need(payload, "fraction"), seed=int(payload.get("seed", 1))

@@ -74,7 +74,7 @@ FAULT_KINDS = frozenset({"status", "hang", "truncate", "non_json", "reset", "emp
 FAULT_TARGETS = frozenset({"any", "grid", "count", "record"})
 CORRUPTION_KINDS = ("bad_date", "bad_decimal", "missing_id", "bad_flag")
 # Opt-in: values that break a parser or a numeric column rather than one field's format.
-POISON_KINDS = ("huge_decimal", "huge_number", "lone_surrogate", "bad_utf8")
+POISON_KINDS = ("huge_decimal", "huge_number", "lone_surrogate", "bad_utf8", "hidden_id")
 HUGE_DECIMAL = "123456789012345678901234567.12345"
 HUGE_NUMBER = "9" * 5000
 SHAPES = frozenset({"A", "B"})
@@ -146,6 +146,9 @@ class _Org:
         # The keys of the rare rows JSON must escape, kept on every write so that
         # serving a page need not check its values.
         self.escape_keys: set[str] = {key for key, row in self.rows.items() if _needs_escape(row)}
+        # The keys of rows served with pfs_id blank, though sorted and filtered under their key
+        # (a damaged record, docs/pems-api.md section 2).
+        self.hidden_keys: set[str] = set()
         # Every storage key in the order of its row's stamp, beside the stamps: an index for
         # incremental reads. The keys written since it was built are in `restamped`, whatever
         # their stamp, and it is built again when they grow too many.
@@ -161,8 +164,12 @@ class _Org:
         return [rows[key] for key in self.sorted_keys]
 
     def escaped_rows(self) -> dict[tuple[str, ...], tuple[str, ...]]:
-        """The rows that need JSON escaping, each mapped to its escaped values."""
-        return {row: _json_escaped(row) for row in map(self.rows.__getitem__, self.escape_keys)}
+        """The rows that need JSON escaping, each mapped to its escaped values; a row with a
+        hidden key is served with pfs_id blank."""
+        escaped = {row: _json_escaped(row) for row in map(self.rows.__getitem__, self.escape_keys)}
+        for row in map(self.rows.__getitem__, self.hidden_keys):
+            escaped[row] = _json_escaped((*row[:ID], "", *row[ID + 1 :]))
+        return escaped
 
     def modified_since(self, bound: int, *, inclusive: bool) -> list[tuple[str, ...]]:
         """The rows whose ``pfs_lastmodified`` reads as a stamp at or after ``bound`` (after it, unless
@@ -219,6 +226,7 @@ class _Org:
         del self.rows[key]
         self._restamp(key)
         self.escape_keys.discard(key)
+        self.hidden_keys.discard(key)
         self.sorted_keys = None
 
 
@@ -396,7 +404,9 @@ class PemsSimulator:
             self._bump()
         return dict(zip(ALIASES, values))
 
-    def corrupt_rows(self, org: str, count: int, kinds: Iterable[str] = CORRUPTION_KINDS) -> list[str]:
+    def corrupt_rows(
+        self, org: str, count: int, kinds: Iterable[str] = CORRUPTION_KINDS, *, pfa_ids: Iterable[str] | None = None
+    ) -> list[str]:
         """Make ``count`` existing rows malformed (persistently), the kinds taken in turn; returns
         the pfs_ids they had. Each is saved as PEMS saves a row (recordid + 1, lastmodified now), so
         an incremental read meets it too.
@@ -405,8 +415,12 @@ class PemsSimulator:
         ``huge_decimal`` (the amount has more digits than a decimal(18,4) or a 28-digit Decimal
         context hold), ``huge_number`` (a 5000-digit recordid), ``lone_surrogate`` (pfs_f_model is
         served as a ``\\ud800`` escape before its text) and ``bad_utf8`` (pfs_f_manufacturer is
-        served with the bytes FF FE before its text). The last two are RawJsonValues: get_row and
+        served with the bytes FF FE before its text) and ``hidden_id`` (the row is served with
+        pfs_id blank, but sorted, filtered and counted under its key, as PEMS does; get_row and
+        rows() show the key). ``lone_surrogate`` and ``bad_utf8`` are RawJsonValues: get_row and
         rows() read them as U+FFFD followed by the text.
+
+        ``pfa_ids``, when given, are the rows damaged (``count`` is then their number).
         """
         kinds = tuple(kinds)
         known = CORRUPTION_KINDS + POISON_KINDS
@@ -415,6 +429,10 @@ class PemsSimulator:
         with self._lock:
             data = self._org(org)
             candidates = sorted(key for key in data.rows if not key.startswith("\x00"))
+            if pfa_ids is not None:
+                candidates = sorted(set(pfa_ids) & set(candidates))
+                if len(candidates) != count:
+                    raise ValueError(f"{org} has {len(candidates)} of the {count} rows to corrupt")
             if count > len(candidates):
                 raise ValueError(f"cannot corrupt {count} rows: {org} has {len(candidates)}")
             self._corruptions += 1
@@ -446,6 +464,8 @@ class PemsSimulator:
                     maker = values["pfs_f_manufacturer"]
                     raw = b"\xff\xfe" + orjson.dumps(maker)[1:-1]
                     values["pfs_f_manufacturer"] = RawJsonValue("\ufffd\ufffd" + maker, raw)
+                elif kind == "hidden_id":
+                    data.hidden_keys.add(pfa_id)
                 else:
                     # The row stays in the grid without an id, so it needs another storage key.
                     values["pfs_id"] = ""

@@ -6,6 +6,7 @@ import pytest
 import requests
 
 from mirror.pems_fast import PageDecoder
+from mirror.records import REPEATED_COLUMNS
 from mirror.simulator import DEFAULT_PASSWORD, DEFAULT_TENANT, DEFAULT_USERNAME, PemsSimulator, SimulatorServer
 from mirror.tests.test_pems import ODD_VALUES, a_answer, a_row, b_answer, b_row, with_extra_key
 
@@ -67,7 +68,8 @@ def test_a_simulator_page_is_decoded_to_its_rows(sim, server, shape):
     [
         (a_answer([a_row(("pfs_id", "A"), ("é", ODD_VALUES))], next_cursor="1,001"),
          ([{"pfs_id": "A", "é": ODD_VALUES}], "A", "1,001", None, None)),
-        (a_answer([a_row(("pfs_id", "A"), ("pfs_id", "B"))], next_cursor=5), ([{"pfs_id": "B"}], "A", 5, None, None)),
+        (a_answer([a_row(("pfs_id", "A"), ("pfs_id", "B"))], next_cursor=5),
+         ([{"pfs_id": "B", REPEATED_COLUMNS: "'pfs_id': 'A', 'B'"}], "A", 5, None, None)),
         (a_answer(None, next_cursor=None), ([], "A", None, None, None)),
         (a_answer([], next_cursor=""), ([], "A", "", None, None)),
         (b_answer([b_row(("pfs_id", "A"))], current=4, more="-"), ([{"pfs_id": "A"}], "B", None, "-", 4)),

@@ -1218,3 +1218,23 @@ def test_every_control_route_is_documented():
     documented = (root / "docs" / "simulator.md").read_text()
     missing = sorted(f"{method} /_sim/{name}" for method, name in routes if f"`{method} /_sim/{name}" not in documented)
     assert missing == []
+
+
+def test_a_row_with_a_hidden_key_is_served_blank_where_its_key_sorts_and_filters(http, server, sim):
+    post(http, server, body())  # a query cached before the row changes
+    control = server.url + "/_sim/corrupt"
+    damage = {"org": "RIO", "pfs_ids": ["PFA-0000003", "PFA-0000005"], "kinds": ["hidden_id", "bad_flag"]}
+    assert http.post(control, json=damage, timeout=5).json() == {"pfs_ids": ["PFA-0000003", "PFA-0000005"]}
+    for path, rows_of in ((GRIDS, shape_a_rows), (GRIDDATA, shape_b_rows)):
+        rows = rows_of(post(http, server, body(rows=4), path=path))
+        assert [row["pfs_id"] for row in rows] == ["PFA-0000001", "PFA-0000002", "", "PFA-0000004"]
+        assert rows[2] == {**sim.get_row("RIO", "PFA-0000003"), "pfs_id": ""}
+        after = {"ADDON_SORT": {"ALIAS_NAME": "pfs_id", "TYPE": "ASC"}}
+        for bound, first in (("PFA-0000002", ""), ("PFA-0000003", "PFA-0000004")):
+            bounded = {"ADDON_FILTER": {"ALIAS_NAME": "pfs_id", "OPERATOR": ">", "VALUE": bound}, **after}
+            assert rows_of(post(http, server, body(rows=1, **bounded), path=path))[0]["pfs_id"] == first
+    assert sim.get_row("RIO", "PFA-0000005")["pfs_f_actualized"] == "X"
+    count = post(http, server, body(request_type="LIST.COUNT.STORED")).json()["Result"]["ResultData"]
+    assert count["TOTAL-COUNT"] == "500"
+    sim.delete_row("RIO", "PFA-0000003")
+    assert [row["pfs_id"] for row in shape_a_rows(post(http, server, body(rows=3)))][2] == "PFA-0000004"
