@@ -1,4 +1,5 @@
-"""The ops app: health probes, Prometheus metrics, structured logs and alerts for the people who run pfasync."""
+"""The ops app: health probes, Prometheus metrics and alerts for the people who run pfasync, watching
+the sync from outside (see `OpsConfig.ready`)."""
 
 from django.apps import AppConfig
 
@@ -17,7 +18,7 @@ class OpsConfig(AppConfig):
         # Ops watches from outside: mirror and synclog never import it. It registers as the PEMS
         # client's call observer (every call of this process counted; the counts reach the
         # database in batches), and receives the sync's run and tick signals.
-        pems.call_observer = pems_calls.pems_call_observe
+        pems.call_observer_register(pems_calls.pems_call_observe)
         signals.run_ended.connect(metrics.on_run_ended, dispatch_uid="ops-run-figures")
         signals.tick_ended.connect(tick.on_tick_ended, dispatch_uid="ops-tick")
         # A worker process starting is a cluster seen (readiness), before its first tick.

@@ -34,7 +34,7 @@ _pending: dict[tuple[str, float | None], list[float]] = {}
 
 
 def pems_call_observe(outcome: str, seconds: float) -> None:
-    """Count one PEMS call in this process's tally (the hook `mirror.pems.call_observer`)."""
+    """Count one PEMS call in this process's tally (registered with `mirror.pems.call_observer_register`)."""
     index = bisect_left(LATENCY_BUCKETS, seconds)
     bound = LATENCY_BUCKETS[index] if index < len(LATENCY_BUCKETS) else None
     with _lock:
