@@ -4,7 +4,7 @@ back, and no import circles.
 The import graph is built with `ast` from every production module (tests and migrations aside), with
 every import wherever it stands (a function's body, an `if TYPE_CHECKING:` block) and, for the
 direction rules, every string that names a project module ("synclog.tasks.write_after_commit" given
-to django-q2, "ops.logs.JsonFormatter" in a logging config): a name in a string binds the two
+to django-q2, "pfasync.logs.JsonFormatter" in a logging config): a name in a string binds the two
 modules as surely as an import does, only later.
 """
 
