@@ -20,6 +20,7 @@ from uuid import UUID
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from mirror.materialized import views_refresh_request
@@ -280,26 +281,21 @@ def _drafts_end(
     return ended
 
 
+# Sent once a transaction that committed drafts commits, with `organization` and `user`: the sync
+# app connects its write run to it (this app never imports, nor names, that one).
+edits_committed = Signal()
+
+
 def write_soon(organization: Organization, user) -> None:
-    """Once the caller's transaction commits, have the worker start the organization's write run
-    (the tick starts it otherwise: a broker that refuses is only logged)."""
+    """Once the caller's transaction commits, tell `edits_committed`'s receivers (the sync app
+    queues the organization's write run; the tick starts it otherwise)."""
 
-    def enqueue() -> None:
-        from django_q.tasks import async_task
+    def announce() -> None:
+        for receiver, result in edits_committed.send_robust(sender=None, organization=organization, user=user):
+            if isinstance(result, Exception):
+                logger.warning("%s failed for %s", receiver, organization.code, exc_info=result)
 
-        try:
-            # By name: the sync app runs it (this app never imports that one).
-            async_task(
-                "synclog.tasks.write_after_commit",
-                str(organization.pk),
-                getattr(user, "pk", None),
-                task_name=f"write {organization.code}",
-                group="pfasync-write",
-            )
-        except Exception:
-            logger.warning("Could not queue the write run of %s; the next tick will", organization.code, exc_info=True)
-
-    transaction.on_commit(enqueue)
+    transaction.on_commit(announce)
 
 
 def modifications_hold_deleted(*, organization_id: UUID, pfa_ids: Sequence[str]) -> None:

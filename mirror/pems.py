@@ -359,10 +359,17 @@ def _earliest_wall_time(start: datetime, end: datetime, zone: ZoneInfo) -> datet
 # "retried" (ok after failed attempts), "4xx" (refused: credentials, a bad request, no such record,
 # 429 until the retries ran out, or a request that could not be sent), "5xx" (PEMS failed, or
 # answered what the contract does not describe) or "timeout" (no answer: timeouts, lost connections,
-# the call's deadline). `call_observer`, when set (the ops app sets it to count calls for
-# /metrics), receives it with the call's seconds; whatever it does, the call goes on as before.
+# the call's deadline). The call observer, when one is registered (the ops app registers one in
+# its `AppConfig.ready` to count calls for /metrics; this app names no observer), receives it with
+# the call's seconds; whatever it does, the call goes on as before.
 
 call_observer: Callable[[str, float], None] | None = None
+
+
+def call_observer_register(observer: Callable[[str, float], None] | None) -> None:
+    """Make `observer` the one that receives each PEMS call's outcome and seconds (None: none)."""
+    global call_observer
+    call_observer = observer
 
 
 def _call_outcome(error: PemsError | None, attempts: int) -> str:

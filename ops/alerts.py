@@ -1,9 +1,10 @@
 """Alerts: an organization whose data is stale, whose reads keep failing, whose last write to PEMS
-failed, or whose edits wait in conflict for a planner; and its recovery.
+failed (`synclog.selectors.last_write_runs`), or whose edits wait in conflict for a planner; and its recovery.
 
 Checked on every tick of the worker, after the reads are queued. An organization enters the
-`stale` state when its newest completed read (or, before its first one, its registration) is
-older than SYNC_STALE_AFTER seconds (default: three SYNC_INTERVALs), and the `failing` state
+`stale` state when it is stale as the dashboard shows it (`synclog.selectors.organization_is_stale`:
+its newest completed read, or before its first one its registration, is older than
+SYNC_STALE_AFTER seconds, default three SYNC_INTERVALs), and the `failing` state
 after SYNC_ALERT_AFTER_FAILURES (3) failed reads in a row; it leaves them with a completed read.
 One alert goes out as it enters a state and one as it leaves it, by e-mail to SYNC_ALERT_EMAILS
 (Django's mail settings) and/or as a JSON POST to SYNC_ALERT_WEBHOOK. The state is kept in the
@@ -27,10 +28,8 @@ from mirror.models import Organization
 from mirror.secrets import secret_register
 from mirror.selectors import EditCounts, edit_counts_by_organization
 from ops.models import AlertState
-from ops.selectors import organizations_sync_state
-from synclog.dashboard import interval_length
 from synclog.models import SyncStatus
-from synclog.selectors import last_write_runs
+from synclog.selectors import last_write_runs, organization_is_stale, organizations_sync_state, sync_stale_after
 
 logger = logging.getLogger(__name__)
 
@@ -89,28 +88,20 @@ class Alert:
         }
 
 
-def stale_after(*, now: datetime) -> timedelta:
-    """SYNC_STALE_AFTER, or three SYNC_INTERVALs when it is not set."""
-    if settings.SYNC_STALE_AFTER is not None:
-        return timedelta(seconds=settings.SYNC_STALE_AFTER)
-    return 3 * interval_length(settings.SYNC_INTERVAL, now=now)
-
-
 def alerts_check(*, organizations: list[Organization], now: datetime | None = None) -> list[Alert]:
     """Announce every organization of `organizations` that entered or left an alert state; returns
     the alerts sent. Organizations not listed (no longer scheduled) leave their states silently."""
     now = now or timezone.now()
-    limit = stale_after(now=now)
+    limit = sync_stale_after(now=now)
     AlertState.objects.exclude(organization__in=organizations).filter(active=True).update(active=False, changed_at=now)
     alerts = []
     edits = edit_counts_by_organization()
     last_writes = last_write_runs()
     for organization in organizations_sync_state(Organization.objects.filter(pk__in=[o.pk for o in organizations])):
-        newest = organization.last_completed_at or organization.created_at
         last_write = last_writes.get(organization.pk)
         conflicts = edits.get(organization.pk, EditCounts()).conflicts
         states = {
-            AlertState.Kind.STALE: now - newest > limit,
+            AlertState.Kind.STALE: organization_is_stale(organization, now=now, stale_after=limit),
             AlertState.Kind.FAILING: organization.consecutive_failures >= settings.SYNC_ALERT_AFTER_FAILURES,
             AlertState.Kind.WRITES_FAILING: last_write is not None and last_write.status == SyncStatus.FAILED,
             AlertState.Kind.CONFLICTS: conflicts > 0,
@@ -123,7 +114,7 @@ def alerts_check(*, organizations: list[Organization], now: datetime | None = No
                         kind=kind,
                         firing=active,
                         at=now,
-                        last_completed_at=organization.last_completed_at,
+                        last_completed_at=organization.last_sync_at,
                         consecutive_failures=organization.consecutive_failures,
                         stale_after=limit,
                         conflicts=conflicts,

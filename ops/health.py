@@ -21,7 +21,7 @@ from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
 
 from ops.heartbeat import worker_heartbeat
-from synclog.dashboard import interval_length
+from synclog.selectors import interval_length
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 `mirror.pems` reports every call (all its attempts) to `pems_call_observe`, which only adds to this
 process's tally: the call's thread may be one that must not touch the database (the sync's
 read-ahead thread), and a call should not wait on a write. The tally reaches `ops_pems_call_stat`
-when a run ends (`ops.logs.run_log_context`), on each tick of the worker, when this process serves
-a scrape and at the end of `sync_pems`: a few rows per flush, inserted and never updated, so that
+when a run ends (synclog's `run_ended`, `ops.metrics.on_run_ended`), on each tick of the worker and
+when this process serves a scrape: a few rows per flush, inserted and never updated, so that
 no flush waits for another process's. The tick folds the rows together.
 
 Not at exit: by then the process may point at another database than the one it counted for (a
@@ -34,7 +34,7 @@ _pending: dict[tuple[str, float | None], list[float]] = {}
 
 
 def pems_call_observe(outcome: str, seconds: float) -> None:
-    """Count one PEMS call in this process's tally (the hook `mirror.pems.call_observer`)."""
+    """Count one PEMS call in this process's tally (registered with `mirror.pems.call_observer_register`)."""
     index = bisect_left(LATENCY_BUCKETS, seconds)
     bound = LATENCY_BUCKETS[index] if index < len(LATENCY_BUCKETS) else None
     with _lock:

@@ -1,4 +1,5 @@
-"""What ops does on each tick of the worker, after the tick has queued its reads."""
+"""What ops does on each tick of the worker, after the tick has queued its reads: it receives
+synclog's `tick_ended` (connected in `OpsConfig.ready`)."""
 
 import logging
 from contextlib import nullcontext
@@ -12,6 +13,7 @@ from ops.heartbeat import worker_seen_record
 from ops.mirror_counts import mirror_counts_refresh
 from ops.pems_calls import pems_call_stats_compact, pems_calls_flush
 from ops.run_totals import run_totals_fold
+from synclog.worker import scheduled_organizations
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +27,6 @@ def ops_tick(*, now: datetime | None = None) -> None:
     the alert check commits each state change as it makes it, so that no transaction stays open
     while an alert is delivered. Call it last in the tick: a webhook may take seconds to answer.
     """
-    from synclog.worker import scheduled_organizations
-
     now = now or timezone.now()
     steps = (
         ("record the tick", True, lambda: worker_seen_record(tick=True, now=now)),
@@ -42,3 +42,8 @@ def ops_tick(*, now: datetime | None = None) -> None:
                 step()
         except Exception:
             logger.exception("Ops tick: could not %s", what)
+
+
+def on_tick_ended(sender, *, now: datetime, **kwargs) -> None:
+    """synclog's `tick_ended`: the tick queued its runs; ops does its own part of the tick."""
+    ops_tick(now=now)

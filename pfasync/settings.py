@@ -334,8 +334,8 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 LOG_FORMAT = (env.str("LOG_FORMAT", default="") or "plain").lower()
 if LOG_FORMAT not in ("plain", "json"):
     raise ImproperlyConfigured(f"LOG_FORMAT is {LOG_FORMAT!r}: it must be plain or json.")
-LOGGING["formatters"]["json"] = {"()": "ops.logs.JsonFormatter"}
-LOGGING["filters"]["run_context"] = {"()": "ops.logs.RunContextFilter"}
+LOGGING["formatters"]["json"] = {"()": "pfasync.logs.JsonFormatter"}
+LOGGING["filters"]["run_context"] = {"()": "pfasync.logs.RunContextFilter"}
 LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT
 LOGGING["handlers"]["console"]["filters"] = [*LOGGING["handlers"]["console"].get("filters", []), "run_context"]
 LOGGING["loggers"]["ops"] = {"level": LOG_LEVEL}

@@ -25,6 +25,7 @@ from synclog.engine import SyncNotConfigured, SyncNotQueued, SyncRefused, sync_c
 from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus
 from synclog.permissions import can_trigger_sync
 from synclog.selectors import (
+    last_sync_of,
     organizations_to_sync,
     organizations_with_edits_waiting,
     organizations_with_last_run,
@@ -340,7 +341,9 @@ class SyncSummarySerializer(serializers.Serializer):
     totalSyncs = serializers.IntegerField()
     successfulSyncs = serializers.IntegerField()
     failedSyncs = serializers.IntegerField()
-    lastSync = serializers.DateTimeField(allow_null=True, help_text="completedAt of the newest run.")
+    lastSync = serializers.DateTimeField(
+        allow_null=True, help_text="The last sync: when the newest completed read of these runs ended."
+    )
 
 
 class SyncStatusListOutputSerializer(serializers.Serializer):
@@ -369,7 +372,7 @@ class SyncStatusListApi(APIView):
             failedSyncs=Count("pk", filter=Q(status=SyncStatus.FAILED)),
         )
         newest = list(sync_logs.order_by("-created_at", "-pk")[: filters.validated_data["limit"]])
-        summary = {**totals, "lastSync": newest[0].completed_at if newest else None}
+        summary = {**totals, "lastSync": last_sync_of(sync_logs)}
         return Response(
             {
                 "success": True,
@@ -459,7 +462,7 @@ class WorkerStatusApi(APIView):
 
 class OrganizationSyncOutputSerializer(mirror_api.OrganizationOutputSerializer):
     lastSyncAt = serializers.DateTimeField(
-        source="last_run_completed_at", allow_null=True, help_text="Of the newest run."
+        source="last_sync_at", allow_null=True, help_text="The last sync: when the newest completed read ended."
     )
     lastSyncStatus = serializers.CharField(source="last_run_status", allow_null=True)
     mirrorRecordCount = serializers.IntegerField(source="mirror_size")

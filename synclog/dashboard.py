@@ -8,7 +8,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from croniter import croniter
 from django.conf import settings
 from django.db.models import Count, Q, Subquery
 from django.db.models.functions import TruncDate
@@ -17,16 +16,21 @@ from django.utils import timezone
 from mirror.materialized import views_refresh_state
 from mirror.models import Organization
 from mirror.selectors import EditCounts, edit_counts_by_organization, mirror_size_subquery
-from ops.selectors import organizations_sync_state
 from synclog.models import PfaSyncLog, SyncStatus
-from synclog.selectors import latest_runs
+from synclog.selectors import (
+    completed_reads,
+    interval_length,
+    last_write_runs,
+    latest_runs,
+    organization_is_stale,
+    organizations_sync_state,
+    sync_stale_after,
+)
 from synclog.worker import worker_status
 
 CHART_DAYS = 30
 # Bars per organization chart: more would not leave room to print each value.
 CHART_MAX_RUNS = 30
-# A sync is stale when its last success is older than this many intervals.
-STALE_INTERVALS = 2
 
 CHART_WIDTH = 720
 CHART_HEIGHT = 200
@@ -36,13 +40,6 @@ MARGIN_RIGHT = 12
 MARGIN_TOP = 36
 MAX_BAR_WIDTH = 40
 MARGIN_BOTTOM = 42
-
-
-def interval_length(expression: str, *, now: datetime) -> timedelta:
-    """The gap between the next two fire times of a cron expression."""
-    fire_times = croniter(expression, now)
-    first = fire_times.get_next(datetime)
-    return fire_times.get_next(datetime) - first
 
 
 def compact_number(value: float) -> str:
@@ -127,28 +124,25 @@ def bar_chart(
     return chart
 
 
-def _organization_rows(*, now: datetime, interval: timedelta, last_runs: dict) -> list[dict]:
-    completed = latest_runs().filter(status=SyncStatus.COMPLETED)
-    # Every organization, inactive ones too: the last completed read and the failures since come
-    # from the same query as /metrics and the alerts use.
+def _organization_rows(*, now: datetime, stale_after: timedelta, last_runs: dict) -> list[dict]:
+    completed = completed_reads(latest_runs())
+    # Every organization, inactive ones too: the last sync, the failures since, stale and the last
+    # write are the answers /metrics and the alerts use (synclog.selectors).
     organizations = organizations_sync_state(Organization.objects.all()).annotate(
         last_success_message=Subquery(completed.values("error_message")[:1]),
         last_success_details=Subquery(completed.values("error_details")[:1]),
         mirror_size=mirror_size_subquery(),
-        last_write_id=Subquery(latest_runs(PfaSyncLog.Direction.WRITE).values("pk")[:1]),
     )
-    organizations = list(organizations)
     edits = edit_counts_by_organization()
-    last_writes = PfaSyncLog.objects.in_bulk([o.last_write_id for o in organizations if o.last_write_id])
+    last_writes = last_write_runs()
     rows = []
     for organization in organizations:
-        age = now - organization.last_completed_at if organization.last_completed_at else None
         rows.append(
             {
                 "organization": organization,
-                "last_success_at": organization.last_completed_at,
-                "age": age,
-                "stale": age is None or age > STALE_INTERVALS * interval,
+                "last_success_at": organization.last_sync_at,
+                "age": now - organization.last_sync_at if organization.last_sync_at else None,
+                "stale": organization_is_stale(organization, now=now, stale_after=stale_after),
                 "last_run": last_runs.get(organization.code),
                 "consecutive_failures": organization.consecutive_failures,
                 "mirror_size": organization.mirror_size,
@@ -157,7 +151,7 @@ def _organization_rows(*, now: datetime, interval: timedelta, last_runs: dict) -
                 "deletions_held_back": (organization.last_success_details or {}).get("deletions_held_back"),
                 "last_success_message": organization.last_success_message,
                 "edits": edits.get(organization.pk, EditCounts()),
-                "last_write": last_writes.get(organization.last_write_id),
+                "last_write": last_writes.get(organization.pk),
             }
         )
     return rows
@@ -240,6 +234,7 @@ def dashboard_overview(*, now: datetime | None = None) -> dict:
     now = now or timezone.now()
     worker = worker_status()
     interval = interval_length(settings.SYNC_INTERVAL, now=now)
+    stale_after = sync_stale_after(now=now)
     active_runs = list(
         PfaSyncLog.objects.filter(status__in=SyncStatus.active()).select_related("organization").order_by("created_at")
     )
@@ -247,8 +242,8 @@ def dashboard_overview(*, now: datetime | None = None) -> dict:
         "now": now,
         "worker": worker,
         "interval": interval,
-        "stale_after": STALE_INTERVALS * interval,
-        "organizations": _organization_rows(now=now, interval=interval, last_runs=worker["last_runs"]),
+        "stale_after": stale_after,
+        "organizations": _organization_rows(now=now, stale_after=stale_after, last_runs=worker["last_runs"]),
         "active_runs": active_runs,
         "refresh": bool(active_runs),
         "views": views_refresh_state(),

@@ -45,8 +45,8 @@ from mirror.store import (
     pfa_records_mark_deleted,
     pfa_records_upsert,
 )
-from ops.logs import run_log_context
 from synclog.models import ClaimLost, PfaSyncLog, PfaSyncRecordError, SyncStatus, stale_runs_expire
+from synclog.signals import run_log_context
 
 logger = logging.getLogger(__name__)
 

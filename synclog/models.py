@@ -389,7 +389,7 @@ def queued_runs_lost(*, organization: Organization | None = None, now=None) -> l
         )
         if freed_lately.exists():
             return []
-    from synclog.worker import runs_waiting_in_broker  # here: the worker module builds on this one
+    from synclog.broker import runs_waiting_in_broker  # here: it reads django-q2's settings
 
     waiting = runs_waiting_in_broker()
     if waiting is None:

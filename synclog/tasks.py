@@ -23,7 +23,7 @@ def sync_full() -> str:
 
 
 def write_after_commit(organization_id: str, user_id: int | None = None) -> str:
-    """Queue the organization's write run once a planner committed edits (mirror.delta enqueues this)."""
+    """Queue the organization's write run once a planner committed edits (`worker.on_edits_committed` enqueues this)."""
     from django.contrib.auth import get_user_model
 
     from mirror.models import Organization

@@ -24,10 +24,10 @@ from django.utils import timezone
 from mirror.materialized import views_refresh_enqueue, views_refresh_pending
 from mirror.models import Organization
 from mirror.services import pfa_deleted_purge
-from ops.logs import run_log_context
 from synclog.engine import SyncBatch, client_for_run, run_for, sync_start
 from synclog.models import PfaSyncLog, SyncStatus, SyncWorker, stale_runs_expire, workers_alive
 from synclog.selectors import organizations_to_sync, organizations_with_edits_waiting, organizations_with_last_run
+from synclog.signals import run_log_context, tick_end
 
 if TYPE_CHECKING:
     from django_q.models import Schedule
@@ -171,9 +171,8 @@ def sync_tick(*, scheduled_for: datetime | None = None) -> str:
     purged = pfa_deleted_purge()  # logs what it purged
     if views_refresh_pending():  # asked for while the broker was down, or by a refresh that died
         views_refresh_enqueue()
-    from ops.tick import ops_tick  # here, not at the top: ops imports this module
-
-    ops_tick()  # last, after queueing: the tick's record, mirror counts and alerts; never raises
+    # Last, after queueing: observers (ops: the tick's record, mirror counts, alerts) may take seconds.
+    tick_end(now=timezone.now())
     return f"{summary}, purged {purged} deleted record(s)"
 
 
@@ -222,6 +221,23 @@ def write_runs_queue(*, trigger: str, organizations=None, triggered_by=None) -> 
     return batch
 
 
+def on_edits_committed(sender, *, organization: Organization, user, **kwargs) -> None:
+    """`mirror.delta.edits_committed`: queue the organization's write run now, not at the next tick
+    (a broker that refuses is only logged: the tick starts it then)."""
+    from django_q.tasks import async_task
+
+    try:
+        async_task(
+            "synclog.tasks.write_after_commit",
+            str(organization.pk),
+            getattr(user, "pk", None),
+            task_name=f"write {organization.code}",
+            group="pfasync-write",
+        )
+    except Exception:
+        logger.warning("Could not queue the write run of %s; the next tick will", organization.code, exc_info=True)
+
+
 def sync_execute_queued(sync_log_id: str) -> str:
     """Run a queued sync in this worker; a run no longer queued (expired, cancelled) is skipped."""
     sync_log = PfaSyncLog.objects.select_related("organization", "api_configuration").get(pk=sync_log_id)
@@ -242,36 +258,6 @@ def sync_execute_queued(sync_log_id: str) -> str:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
     return f"{sync_log.organization.code}: {sync_log.status}, {sync_log.records_processed} records"
-
-
-def runs_waiting_in_broker() -> set[str] | None:
-    """The ids of the runs whose task waits in the task broker now (taken by no worker yet), or None
-    when the broker cannot be asked (down, or a kind we cannot look into)."""
-    from django_q.brokers import get_broker
-    from django_q.brokers.orm import ORM
-    from django_q.signing import SignedPackage
-
-    broker = get_broker()
-    try:
-        if isinstance(broker, ORM):
-            # The ORM broker keeps a task until a worker acknowledges it: one a worker holds is here too.
-            packages = list(broker.get_connection().filter(key=broker.list_key).values_list("payload", flat=True))
-        elif type(broker).__module__ == "django_q.brokers.redis_broker":
-            packages = broker.connection.lrange(broker.list_key, 0, -1)
-        else:
-            return None
-    except Exception:  # the broker is down: a run whose task may still be there is not lost
-        logger.warning("Could not look into the task broker for queued runs", exc_info=True)
-        return None
-    waiting = set()
-    for package in packages:
-        try:
-            task = SignedPackage.loads(package)
-        except Exception:  # not ours to judge (another secret key, another version)
-            continue
-        if task.get("func") == "synclog.tasks.sync_execute" and task.get("args"):
-            waiting.add(str(task["args"][0]))
-    return waiting
 
 
 def worker_beat(*, cluster_id: uuid.UUID, workers: int, started_at: datetime) -> None:

@@ -32,7 +32,6 @@ from mirror.pems import PemsClient, PemsError, PemsNotFound, PemsRecordConflict,
 from mirror.records import FIELD_ALIASES, PfaRowError, grid_text, parse_pfa_row
 from mirror.save_rules import value_kept
 from mirror.store import pfa_record_replace
-from ops.logs import run_log_context
 from synclog.engine import (
     ProgressCallback,
     _Heartbeat,
@@ -42,6 +41,7 @@ from synclog.engine import (
     views_refresh_if_changed,
 )
 from synclog.models import ClaimLost, PfaSyncLog, SyncStatus
+from synclog.signals import run_log_context
 
 logger = logging.getLogger(__name__)
 

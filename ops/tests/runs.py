@@ -3,9 +3,9 @@
 from dataclasses import replace
 
 from mirror.pems import PemsClient, PemsError
-from ops.logs import run_log_context
 from synclog.engine import run_for, sync_claim
 from synclog.models import PfaSyncLog
+from synclog.signals import run_log_context
 
 
 def fast_client(organization, **overrides) -> PemsClient:

@@ -14,7 +14,7 @@ from django.conf import settings as django_settings
 
 from mirror.secrets import SecretScrubFilter
 from mirror.simulator import DEFAULT_PASSWORD
-from ops.logs import JsonFormatter, RunContextFilter
+from pfasync.logs import JsonFormatter, RunContextFilter
 from synclog import worker
 from synclog.engine import sync_claim
 from synclog.models import PfaSyncLog

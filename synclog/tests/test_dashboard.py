@@ -109,14 +109,19 @@ def test_mirror_size_counts_only_records_not_deleted_in_pems(admin_client):
     assert '<td class="mirror-size">2</td>' in org_row(body, "RIO")
 
 
-def test_a_sync_older_than_two_intervals_is_highlighted(admin_client, settings):
+def test_a_sync_older_than_the_stale_limit_is_highlighted(admin_client, settings):
+    # The limit the alerts use: three intervals unless SYNC_STALE_AFTER says otherwise.
+    settings.SYNC_STALE_AFTER = None
     settings.SYNC_INTERVAL = "*/15 * * * *"
     fresh, old = configured("FRESH"), configured("OLD")
-    PfaSyncLogFactory(organization=fresh, ago=timedelta(minutes=20))
-    PfaSyncLogFactory(organization=old, ago=timedelta(minutes=40))
+    PfaSyncLogFactory(organization=fresh, ago=timedelta(minutes=40))
+    PfaSyncLogFactory(organization=old, ago=timedelta(minutes=50))
     body = admin_client.get(DASHBOARD).content.decode()
     assert 'class="org-row" data-org="FRESH"' in body
     assert 'class="org-row stale" data-org="OLD"' in body and "(stale)" in org_row(body, "OLD")
+    settings.SYNC_STALE_AFTER = 30 * 60
+    body = admin_client.get(DASHBOARD).content.decode()
+    assert 'class="org-row stale" data-org="FRESH"' in body and "stale after 0:30:00" in body
 
 
 def test_consecutive_failures_count_only_failures_after_the_last_success(admin_client):

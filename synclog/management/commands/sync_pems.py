@@ -14,7 +14,6 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 
 from mirror.management.organizations import add_org_argument, organizations_from_codes
 from mirror.models import Organization
-from ops.metrics import run_figures_write
 from synclog.engine import SyncOutcome, sync_organizations
 from synclog.models import PfaSyncLog
 from synclog.selectors import organizations_to_sync
@@ -60,7 +59,6 @@ class Command(BaseCommand):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            run_figures_write(organization_ids=[o.pk for o in organizations])  # for /metrics
         self._print_summary(outcomes)
         failed = [o.organization.code for o in outcomes if not o.succeeded]
         if failed:

@@ -1,8 +1,9 @@
 """Structured logs: which run a log line belongs to, and one JSON object per line (`LOG_FORMAT=json`).
 
-A run's fields (`run_id`, `batch_id`, `organization`, `direction`) are set by `run_log_context`
-for the code it wraps, and `RunContextFilter` (on the console handler) puts them on every record
-logged meanwhile. The run's own thread finds them in a context variable. Its helper threads (the
+A run's fields (`run_id`, `batch_id`, `organization`, `direction`) are set by `run_fields_logged`
+for the code it wraps (`synclog.signals.run_log_context` enters it for a run: it lives here, in the
+project package, so that the sync neither imports ops nor ops the sync's internals for it), and
+`RunContextFilter` (on the console handler) puts them on every record logged meanwhile. The run's own thread finds them in a context variable. Its helper threads (the
 PEMS read-ahead, the heartbeat) do not inherit context variables; they take the one run running
 in their process, which is every run in a worker process or a `sync_pems` command. A thread of a
 process running several runs at once logs without run fields rather than with a wrong run's.
@@ -16,10 +17,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from synclog.models import PfaSyncLog
 
 RUN_FIELDS = ("run_id", "batch_id", "organization", "direction")
 
@@ -36,7 +33,7 @@ class RunFields:
 
 _current_run: ContextVar[RunFields | None] = ContextVar("pfasync_run", default=None)
 _runs_lock = threading.Lock()
-# The runs inside `run_log_context` in this process, each once per entry.
+# The runs inside `run_fields_logged` in this process, each once per entry.
 _process_runs: list[RunFields] = []
 
 
@@ -51,38 +48,21 @@ def current_run_fields() -> RunFields | None:
 
 
 @contextmanager
-def run_log_context(sync_log: "PfaSyncLog") -> Iterator[None]:
-    """Log everything inside as part of `sync_log`'s run; at its end, write the run's figures for
-    /metrics (the PEMS calls it made, its organization's mirror size).
-
-    Wrap `synclog.engine.sync_run` (or what calls it) with it. Entering it again for the same run
-    inside it adds nothing. A failure to write the figures is logged, never raised over the run's
-    own outcome.
-    """
-    fields = RunFields(
-        run_id=str(sync_log.pk),
-        batch_id=str(sync_log.batch_id),
-        organization=sync_log.organization.code,
-        direction=sync_log.direction,
-    )
+def run_fields_logged(fields: RunFields) -> Iterator[bool]:
+    """Log everything inside as part of the run `fields` describe; gives True, or False when this
+    is already inside the same run's context (entering it again adds nothing)."""
     if _current_run.get() == fields:
-        yield
+        yield False
         return
     token = _current_run.set(fields)
     with _runs_lock:
         _process_runs.append(fields)
     try:
-        yield
+        yield True
     finally:
         with _runs_lock:
             _process_runs.remove(fields)
         _current_run.reset(token)
-        from ops.metrics import run_figures_write  # not at the top: ops.metrics needs the apps loaded
-
-        # A run that changed no row leaves the mirror's size as it was: recounting a million rows
-        # would double an unchanged incremental read's time.
-        changed = sync_log.records_inserted or sync_log.records_updated or sync_log.records_deleted
-        run_figures_write(organization_ids=[sync_log.organization_id] if changed else [])
 
 
 class RunContextFilter(logging.Filter):
