@@ -18,11 +18,11 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenRefreshView
 
 from mirror.selectors import organizations_visible_to
-from pfasync.api import ErrorSerializer, error_responses
+from pfasync.api import ApiView, ErrorSerializer, InputSerializer, StrictRequestMixin, error_responses
 from synclog.permissions import can_trigger_sync
 
 
-class LoginInputSerializer(serializers.Serializer):
+class LoginInputSerializer(InputSerializer):
     username = serializers.CharField()
     password = serializers.CharField(trim_whitespace=False)
 
@@ -85,7 +85,7 @@ class LoginUsernameThrottle(LoginThrottle):
         return self.cache_format % {"scope": self.scope, "ident": ident}
 
 
-class LoginApi(APIView):
+class LoginApi(ApiView):
     """Exchange a username and password for a JWT access/refresh pair.
 
     Failed logins are throttled per username and per client address (LOGIN_THROTTLE_RATE,
@@ -112,6 +112,7 @@ class LoginApi(APIView):
         auth=[],
     )
     def post(self, request: Request) -> Response:
+        LoginInputSerializer(data=request.data).is_valid(raise_exception=True)  # unknown keys, not strings
         serializer = TokenObtainPairSerializer(data=request.data)  # bad credentials raise AuthenticationFailed
         serializer.is_valid(raise_exception=True)
         for throttle in self.get_throttles():
@@ -119,7 +120,7 @@ class LoginApi(APIView):
         return Response({**serializer.validated_data, "user": UserOutputSerializer(serializer.user).data})
 
 
-class TokenRefreshInputSerializer(TokenRefreshSerializer):
+class TokenRefreshInputSerializer(InputSerializer, TokenRefreshSerializer):
     """simplejwt's refresh with rotation, where a token of a deleted or inactive user is a 401 (simplejwt
     looks a deleted user up without a guard: a 500) and a refresh token is spent once, even by two
     refreshes at the same moment (the one that blacklists it first wins)."""
@@ -146,7 +147,7 @@ class RefreshOutputSerializer(serializers.Serializer):
     refresh = serializers.CharField(help_text="The new refresh token: the one sent is spent.")
 
 
-class TokenRefreshApi(TokenRefreshView):
+class TokenRefreshApi(StrictRequestMixin, TokenRefreshView):
     """Exchange a refresh token for a new access token and a new refresh token; the one sent is revoked."""
 
     serializer_class = TokenRefreshInputSerializer
@@ -156,7 +157,7 @@ class TokenRefreshApi(TokenRefreshView):
         return super().post(request, *args, **kwargs)
 
 
-class LogoutInputSerializer(serializers.Serializer):
+class LogoutInputSerializer(InputSerializer):
     refresh = serializers.CharField()
 
 
@@ -165,7 +166,7 @@ class LogoutOutputSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
-class LogoutApi(APIView):
+class LogoutApi(ApiView):
     """Revoke a refresh token: it can no longer be refreshed. An access token already issued lives out
     its short lifetime (JWT_ACCESS_MINUTES)."""
 
