@@ -288,6 +288,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Trigger and follow PEMS-to-mirror syncs, and browse organizations.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Request bodies refuse unknown keys, and their schemas say so (additionalProperties: false).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "pfasync.api.schema_strict_bodies"],
     # Signed-in users only (a bearer token, or the admin's session in a browser), unless API_DOCS_PUBLIC.
     "SERVE_PERMISSIONS": ["pfasync.permissions.ApiDocsAccess"],
     "SERVE_AUTHENTICATION": [

@@ -214,7 +214,7 @@ def test_a_non_staff_user_asking_for_a_mass_deletion_is_403(rio, rio_user):
         {"organizationId": "RIO", "allowMassDelete": 1},
         {"organizationId": "RIO", "allowMassDelete": None},
         {"organizationId": "RIO", "allowMassDelete": True, "syncType": "incremental"},
-        {"allowMassDelete": True},  # every organization at once: never
+        {"organizationId": "*", "allowMassDelete": True},  # every organization at once: never
     ],
 )
 def test_allow_mass_delete_must_be_a_boolean_on_a_full_read_of_one_organization(rio, payload):
