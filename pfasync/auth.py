@@ -23,8 +23,8 @@ from synclog.permissions import can_trigger_sync
 
 
 class LoginInputSerializer(InputSerializer):
-    username = serializers.CharField()
-    password = serializers.CharField(trim_whitespace=False)
+    username = serializers.CharField(max_length=150)  # Django's own limit for a username
+    password = serializers.CharField(trim_whitespace=False, max_length=1024)
 
 
 class UserOutputSerializer(serializers.Serializer):
