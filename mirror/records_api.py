@@ -10,6 +10,7 @@ strings, flags booleans, in what is read and in what is written. Editing needs t
 import base64
 import binascii
 import json
+import re
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -36,7 +37,7 @@ from mirror.selectors import (
     record_get,
     records_list,
 )
-from pfasync.api import ApiError, ApiView, InputSerializer, StringField, error_responses, text_problem
+from pfasync.api import DATE_MESSAGE, ApiError, ApiView, InputSerializer, StringField, error_responses, text_problem
 
 EDIT_RECORDS = "mirror.edit_pfa_records"
 # The longest change reason a planner may give (characters).
@@ -262,6 +263,9 @@ class RecordListApi(ApiView):
 # --- One record and its draft -----------------------------------------------------------------------
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 class _EditedValue(serializers.Field):
     """An edited value as sent: the delta layer types and checks it (by the rules PEMS values are
     typed by); the subclasses only tell the schema what it takes."""
@@ -272,7 +276,16 @@ class _EditedValue(serializers.Field):
 
 @extend_schema_field({"type": "string", "format": "date", "nullable": True})
 class _EditedDate(_EditedValue):
-    pass
+    """A date is YYYY-MM-DD and a real day, or the one message for a bad date, whatever made it bad."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        try:
+            # fromisoformat alone also takes 20270201 and 2027-W05-1.
+            if not (isinstance(data, str) and _ISO_DATE.fullmatch(data) and date.fromisoformat(data)):
+                raise ValueError
+        except ValueError:
+            raise ValidationError(DATE_MESSAGE) from None
+        return data
 
 
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "integer"}], "nullable": True})

@@ -200,8 +200,8 @@ class StringField(serializers.CharField):
 
 class StrictRequestMixin:
     """Refuses, for every method, query parameters `query_serializer_class` (an InputSerializer, or
-    None for none) does not declare, a parameter given twice, and path values holding a NUL or a lone
-    surrogate: each a 400 naming the parameter. Checked after authentication, so a caller without a
+    None for none) does not declare, a parameter given twice or empty, and path values holding a NUL
+    or a lone surrogate: each a 400 naming the parameter. Checked after authentication, so a caller without a
     token learns nothing but the 401."""
 
     query_serializer_class: type[serializers.Serializer] | None = None
@@ -221,6 +221,10 @@ class StrictRequestMixin:
         repeated = {name: ["Give this parameter once."] for name in query if len(query.getlist(name)) > 1}
         if repeated:
             raise exceptions.ValidationError(repeated)
+        # DRF reads an empty query value as a parameter left out: `ordering=` would order by the default.
+        empty = {name: ["May not be empty: leave the parameter out instead."] for name in query if query[name] == ""}
+        if empty:
+            raise exceptions.ValidationError(empty)
 
 
 class ApiView(StrictRequestMixin, APIView):

@@ -220,12 +220,12 @@ def test_every_organization_is_asked_for_explicitly_and_by_staff_only(rio, ann):
     assert [log.organization.code for log in PfaSyncLog.objects.all()] == ["RIO"]
 
 
-@pytest.mark.parametrize("query", ["page=2", "pageSize=100000", "categroy=CRANE", "limit=2&limit=3"])
+@pytest.mark.parametrize("query", ["page=2", "pageSize=100000", "categroy=CRANE", "limit=2&limit=3", "ordering="])
 def test_an_unknown_or_repeated_query_parameter_is_400_naming_it(ann, query):
     body = error_of(ann.get(f"/api/organizations/RIO/records?{query}"), 400)
     name = query.split("=")[0]
     assert list(body["fields"]) == [name]
-    if name != "limit":
+    if name not in ("limit", "ordering"):
         assert "category" in body["fields"][name][0] and "cursor" in body["fields"][name][0]
 
 
@@ -292,6 +292,15 @@ def test_every_body_refuses_unknown_keys_naming_them_and_the_accepted_ones(ann, 
 def test_a_bad_date_always_reads_the_same(ann, bad):
     body = error_of(ann.get("/api/organizations/RIO/records", {"forecastFrom": bad}), 400)
     assert body["fields"] == {"forecastFrom": ["Must be a date as YYYY-MM-DD."]}
+    body = error_of(ann.patch(RECORD, {"forecastStartDate": bad}, format="json"), 400)
+    assert body["fields"] == {"forecastStartDate": ["Must be a date as YYYY-MM-DD."]}
+
+
+def test_a_date_that_is_not_a_string_reads_the_same(ann):
+    body = error_of(
+        ann.patch(RECORD, {"forecastStartDate": 20270201, "planEndDate": ["2027-02-01"]}, format="json"), 400
+    )
+    assert body["fields"] == {name: ["Must be a date as YYYY-MM-DD."] for name in ("forecastStartDate", "planEndDate")}
 
 
 def test_a_bad_choice_lists_the_valid_ones(ann):
@@ -299,3 +308,15 @@ def test_a_bad_choice_lists_the_valid_ones(ann):
     assert body["fields"]["state"] == ['"open" is not a valid choice; valid: draft, committed, conflict.']
     body = error_of(ann.post("/api/sync/trigger", {"organizationId": "RIO", "direction": "up"}, format="json"), 400)
     assert body["fields"]["direction"] == ['"up" is not a valid choice; valid: read, write.']
+
+
+def test_every_api_view_takes_the_strict_request_rules():
+    from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+    from pfasync import api_urls
+    from pfasync.api import NotFoundApi, StrictRequestMixin
+
+    views = {pattern.callback.view_class for pattern in api_urls.urlpatterns}
+    documentation = {NotFoundApi, SpectacularAPIView} | {v for v in views if issubclass(v, SpectacularSwaggerView)}
+    assert len(views - documentation) >= 19
+    assert all(issubclass(view, StrictRequestMixin) for view in views - documentation)
