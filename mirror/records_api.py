@@ -37,7 +37,7 @@ from mirror.selectors import (
     record_get,
     records_list,
 )
-from pfasync.api import DATE_MESSAGE, ApiError, ApiView, InputSerializer, StringField, error_responses, text_problem
+from pfasync.api import DATE_MESSAGE, ApiError, ApiView, InputSerializer, error_responses, text_problem
 
 EDIT_RECORDS = "mirror.edit_pfa_records"
 # The longest change reason a planner may give (characters).
@@ -268,7 +268,8 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 class _EditedValue(serializers.Field):
     """An edited value as sent: the delta layer types and checks it (by the rules PEMS values are
-    typed by); the subclasses only tell the schema what it takes."""
+    typed by); the subclasses tell the schema what it takes (and a date's, so that a bad date has
+    the one wording whatever made it bad)."""
 
     def to_internal_value(self, data: Any) -> Any:
         return data
@@ -326,7 +327,9 @@ class RecordEditInputSerializer(RecordValuesSerializer):
     """Any editable field by its camelCase name, plus `changeReason`; the values are checked by the
     delta layer."""
 
-    changeReason = StringField(required=False, allow_blank=True, allow_null=True, max_length=CHANGE_REASON_MAX)
+    changeReason = serializers.CharField(
+        required=False, allow_blank=True, allow_null=True, max_length=CHANGE_REASON_MAX, trim_whitespace=False
+    )
 
 
 class RecordDetailApi(ApiView):

@@ -143,6 +143,7 @@ def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
 # --- Strict requests --------------------------------------------------------------------------
 
 DATE_MESSAGE = "Must be a date as YYYY-MM-DD."
+STRING_MESSAGE = "Must be a string."
 
 
 def keys_refuse_unknown(keys: Iterable[str], accepted: Iterable[str], *, what: str = "field", **messages: str) -> None:
@@ -184,18 +185,24 @@ class InputSerializer(serializers.Serializer):
         if isinstance(data, Mapping):
             accepted = [name for name, field in self.fields.items() if not field.read_only]
             keys_refuse_unknown(data.keys(), accepted, **self.unknown_key_messages)
+            if errors := self._not_strings(data):
+                raise exceptions.ValidationError(errors)
         return super().to_internal_value(data)
 
-
-class StringField(serializers.CharField):
-    """A JSON string only (DRF's CharField also takes numbers and turns them into text)."""
-
-    default_error_messages = {"not_a_string": "Must be a string."}
-
-    def to_internal_value(self, data) -> str:
-        if not isinstance(data, str):
-            self.fail("not_a_string")
-        return super().to_internal_value(data)
+    def _not_strings(self, data: Mapping) -> dict[str, list[str]]:
+        """Text fields given something else than a JSON string (DRF's CharField would take 5 as "5")."""
+        errors = {}
+        for name, field in self.fields.items():
+            value = data.get(name)
+            if value is None or field.read_only:
+                continue
+            if isinstance(field, serializers.CharField) and not isinstance(value, str):
+                errors[name] = [STRING_MESSAGE]
+            child = getattr(field, "child", None)
+            strings = isinstance(value, list) and all(isinstance(item, str) for item in value)
+            if isinstance(child, serializers.CharField) and isinstance(value, list) and not strings:
+                errors[name] = ["Each item must be a string."]
+        return errors
 
 
 class StrictRequestMixin:

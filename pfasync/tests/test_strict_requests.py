@@ -92,6 +92,20 @@ def test_a_change_reason_must_be_a_string(ann):
     assert body["fields"] == {"changeReason": ["Must be a string."]}
 
 
+@pytest.mark.parametrize(
+    ("path", "payload", "field"),
+    [
+        ("/api/organizations/RIO/drafts/commit", {"pfaIds": [1686, "P1"]}, "pfaIds"),
+        ("/api/sync/trigger", {"organizationId": 5}, "organizationId"),
+        ("/api/auth/login", {"username": 5, "password": "pw"}, "username"),
+    ],
+)
+def test_text_is_a_json_string_never_a_number_made_text(ann, path, payload, field):
+    body = error_of(ann.post(path, payload, format="json"), 400)
+    assert list(body["fields"]) == [field]
+    assert not PfaSyncLog.objects.exists()
+
+
 # --- Characters ---------------------------------------------------------------------------------------
 
 
