@@ -30,7 +30,7 @@ from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory,
 from synclog.models import PfaSyncLog
 from synclog.tests.factories import PfaSyncLogFactory
 
-FUZZ_EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "8"))
+FUZZ_EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "15"))
 # Schemathesis's coverage phase (boundary and schema-breaking values for every parameter, hundreds of
 # requests whatever the examples) runs when asked: it takes minutes, not seconds.
 FUZZ_COVERAGE = os.environ.get("API_FUZZ_COVERAGE", "").lower() in ("1", "true", "yes")
