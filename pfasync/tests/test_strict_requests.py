@@ -334,3 +334,19 @@ def test_every_api_view_takes_the_strict_request_rules():
     documentation = {NotFoundApi, SpectacularAPIView} | {v for v in views if issubclass(v, SpectacularSwaggerView)}
     assert len(views - documentation) >= 19
     assert all(issubclass(view, StrictRequestMixin) for view in views - documentation)
+
+
+class _Request:
+    META: dict = {}  # noqa: RUF012 (a stand-in: no Content-Length, as a chunked body has none)
+
+
+def test_the_parser_reads_at_most_the_limit_whatever_the_declared_length(settings):
+    from io import BytesIO
+
+    from pfasync.parsers import BodyTooLarge, JsonParser
+
+    settings.API_MAX_BODY_BYTES = 2048
+    stream = BytesIO(b"[" + b"1," * 100_000 + b"1]")
+    with pytest.raises(BodyTooLarge):
+        JsonParser().parse(stream, "application/json", {"request": _Request()})
+    assert stream.tell() == 2049  # one byte past the limit tells, and nothing more is read
