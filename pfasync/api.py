@@ -166,8 +166,8 @@ def _choices_message(field: serializers.ChoiceField) -> str:
 
 class InputSerializer(serializers.Serializer):
     """The base of every input serializer (a body or a query string): a key it does not declare is a
-    400 naming it and the accepted ones (one spelling per field), a bad date reads DATE_MESSAGE
-    whatever made it bad, and a bad choice lists the valid ones. `unknown_key_messages` words
+    400 naming it and the accepted ones (one spelling per field), a text field takes a JSON string
+    only, a bad date reads DATE_MESSAGE whatever made it bad, and a bad choice lists the valid ones. `unknown_key_messages` words
     particular unknown keys (e.g. a read-only field)."""
 
     unknown_key_messages: dict[str, str] = {}
