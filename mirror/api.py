@@ -13,12 +13,11 @@ from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from mirror.models import ApiConfiguration, Organization
 from mirror.selectors import organization_get_visible, organizations_visible_to
 from mirror.services import organization_create, organization_update, read_connection_put
-from pfasync.api import error_responses
+from pfasync.api import ApiView, InputSerializer, error_responses
 
 # --- Who sees what ----------------------------------------------------------------------------
 
@@ -48,14 +47,14 @@ def raise_model_errors(error: DjangoValidationError, serializer: serializers.Ser
 # --- Serializers --------------------------------------------------------------------------------
 
 
-class OrganizationCreateInputSerializer(serializers.Serializer):
+class OrganizationCreateInputSerializer(InputSerializer):
     code = serializers.CharField(max_length=32)
     name = serializers.CharField(max_length=200)
     isActive = serializers.BooleanField(source="is_active", default=True)
     syncEnabled = serializers.BooleanField(source="sync_enabled", default=True)
 
 
-class OrganizationUpdateInputSerializer(serializers.Serializer):
+class OrganizationUpdateInputSerializer(InputSerializer):
     code = serializers.CharField(max_length=32, required=False)
     name = serializers.CharField(max_length=200, required=False)
     isActive = serializers.BooleanField(source="is_active", required=False)
@@ -77,7 +76,7 @@ class OrganizationResponseSerializer(serializers.Serializer):
     organization = OrganizationOutputSerializer()
 
 
-class ConnectionInputSerializer(serializers.Serializer):
+class ConnectionInputSerializer(InputSerializer):
     """A PUT: `baseUrl` and `tenant` are required, and `timeZone` when the connection is created; other
     fields left out keep their current value."""
 
@@ -147,7 +146,7 @@ class ConnectionResponseSerializer(serializers.Serializer):
 # --- Views ----------------------------------------------------------------------------------------
 
 
-class OrganizationListApi(APIView):
+class OrganizationListApi(ApiView):
     """List the organizations the user sees; staff create new ones."""
 
     output_serializer_class: type[serializers.Serializer] = OrganizationOutputSerializer
@@ -178,7 +177,7 @@ class OrganizationListApi(APIView):
         )
 
 
-class OrganizationDetailApi(APIView):
+class OrganizationDetailApi(ApiView):
     """One organization (by UUID or code); staff edit it."""
 
     @extend_schema(responses={200: OrganizationResponseSerializer, **error_responses(401, 404)})
@@ -202,7 +201,7 @@ class OrganizationDetailApi(APIView):
         return Response({"success": True, "organization": OrganizationOutputSerializer(organization).data})
 
 
-class ReadConnectionApi(APIView):
+class ReadConnectionApi(ApiView):
     """The organization's PEMS read connection (staff only; the secret is write-only)."""
 
     @extend_schema(responses={200: ConnectionResponseSerializer, **error_responses(401, 403, 404)})

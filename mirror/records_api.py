@@ -10,19 +10,19 @@ strings, flags booleans, in what is read and in what is written. Editing needs t
 import base64
 import binascii
 import json
+import re
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.fields import DateTimeField
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from mirror import delta
 from mirror.api import visible_organization_or_404
@@ -39,7 +39,10 @@ from mirror.selectors import (
     records_count,
     records_list,
 )
-from pfasync.api import ApiError, error_responses
+from pfasync.api import DATE_MESSAGE, ApiError, ApiView, InputSerializer, error_responses, text_problem
+
+# The longest change reason a planner may give (characters).
+CHANGE_REASON_MAX = 2000
 
 
 def camel(name: str) -> str:
@@ -118,7 +121,7 @@ def _model_errors(error: DjangoValidationError) -> ValidationError:
 _ORDERINGS = [camel(name) for name in RECORD_ORDERINGS] + ["-" + camel(name) for name in RECORD_ORDERINGS]
 
 
-class RecordListInputSerializer(serializers.Serializer):
+class RecordListInputSerializer(InputSerializer):
     category = serializers.CharField(required=False)
     source = serializers.CharField(required=False)
     dor = serializers.CharField(required=False)
@@ -152,18 +155,35 @@ def _cursor_encode(ordering: str, after: tuple[Any, str]) -> str:
 
 
 def _cursor_decode(cursor: str, ordering: str) -> tuple[Any, str]:
-    """The (value, pfa_id) a cursor continues after; a 400 for a cursor not made for this ordering."""
+    """The (value, pfa_id) a cursor continues after; a 400 for a cursor not made for this ordering.
+
+    A cursor comes from the client, so its values are checked as any input: each a string (as
+    `_cursor_encode` writes them) the ordering's column takes, within its length or digits, finite,
+    with no NUL or lone surrogate; the pfa_id likewise."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         made_for, value, pfa_id = json.loads(text)
-        if made_for != ordering or not isinstance(pfa_id, str):
+        if made_for != ordering:
             raise ValueError
-        field = PfaMirror._meta.get_field(_FIELD_NAMES[ordering.lstrip("-")])
-        return (None if value is None else field.to_python(value)), pfa_id
-    except (ValueError, TypeError, KeyError, binascii.Error, DjangoValidationError, UnicodeDecodeError):
+        return _cursor_value(_FIELD_NAMES[ordering.lstrip("-")], value), _cursor_value("pfa_id", pfa_id)
+    except (ValueError, TypeError, KeyError, binascii.Error, DjangoValidationError, RecursionError):
         raise ValidationError(
             {"cursor": ["Not a cursor of this list: pass the nextCursor of the previous page, same ordering."]}
         ) from None
+
+
+def _cursor_value(name: str, value: Any) -> Any:
+    """A cursor's value for column `name`, typed and checked by the column's own rules; ValueError if bad."""
+    field = PfaMirror._meta.get_field(name)
+    if value is None and field.null:
+        return None
+    if not isinstance(value, str) or text_problem(value):
+        raise ValueError
+    typed = field.to_python(value)
+    if isinstance(typed, datetime) and typed.tzinfo is None:
+        raise ValueError  # the cursors we write carry their zone
+    field.run_validators(typed)  # max_length, max_digits (a finite number), integer ranges
+    return typed
 
 
 def _schema_field(name: str) -> serializers.Field:
@@ -205,8 +225,10 @@ PfaRecordSerializer = type(
 )
 
 
-class RecordListApi(APIView):
+class RecordListApi(ApiView):
     """The organization's records as the caller sees them, filtered, ordered, a page at a time."""
+
+    query_serializer_class = RecordListInputSerializer
 
     @extend_schema(
         operation_id="records_list",
@@ -265,15 +287,76 @@ class RecordListApi(APIView):
 # --- One record and its draft -----------------------------------------------------------------------
 
 
-class RecordEditInputSerializer(serializers.Serializer):
-    """Any editable field by its camelCase name, plus `changeReason`; validated by the delta layer."""
-
-    changeReason = serializers.CharField(required=False, allow_blank=True, max_length=2000)
-    forecastStartDate = serializers.DateField(required=False, help_text="Any editable field, e.g. this one.")
-    monthlyRate = serializers.CharField(required=False, help_text='A decimal string, e.g. "5200.00".')
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-class RecordDetailApi(APIView):
+class _EditedValue(serializers.Field):
+    """An edited value as sent: the delta layer types and checks it (by the rules PEMS values are
+    typed by); the subclasses tell the schema what it takes (and a date's, so that a bad date has
+    the one wording whatever made it bad)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        return data
+
+
+@extend_schema_field({"type": "string", "format": "date", "nullable": True})
+class _EditedDate(_EditedValue):
+    """A date is YYYY-MM-DD and a real day, or the one message for a bad date, whatever made it bad."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        try:
+            # fromisoformat alone also takes 20270201 and 2027-W05-1.
+            if not (isinstance(data, str) and _ISO_DATE.fullmatch(data) and date.fromisoformat(data)):
+                raise ValueError
+        except ValueError:
+            raise ValidationError(DATE_MESSAGE) from None
+        return data
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "integer"}], "nullable": True})
+class _EditedAmount(_EditedValue):
+    pass
+
+
+@extend_schema_field(OpenApiTypes.BOOL)
+class _EditedFlag(_EditedValue):
+    pass
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class _EditedText(_EditedValue):
+    pass
+
+
+def _edited_field(name: str) -> serializers.Field:
+    """An editable column as a body field, documented by its type."""
+    kind = PfaMirror._meta.get_field(name).get_internal_type()
+    kinds = {"DateField": _EditedDate, "DecimalField": _EditedAmount, "BooleanField": _EditedFlag}
+    return kinds.get(kind, _EditedText)(required=False, allow_null=True)
+
+
+class RecordValuesSerializer(InputSerializer):
+    """The editable fields by their camelCase names, each optional (what a merge gives as `values`)."""
+
+    # A key or PEMS bookkeeping field is refused in the words the delta layer uses for its names.
+    unknown_key_messages = {
+        camel(name): "Cannot be edited: it is a key or PEMS bookkeeping." for name in delta.READ_ONLY_FIELDS
+    }
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {**{camel(name): _edited_field(name) for name in EDITABLE_FIELDS}, **super().get_fields()}
+
+
+class RecordEditInputSerializer(RecordValuesSerializer):
+    """Any editable field by its camelCase name, plus `changeReason`; the values are checked by the
+    delta layer."""
+
+    changeReason = serializers.CharField(
+        required=False, allow_blank=True, allow_null=True, max_length=CHANGE_REASON_MAX, trim_whitespace=False
+    )
+
+
+class RecordDetailApi(ApiView):
     """One record as the caller sees it; PATCH saves the caller's draft of it."""
 
     @extend_schema(
@@ -325,10 +408,11 @@ class RecordDetailApi(APIView):
         _require_edit(request.user)
         if not isinstance(request.data, dict):
             raise ValidationError('Send a JSON object of the fields to change, e.g. {"monthlyRate": "5200.00"}.')
-        values = {_FIELD_NAMES.get(name, name): value for name, value in request.data.items() if name != "changeReason"}
-        reason = request.data.get("changeReason")
-        if reason is not None and not isinstance(reason, str):
-            raise ValidationError({"changeReason": ["Must be a string."]})
+        serializer = RecordEditInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        values = dict(serializer.validated_data)
+        reason = values.pop("changeReason", None)
+        values = {_FIELD_NAMES[name]: value for name, value in values.items()}
         if not values:
             raise ValidationError('Send at least one field to change, e.g. {"monthlyRate": "5200.00"}.')
         try:
@@ -343,7 +427,7 @@ class RecordDetailApi(APIView):
         return Response({"success": True, "record": record_output(row), "modification": modification_output(draft)})
 
 
-class DraftDiscardApi(APIView):
+class DraftDiscardApi(ApiView):
     """Discard the caller's draft of one record (the row stays, `discarded`)."""
 
     @extend_schema(
@@ -362,7 +446,7 @@ class DraftDiscardApi(APIView):
         return Response({"success": True})
 
 
-class DraftsInputSerializer(serializers.Serializer):
+class DraftsInputSerializer(InputSerializer):
     pfaIds = serializers.ListField(
         child=serializers.CharField(max_length=64),
         required=False,
@@ -379,7 +463,7 @@ def _drafts_act(request: Request, key: str, act) -> int:
     return act(organization=organization, user=request.user, pfa_ids=serializer.validated_data.get("pfaIds"))
 
 
-class DraftsCommitApi(APIView):
+class DraftsCommitApi(ApiView):
     """Commit the caller's drafts: they become shared and wait to be written to PEMS, in commit order."""
 
     @extend_schema(
@@ -395,7 +479,7 @@ class DraftsCommitApi(APIView):
         return Response({"success": True, "committed": _drafts_act(request, key, delta.drafts_commit)})
 
 
-class DraftsDiscardApi(APIView):
+class DraftsDiscardApi(ApiView):
     """Discard the caller's drafts (the rows stay, `discarded`)."""
 
     @extend_schema(
@@ -414,7 +498,7 @@ class DraftsDiscardApi(APIView):
 # --- KPIs ---------------------------------------------------------------------------------------------
 
 
-class KpisApi(APIView):
+class KpisApi(ApiView):
     """The organization's KPIs per category and source, and its timeline bounds (from the
     materialized views, as of `refreshedAt`; null on SQLite, where they are always current)."""
 
@@ -448,7 +532,7 @@ class KpisApi(APIView):
 # --- Conflicts ----------------------------------------------------------------------------------------
 
 
-class ConflictListApi(APIView):
+class ConflictListApi(ApiView):
     """The organization's modifications in conflict with a change PEMS took meanwhile: per field,
     the base the edit began from, mine (the edit) and theirs (PEMS now)."""
 
@@ -484,16 +568,16 @@ def conflict_output(modification: PfaModification) -> dict[str, Any]:
     }
 
 
-class ResolveInputSerializer(serializers.Serializer):
+class ResolveInputSerializer(InputSerializer):
     resolution = serializers.ChoiceField(choices=delta.Resolution.CHOICES)
-    values = serializers.DictField(
+    values = RecordValuesSerializer(
         required=False,
         allow_null=True,
         help_text="For `merge`: the fields to commit (camelCase), in the records API's formats.",
     )
 
 
-class ModificationResolveApi(APIView):
+class ModificationResolveApi(ApiView):
     """Resolve a conflict: `keep_mine` commits the edit again on PEMS's current record, `take_pems`
     discards it, `merge` commits the given values instead."""
 
@@ -523,7 +607,7 @@ class ModificationResolveApi(APIView):
                 modification=modification,
                 user=request.user,
                 resolution=serializer.validated_data["resolution"],
-                values=values and {_FIELD_NAMES.get(name, name): value for name, value in values.items()},
+                values=values and {_FIELD_NAMES[name]: value for name, value in values.items()},
             )
         except delta.NotInConflict as error:
             raise ApiError(status_code=409, error="NOT_IN_CONFLICT", message=str(error)) from None

@@ -26,7 +26,7 @@ from rest_framework_simplejwt.views import TokenRefreshView
 
 from mirror.permissions import can_edit_records, can_resolve_conflicts
 from mirror.selectors import organizations_visible_to
-from pfasync.api import ErrorSerializer, error_responses
+from pfasync.api import ApiView, ErrorSerializer, InputSerializer, StrictRequestMixin, error_responses
 from synclog.permissions import can_trigger_sync
 
 
@@ -36,9 +36,9 @@ class JWTScheme(SimpleJWTScheme):
     target_class = "pfasync.authentication.JWTAuthentication"
 
 
-class LoginInputSerializer(serializers.Serializer):
-    username = serializers.CharField()
-    password = serializers.CharField(trim_whitespace=False)
+class LoginInputSerializer(InputSerializer):
+    username = serializers.CharField(max_length=150)  # Django's own limit for a username
+    password = serializers.CharField(trim_whitespace=False, max_length=1024)
 
 
 class UserOutputSerializer(serializers.Serializer):
@@ -109,7 +109,7 @@ class LoginUsernameThrottle(LoginThrottle):
         return self.cache_format % {"scope": self.scope, "ident": ident}
 
 
-class LoginApi(APIView):
+class LoginApi(ApiView):
     """Exchange a username and password for a JWT access/refresh pair.
 
     Failed logins are throttled per username and per client address (LOGIN_THROTTLE_RATE,
@@ -136,6 +136,7 @@ class LoginApi(APIView):
         auth=[],
     )
     def post(self, request: Request) -> Response:
+        LoginInputSerializer(data=request.data).is_valid(raise_exception=True)  # unknown keys, not strings
         serializer = TokenObtainPairSerializer(data=request.data)  # bad credentials raise AuthenticationFailed
         serializer.is_valid(raise_exception=True)
         for throttle in self.get_throttles():
@@ -148,7 +149,7 @@ class MeOutputSerializer(serializers.Serializer):
     user = UserOutputSerializer()
 
 
-class MeApi(APIView):
+class MeApi(ApiView):
     """The access token's user: who they are, what they may do, and the organizations they see."""
 
     @extend_schema(responses={200: MeOutputSerializer, **error_responses(401)})
@@ -156,7 +157,7 @@ class MeApi(APIView):
         return Response({"success": True, "user": UserOutputSerializer(request.user).data})
 
 
-class TokenRefreshInputSerializer(TokenRefreshSerializer):
+class TokenRefreshInputSerializer(InputSerializer, TokenRefreshSerializer):
     """simplejwt's refresh with rotation, where a token of a deleted or inactive user is a 401 (simplejwt
     looks a deleted user up without a guard: a 500) and a refresh token is spent once, even by two
     refreshes at the same moment (the one that blacklists it first wins)."""
@@ -183,7 +184,7 @@ class RefreshOutputSerializer(serializers.Serializer):
     refresh = serializers.CharField(help_text="The new refresh token: the one sent is spent.")
 
 
-class TokenRefreshApi(TokenRefreshView):
+class TokenRefreshApi(StrictRequestMixin, TokenRefreshView):
     """Exchange a refresh token for a new access token and a new refresh token; the one sent is revoked."""
 
     serializer_class = TokenRefreshInputSerializer
@@ -193,7 +194,7 @@ class TokenRefreshApi(TokenRefreshView):
         return super().post(request, *args, **kwargs)
 
 
-class LogoutInputSerializer(serializers.Serializer):
+class LogoutInputSerializer(InputSerializer):
     refresh = serializers.CharField()
 
 
@@ -202,7 +203,7 @@ class LogoutOutputSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
-class LogoutApi(APIView):
+class LogoutApi(ApiView):
     """Revoke a refresh token: it can no longer be refreshed. An access token already issued lives out
     its short lifetime (JWT_ACCESS_MINUTES)."""
 

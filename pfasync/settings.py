@@ -276,13 +276,17 @@ LOGIN_ADDRESS_THROTTLE_RATE = _throttle_rate("LOGIN_ADDRESS_THROTTLE_RATE", "20/
 API_NUM_PROXIES = env.int("API_NUM_PROXIES", default=0)
 # The OpenAPI schema (/api/schema/) and docs (/api/docs/) need a signed-in user unless this is true.
 API_DOCS_PUBLIC = env.bool("API_DOCS_PUBLIC", default=False)
+# The largest JSON body the API reads, in bytes (a larger one is a 413 before it is parsed).
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=1_048_576)
+if API_MAX_BODY_BYTES < 1024:
+    raise ImproperlyConfigured(f"API_MAX_BODY_BYTES is {API_MAX_BODY_BYTES}: it must be at least 1024.")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["pfasync.authentication.JWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["pfasync.parsers.JsonParser"],
     "EXCEPTION_HANDLER": "pfasync.api.exception_handler",
     "DEFAULT_THROTTLE_RATES": {"login_username": LOGIN_THROTTLE_RATE, "login_address": LOGIN_ADDRESS_THROTTLE_RATE},
     "NUM_PROXIES": API_NUM_PROXIES,
@@ -304,6 +308,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Trigger and follow PEMS-to-mirror syncs, and browse organizations.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Request bodies refuse unknown keys, and their schemas say so (additionalProperties: false).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "pfasync.api.schema_strict_bodies"],
     # Signed-in users only (a bearer token, or the admin's session in a browser), unless API_DOCS_PUBLIC.
     "SERVE_PERMISSIONS": ["pfasync.permissions.ApiDocsAccess"],
     "SERVE_AUTHENTICATION": [

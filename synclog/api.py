@@ -14,13 +14,12 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from mirror import api as mirror_api
 from mirror.api import visible_organization_or_404
 from mirror.models import Organization
 from mirror.selectors import mirror_size_subquery, organizations_visible_to
-from pfasync.api import ApiError, error_responses
+from pfasync.api import ApiError, ApiView, InputSerializer, error_responses
 from synclog.engine import SyncNotConfigured, SyncNotQueued, SyncRefused, sync_cancel, sync_start
 from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus
 from synclog.permissions import can_trigger_sync
@@ -34,6 +33,8 @@ from synclog.selectors import (
 from synclog.worker import queued_runs_warning, worker_status
 
 RECORDS_KEPT_ASIDE_SHOWN = 50
+# The trigger's organizationId asking for every organization: asked for explicitly, never by leaving it out.
+EVERY_ORGANIZATION = "*"
 
 
 # --- Sync runs ------------------------------------------------------------------------------------
@@ -115,9 +116,11 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
-class SyncTriggerInputSerializer(serializers.Serializer):
+class SyncTriggerInputSerializer(InputSerializer):
     organizationId = serializers.CharField(
-        required=False, max_length=64, help_text="UUID or code; left out (staff only): every active organization."
+        max_length=64,
+        help_text=f'UUID or code; "{EVERY_ORGANIZATION}" (staff only): every active organization (for a write: '
+        "every active organization with edits waiting).",
     )
     syncType = serializers.ChoiceField(choices=PfaSyncLog.SyncType.choices, default=PfaSyncLog.SyncType.FULL)
     direction = serializers.ChoiceField(
@@ -136,7 +139,7 @@ class SyncTriggerInputSerializer(serializers.Serializer):
             raise exceptions.ValidationError({"allowMassDelete": ["A write run deletes nothing."]})
         if data["allowMassDelete"] and data["syncType"] != PfaSyncLog.SyncType.FULL:
             raise exceptions.ValidationError({"allowMassDelete": ["Only a full read deletes records."]})
-        if data["allowMassDelete"] and not data.get("organizationId"):
+        if data["allowMassDelete"] and data["organizationId"] == EVERY_ORGANIZATION:
             raise exceptions.ValidationError(
                 {"allowMassDelete": ["Name the one organization (organizationId) whose deletions to apply."]}
             )
@@ -192,7 +195,7 @@ def _skipped(refusal: SyncRefused) -> dict:
     }
 
 
-class SyncTriggerApi(APIView):
+class SyncTriggerApi(ApiView):
     """Queue a read sync, or a write run of the committed edits (`direction`): the `queued` run
     exists when this answers; a worker runs it."""
 
@@ -210,16 +213,17 @@ class SyncTriggerApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = SyncTriggerInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        key = serializer.validated_data.get("organizationId")
+        key = serializer.validated_data["organizationId"]
+        every = key == EVERY_ORGANIZATION
         write = serializer.validated_data["direction"] == PfaSyncLog.Direction.WRITE
-        if key:
+        if not every:
             organizations = [visible_organization_or_404(request.user, key)]
         elif request.user.is_staff:
             organizations = list(
                 organizations_with_edits_waiting() if write else organizations_to_sync(including_sync_disabled=True)
             )
         else:
-            raise exceptions.ValidationError({"organizationId": ["This field is required."]})
+            raise exceptions.PermissionDenied(f'Only staff may sync every organization ("{EVERY_ORGANIZATION}").')
         if not can_trigger_sync(request.user):
             raise exceptions.PermissionDenied("You do not have permission to start a sync.")
         allow_mass_delete = serializer.validated_data["allowMassDelete"]
@@ -245,7 +249,7 @@ class SyncTriggerApi(APIView):
                 message=str(not_queued[0]),
                 batchId=str(batch.batch_id),
             )
-        if key and not batch.queued:
+        if not every and not batch.queued:
             refusal = batch.refused[0]
             if isinstance(refusal, SyncNotConfigured):
                 raise ApiError(status_code=400, error="NOT_CONFIGURED", message=str(refusal))
@@ -264,7 +268,7 @@ class SyncTriggerApi(APIView):
             "skipped": skipped,
         }
         what = "Write run queued" if write else "Sync triggered"
-        if key:
+        if not every:
             body["logId"] = body["logIds"][0]
             body["message"] = f"{what} for organization {organizations[0].code}"
         else:
@@ -294,7 +298,7 @@ class RunEndedSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=SyncStatus.choices, help_text="How the run ended.")
 
 
-class SyncCancelApi(APIView):
+class SyncCancelApi(ApiView):
     """Cancel a run: a queued one ends `cancelled` at once, a running one at its next page boundary
     (its committed pages are kept). Needs the permission to start syncs."""
 
@@ -332,7 +336,7 @@ class SyncCancelApi(APIView):
         )
 
 
-class SyncStatusFilterSerializer(serializers.Serializer):
+class SyncStatusFilterSerializer(InputSerializer):
     organizationId = serializers.CharField(required=False, max_length=64, help_text="UUID or code.")
     limit = serializers.IntegerField(min_value=1, max_value=100, default=10)
 
@@ -352,8 +356,10 @@ class SyncStatusListOutputSerializer(serializers.Serializer):
     summary = SyncSummarySerializer()
 
 
-class SyncStatusListApi(APIView):
+class SyncStatusListApi(ApiView):
     """The newest runs of one or every visible organization, with totals over the same filter."""
+
+    query_serializer_class = SyncStatusFilterSerializer
 
     @extend_schema(
         parameters=[SyncStatusFilterSerializer],
@@ -389,7 +395,7 @@ class SyncBatchOutputSerializer(serializers.Serializer):
     logs = SyncLogProgressSerializer(many=True)
 
 
-class SyncStatusDetailApi(APIView):
+class SyncStatusDetailApi(ApiView):
     """One run (by its id) or every run of a batch (by batch id), with live progress."""
 
     @extend_schema(responses={200: SyncBatchOutputSerializer, **error_responses(401, 404)})
@@ -446,7 +452,7 @@ class WorkerStatusOutputSerializer(serializers.Serializer):
     worker = WorkerSerializer()
 
 
-class WorkerStatusApi(APIView):
+class WorkerStatusApi(ApiView):
     """Whether a worker is alive, how many syncs run now, and when the incremental and full reads run next."""
 
     @extend_schema(responses={200: WorkerStatusOutputSerializer, **error_responses(401)})

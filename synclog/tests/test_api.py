@@ -152,11 +152,11 @@ def test_trigger_with_a_malformed_body_is_400_naming_the_field(rio_user, payload
     assert field in body["fields"] and field in body["message"]
 
 
-def test_staff_trigger_without_organization_queues_every_active_one_in_one_batch(rio, hou):
+def test_staff_trigger_of_every_organization_queues_every_active_one_in_one_batch(rio, hou):
     OrganizationFactory(code="OLD", is_active=False)
     staff = user_with("staff", "synclog.trigger_sync", is_staff=True)
     running = PfaSyncLog.objects.create(organization=hou, trigger="schedule", status=SyncStatus.RUNNING)
-    response = client_for(staff).post("/api/sync/trigger", {}, format="json")
+    response = client_for(staff).post("/api/sync/trigger", {"organizationId": "*"}, format="json")
     assert response.status_code == 202, response.content
     body = response.json()
     queued = PfaSyncLog.objects.filter(batch_id=body["batchId"])
@@ -214,7 +214,7 @@ def test_a_non_staff_user_asking_for_a_mass_deletion_is_403(rio, rio_user):
         {"organizationId": "RIO", "allowMassDelete": 1},
         {"organizationId": "RIO", "allowMassDelete": None},
         {"organizationId": "RIO", "allowMassDelete": True, "syncType": "incremental"},
-        {"allowMassDelete": True},  # every organization at once: never
+        {"organizationId": "*", "allowMassDelete": True},  # every organization at once: never
     ],
 )
 def test_allow_mass_delete_must_be_a_boolean_on_a_full_read_of_one_organization(rio, payload):
