@@ -39,15 +39,10 @@ from mirror.selectors import (
     records_count,
     records_list,
 )
-from pfasync.api import DATE_MESSAGE, ApiError, ApiView, InputSerializer, error_responses, text_problem
+from pfasync.api import DATE_MESSAGE, ApiError, ApiView, InputSerializer, camel, error_responses, text_problem
 
 # The longest change reason a planner may give (characters).
 CHANGE_REASON_MAX = 2000
-
-
-def camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
 
 
 # API name <-> model field name, for every field a record shows.

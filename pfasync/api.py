@@ -211,6 +211,12 @@ class InputSerializer(serializers.Serializer):
         return errors
 
 
+def camel(name: str) -> str:
+    """A model or path name as the API spells its fields (`pfa_id` -> `pfaId`)."""
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
 class StrictRequestMixin:
     """Refuses, for every method, query parameters `query_serializer_class` (an InputSerializer, or
     None for none) does not declare, a parameter given twice or empty, and path values holding a NUL
@@ -222,7 +228,7 @@ class StrictRequestMixin:
     def initial(self, request: Request, *args, **kwargs) -> None:
         super().initial(request, *args, **kwargs)
         problems = {
-            name: [problem]
+            camel(name): [problem]
             for name, value in kwargs.items()
             if isinstance(value, str) and (problem := text_problem(value))
         }
@@ -266,12 +272,16 @@ class NotFoundApi(APIView):
 
 def schema_strict_bodies(result: dict, generator, **kwargs) -> dict:
     """drf-spectacular postprocessing hook: every request body's object schema (an InputSerializer,
-    which refuses keys it does not declare) says `additionalProperties: false`, so the published
-    schema tells clients, and the fuzz tests, what the API does."""
+    which refuses keys it does not declare) says `additionalProperties: false`, and every operation
+    that takes a body may answer 413, so the published schema tells clients, and the fuzz tests, what
+    the API does."""
     components = result.get("components", {}).get("schemas", {})
     pending = []
     for operations in result.get("paths", {}).values():
         for operation in operations.values():
+            responses = operation.get("responses", {})
+            if "requestBody" in operation and "400" in responses:  # any body may be over the limit
+                responses.setdefault("413", {**responses["400"], "description": "The body is over API_MAX_BODY_BYTES."})
             for content in operation.get("requestBody", {}).get("content", {}).values():
                 pending.append(content.get("schema", {}))
     seen: set[str] = set()

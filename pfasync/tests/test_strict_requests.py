@@ -150,8 +150,8 @@ def test_a_lone_surrogate_in_a_login_is_400_not_500():
     [
         ("/api/organizations/R%00IO/records", "key"),
         ("/api/organizations/R%00IO", "key"),
-        ("/api/organizations/RIO/records/P%001", "pfa_id"),
-        ("/api/organizations/RIO/records/P%001/draft", "pfa_id"),
+        ("/api/organizations/RIO/records/P%001", "pfaId"),
+        ("/api/organizations/RIO/records/P%001/draft", "pfaId"),
     ],
 )
 def test_a_nul_in_the_path_is_400_naming_it(ann, path, field):
