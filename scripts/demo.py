@@ -11,6 +11,7 @@ For a test that needs the running service (a database, ports and credentials of 
         --ready-file /tmp/x/demo.json
 writes the JSON file (URLs, administrator, process ids) once the service answers; SIGTERM stops it all,
 the embedded server of that folder included.
+`--cors-origin http://127.0.0.1:5173` lets a browser page served from that origin call /api/ (CORS).
 """
 
 import argparse
@@ -89,6 +90,9 @@ class Demo:
         self.env = {**os.environ, "PEMS_DEMO_PASSWORD": os.environ.get("PEMS_DEMO_PASSWORD") or "pfasync-demo"}
         # The simulator speaks plain http; the worker runs its schedule. Both are this run's, not .env's.
         self.env.update({"PEMS_ALLOW_HTTP": "true", "ENABLE_SYNC_WORKER": "true"})
+        if options.cors_origin:
+            # A browser front end served elsewhere (a dev server, a test's page) may call /api/ (CORS).
+            self.env["CORS_ALLOWED_ORIGINS"] = ",".join(options.cors_origin)
         if options.pgdata:
             # A cluster of this run's own, whatever the environment names (a test's isolated service).
             self.env.update({"DATABASE_URL": "", "PFASYNC_PGDATA": str(Path(options.pgdata).resolve())})
@@ -198,6 +202,8 @@ class Demo:
             "admin_password": password,
             "pids": {name: process.pid for name, process in self.processes.items()},
         }
+        origins = ", ".join(options.cors_origin or [])
+        cors = f"Browser front ends on {origins} may call /api/ (CORS).\n" if origins else ""
         print(
             f"""
 pfasync is running on {database}:
@@ -205,7 +211,7 @@ pfasync is running on {database}:
   API docs    {urls["api_docs"]}
   Admin       {urls["admin"]}
 Sign in as {ADMIN_USERNAME} / {password} (the admin sign-in opens the dashboard and API docs too).
-The worker syncs {", ".join(orgs)} on the schedule (SYNC_INTERVAL in .env). Logs: {self.logs}/web.log, worker.log, simulator.log.
+{cors}The worker syncs {", ".join(orgs)} on the schedule (SYNC_INTERVAL in .env). Logs: {self.logs}/web.log, worker.log, simulator.log.
 Afterwards every manage.py command works in a fresh terminal (.env has the settings).""",
             flush=True,
         )
@@ -257,6 +263,13 @@ def main() -> int:
     parser.add_argument("--admin-password", default=os.environ.get("DEMO_ADMIN_PASSWORD", ""))
     parser.add_argument("--ready-file", help="write the URLs and the administrator as JSON here once ready")
     parser.add_argument("--logs", default=str(ROOT / ".demo"), help="folder of the processes' logs (.demo)")
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="let a browser front end on ORIGIN (e.g. http://localhost:5173) call /api/: CORS_ALLOWED_ORIGINS "
+        "for this run (repeat for more; without it, the environment's or .env's value)",
+    )
     parser.add_argument(
         "--pgdata", help="run on an embedded PostgreSQL cluster in this folder, whatever DATABASE_URL says"
     )

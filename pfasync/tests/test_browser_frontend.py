@@ -6,12 +6,8 @@ and waits until the edit is written to PEMS (the simulator). django-q2 runs the 
 enqueue (`Conf.SYNC`), so no worker process is needed. A screenshot lands in artifacts/.
 """
 
-import functools
-import threading
 from decimal import Decimal
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -19,40 +15,20 @@ from django.contrib.auth.models import Permission, User
 from mirror.models import PfaMirror, PfaModification
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from ops.tests.runs import run_sync
+from pfasync.tests.browser_page import needs_chromium, page_served, page_url, status_of
 from synclog.models import PfaSyncLog, SyncStatus
 
-PAGE_FOLDER = Path(__file__).resolve().parent / "frontend"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 PASSWORD = "planner-Password-1"
 RATE = "4321.50"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-        reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)",
-    ),
-]
-
-
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format, *args) -> None:  # noqa: A002 (the stdlib's signature)
-        pass
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True), needs_chromium]
 
 
 @pytest.fixture
 def page_origin():
-    """The page's own origin: http.server on a free port of 127.0.0.1 (the API is on localhost)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(PAGE_FOLDER)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """The page's own origin (127.0.0.1; the API of the live server is on localhost)."""
+    with page_served() as origin:
+        yield origin
 
 
 @pytest.fixture
@@ -76,20 +52,8 @@ def rio(pems_server):
     return organization
 
 
-def page_url(origin: str, live_server) -> str:
-    query = {"api": f"{live_server.url}/api", "username": "ann", "password": PASSWORD, "rate": RATE}
-    return f"{origin}/index.html?{urlencode(query)}"
-
-
-def status_of(browser, *, ends: tuple[str, ...], timeout: float = 120) -> str:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    def ended(driver) -> str | bool:
-        text = driver.find_element(By.ID, "status").text
-        return text if text.startswith(ends) else False
-
-    return WebDriverWait(browser, timeout, poll_frequency=0.5).until(ended)
+def planner_page_url(origin: str, live_server) -> str:
+    return page_url(origin, api=f"{live_server.url}/api", username="ann", password=PASSWORD, rate=RATE)
 
 
 def test_a_page_on_another_origin_logs_in_edits_commits_and_sees_the_write_land(
@@ -98,7 +62,7 @@ def test_a_page_on_another_origin_logs_in_edits_commits_and_sees_the_write_land(
     from selenium.webdriver.common.by import By
 
     settings.CORS_ALLOWED_ORIGINS = [page_origin]
-    browser.get(page_url(page_origin, live_server))
+    browser.get(planner_page_url(page_origin, live_server))
     status = status_of(browser, ends=("done", "error"))
     log = browser.find_element(By.ID, "log").text
     assert status == "done", f"{status}\n{log}"
@@ -126,6 +90,6 @@ def test_a_page_on_another_origin_logs_in_edits_commits_and_sees_the_write_land(
 
 def test_a_page_on_an_origin_not_allowed_cannot_call_the_api(browser, live_server, page_origin, rio, settings):
     settings.CORS_ALLOWED_ORIGINS = ["http://localhost:5173"]  # another front end's, not this page's
-    browser.get(page_url(page_origin, live_server))
+    browser.get(planner_page_url(page_origin, live_server))
     assert status_of(browser, ends=("done", "error"), timeout=60).startswith("error")
     assert not PfaModification.objects.exists()
