@@ -4,12 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Tests run against PostgreSQL (pytest-django creates and drops test_<name>): TEST_DATABASE_URL when set
 # (CI: the system server), else an embedded server of their own in .pgdata-test/ (pytest.ini).
-# `make test-sqlite` uses SQLite.
 TEST_DATABASE_URL ?=
 # `make demo DEMO_ARGS="--web-port 8080"`; see `python scripts/demo.py --help`.
 DEMO_ARGS ?=
 
-.PHONY: demo demo-once test test-sqlite lint install migrate run serve worker db-stop bench bench-quick clean
+.PHONY: demo demo-once test lint install migrate run serve worker db-stop bench bench-quick clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +38,6 @@ ifeq ($(strip $(TEST_DATABASE_URL)),)
 else
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest $(PYTEST_ARGS)
 endif
-
-test-sqlite: $(BIN)/.installed
-	DATABASE_URL=sqlite:///$(CURDIR)/test.sqlite3 $(BIN)/pytest $(PYTEST_ARGS)
 
 migrate: install
 	$(BIN)/python manage.py migrate --noinput
@@ -76,4 +72,4 @@ lint: $(BIN)/.installed
 
 # Removes the virtualenv and the local databases (the embedded cluster in .pgdata/ too).
 clean: db-stop
-	rm -rf $(VENV) .venv-dlt .pgdata .pgdata.lock .pgdata-test .pgdata-test.lock .demo db.sqlite3 db.sqlite3-* test.sqlite3* .pytest_cache
+	rm -rf $(VENV) .venv-dlt .pgdata .pgdata.lock .pgdata-test .pgdata-test.lock .demo .pytest_cache

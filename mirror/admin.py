@@ -191,7 +191,7 @@ class EstimatedCountPaginator(Paginator):
     @cached_property
     def count(self) -> int:
         queryset = self.object_list
-        if isinstance(queryset, QuerySet) and connection.vendor == "postgresql":
+        if isinstance(queryset, QuerySet):
             estimate = self.estimate(queryset)
             if estimate is not None and estimate >= self.exact_below:
                 return estimate

@@ -38,8 +38,6 @@ from mirror.save_rules import places_problem, save_problems, text_kept, value_ke
 logger = logging.getLogger(__name__)
 
 State = PfaModification.State
-# Keys per query: SQLite binds a limited number of parameters.
-_CHUNK = 5000
 # Record columns a planner sees but may not edit.
 READ_ONLY_FIELDS = ("pfa_id", "organization", "pems_record_id", "pems_last_modified")
 
@@ -261,19 +259,12 @@ def _drafts_end(
 ) -> int:
     drafts = PfaModification.objects.filter(organization=organization, author=user, state=State.DRAFT)
     with transaction.atomic():
-        keys: list[str] = []
-        if pfa_ids is None:
-            keys = list(drafts.values_list("pfa_id", flat=True))
-        else:
-            for start in range(0, len(pfa_ids), _CHUNK):
-                keys += drafts.filter(pfa_id__in=pfa_ids[start : start + _CHUNK]).values_list("pfa_id", flat=True)
-        ended = 0
-        for start in range(0, len(keys), _CHUNK):
-            # Conditional on the state: a draft ended meanwhile (committed elsewhere, failed by a
-            # purge) is neither counted nor revived.
-            ended += drafts.filter(pfa_id__in=keys[start : start + _CHUNK]).transition(
-                from_states=[State.DRAFT], to_state=to_state, **fields
-            )
+        if pfa_ids is not None:
+            drafts = drafts.filter(pfa_id__in=pfa_ids)
+        keys = list(drafts.values_list("pfa_id", flat=True))
+        # Conditional on the state: a draft ended meanwhile (committed elsewhere, failed by a
+        # purge) is neither counted nor revived.
+        ended = drafts.filter(pfa_id__in=keys).transition(from_states=[State.DRAFT], to_state=to_state, **fields)
         overlay_refresh(organization_id=organization.pk, pfa_ids=keys)
         if ended and to_state == State.COMMITTED:
             views_refresh_request()
@@ -311,9 +302,7 @@ def modifications_hold_deleted(*, organization_id: UUID, pfa_ids: Sequence[str])
     """
     overlay_refresh(organization_id=organization_id, pfa_ids=pfa_ids)
     shared = PfaModification.objects.shared().filter(organization_id=organization_id)
-    if shared.exists() and any(
-        shared.filter(pfa_id__in=pfa_ids[start : start + _CHUNK]).exists() for start in range(0, len(pfa_ids), _CHUNK)
-    ):
+    if shared.exists() and shared.filter(pfa_id__in=pfa_ids).exists():
         views_refresh_request()  # the materialized views no longer count those edits
 
 
@@ -332,10 +321,9 @@ def modifications_fail_purged(*, organization_id: UUID, purged: dict[str, dateti
             f"The record was deleted in PEMS (found gone by a full read at {deleted_at:%Y-%m-%d %H:%M} UTC) "
             "and did not come back before it was purged."
         )
-        for start in range(0, len(keys), _CHUNK):
-            failed += modifications.filter(pfa_id__in=keys[start : start + _CHUNK]).transition(
-                from_states=PfaModification.UNFINISHED_STATES, to_state=State.FAILED, error_message=message
-            )
+        failed += modifications.filter(pfa_id__in=keys).transition(
+            from_states=PfaModification.UNFINISHED_STATES, to_state=State.FAILED, error_message=message
+        )
     if failed:
         logger.info("%d held modifications failed: their records were purged", failed)
     return failed
@@ -485,7 +473,7 @@ def conflict_resolve(
 def overlay_refresh(*, organization_id: UUID, pfa_ids: Iterable[str]) -> None:
     """Recompute the overlay rows of these records from the mirror and their open modifications.
 
-    Call it in the transaction that changed either. On PostgreSQL it holds a lock per organization
+    Call it in the transaction that changed either. It holds a lock per organization
     until that transaction ends, so two refreshes of one record (a sync's page and a commit) follow
     each other and the later one reads what the earlier one committed.
     """
@@ -493,11 +481,10 @@ def overlay_refresh(*, organization_id: UUID, pfa_ids: Iterable[str]) -> None:
     if not keys:
         return
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext('pfa_overlay'), hashtext(%s))", [str(organization_id)]
-                )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('pfa_overlay'), hashtext(%s))", [str(organization_id)]
+            )
         open_modifications = PfaModification.objects.filter(
             organization_id=organization_id, state__in=PfaModification.OPEN_STATES
         )
@@ -510,22 +497,17 @@ def overlay_refresh(*, organization_id: UUID, pfa_ids: Iterable[str]) -> None:
         ):
             return
         modifications: dict[str, list[PfaModification]] = defaultdict(list)
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            PfaOverlay.objects.filter(organization_id=organization_id, pfa_id__in=chunk).delete()
-            for modification in open_modifications.filter(pfa_id__in=chunk).select_related("author").in_commit_order():
-                modifications[modification.pfa_id].append(modification)
+        PfaOverlay.objects.filter(organization_id=organization_id, pfa_id__in=keys).delete()
+        for modification in open_modifications.filter(pfa_id__in=keys).select_related("author").in_commit_order():
+            modifications[modification.pfa_id].append(modification)
         if not modifications:
             return
-        records = {}
-        edited = list(modifications)
-        for start in range(0, len(edited), _CHUNK):
-            records.update(
-                (record.pfa_id, record)
-                for record in PfaMirror.objects.live().filter(
-                    organization_id=organization_id, pfa_id__in=edited[start : start + _CHUNK]
-                )
+        records = {
+            record.pfa_id: record
+            for record in PfaMirror.objects.live().filter(
+                organization_id=organization_id, pfa_id__in=list(modifications)
             )
+        }
         rows = []
         for pfa_id, record_modifications in modifications.items():
             if (record := records.get(pfa_id)) is not None:

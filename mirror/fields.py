@@ -9,12 +9,11 @@ class JSONTextField(models.JSONField):
     For a column that is written whole and read back whole. `jsonb` parses every value into its
     binary form on the way in, sorting each object's keys: about a fifth of PostgreSQL's work in a
     mirror's first load, spent for operators (`@>`, `?`, jsonpath) that `json` lacks. `->` and
-    `->>` work on both, and `data::jsonb` gives the others when someone needs them. Other
-    databases store it as Django's JSONField does.
+    `->>` work on both, and `data::jsonb` gives the others when someone needs them.
     """
 
     def db_type(self, connection) -> str:
-        return "json" if connection.vendor == "postgresql" else super().db_type(connection)
+        return "json"
 
     def from_db_value(self, value, expression, connection):
         # psycopg decodes `json` itself (Django has it hand over `jsonb` as text instead).

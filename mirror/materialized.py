@@ -5,8 +5,6 @@ A change requests a refresh (`views_refresh_request`, counted in `pfa_view_refre
 enqueues the refresh task once its transaction commits. The task refreshes both views
 `CONCURRENTLY` (readers never wait) and records which requests that covered; requests that came
 during a refresh make it go once more, so any number of them cost at most one refresh after it.
-SQLite has no materialized views: there the KPIs are answered from plain queries and a refresh
-only records that it was asked for.
 """
 
 import logging
@@ -98,8 +96,6 @@ def views_refresh(*, now_anyway: bool = False) -> RefreshOutcome:
 
 
 def _refresh_materialized_views() -> None:
-    if connection.vendor != "postgresql":
-        return
     with connection.cursor() as cursor:
         for view in views_sql.MATERIALIZED_VIEWS:
             cursor.execute(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {view}")

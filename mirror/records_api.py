@@ -495,7 +495,7 @@ class DraftsDiscardApi(ApiView):
 
 class KpisApi(ApiView):
     """The organization's KPIs per category and source, and its timeline bounds (from the
-    materialized views, as of `refreshedAt`; null on SQLite, where they are always current)."""
+    materialized views, as of `refreshedAt`; null before their first refresh)."""
 
     @extend_schema(
         responses={

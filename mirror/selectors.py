@@ -1,10 +1,8 @@
 """Read-side queries of the mirror app: visible organizations, the records list, the merged view, KPIs."""
 
-import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from functools import cache
 from typing import Any
 from uuid import UUID
 
@@ -12,7 +10,6 @@ from django.db import connection
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
-from mirror import views_sql
 from mirror.materialized import views_refresh_state
 from mirror.models import Organization, PfaMirror, PfaModification
 from mirror.store import psycopg_cursor
@@ -145,16 +142,11 @@ def records_list(
     viewer_id = user.pk if user.is_authenticated else None
     sql, params = _RecordsStatement(organization, viewer_id, filters, field, descending, after, limit).sql()
     columns = [*RECORD_COLUMNS, "changes"]
-    if connection.vendor == "postgresql":
-        # Binary results: psycopg decodes every column in C; Django's text results cost more
-        # than the query (timestamps parsed in Python).
-        with psycopg_cursor() as cursor:
-            cursor.execute(sql, params, binary=True)
-            rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
-    else:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            rows = [_from_sqlite(dict(zip(columns, row, strict=True))) for row in cursor.fetchall()]
+    # Binary results: psycopg decodes every column in C; Django's text results cost more
+    # than the query (timestamps parsed in Python).
+    with psycopg_cursor() as cursor:
+        cursor.execute(sql, params, binary=True)
+        rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
@@ -198,7 +190,7 @@ _STATE_FILTERS = {
 
 
 class _RecordsStatement:
-    """The records list as one SQL statement (PostgreSQL and SQLite alike).
+    """The records list as one SQL statement.
 
     It reads the rows of `pfa_merged_live` from the view's tables, in three parts: mirror rows with
     no merged row, the shared merged rows, and the viewer's draft rows (which stand in for the
@@ -210,7 +202,7 @@ class _RecordsStatement:
 
     def __init__(self, organization, viewer_id, filters: RecordFilters, field, descending, after, limit) -> None:
         self.filters, self.field, self.descending, self.after, self.limit = filters, field, descending, after, limit
-        self.organization_key = organization.pk if connection.vendor == "postgresql" else organization.pk.hex
+        self.organization_key = organization.pk
         self.viewer_id = viewer_id
         self.params: list[Any] = []
 
@@ -247,8 +239,7 @@ class _RecordsStatement:
         if counting:
             return f"SELECT count(*) {where}"
         columns = ", ".join(f't."{_column(name)}" AS {name}' for name in RECORD_COLUMNS)
-        null = "NULL::jsonb" if connection.vendor == "postgresql" else "NULL"
-        changes = null if table == "pfa_mirror" else "t.changes"
+        changes = "NULL::jsonb" if table == "pfa_mirror" else "t.changes"
         return f"SELECT {columns}, {changes} AS changes {where} ORDER BY {self._order('t.')} LIMIT {self.limit + 1}"
 
     def _filters(self) -> tuple[list[str], list[Any]]:
@@ -259,15 +250,14 @@ class _RecordsStatement:
                 params.append(value)
         if filters.forecast_from is not None:
             conditions.append("t.forecast_end_date >= %s")
-            params.append(self._date(filters.forecast_from))
+            params.append(filters.forecast_from)
         if filters.forecast_to is not None:
             conditions.append("t.forecast_start_date <= %s")
-            params.append(self._date(filters.forecast_to))
+            params.append(filters.forecast_to)
         if filters.search:
-            like = "ILIKE" if connection.vendor == "postgresql" else "LIKE"  # SQLite's LIKE ignores case
             escaped = filters.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             columns = ("pfa_id", "equipment_tag", "manufacturer", "model")
-            conditions.append("(" + " OR ".join(f"t.{name} {like} %s ESCAPE '\\'" for name in columns) + ")")
+            conditions.append("(" + " OR ".join(f"t.{name} ILIKE %s ESCAPE '\\'" for name in columns) + ")")
             params += [f"%{escaped}%"] * len(columns)
         if filters.state is not None:
             states = _STATE_FILTERS[filters.state]
@@ -292,7 +282,6 @@ class _RecordsStatement:
         if value is None:  # empty values come first when descending, last when ascending
             tail = f" OR {column} IS NOT NULL" if self.descending else ""
             return f"(({column} IS NULL AND t.pfa_id > %s){tail})", [pfa_id]
-        value = self._date(value) if isinstance(value, date) and not isinstance(value, datetime) else value
         if self.descending:
             return f"({column} < %s OR ({column} = %s AND t.pfa_id > %s))", [value, value, pfa_id]
         return f"({column} > %s OR ({column} = %s AND t.pfa_id > %s) OR {column} IS NULL)", [value, value, pfa_id]
@@ -304,32 +293,9 @@ class _RecordsStatement:
         direction = "DESC NULLS FIRST" if self.descending else "ASC NULLS LAST"
         return f"{column} {direction}, {prefix}pfa_id ASC"
 
-    @staticmethod
-    def _date(value: date) -> date | str:
-        return value if connection.vendor == "postgresql" else value.isoformat()
-
 
 def _column(name: str) -> str:
     return PfaMirror._meta.get_field(name).column
-
-
-@cache
-def _sqlite_converters() -> list[tuple[str, Any, list]]:
-    """Each listed column with the converters Django applies to it on SQLite, found once."""
-    columns = []
-    for name in RECORD_COLUMNS:
-        column = PfaMirror._meta.get_field(name).get_col(PfaMirror._meta.db_table)
-        columns.append((name, column, connection.ops.get_db_converters(column) + column.get_db_converters(connection)))
-    return columns
-
-
-def _from_sqlite(row: dict[str, Any]) -> dict[str, Any]:
-    """A row as SQLite returns it, typed as the model's fields type it (as psycopg does on PostgreSQL)."""
-    for name, column, converters in _sqlite_converters():
-        for converter in converters:
-            row[name] = converter(row[name], column, connection)
-    row["changes"] = row["changes"] and json.loads(row["changes"])
-    return row
 
 
 def record_get(*, organization: Organization, user, pfa_id: str) -> tuple[dict[str, Any], dict, list[PfaModification]]:
@@ -367,39 +333,26 @@ _CENT = Decimal("0.01")
 
 
 def kpis_get(*, organization: Organization) -> Kpis:
-    """The organization's KPIs: from the materialized views on PostgreSQL (as of their last refresh),
-    computed by the same SELECTs from the merged view on SQLite (always current)."""
-    if connection.vendor == "postgresql":
-        summary_sql = "SELECT * FROM pfa_kpi_summary WHERE organization_id = %s ORDER BY category, source"
-        timeline_sql = "SELECT * FROM pfa_timeline_bounds WHERE organization_id = %s"
-        organization_key: Any = organization.pk
-        refreshed_at = views_refresh_state().last_refreshed_at
-    else:
-        select = views_sql.kpi_summary_select(views_sql.SQLITE_DAYS_BETWEEN)
-        summary_sql = f"SELECT * FROM ({select}) WHERE organization_id = %s ORDER BY category, source"
-        timeline_sql = f"SELECT * FROM ({views_sql.TIMELINE_BOUNDS_SELECT}) WHERE organization_id = %s"
-        organization_key = organization.pk.hex
-        refreshed_at = None
+    """The organization's KPIs, from the materialized views (as of their last refresh)."""
+    summary_sql = "SELECT * FROM pfa_kpi_summary WHERE organization_id = %s ORDER BY category, source"
+    timeline_sql = "SELECT * FROM pfa_timeline_bounds WHERE organization_id = %s"
+    refreshed_at = views_refresh_state().last_refreshed_at
     with connection.cursor() as cursor:
-        cursor.execute(summary_sql, [organization_key])
+        cursor.execute(summary_sql, [organization.pk])
         names = [column[0] for column in cursor.description]
         summary = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        cursor.execute(timeline_sql, [organization_key])
+        cursor.execute(timeline_sql, [organization.pk])
         names = [column[0] for column in cursor.description]
         bounds = cursor.fetchone()
     for entry in summary:
         del entry["organization_id"]
         for name in ("monthly_rate_sum", "purchase_price_sum", "plan_cost", "forecast_cost", "actual_cost"):
-            entry[name] = Decimal(str(entry[name])).quantize(_CENT, rounding=ROUND_HALF_UP)
+            entry[name] = entry[name].quantize(_CENT, rounding=ROUND_HALF_UP)
     timeline = dict.fromkeys(_TIMELINE_COLUMNS)
     if bounds is not None:
         values = dict(zip(names, bounds, strict=True))
-        timeline = {name: _as_date(values[name]) for name in _TIMELINE_COLUMNS}
+        timeline = {name: values[name] for name in _TIMELINE_COLUMNS}
     return Kpis(refreshed_at=refreshed_at, summary=summary, timeline=timeline)
-
-
-def _as_date(value: Any) -> date | None:
-    return date.fromisoformat(value) if isinstance(value, str) else value
 
 
 # --- Modifications at a glance ---------------------------------------------------------------------

@@ -25,8 +25,6 @@ logger = logging.getLogger(__name__)
 # Columns filled from a PfaRecord, in model order; everything else is bookkeeping.
 _BOOKKEEPING = {"id", "organization", "version", "first_synced_at", "last_synced_at", "deleted_at"}
 RECORD_FIELDS = [f for f in PfaMirror._meta.concrete_fields if f.name not in _BOOKKEEPING]
-# SQLite binds at most 32,766 parameters per statement.
-_SQLITE_MAX_PARAMS = 32_000
 
 
 def psycopg_cursor() -> psycopg.Cursor:
@@ -70,28 +68,23 @@ def pfa_records_upsert(
     other work in a thread of its own meanwhile.
 
     `expect_new` says the mirror is not expected to hold any of the keys yet (an organization's
-    first load). On PostgreSQL a batch is then COPYed straight into the mirror, about 1.3x
+    first load). A batch is then COPYed straight into the mirror, about 1.3x
     cheaper than the merge; if a key turns out to be stored after all, nothing of that batch is
     kept and it is merged as usual.
     """
     unique = {record.pfa_id: record for record in records}
     counts = UpsertCounts(unchanged=len(records) - len(unique))
     rows = list(unique.values())
-    if connection.vendor == "postgresql":
-        upsert_batch = _upsert_batch_postgresql
-    else:
-        upsert_batch = _upsert_batch_sqlite
-        batch_size = min(batch_size, _SQLITE_MAX_PARAMS // (len(RECORD_FIELDS) + 4))
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         staged = on_staged if start == 0 else None
-        if expect_new and connection.vendor == "postgresql":
+        if expect_new:
             if _insert_new_batch_postgresql(organization_id, batch, synced_at, staged):
                 counts += UpsertCounts(inserted=len(batch))
                 continue
             logger.info("Some of %d rows expected to be new are in the mirror already: merging them", len(batch))
             staged = None  # called already
-        versions = upsert_batch(organization_id, batch, synced_at, staged)
+        versions = _upsert_batch_postgresql(organization_id, batch, synced_at, staged)
         inserted = sum(1 for version in versions if version == 1)
         counts += UpsertCounts(
             inserted=inserted, updated=len(versions) - inserted, unchanged=len(batch) - len(versions)
@@ -104,11 +97,8 @@ def pfa_records_upsert(
 def pfa_content_hashes(*, organization_id: UUID, pfa_ids: Sequence[str]) -> dict[str, str]:
     """The stored content hash of those of `pfa_ids` the organization's mirror holds live."""
     wanted = [key for key in set(pfa_ids) if key and "\x00" not in key]  # a NUL key is never stored
-    hashes: dict[str, str] = {}
-    records = PfaMirror.objects.live().filter(organization_id=organization_id)
-    for start in range(0, len(wanted), 5000):  # SQLite binds a limited number of parameters
-        hashes.update(records.filter(pfa_id__in=wanted[start : start + 5000]).values_list("pfa_id", "content_hash"))
-    return hashes
+    records = PfaMirror.objects.live().filter(organization_id=organization_id, pfa_id__in=wanted)
+    return dict(records.values_list("pfa_id", "content_hash"))
 
 
 def pfa_key_range_hashes(*, organization_id: UUID, after: str | None, through: str | None) -> dict[str, str]:
@@ -125,8 +115,6 @@ def pfa_key_range_hashes(*, organization_id: UUID, after: str | None, through: s
     if through is not None:
         conditions.append("pfa_id <= %s")
         params.append(_without_nul(through))
-    if connection.vendor != "postgresql":
-        params[0] = PfaMirror._meta.get_field("organization").get_db_prep_value(organization_id, connection)
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT pfa_id, content_hash FROM {_quoted(PfaMirror._meta.db_table)} WHERE {' AND '.join(conditions)}",
@@ -172,7 +160,7 @@ def _quoted(column: str) -> str:
     return connection.ops.quote_name(column)
 
 
-def _conflict_clause(distinct_operator: str) -> str:
+def _conflict_clause() -> str:
     table = _quoted(PfaMirror._meta.db_table)
     assignments = ", ".join(f"{_quoted(f.column)} = EXCLUDED.{_quoted(f.column)}" for f in RECORD_FIELDS)
     # A row marked deleted that PEMS sends again is revived, as an update, even when unchanged. A
@@ -182,7 +170,7 @@ def _conflict_clause(distinct_operator: str) -> str:
     return (
         f"ON CONFLICT (organization_id, pfa_id) DO UPDATE SET {assignments}, "
         f"version = {table}.version + 1, last_synced_at = EXCLUDED.last_synced_at, deleted_at = NULL "
-        f"WHERE ({table}.content_hash {distinct_operator} EXCLUDED.content_hash OR {table}.deleted_at IS NOT NULL) "
+        f"WHERE ({table}.content_hash IS DISTINCT FROM EXCLUDED.content_hash OR {table}.deleted_at IS NOT NULL) "
         f"AND ({table}.deleted_at IS NOT NULL OR {table}.pems_record_id IS NULL OR EXCLUDED.pems_record_id IS NULL "
         f"OR EXCLUDED.pems_record_id >= {table}.pems_record_id "
         f"OR EXCLUDED.pems_last_modified > {table}.pems_last_modified) "
@@ -244,7 +232,7 @@ def _postgresql_statements() -> tuple[str, str, list[str], str]:
     copy = f"COPY {_STAGE_TABLE} ({stage_columns}) FROM STDIN (FORMAT BINARY)"
     merge = (
         f"INSERT INTO {_quoted(PfaMirror._meta.db_table)} ({_insert_columns()}) "
-        f"SELECT %s, {stage_columns}, 1, %s, %s FROM {_STAGE_TABLE} " + _conflict_clause("IS DISTINCT FROM")
+        f"SELECT %s, {stage_columns}, 1, %s, %s FROM {_STAGE_TABLE} " + _conflict_clause()
     )
     return create, copy, _copy_types(RECORD_FIELDS), merge
 
@@ -286,33 +274,6 @@ def _insert_new_batch_postgresql(
     except psycopg.errors.UniqueViolation:
         return False
     return True
-
-
-def _upsert_batch_sqlite(
-    organization_id: UUID, batch: Sequence[PfaRecord], synced_at: datetime, on_staged: Callable[[], None] | None
-) -> list[int]:
-    # SQLite has no arrays: a multi-row VALUES list, with values prepared by the model's own
-    # fields so they are stored exactly as the ORM would store them.
-    org_value = PfaMirror._meta.get_field("organization").get_db_prep_save(organization_id, connection)
-    synced_value = PfaMirror._meta.get_field("last_synced_at").get_db_prep_save(synced_at, connection)
-    placeholders = "(" + ", ".join(["%s"] * (len(RECORD_FIELDS) + 4)) + ")"
-    params: list = []
-    for record in batch:
-        params.append(org_value)
-        for field in RECORD_FIELDS:
-            value = getattr(record, field.name)
-            # `data` is JSON text already, which the field would encode once more, as a JSON string.
-            params.append(value.decode() if field.name == "data" else field.get_db_prep_save(value, connection))
-        params.extend((1, synced_value, synced_value))
-    sql = (
-        f"INSERT INTO {_quoted(PfaMirror._meta.db_table)} ({_insert_columns()}) "
-        f"VALUES {', '.join([placeholders] * len(batch))} " + _conflict_clause("IS NOT")
-    )
-    if on_staged:
-        on_staged()
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return [version for (version,) in cursor.fetchall()]
 
 
 def pfa_record_replace(*, organization_id: UUID, record: PfaRecord, synced_at: datetime) -> bool:

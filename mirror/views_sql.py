@@ -1,8 +1,7 @@
 """The SQL of the delta layer's database views, in one place.
 
-Migrations create the views from these texts, and on SQLite (which has no materialized views) the
-KPI selectors run the same SELECTs directly. Changing a text here changes only what new databases
-and SQLite answer: give PostgreSQL a migration that recreates the view as well.
+Migrations create the views from these texts. Changing a text here changes only what new databases
+answer: give PostgreSQL a migration that recreates the view as well.
 """
 
 # Every column of pfa_mirror, in its order; the overlay's `mirror_id` stands in for its own `id`.
@@ -32,28 +31,23 @@ SELECT o.mirror_id, {", ".join("o." + c for c in _COLUMNS.split(", "))}
 _DAYS_PER_MONTH = "30.4375"
 
 
-def _cost(start: str, end: str, days_between: str) -> str:
-    days = days_between.format(start=start, end=end)
+def _cost(start: str, end: str) -> str:
+    days = f"GREATEST({end} - {start}, 0)"  # whole days, none when the end is before the start
     return (
         f"COALESCE(SUM(CASE WHEN source = 'Rental' THEN monthly_rate * {days} / {_DAYS_PER_MONTH} "
         f"WHEN source = 'Purchase' THEN purchase_price END), 0)"
     )
 
 
-def kpi_summary_select(days_between: str) -> str:
-    """Per organization, category and source: counts, sums and the plan, forecast and actual cost.
-
-    `days_between` is the database's expression for the whole days from `{start}` to `{end}`
-    (none when the end is before the start).
-    """
-    return f"""
+# Per organization, category and source: counts, sums and the plan, forecast and actual cost.
+KPI_SUMMARY_SELECT = f"""
 SELECT organization_id, category, source,
        COUNT(*) AS record_count,
        COALESCE(SUM(monthly_rate), 0) AS monthly_rate_sum,
        COALESCE(SUM(purchase_price), 0) AS purchase_price_sum,
-       {_cost("plan_start_date", "plan_end_date", days_between)} AS plan_cost,
-       {_cost("forecast_start_date", "forecast_end_date", days_between)} AS forecast_cost,
-       {_cost("actual_start_date", "actual_end_date", days_between)} AS actual_cost
+       {_cost("plan_start_date", "plan_end_date")} AS plan_cost,
+       {_cost("forecast_start_date", "forecast_end_date")} AS forecast_cost,
+       {_cost("actual_start_date", "actual_end_date")} AS actual_cost
   FROM pfa_merged_live
  GROUP BY organization_id, category, source
 """
@@ -68,13 +62,10 @@ SELECT organization_id,
  GROUP BY organization_id
 """
 
-POSTGRESQL_DAYS_BETWEEN = "GREATEST({end} - {start}, 0)"
-SQLITE_DAYS_BETWEEN = "MAX(julianday({end}) - julianday({start}), 0)"
-
 MATERIALIZED_VIEWS = ("pfa_kpi_summary", "pfa_timeline_bounds")
 
 CREATE_MATERIALIZED_VIEWS = f"""
-CREATE MATERIALIZED VIEW pfa_kpi_summary AS {kpi_summary_select(POSTGRESQL_DAYS_BETWEEN)};
+CREATE MATERIALIZED VIEW pfa_kpi_summary AS {KPI_SUMMARY_SELECT};
 CREATE UNIQUE INDEX pfa_kpi_summary_key ON pfa_kpi_summary (organization_id, category, source);
 CREATE MATERIALIZED VIEW pfa_timeline_bounds AS {TIMELINE_BOUNDS_SELECT};
 CREATE UNIQUE INDEX pfa_timeline_bounds_key ON pfa_timeline_bounds (organization_id);

@@ -98,9 +98,7 @@ WSGI_APPLICATION = "pfasync.wsgi.application"
 # missing stops instead of writing to a local folder.
 DATABASE_URL = env.str("DATABASE_URL", default="")
 EMBEDDED_POSTGRES = not DATABASE_URL and (DEBUG or env.bool("PFASYNC_EMBEDDED_POSTGRES", default=False))
-# The SQLite file is on its way out (the demo no longer uses it); only an explicit PFASYNC_ALLOW_SQLITE=true.
-SQLITE = not DATABASE_URL and not EMBEDDED_POSTGRES and env.bool("PFASYNC_ALLOW_SQLITE", default=False)
-if not (DATABASE_URL or EMBEDDED_POSTGRES or SQLITE):
+if not (DATABASE_URL or EMBEDDED_POSTGRES):
     raise ImproperlyConfigured(
         "DATABASE_URL is not set: pfasync runs on PostgreSQL, e.g. "
         "DATABASE_URL=postgres://user@host:5432/pfasync. For a local trial on an embedded PostgreSQL server "
@@ -113,15 +111,15 @@ if EMBEDDED_POSTGRES:
     embedded_db_start(pgdata=PFASYNC_PGDATA)
     DATABASES = {"default": embedded_db_settings(pgdata=PFASYNC_PGDATA)}
 else:
-    DATABASES = {"default": env.db_url_config(DATABASE_URL or f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL lets the web server read while a sync writes; the timeout rides out short write locks.
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 30, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+    DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+# The mirror's SQL (COPY, materialized views, triggers, partial indexes) is PostgreSQL's: another
+# database would fail later, halfway through a migration or a sync.
+if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured(
+        f"DATABASE_URL names {DATABASES['default']['ENGINE']}: pfasync runs on PostgreSQL only, e.g. "
+        "DATABASE_URL=postgres://user@host:5432/pfasync, or unset with PFASYNC_EMBEDDED_POSTGRES=true for "
+        "an embedded PostgreSQL server."
     )
-    # Tests get a file too: Django's default in-memory shared-cache test database locks whole
-    # tables instead of waiting, which is not how the service behaves on SQLite.
-    DATABASES["default"]["TEST"] = {"NAME": f"{DATABASES['default']['NAME']}.test"}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

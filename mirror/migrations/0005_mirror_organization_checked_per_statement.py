@@ -9,8 +9,6 @@ statement's new rows (a transition table):
   writing transaction ends;
 - deleting an organization deletes its rows, also those a sync committed while the delete
   waited for that lock (the ORM's cascade ran before them).
-
-SQLite, the single-user default, gets no triggers: its writers take turns, and the ORM cascades.
 """
 
 import django.db.models.deletion
@@ -60,13 +58,11 @@ DROP FUNCTION pfa_mirror_check_organizations();
 
 
 def create_triggers(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(CREATE_POSTGRESQL)
+    schema_editor.execute(CREATE_POSTGRESQL)
 
 
 def drop_triggers(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(DROP_POSTGRESQL)
+    schema_editor.execute(DROP_POSTGRESQL)
 
 
 class Migration(migrations.Migration):

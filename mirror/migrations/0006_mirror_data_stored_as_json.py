@@ -4,7 +4,7 @@
 PostgreSQL's work in a first load; nothing here uses the operators only `jsonb` has.
 On a filled mirror this rewrites the table once, under an exclusive lock (350,000 rows took 7 s
 here). The rows keep their content; rows a sync writes from then on hold the exact canonical JSON
-their `content_hash` digests. SQLite stores JSON as text either way.
+their `content_hash` digests.
 """
 
 from django.db import migrations

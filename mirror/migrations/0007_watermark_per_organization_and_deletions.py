@@ -29,14 +29,12 @@ def watermarks_to_organizations(apps, schema_editor):
 
 def pfa_id_binary_order(apps, schema_editor):
     # Key ranges (which stored rows lie between two PEMS keys) must order keys as PEMS and Python
-    # do, by code point; the database's default collation may not. SQLite compares bytes already.
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute('ALTER TABLE pfa_mirror ALTER COLUMN pfa_id TYPE varchar(64) COLLATE "C"')
+    # do, by code point; the database's default collation may not.
+    schema_editor.execute('ALTER TABLE pfa_mirror ALTER COLUMN pfa_id TYPE varchar(64) COLLATE "C"')
 
 
 def pfa_id_default_order(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute('ALTER TABLE pfa_mirror ALTER COLUMN pfa_id TYPE varchar(64) COLLATE "default"')
+    schema_editor.execute('ALTER TABLE pfa_mirror ALTER COLUMN pfa_id TYPE varchar(64) COLLATE "default"')
 
 
 class Migration(migrations.Migration):

@@ -1,5 +1,5 @@
-"""The delta layer: modifications, the overlay of merged records, the view `pfa_merged_live` and, on
-PostgreSQL, the materialized views `pfa_kpi_summary` and `pfa_timeline_bounds`."""
+"""The delta layer: modifications, the overlay of merged records, the view `pfa_merged_live` and the
+materialized views `pfa_kpi_summary` and `pfa_timeline_bounds`."""
 
 import django.db.models.deletion
 import django.utils.timezone
@@ -11,19 +11,16 @@ from mirror import views_sql
 
 
 def create_views(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        # Keys compare and sort in code-point order, as pfa_mirror's (migration 0007).
-        for table in ("pfa_overlay", "pfa_modification"):
-            schema_editor.execute(f'ALTER TABLE {table} ALTER COLUMN pfa_id TYPE varchar(64) COLLATE "C"')
+    # Keys compare and sort in code-point order, as pfa_mirror's (migration 0007).
+    for table in ("pfa_overlay", "pfa_modification"):
+        schema_editor.execute(f'ALTER TABLE {table} ALTER COLUMN pfa_id TYPE varchar(64) COLLATE "C"')
     schema_editor.execute(views_sql.MERGED_LIVE)
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(views_sql.CREATE_MATERIALIZED_VIEWS)
+    schema_editor.execute(views_sql.CREATE_MATERIALIZED_VIEWS)
 
 
 def drop_views(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        for view in views_sql.MATERIALIZED_VIEWS:
-            schema_editor.execute(f"DROP MATERIALIZED VIEW IF EXISTS {view}")
+    for view in views_sql.MATERIALIZED_VIEWS:
+        schema_editor.execute(f"DROP MATERIALIZED VIEW IF EXISTS {view}")
     schema_editor.execute("DROP VIEW IF EXISTS pfa_merged_live")
 
 

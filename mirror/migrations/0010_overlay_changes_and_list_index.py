@@ -4,19 +4,6 @@ the overlay keeps, per merged row, what differs from PEMS and who changed it."""
 from django.conf import settings
 from django.db import migrations, models
 
-from mirror import views_sql
-
-
-# SQLite rebuilds a table to change it, which a view over it does not survive.
-def drop_view_on_sqlite(apps, schema_editor):
-    if schema_editor.connection.vendor == "sqlite":
-        schema_editor.execute("DROP VIEW IF EXISTS pfa_merged_live")
-
-
-def create_view_on_sqlite(apps, schema_editor):
-    if schema_editor.connection.vendor == "sqlite":
-        schema_editor.execute(views_sql.MERGED_LIVE)
-
 
 class Migration(migrations.Migration):
 
@@ -26,7 +13,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RunPython(drop_view_on_sqlite, create_view_on_sqlite),
         migrations.RemoveIndex(
             model_name='pfamirror',
             name='pfa_mirror_org_cat_fcst',
@@ -52,5 +38,4 @@ class Migration(migrations.Migration):
             model_name='pfaoverlay',
             index=models.Index(fields=['organization', 'category', '-forecast_start_date', 'pfa_id'], name='pfa_overlay_org_cat_fcst'),
         ),
-        migrations.RunPython(create_view_on_sqlite, drop_view_on_sqlite),
 ]

@@ -291,8 +291,6 @@ def test_requests_during_a_refresh_cause_exactly_one_more(rio):
 
     from mirror.materialized import views_refresh, views_refresh_request
 
-    if connection.vendor != "postgresql":
-        pytest.skip("materialized views are PostgreSQL's")
     views_refresh_request()
     settings = connection.settings_dict
     with psycopg.connect(

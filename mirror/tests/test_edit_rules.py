@@ -164,8 +164,6 @@ def test_setting_a_field_back_to_what_others_see_leaves_the_draft(rio, ann, bob)
 
 @pytest.mark.django_db(transaction=True)
 def test_simultaneous_saves_of_one_user_on_one_record_end_in_one_draft(transactional_db):
-    if connection.vendor != "postgresql":
-        pytest.skip("row locks need PostgreSQL")
     rio = OrganizationFactory(code="RIO")
     mirror_record(rio, "P1")
     ann = User.objects.create_user("ann")
@@ -229,8 +227,6 @@ def _in_thread(target) -> tuple[threading.Thread, list[BaseException]]:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_commit_racing_a_deletion_ends_held_and_the_purge_fails_it(transactional_db):
-    if connection.vendor != "postgresql":
-        pytest.skip("row and advisory locks need PostgreSQL")
     rio = OrganizationFactory(code="RIO")
     mirror_record(rio, "P1")
     ann = User.objects.create_user("ann")
@@ -265,8 +261,6 @@ def test_a_commit_racing_a_deletion_ends_held_and_the_purge_fails_it(transaction
 
 @pytest.mark.django_db(transaction=True)
 def test_a_commit_racing_the_purge_ends_failed(transactional_db):
-    if connection.vendor != "postgresql":
-        pytest.skip("row locks need PostgreSQL")
     rio = OrganizationFactory(code="RIO")
     mirror_record(rio, "P1")
     ann = User.objects.create_user("ann")

@@ -308,7 +308,6 @@ def _manage(*args: str, **environment: str) -> subprocess.CompletedProcess:
     clean = {
         "DJANGO_DEBUG": "",
         "DJANGO_SECURE": "",
-        "PFASYNC_ALLOW_SQLITE": "",
         "PFASYNC_EMBEDDED_POSTGRES": "",
         "DATABASE_URL": "",
     }
@@ -336,14 +335,21 @@ def test_check_deploy_is_clean_with_the_documented_production_settings():
     assert "System check identified no issues" in result.stdout, result.stdout + result.stderr
 
 
-def test_without_database_url_pfasync_refuses_to_start_unless_sqlite_is_allowed():
+def test_pfasync_refuses_to_start_without_postgresql():
     show_engine = ("-c", "from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])")
     refused = _manage(*show_engine, DJANGO_SETTINGS_MODULE="pfasync.settings", DJANGO_DEBUG="false")
     assert refused.returncode != 0
     assert "DATABASE_URL is not set" in refused.stderr and "PFASYNC_EMBEDDED_POSTGRES=true" in refused.stderr
 
     # (The embedded PostgreSQL server, PFASYNC_EMBEDDED_POSTGRES or DJANGO_DEBUG: pfasync/tests/test_embedded_db.py.)
-    for allowed in ({"PFASYNC_ALLOW_SQLITE": "true"},):
-        result = _manage(*show_engine, DJANGO_SETTINGS_MODULE="pfasync.settings", **allowed)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == "django.db.backends.sqlite3"
+    # Another database is refused by name, before any migration or sync could half run on it.
+    for url in ("sqlite:///db.sqlite3", "mysql://user@db.example:3306/pfasync"):
+        refused = _manage(*show_engine, DJANGO_SETTINGS_MODULE="pfasync.settings", DATABASE_URL=url)
+        assert refused.returncode != 0
+        assert "PostgreSQL only" in refused.stderr and "PFASYNC_EMBEDDED_POSTGRES=true" in refused.stderr
+
+    result = _manage(
+        *show_engine, DJANGO_SETTINGS_MODULE="pfasync.settings", DATABASE_URL="postgres://u@db.example:5432/x"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "django.db.backends.postgresql"

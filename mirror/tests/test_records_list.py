@@ -1,6 +1,6 @@
 """The records list against its definition: on random data with several planners' committed edits
 and drafts, every filter, ordering and page size gives what the view `pfa_merged_live` (with the
-caller's drafts on top) holds. The same fixed answers on PostgreSQL and SQLite."""
+caller's drafts on top) holds; and fixed answers of the list and the KPIs on one seeded world."""
 
 import random
 from datetime import UTC, date, datetime, timedelta
@@ -114,7 +114,7 @@ def test_the_list_is_the_merged_view_with_the_callers_drafts(world, ordering):
     assert set(RECORD_ORDERINGS) >= {ordering.lstrip("-")}
 
 
-def test_fixed_answers_alike_on_postgresql_and_sqlite(world):
+def test_fixed_answers_of_the_list_and_the_kpis(world):
     rio, (ann, bob, _) = world
     first = records_list(organization=rio, user=ann, filters=RecordFilters(category="LIFTS"), limit=3).records
     assert [(row["pfa_id"], row["category"], row["monthly_rate"]) for row in first] == [
@@ -122,7 +122,7 @@ def test_fixed_answers_alike_on_postgresql_and_sqlite(world):
         ("P011", "LIFTS", Decimal("824.0000")),
         ("P020", "LIFTS", Decimal("1901.0000")),
     ]
-    views_refresh()  # PostgreSQL answers from the materialized views as of their last refresh
+    views_refresh()  # the KPIs come from the materialized views as of their last refresh
     kpis = kpis_get(organization=rio)
     summary = {(entry.pop("category"), entry.pop("source")): entry for entry in kpis.summary}
     assert {key: entry["record_count"] for key, entry in summary.items()} == {

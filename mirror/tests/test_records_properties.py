@@ -326,13 +326,12 @@ def test_rows_the_parser_keeps_are_stored_exactly_and_rows_it_sets_aside_can_be_
                 # An undamaged row stored last under its key holds the values it was written from.
                 if typed is not None and stored[typed["pfs_id"].strip()].data == row:
                     _expect_typed(stored[typed["pfs_id"].strip()], typed)
-            if connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    for error, raw in parsed.rejected:  # what a run keeps of a row set aside
-                        cursor.execute(
-                            "SELECT %s::jsonb, %s::text, %s::text",
-                            [orjson.dumps(raw).decode(), error.reason, error.pfa_id or ""],
-                        )
+            with connection.cursor() as cursor:
+                for error, raw in parsed.rejected:  # what a run keeps of a row set aside
+                    cursor.execute(
+                        "SELECT %s::jsonb, %s::text, %s::text",
+                        [orjson.dumps(raw).decode(), error.reason, error.pfa_id or ""],
+                    )
             raise _RolledBack
     except _RolledBack:
         pass

@@ -109,7 +109,6 @@ def test_data_holds_the_exact_json_the_content_hash_digests(expect_new):
     assert PfaMirror.objects.get(pfa_id="PFA-1").data["pfs_f_model"] == 'Grove \u00e9 "GMK"'
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's column types")
 def test_data_is_stored_as_json_text_and_still_written_by_the_orm():
     with connection.cursor() as cursor:
         cursor.execute(
@@ -179,7 +178,6 @@ def test_rows_expected_new_are_stored_exactly_as_the_merge_stores_them():
     assert len(stored(copied)) == 3
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="only PostgreSQL has the COPY path")
 def test_a_batch_expected_new_that_meets_a_stored_key_is_merged_and_the_next_is_copied(caplog):
     organization = OrganizationFactory(code="RIO")
     upsert(organization, [record("PFA-003")])
@@ -252,11 +250,9 @@ def test_marked_deleted_records_are_revived_as_updates_when_pems_sends_them_agai
 
 
 # The mirror's organization is checked by triggers, once per statement, not by a per-row foreign key
-# (migration 0005). SQLite, the single-user default, has no such triggers.
-postgresql_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="the triggers are PostgreSQL's")
+# (migration 0005).
 
 
-@postgresql_only
 @either_way
 def test_rows_naming_an_organization_that_does_not_exist_are_refused(expect_new):
     organization = OrganizationFactory(code="RIO")
@@ -279,7 +275,6 @@ def test_deleting_an_organization_deletes_its_rows_and_no_others():
     assert list(PfaMirror.objects.values_list("organization__code", "pfa_id")) == [("HOU", "PFA-1")]
 
 
-@postgresql_only
 def test_deleting_an_organization_in_sql_deletes_its_rows():
     rio, hou = OrganizationFactory(code="RIO"), OrganizationFactory(code="HOU")
     upsert(rio, [record("PFA-1"), record("PFA-2")])
@@ -289,7 +284,6 @@ def test_deleting_an_organization_in_sql_deletes_its_rows():
     assert list(PfaMirror.objects.values_list("organization_id", flat=True)) == [hou.pk]
 
 
-@postgresql_only
 @pytest.mark.django_db(transaction=True)
 @either_way
 def test_an_organization_cannot_be_deleted_while_rows_for_it_are_being_written(expect_new):

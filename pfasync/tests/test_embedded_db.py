@@ -64,7 +64,7 @@ def test_a_server_starts_on_demand_once_and_stops_on_request(pgdata):
 
 def _settings_engine(**environment: str) -> subprocess.CompletedProcess:
     # Explicitly empty values win over a developer's .env (it only fills in what is unset).
-    clean = {"DJANGO_DEBUG": "", "DATABASE_URL": "", "PFASYNC_ALLOW_SQLITE": "", "PFASYNC_EMBEDDED_POSTGRES": ""}
+    clean = {"DJANGO_DEBUG": "", "DATABASE_URL": "", "PFASYNC_EMBEDDED_POSTGRES": ""}
     code = "from django.conf import settings; d = settings.DATABASES['default']; print(d['ENGINE'], d['HOST'])"
     return subprocess.run(
         [sys.executable, "-c", f"import django; django.setup(); {code}"],

@@ -225,7 +225,6 @@ def test_allow_mass_delete_must_be_a_boolean_on_a_full_read_of_one_organization(
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite serializes writers; the race needs PostgreSQL")
 def test_twenty_concurrent_triggers_start_exactly_one_run():
     rio = ApiConfigurationFactory(organization=OrganizationFactory(code="RIO")).organization
     user = user_with("ana", "synclog.trigger_sync", organizations=[rio])

@@ -23,7 +23,6 @@ from synclog.models import ClaimLost, PfaSyncLog, RunEnded, SyncStatus, stale_ru
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
-postgresql_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL's sessions")
 
 
 @pytest.fixture
@@ -187,7 +186,6 @@ def test_a_lease_shorter_than_three_heartbeats_is_refused_at_start_up():
 
 
 @pytest.mark.faults
-@postgresql_only
 @pytest.mark.django_db(transaction=True)
 def test_a_run_whose_database_connection_died_records_its_real_cause(pems_server):
     rio = ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url).organization

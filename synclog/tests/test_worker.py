@@ -44,11 +44,7 @@ pytestmark = pytest.mark.django_db
 
 def in_worker_processes(test):
     """A test that starts `manage.py qcluster` processes: slow, on a database they share."""
-    for mark in (
-        pytest.mark.slow,
-        pytest.mark.django_db(transaction=True),
-        pytest.mark.skipif(connection.vendor != "postgresql", reason="worker processes need a shared PostgreSQL"),
-    ):
+    for mark in (pytest.mark.slow, pytest.mark.django_db(transaction=True)):
         test = mark(test)
     return test
 
