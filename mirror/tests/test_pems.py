@@ -27,7 +27,7 @@ from mirror.pems import (
     modified_since_filter,
     organization_filter,
 )
-from mirror.pems_fast import PageDecoder
+from mirror.pems.fast import PageDecoder
 from mirror.records import REPEATED_COLUMNS, parse_pfa_row
 from mirror.simulator import (
     DEFAULT_API_KEY,
@@ -825,7 +825,7 @@ def with_extra_key(answer: dict, *where: str) -> dict:
     ],
 )  # fmt: skip
 def test_grid_pages_are_read_to_the_same_rows_however_plain_or_odd(sleeps, answer, path, rows, cursor):
-    """`path`: whether `mirror.pems_fast` reads the page ("typed") or leaves it to the general decode."""
+    """`path`: whether `mirror.pems.fast` reads the page ("typed") or leaves it to the general decode."""
     with StubServer([(200, answer)]) as stub:
         page = next(stub_client(stub, sleeps).iter_pages())
     assert page.rows == rows
