@@ -80,7 +80,7 @@ _AUTH_WORDS = ("authenticat", "credential", "login", "log in", "logon", "passwor
 _CONFLICT_WORDS = ("modified by another user", "changed by another user")
 
 
-# --- settings and value types -------------------------------------------------------------------
+# --- settings -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
