@@ -1,11 +1,13 @@
 """Fixtures of the mirror's tests: a PEMS simulator with pinned data (`sim`), served over HTTP
-(`server`), and an HTTP session to speak to it (`http`)."""
+(`server`), an HTTP session to speak to it (`http`), and PEMS clients pointed at it (`make_client`)
+whose waits are recorded, not slept (`sleeps`)."""
 
 from __future__ import annotations
 
 import pytest
 import requests
 
+from mirror.pems import PemsClient, PemsSettings
 from mirror.simulator import (
     DEFAULT_API_KEY,
     DEFAULT_PASSWORD,
@@ -41,3 +43,32 @@ def server(sim):
 def http():
     with requests.Session() as session:
         yield session
+
+
+@pytest.fixture
+def sleeps():
+    return []
+
+
+@pytest.fixture
+def make_client(server, sleeps):
+    clients = []
+
+    def make(**overrides) -> PemsClient:
+        values = {
+            "base_url": server.url,
+            "tenant": DEFAULT_TENANT,
+            "organization": "RIO",
+            "username": DEFAULT_USERNAME,
+            "secret": DEFAULT_PASSWORD,
+            "page_size": 10_000,
+            "read_timeout": 5.0,
+        }
+        values.update(overrides)
+        client = PemsClient(PemsSettings(**values), sleep=sleeps.append)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()

@@ -8,7 +8,7 @@ import requests
 from mirror.pems.fast import PageDecoder
 from mirror.records import REPEATED_COLUMNS
 from mirror.simulator import DEFAULT_PASSWORD, DEFAULT_TENANT, DEFAULT_USERNAME, PemsSimulator, SimulatorServer
-from mirror.tests.test_pems import ODD_VALUES, a_answer, a_row, b_answer, b_row, with_extra_key
+from mirror.tests.pems_stub import ODD_VALUES, a_answer, a_row, b_answer, b_row, with_extra_key
 
 
 @pytest.fixture
