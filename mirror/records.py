@@ -147,7 +147,7 @@ def _without_nul(row: dict[str, str]) -> dict[str, str]:
 
 
 # A wire row that names a column twice has no one value for it: the readers of a PEMS answer
-# (`mirror.pems`, `mirror.pems_fast`) keep the last value and add this key, naming the repeated
+# (`mirror.pems`, `mirror.pems.fast`) keep the last value and add this key, naming the repeated
 # columns and all their values, and the row is set aside. No JSON column name can be stored with a
 # NUL in it, so a row never carries this key unless a reader put it there.
 REPEATED_COLUMNS = "\x00repeated columns"
@@ -164,7 +164,13 @@ def row_with_repeated_columns(cells: Sequence[tuple[str, str]]) -> dict[str, str
 
 
 def pfa_keys(rows: Sequence[dict[str, str]]) -> list[str]:
-    """Each row's key (`pfs_id`) as the mirror stores it; "" for a row without one."""
+    """Each row's key (`pfs_id`) as the mirror stores it; "" for a row without one.
+
+    The one rule for a row's key, used by the client's key order and paging bounds
+    (`mirror.pems.answers`) as by the mirror: the wire value trimmed. PEMS trims text when it saves
+    it (docs/pems-api.md, "Save rules"), so the keys it holds, sorts and filters by are trimmed; a
+    key that is blank once trimmed is a key the client cannot see.
+    """
     return [(row.get("pfs_id") or "").strip() for row in rows]
 
 

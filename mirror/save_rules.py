@@ -4,7 +4,7 @@ PEMS applies them to every save: decimals kept with 2 places (rounded half up), 
 means none) and limited in length, no negative rate or price, no end date before its start. The
 delta layer checks an edit against them before it is kept (`mirror.delta`), the write-back compares
 values in the form PEMS keeps them (`synclog.writeback`), and the simulator applies them to its
-PATCHes (`mirror.simulator.state`). Plain Python: the simulator runs without Django.
+PATCHes (`mirror.simulator.records`). Plain Python: the simulator runs without Django.
 """
 
 from collections.abc import Mapping

@@ -9,7 +9,12 @@ A module per concern, each depending only on those before it:
 
 - ``data``: the grid's columns and the generator of rows;
 - ``filters``: the filter and sort language of a grid request;
-- ``state``: PemsSimulator, the tenant's rows, sessions, faults and query engine;
+- ``store``: the tenant's rows and the changes made to them;
+- ``sessions``: credentials and sessions;
+- ``faults``: the knobs tests turn (row cap, shape, latency, injected faults) and the request log;
+- ``grid``: the grid and count answers (the query engine);
+- ``records``: the single-record GET and PATCH with the save rules;
+- ``state``: PemsSimulator, composed of the five above;
 - ``http``: SimulatorServer, the REST and control endpoints.
 
 The names below are the simulator's surface: import them from ``mirror.simulator``.
@@ -37,6 +42,7 @@ from mirror.simulator.data import (
     generate_rows,
     parse_orgs,
 )
+from mirror.simulator.faults import AUTH_FAILURE_STATUSES, FAULT_KINDS, FAULT_TARGETS, SHAPES
 from mirror.simulator.filters import (
     OPERATORS,
     BadRequest,
@@ -50,25 +56,18 @@ from mirror.simulator.filters import (
     text_key,
     typed_key,
 )
+from mirror.simulator.grid import REQUEST_TYPES
 from mirror.simulator.http import API_PREFIX, SimulatorServer
+from mirror.simulator.sessions import NO_SESSION_EXCEPTION
 from mirror.simulator.state import (
-    AUTH_FAILURE_STATUSES,
-    CORRUPTION_KINDS,
     DEFAULT_API_KEY,
     DEFAULT_PASSWORD,
     DEFAULT_TENANT,
     DEFAULT_TIME_ZONE,
     DEFAULT_USERNAME,
-    FAULT_KINDS,
-    FAULT_TARGETS,
-    HUGE_DECIMAL,
-    HUGE_NUMBER,
-    NO_SESSION_EXCEPTION,
-    POISON_KINDS,
-    REQUEST_TYPES,
-    SHAPES,
     PemsSimulator,
 )
+from mirror.simulator.store import CORRUPTION_KINDS, HUGE_DECIMAL, HUGE_NUMBER, POISON_KINDS
 
 __all__ = [
     "ALIASES",

@@ -21,7 +21,9 @@ import orjson
 
 from mirror.simulator.data import ALIASES, COLUMNS, RawJsonValue
 from mirror.simulator.filters import BadRequest
-from mirror.simulator.state import CORRUPTION_KINDS, PageRows, PemsSimulator
+from mirror.simulator.grid import PageRows
+from mirror.simulator.state import PemsSimulator
+from mirror.simulator.store import CORRUPTION_KINDS
 
 logger = logging.getLogger(__name__)
 

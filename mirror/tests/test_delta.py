@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from mirror import delta
 from mirror.models import PfaMergedLive, PfaMirror, PfaModification, PfaOverlay, ViewRefresh
+from mirror.purge import pfa_deleted_purge
 from mirror.selectors import RecordFilters, kpis_get, record_get, records_list
-from mirror.services import pfa_deleted_purge
 from mirror.tests.factories import OrganizationFactory, mirror_record
 
 pytestmark = pytest.mark.django_db(transaction=False)

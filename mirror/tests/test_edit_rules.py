@@ -17,11 +17,11 @@ from rest_framework.test import APIClient
 
 from mirror import delta
 from mirror.models import PfaMergedLive, PfaMirror, PfaModification, PfaOverlay
+from mirror.purge import pfa_deleted_purge
 from mirror.records import grid_text
 from mirror.save_rules import value_kept
 from mirror.selectors import RecordFilters, records_list
-from mirror.services import pfa_deleted_purge
-from mirror.simulator.state import _validate_value
+from mirror.simulator.records import _validate_value
 from mirror.store import pfa_records_mark_deleted
 from mirror.tests.factories import OrganizationFactory, mirror_record
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from mirror import delta
 from mirror.models import ModificationStateChanged, PfaMirror, PfaModification, TransitionNotAllowed
-from mirror.services import pfa_deleted_purge
+from mirror.purge import pfa_deleted_purge
 from mirror.tests.factories import OrganizationFactory, mirror_record
 
 pytestmark = pytest.mark.django_db(transaction=False)

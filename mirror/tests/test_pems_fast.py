@@ -5,10 +5,10 @@ import orjson
 import pytest
 import requests
 
-from mirror.pems_fast import PageDecoder
+from mirror.pems.fast import PageDecoder
 from mirror.records import REPEATED_COLUMNS
 from mirror.simulator import DEFAULT_PASSWORD, DEFAULT_TENANT, DEFAULT_USERNAME, PemsSimulator, SimulatorServer
-from mirror.tests.test_pems import ODD_VALUES, a_answer, a_row, b_answer, b_row, with_extra_key
+from mirror.tests.pems_stub import ODD_VALUES, a_answer, a_row, b_answer, b_row, with_extra_key
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ def test_a_data_type_the_read_has_not_met_is_still_read():
 
 
 def test_a_read_with_more_column_names_than_it_learns_reads_on(monkeypatch):
-    monkeypatch.setattr("mirror.pems_fast.MAX_KNOWN_COLUMNS", 2)
+    monkeypatch.setattr("mirror.pems.fast.MAX_KNOWN_COLUMNS", 2)
     decoder = PageDecoder()
     for n in [0, 1, 2, 3, 0]:
         page = decoder.decode(orjson.dumps(a_answer([a_row(("pfs_id", "A"), (f"col{n}", "x"))])))

@@ -25,7 +25,7 @@ from mirror.pems import PemsClient, PemsSettings
 from mirror.records import REPEATED_COLUMNS, PfaRecord, is_text, parse_pfa_rows
 from mirror.store import RECORD_FIELDS, pfa_records_upsert
 from mirror.tests.factories import OrganizationFactory
-from mirror.tests.test_pems import StubServer, a_answer, a_row, b_answer, b_row, with_extra_key
+from mirror.tests.pems_stub import StubServer, a_answer, a_row, b_answer, b_row, with_extra_key
 
 settings.register_profile("rows", max_examples=60, deadline=None, database=None, print_blob=True)
 settings.register_profile("long", max_examples=2_000, deadline=None, database=None, print_blob=True)

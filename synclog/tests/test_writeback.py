@@ -11,8 +11,8 @@ from django.db import connection
 
 from mirror import delta
 from mirror.models import PfaMirror, PfaModification
+from mirror.purge import pfa_deleted_purge
 from mirror.records import parse_pfa_row
-from mirror.services import pfa_deleted_purge
 from mirror.store import pfa_records_upsert
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from ops.tests.runs import fast_client, run_sync

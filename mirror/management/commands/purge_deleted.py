@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from mirror.management.organizations import add_org_argument, organizations_from_codes
 from mirror.models import Organization
-from mirror.services import pfa_deleted_purge
+from mirror.purge import pfa_deleted_purge
 
 
 class Command(BaseCommand):

@@ -1,5 +1,5 @@
-"""The mirror's domain functions (`mirror.services`): the records list leaves out records deleted in
-PEMS, and the purge (with its command) deletes them for good after the retention days."""
+"""Records deleted in PEMS: the records list leaves them out (`mirror.selectors`), and the purge
+(`mirror.purge`, with its command) deletes them for good after the retention days."""
 
 from datetime import date, timedelta
 
@@ -8,10 +8,10 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from mirror import services
+from mirror import purge
 from mirror.models import PfaMirror
+from mirror.purge import pfa_deleted_purge
 from mirror.selectors import RecordFilters, records_list
-from mirror.services import pfa_deleted_purge
 from mirror.tests.factories import OrganizationFactory
 
 pytestmark = pytest.mark.django_db
@@ -91,7 +91,7 @@ def test_purge_of_one_organization_leaves_the_others(rio, hou):
 
 
 def test_purge_larger_than_one_batch_purges_every_record(rio, monkeypatch):
-    monkeypatch.setattr(services, "PURGE_BATCH_SIZE", 2)
+    monkeypatch.setattr(purge, "PURGE_BATCH_SIZE", 2)
     for n in range(5):
         record(rio, f"PFA-{n}", deleted_days_ago=90)
     record(rio, "PFA-LIVE")
