@@ -22,7 +22,7 @@ from django.utils.html import format_html
 from mirror import delta
 from mirror.models import ApiConfiguration, PfaMirror, PfaModification
 from mirror.pems import PemsError
-from mirror.permissions import can_resolve_conflicts
+from mirror.permissions import can_change_connection, can_resolve_conflicts
 from mirror.services import pems_connection_check
 
 # --- PEMS connections ---------------------------------------------------------------------------
@@ -134,6 +134,12 @@ class ApiConfigurationAdmin(admin.ModelAdmin):
         ),
     )
     actions = ("test_connection",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return can_change_connection(request.user, creating=True)
+
+    def has_change_permission(self, request: HttpRequest, obj: ApiConfiguration | None = None) -> bool:
+        return can_change_connection(request.user)
 
     def get_fieldsets(self, request: HttpRequest, obj: ApiConfiguration | None = None) -> list:
         fieldsets = super().get_fieldsets(request, obj)

@@ -2,8 +2,9 @@
 
 Who sees what: a user sees the organizations they are a member of, staff see every one. An
 organization out of reach answers 404 (no leaking which codes exist); a visible one the user may
-not change answers 403. Staff acts need the model permission the admin asks for the same act
-(view-only staff can only look). The connection's `secret` is write-only: accepted, never returned.
+not change answers 403. Each act asks its one rule in `mirror.permissions`, as the admin does
+(view-only staff can only look). Codes are found in any case (the model normalizes them). The
+connection's `secret` is write-only: accepted, never returned.
 """
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -15,6 +16,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from mirror.models import ApiConfiguration, Organization
+from mirror.permissions import (
+    can_change_connection,
+    can_change_organization,
+    can_create_organization,
+    can_view_connection,
+)
 from mirror.selectors import organization_get_visible, organizations_visible_to
 from mirror.services import organization_create, organization_update, read_connection_put
 from pfasync.api import ApiView, InputSerializer, error_responses
@@ -30,10 +37,10 @@ def visible_organization_or_404(user, key: str) -> Organization:
         raise NotFound(str(missing)) from None
 
 
-def require_permission(user, permission: str, action: str) -> None:
-    """Staff acts need staff status and the model permission the admin asks for the same act."""
-    if not (user.is_staff and user.has_perm(permission)):
-        raise PermissionDenied(f"Only staff with the {permission} permission may {action}.")
+def require(allowed: bool, action: str) -> None:
+    """A 403 unless the act's rule (`mirror.permissions`, the one the admin asks too) allowed it."""
+    if not allowed:
+        raise PermissionDenied(f"Only staff with the permission to {action} may do so.")
 
 
 def raise_model_errors(error: DjangoValidationError, serializer: serializers.Serializer) -> None:
@@ -164,7 +171,7 @@ class OrganizationListApi(ApiView):
         responses={201: OrganizationResponseSerializer, **error_responses(400, 401, 403)},
     )
     def post(self, request: Request) -> Response:
-        require_permission(request.user, "mirror.add_organization", "create organizations")
+        require(can_create_organization(request.user), "create organizations")
         serializer = OrganizationCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
@@ -191,7 +198,7 @@ class OrganizationDetailApi(ApiView):
     )
     def patch(self, request: Request, key: str) -> Response:
         organization = visible_organization_or_404(request.user, key)
-        require_permission(request.user, "mirror.change_organization", "edit organizations")
+        require(can_change_organization(request.user), "edit organizations")
         serializer = OrganizationUpdateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
@@ -207,7 +214,7 @@ class ReadConnectionApi(ApiView):
     @extend_schema(responses={200: ConnectionResponseSerializer, **error_responses(401, 403, 404)})
     def get(self, request: Request, key: str) -> Response:
         organization = visible_organization_or_404(request.user, key)
-        require_permission(request.user, "mirror.view_apiconfiguration", "see PEMS connections")
+        require(can_view_connection(request.user), "see PEMS connections")
         configuration = organization.api_configurations.filter(usage=ApiConfiguration.Usage.READ).first()
         if configuration is None:
             raise NotFound(f"Organization {organization.code} has no PEMS read connection yet.")
@@ -220,8 +227,7 @@ class ReadConnectionApi(ApiView):
     def put(self, request: Request, key: str) -> Response:
         organization = visible_organization_or_404(request.user, key)
         exists = organization.api_configurations.filter(usage=ApiConfiguration.Usage.READ).exists()
-        permission = "mirror.change_apiconfiguration" if exists else "mirror.add_apiconfiguration"
-        require_permission(request.user, permission, "change PEMS connections")
+        require(can_change_connection(request.user, creating=not exists), "change PEMS connections")
         serializer = ConnectionInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:

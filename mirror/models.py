@@ -13,7 +13,7 @@ from django.db import models
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from mirror.fields import JSONTextField
+from mirror.fields import JSONTextField, OrganizationCodeField
 from mirror.pems import DEFAULT_CALL_DEADLINE, DEFAULT_PAGE_SIZE, PemsSettings
 from mirror.secrets import decrypt_secret, encrypt_secret, validate_secret
 
@@ -63,11 +63,11 @@ class Organization(models.Model):
     """A PEMS organization whose PFA records we mirror."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    code = models.CharField(
+    code = OrganizationCodeField(
         max_length=32,
         unique=True,
         validators=[validate_organization_code],
-        help_text="PEMS organization code, e.g. RIO: letters, digits, '_' and '-'.",
+        help_text="PEMS organization code, e.g. RIO: letters, digits, '_' and '-'; stored upper case.",
     )
     name = models.CharField(max_length=200)
     is_active = models.BooleanField(default=True)

@@ -10,6 +10,7 @@ from django.db import connection
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
+from mirror.fields import organization_code_normalize
 from mirror.materialized import views_refresh_state
 from mirror.models import Organization, PfaMirror, PfaModification
 from mirror.store import psycopg_cursor
@@ -27,13 +28,13 @@ def organizations_visible_to(user) -> QuerySet[Organization]:
 
 
 def organization_get_visible(*, user, key: str) -> Organization:
-    """The organization with UUID or code `key` (any case) among those `user` sees; raises
+    """The organization with UUID or code `key` (any case: codes are normalized) among those `user` sees; raises
     Organization.DoesNotExist, saying which key, otherwise."""
     key = str(key).strip()
     try:
         lookup = {"pk": UUID(key)}
     except ValueError:
-        lookup = {"code__iexact": key}
+        lookup = {"code": organization_code_normalize(key)}
     organization = organizations_visible_to(user).filter(**lookup).first()
     if organization is None:
         raise Organization.DoesNotExist(f"Organization {key!r} not found.")
@@ -41,9 +42,9 @@ def organization_get_visible(*, user, key: str) -> Organization:
 
 
 def organizations_named(codes: list[str]) -> list[Organization]:
-    """The organizations with these codes (any case), in the order given, each once; LookupError
+    """The organizations with these codes (any case: codes are normalized), in the order given, each once; LookupError
     naming the codes that match none."""
-    codes = list(dict.fromkeys(code.upper() for code in codes))
+    codes = list(dict.fromkeys(organization_code_normalize(code) for code in codes))
     found = {organization.code: organization for organization in Organization.objects.filter(code__in=codes)}
     unknown = [code for code in codes if code not in found]
     if unknown:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import transaction
 
+from mirror.fields import organization_code_normalize
 from mirror.models import ApiConfiguration, Organization
 from mirror.pems import DEFAULT_PAGE_SIZE, PemsClient, organization_filter
 from mirror.secrets import SecretDecryptionError, rotate_secret
@@ -27,17 +28,13 @@ def _apply_and_save(instance, fields: dict) -> None:
 def organization_create(*, code: str, name: str, is_active: bool = True, sync_enabled: bool = True) -> Organization:
     """Create an organization (its PEMS connection is added separately); validates like the admin."""
     organization = Organization()
-    _apply_and_save(
-        organization, {"code": code.strip().upper(), "name": name, "is_active": is_active, "sync_enabled": sync_enabled}
-    )
+    _apply_and_save(organization, {"code": code, "name": name, "is_active": is_active, "sync_enabled": sync_enabled})
     return organization
 
 
 @transaction.atomic
 def organization_update(*, organization: Organization, **fields) -> Organization:
     """Change an organization's `code`, `name`, `is_active` or `sync_enabled`; validates first."""
-    if "code" in fields:
-        fields["code"] = fields["code"].strip().upper()
     _apply_and_save(organization, fields)
     return organization
 
@@ -78,7 +75,7 @@ def organization_register(
     `time_zone` (the tenant's IANA zone) has no default: PEMS times carry no offset, and a wrong zone
     shifts every incremental read's window by hours.
     """
-    organization = Organization.objects.filter(code=code.strip().upper()).first()
+    organization = Organization.objects.filter(code=organization_code_normalize(code)).first()
     created = organization is None
     if created:
         organization = organization_create(code=code, name=name)

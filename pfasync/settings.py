@@ -196,7 +196,7 @@ ENABLE_SYNC_WORKER = env.bool("ENABLE_SYNC_WORKER", default=False)
 SYNC_INTERVAL = env.str("SYNC_INTERVAL", default="*/15 * * * *")
 # Cron expression of the scheduled full reads (which also detect deletions); empty: none.
 SYNC_FULL_INTERVAL = env.str("SYNC_FULL_INTERVAL", default="0 3 * * *")
-SYNC_ORGS = [code.strip().upper() for code in env.list("SYNC_ORGS", default=[]) if code.strip()]
+SYNC_ORGS = [code.strip() for code in env.list("SYNC_ORGS", default=[]) if code.strip()]
 # A running sync whose heartbeat is older than this is taken to have lost its worker.
 SYNC_LEASE_SECONDS = env.int("SYNC_LEASE_SECONDS", default=600)
 # A running sync beats its heartbeat this often, from a thread of its own, also during a PEMS call.

@@ -2,9 +2,9 @@
 "Cancel"), and django-q2's own pages, for superusers only.
 
 Organizations live in `mirror` but are registered here: their list joins the sync history and
-starts syncs, and `mirror` never imports `synclog`. Starting and cancelling a run need
-`synclog.trigger_sync` (`synclog.permissions`), here as in the API and on the dashboard; enabling or
-disabling sync needs the change permission on organizations.
+starts syncs, and `mirror` never imports `synclog`. Every act asks its one rule, here as in the API
+and on the dashboard: starting and cancelling a run `synclog.permissions`; creating, changing,
+enabling or disabling sync of an organization `mirror.permissions`.
 """
 
 import json
@@ -21,10 +21,11 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from mirror.models import Organization
+from mirror.permissions import can_change_organization, can_create_organization
 from mirror.selectors import mirror_size_subquery
 from synclog.engine import SyncAlreadyRunning, sync_cancel, sync_start
 from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus
-from synclog.permissions import can_trigger_sync
+from synclog.permissions import can_cancel_sync, can_trigger_sync
 from synclog.selectors import organizations_with_last_run
 from synclog.worker import queued_runs_warning
 
@@ -148,6 +149,12 @@ class OrganizationAdmin(admin.ModelAdmin):
     @admin.display(description="mirror size", ordering="mirror_size")
     def mirror_size(self, organization: Organization) -> int:
         return organization.mirror_size
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return can_create_organization(request.user)
+
+    def has_change_permission(self, request: HttpRequest, obj: Organization | None = None) -> bool:
+        return can_change_organization(request.user)
 
     def has_trigger_permission(self, request: HttpRequest) -> bool:
         return can_trigger_sync(request.user)
@@ -293,10 +300,10 @@ class PfaSyncLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         # A write run is neither full nor incremental.
         return "-" if sync_log.direction == PfaSyncLog.Direction.WRITE else sync_log.get_sync_type_display()
 
-    def has_trigger_permission(self, request: HttpRequest) -> bool:
-        return can_trigger_sync(request.user)
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return can_cancel_sync(request.user)
 
-    @admin.action(description="Cancel (queued: at once; running: at its next page boundary)", permissions=["trigger"])
+    @admin.action(description="Cancel (queued: at once; running: at its next page boundary)", permissions=["cancel"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[PfaSyncLog]) -> None:
         cancel_with_messages(request, queryset.select_related("organization"))
 

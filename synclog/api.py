@@ -22,7 +22,7 @@ from mirror.selectors import mirror_size_subquery, organizations_visible_to
 from pfasync.api import ApiError, ApiView, InputSerializer, error_responses
 from synclog.engine import SyncNotConfigured, SyncNotQueued, SyncRefused, sync_cancel, sync_start
 from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus
-from synclog.permissions import can_trigger_sync
+from synclog.permissions import can_allow_mass_delete, can_cancel_sync, can_sync_every_organization, can_trigger_sync
 from synclog.selectors import (
     last_sync_of,
     organizations_to_sync,
@@ -218,17 +218,17 @@ class SyncTriggerApi(ApiView):
         write = serializer.validated_data["direction"] == PfaSyncLog.Direction.WRITE
         if not every:
             organizations = [visible_organization_or_404(request.user, key)]
-        elif request.user.is_staff:
+        if not can_trigger_sync(request.user):
+            raise exceptions.PermissionDenied("You do not have permission to start a sync.")
+        if every and not can_sync_every_organization(request.user):
+            raise exceptions.PermissionDenied(f'Only staff may sync every organization ("{EVERY_ORGANIZATION}").')
+        allow_mass_delete = serializer.validated_data["allowMassDelete"]
+        if allow_mass_delete and not can_allow_mass_delete(request.user):
+            raise exceptions.PermissionDenied("Only staff may allow a mass deletion (allowMassDelete).")
+        if every:
             organizations = list(
                 organizations_with_edits_waiting() if write else organizations_to_sync(including_sync_disabled=True)
             )
-        else:
-            raise exceptions.PermissionDenied(f'Only staff may sync every organization ("{EVERY_ORGANIZATION}").')
-        if not can_trigger_sync(request.user):
-            raise exceptions.PermissionDenied("You do not have permission to start a sync.")
-        allow_mass_delete = serializer.validated_data["allowMassDelete"]
-        if allow_mass_delete and not request.user.is_staff:
-            raise exceptions.PermissionDenied("Only staff may allow a mass deletion (allowMassDelete).")
         # One transaction: every run of the batch is visible before any task is enqueued, and the
         # tasks are enqueued (or refused by the broker) by the time it ends.
         with transaction.atomic():
@@ -314,7 +314,7 @@ class SyncCancelApi(ApiView):
         sync_log = sync_logs_visible_to(request.user).filter(pk=log_id).first()
         if sync_log is None:
             raise exceptions.NotFound(f"No sync run {log_id}.")
-        if not can_trigger_sync(request.user):
+        if not can_cancel_sync(request.user):
             raise exceptions.PermissionDenied("You do not have permission to cancel a sync.")
         try:
             sync_log = sync_cancel(sync_log=sync_log)

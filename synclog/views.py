@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST
 from mirror.selectors import organizations_visible_to
 from synclog.admin import cancel_with_messages, sync_now_with_messages
 from synclog.dashboard import dashboard_overview
-from synclog.permissions import can_trigger_sync
+from synclog.permissions import can_cancel_sync, can_trigger_sync
 from synclog.selectors import sync_logs_visible_to
 
 
@@ -49,7 +49,7 @@ def sync_now(request: HttpRequest, code: str) -> HttpResponse:
 @require_POST
 def cancel(request: HttpRequest, log_id: uuid.UUID) -> HttpResponse:
     sync_log = get_object_or_404(sync_logs_visible_to(request.user), pk=log_id)
-    if not can_trigger_sync(request.user):
+    if not can_cancel_sync(request.user):
         raise PermissionDenied("Cancelling a sync needs the synclog.trigger_sync permission.")
     cancel_with_messages(request, [sync_log])
     return redirect("synclog:dashboard")

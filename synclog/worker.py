@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
+from mirror.fields import organization_code_normalize
 from mirror.materialized import views_refresh_enqueue, views_refresh_pending
 from mirror.models import Organization
 from mirror.purge import pfa_deleted_purge
@@ -144,14 +145,15 @@ def scheduled_organizations() -> list[Organization]:
     organizations = organizations_to_sync()
     if not settings.SYNC_ORGS:
         return list(organizations)
-    found = {o.code: o for o in organizations.filter(code__in=settings.SYNC_ORGS)}
-    missing = [code for code in settings.SYNC_ORGS if code not in found]
+    codes = [organization_code_normalize(code) for code in settings.SYNC_ORGS]
+    found = {o.code: o for o in organizations.filter(code__in=codes)}
+    missing = [code for code in codes if code not in found]
     if missing:
         logger.error(
             "SYNC_ORGS names organization(s) that do not exist, are inactive or have sync disabled: %s",
             ", ".join(missing),
         )
-    return [found[code] for code in settings.SYNC_ORGS if code in found]
+    return [found[code] for code in codes if code in found]
 
 
 def sync_tick(*, scheduled_for: datetime | None = None) -> str:

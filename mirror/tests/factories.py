@@ -40,7 +40,7 @@ class ApiConfigurationFactory(factory.django.DjangoModelFactory):
             self.save()
 
 
-# What the API's staff endpoints need (see mirror/api.py's require_permission).
+# What the API's staff endpoints need (the rules of mirror/permissions.py).
 STAFF_PERMISSIONS = ("view_organization", "add_organization", "change_organization")
 CONNECTION_PERMISSIONS = ("view_apiconfiguration", "add_apiconfiguration", "change_apiconfiguration")
 

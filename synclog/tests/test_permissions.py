@@ -186,3 +186,37 @@ def test_django_q_pages_are_for_superusers_only_whatever_the_model_permissions(a
     for url in [*DJANGO_Q_PAGES, change]:
         assert admin_client.get(url).status_code == 200, url
     assert 'href="/admin/django_q/' in admin_client.get(reverse("admin:index")).content.decode()
+
+
+# --- every organization at once, and a mass deletion: staff acts ----------------------------------------
+
+
+def test_syncing_every_organization_needs_staff_in_the_api(django_capture_on_commit_callbacks):
+    configured("RIO")
+    member = user_with("member", "synclog.trigger_sync", organizations=Organization.objects.all())
+    staff = user_with("staff", "synclog.trigger_sync", is_staff=True)
+    assert api(member).post("/api/sync/trigger", {"organizationId": "*"}, format="json").status_code == 403
+    assert not PfaSyncLog.objects.exists()
+    with django_capture_on_commit_callbacks():
+        assert api(staff).post("/api/sync/trigger", {"organizationId": "*"}, format="json").status_code == 202
+    assert PfaSyncLog.objects.count() == 1
+
+
+def test_allowing_a_mass_deletion_needs_staff_in_the_api(django_capture_on_commit_callbacks):
+    configured("RIO")
+    member = user_with("member", "synclog.trigger_sync", organizations=Organization.objects.all())
+    staff = user_with("staff", "synclog.trigger_sync", is_staff=True)
+    body = {"organizationId": "RIO", "syncType": "full", "allowMassDelete": True}
+    assert api(member).post("/api/sync/trigger", body, format="json").status_code == 403
+    assert not PfaSyncLog.objects.exists()
+    with django_capture_on_commit_callbacks():
+        assert api(staff).post("/api/sync/trigger", body, format="json").status_code == 202
+    assert PfaSyncLog.objects.get().allow_mass_delete
+
+
+def test_me_says_whether_the_user_may_start_and_cancel_runs(viewer, changer, trigger):
+    assert [api(user).get("/api/auth/me").json()["user"]["canTriggerSync"] for user in (viewer, changer, trigger)] == [
+        False,
+        False,
+        True,
+    ]

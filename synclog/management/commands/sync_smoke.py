@@ -11,6 +11,8 @@ import time
 import requests
 from django.core.management.base import BaseCommand, CommandError
 
+from mirror.fields import organization_code_normalize
+
 TERMINAL_STATUSES = {"completed", "failed", "cancelled"}
 
 
@@ -110,13 +112,14 @@ class Command(BaseCommand):
 
 
 def _pick(organizations: list[dict], code: str | None) -> dict:
-    by_code = {o["code"].upper(): o for o in organizations}
+    by_code = {o["code"]: o for o in organizations}
     if code:
-        if code.upper() not in by_code:
+        code = organization_code_normalize(code)
+        if code not in by_code:
             raise CommandError(
                 f"Organization {code} is not visible to this user (visible: {', '.join(by_code) or 'none'})."
             )
-        return by_code[code.upper()]
+        return by_code[code]
     if not organizations:
         raise CommandError("This user sees no organization: add them as a member of one (or use a staff user).")
     return by_code.get("RIO") or organizations[0]
