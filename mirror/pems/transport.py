@@ -1,6 +1,6 @@
 """How a PEMS call travels: the settings that say where and how to reach a tenant, headers and the
 PEMS session, attempts with retries and backoff, the call's deadline, and the report of each call to
-`mirror.pems.call_observer`.
+the observer registered with `call_observer_register`.
 
 This module does not touch the database or Django settings; callers build a `PemsSettings`.
 """
@@ -23,7 +23,6 @@ from django.core.exceptions import ImproperlyConfigured
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ProtocolError
 
-import mirror.pems as pems_package
 from mirror.pems.answers import (
     _describe_network_error,
     _error_alert,
@@ -151,8 +150,17 @@ class PemsSettings:
 # "retried" (ok after failed attempts), "4xx" (refused: credentials, a bad request, no such record,
 # 429 until the retries ran out, or a request that could not be sent), "5xx" (PEMS failed, or
 # answered what the contract does not describe) or "timeout" (no answer: timeouts, lost connections,
-# the call's deadline). The observer registered with `mirror.pems.call_observer_register` receives
-# it with the call's seconds.
+# the call's deadline). The call observer, when one is registered (the ops app registers one in its
+# `AppConfig.ready` to count calls for /metrics; this app names no observer), receives it with the
+# call's seconds; whatever it does, the call goes on as before.
+
+_call_observer: Callable[[str, float], None] | None = None
+
+
+def call_observer_register(observer: Callable[[str, float], None] | None) -> None:
+    """Make `observer` the one that receives each PEMS call's outcome and seconds (None: none)."""
+    global _call_observer
+    _call_observer = observer
 
 
 def _call_outcome(error: PemsError | None, attempts: int) -> str:
@@ -168,10 +176,10 @@ def _call_outcome(error: PemsError | None, attempts: int) -> str:
 
 
 def _observed(send: Callable[..., Any]) -> Callable[..., Any]:
-    """Reports each call of `send` (PemsClient._send) to `call_observer`."""
+    """Reports each call of `send` (PemsClient._send) to the registered call observer."""
 
     def observed(client: PemsTransport, *args: Any, **kwargs: Any) -> Any:
-        observer = pems_package.call_observer
+        observer = _call_observer
         if observer is None:
             return send(client, *args, **kwargs)
         started = time.monotonic()
