@@ -22,9 +22,9 @@ from django.utils.html import format_html
 
 from mirror.models import Organization
 from mirror.selectors import mirror_size_subquery
-from synclog.engine import SyncAlreadyRunning, sync_cancel, sync_start
 from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus
 from synclog.permissions import can_trigger_sync
+from synclog.runs import SyncAlreadyRunning, sync_cancel, sync_start
 from synclog.selectors import organizations_with_last_run
 from synclog.worker import queued_runs_warning
 

@@ -21,9 +21,9 @@ from mirror.api import visible_organization_or_404
 from mirror.models import Organization
 from mirror.selectors import mirror_size_subquery, organizations_visible_to
 from pfasync.api import ApiError, error_responses
-from synclog.engine import SyncNotConfigured, SyncNotQueued, SyncRefused, sync_cancel, sync_start
 from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus
 from synclog.permissions import can_trigger_sync
+from synclog.runs import SyncNotConfigured, SyncNotQueued, SyncRefused, sync_cancel, sync_start
 from synclog.selectors import (
     organizations_to_sync,
     organizations_with_edits_waiting,

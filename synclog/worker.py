@@ -25,8 +25,9 @@ from mirror.materialized import views_refresh_enqueue, views_refresh_pending
 from mirror.models import Organization
 from mirror.services import pfa_deleted_purge
 from ops.logs import run_log_context
-from synclog.engine import SyncBatch, client_for_run, run_for, sync_start
+from synclog.dispatch import run_for
 from synclog.models import PfaSyncLog, SyncStatus, SyncWorker, stale_runs_expire, workers_alive
+from synclog.runs import SyncBatch, client_for_run, sync_start
 from synclog.selectors import organizations_to_sync, organizations_with_edits_waiting, organizations_with_last_run
 
 if TYPE_CHECKING:

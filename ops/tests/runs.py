@@ -4,8 +4,9 @@ from dataclasses import replace
 
 from mirror.pems import PemsClient, PemsError
 from ops.logs import run_log_context
-from synclog.engine import run_for, sync_claim
+from synclog.dispatch import run_for
 from synclog.models import PfaSyncLog
+from synclog.runs import sync_claim
 
 
 def fast_client(organization, **overrides) -> PemsClient:

@@ -16,8 +16,8 @@ from mirror.services import pfa_deleted_purge
 from mirror.store import pfa_records_upsert
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from ops.tests.runs import fast_client, run_sync
-from synclog.engine import SyncAlreadyRunning, sync_claim
 from synclog.models import PfaSyncLog, SyncStatus
+from synclog.runs import SyncAlreadyRunning, sync_claim
 
 pytestmark = pytest.mark.django_db
 
