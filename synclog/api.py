@@ -23,7 +23,14 @@ from mirror.selectors import mirror_size_subquery, organizations_visible_to
 from pfasync.api import ApiError, error_responses
 from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus
 from synclog.permissions import can_trigger_sync
-from synclog.runs import SyncNotConfigured, SyncNotQueued, SyncRefused, sync_cancel, sync_start
+from synclog.runs import (
+    SyncNotConfigured,
+    SyncNothingToWrite,
+    SyncNotQueued,
+    SyncRefused,
+    sync_cancel,
+    sync_start,
+)
 from synclog.selectors import (
     organizations_to_sync,
     organizations_with_edits_waiting,
@@ -156,7 +163,9 @@ class SyncTriggerOutputSerializer(serializers.Serializer):
     logId = serializers.UUIDField(required=False, help_text="The queued run (single organization).")
     logIds = serializers.ListField(child=serializers.UUIDField())
     skipped = SkippedOrganizationSerializer(
-        many=True, help_text="Organizations left out: already syncing, without a connection, or not queued."
+        many=True,
+        help_text="Organizations left out: already syncing, without a connection, not queued, or (a write) with "
+        "nothing to write.",
     )
     message = serializers.CharField()
     warning = serializers.CharField(
@@ -244,7 +253,8 @@ class SyncTriggerApi(APIView):
                 message=str(not_queued[0]),
                 batchId=str(batch.batch_id),
             )
-        if key and not batch.queued:
+        nothing_to_write = bool(batch.refused) and isinstance(batch.refused[0], SyncNothingToWrite)
+        if key and not batch.queued and not nothing_to_write:
             refusal = batch.refused[0]
             if isinstance(refusal, SyncNotConfigured):
                 raise ApiError(status_code=400, error="NOT_CONFIGURED", message=str(refusal))
@@ -263,7 +273,9 @@ class SyncTriggerApi(APIView):
             "skipped": skipped,
         }
         what = "Write run queued" if write else "Sync triggered"
-        if key:
+        if key and nothing_to_write:
+            body["message"] = skipped[0]["message"]  # no run: the answer says why in `skipped`
+        elif key:
             body["logId"] = body["logIds"][0]
             body["message"] = f"{what} for organization {organizations[0].code}"
         else:

@@ -18,7 +18,7 @@ from mirror.pems import PemsClient, PemsError
 from mirror.services import pems_client_for
 from synclog.engine import sync_run
 from synclog.models import PfaSyncLog, SyncStatus
-from synclog.runs import ProgressCallback, SyncRefused, client_for_run, runs_claim_each
+from synclog.runs import ProgressCallback, SyncNothingToWrite, SyncRefused, client_for_run, runs_claim_each
 from synclog.writeback import write_run
 
 logger = logging.getLogger(__name__)
@@ -36,9 +36,13 @@ class SyncOutcome:
     organization: Organization
     sync_log: PfaSyncLog | None
     error_message: str = ""
+    refusal: SyncRefused | None = None
 
     @property
     def succeeded(self) -> bool:
+        """Its run completed, or a write found nothing to write (nothing is left undone)."""
+        if isinstance(self.refusal, SyncNothingToWrite):
+            return True
         return self.sync_log is not None and self.sync_log.status == SyncStatus.COMPLETED
 
 
@@ -71,7 +75,7 @@ def sync_organizations(
     )
     for sync_log in claimed:
         if isinstance(sync_log, SyncRefused):
-            outcomes.append(SyncOutcome(sync_log.organization, None, str(sync_log)))
+            outcomes.append(SyncOutcome(sync_log.organization, None, str(sync_log), refusal=sync_log))
             continue
         organization = sync_log.organization
         try:

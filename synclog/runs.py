@@ -20,7 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 
 from mirror.materialized import views_refresh_request
-from mirror.models import Organization
+from mirror.models import Organization, PfaModification
 from mirror.pems import PemsClient, PemsError
 from mirror.secrets import secrets_scrub
 from mirror.services import pems_client_for, read_configuration_for, write_configuration_for
@@ -57,6 +57,15 @@ class SyncNotConfigured(SyncRefused):
 
 class SyncNotQueued(SyncRefused):
     """The task broker would not take the run's task; the run was failed at once."""
+
+
+class SyncNothingToWrite(SyncRefused):
+    """A write was asked of an organization with no committed edit waiting: no run is created."""
+
+    def __init__(self, organization: Organization):
+        super().__init__(
+            organization, f"Nothing to write for organization {organization.code}: no committed edit waits."
+        )
 
 
 class SyncNotStarted(SyncRefused):
@@ -115,10 +124,16 @@ def runs_claim_each(
     """Claim a run of each organization in turn (`claim`: `sync_claim`'s arguments), yielding the
     run or why there is none; each is claimed only when the caller asks for the next, so a command
     running them inline holds one run at a time.
+
+    A write is refused for an organization with nothing waiting to be written: a run that could
+    only end with nothing done would be history without an event.
     """
+    write = claim.get("direction") == PfaSyncLog.Direction.WRITE
     for organization in organizations:
         if stop is not None and stop.is_set():
             yield SyncNotStarted(organization, "Not started: stop requested.")
+        elif write and not PfaModification.objects.filter(organization=organization).to_write().exists():
+            yield SyncNothingToWrite(organization)
         else:
             try:
                 yield sync_claim(organization=organization, **claim)
@@ -148,9 +163,10 @@ def sync_start(
     before this returns.
 
     Each task is enqueued only once the caller's transaction commits, so a worker never picks up
-    a run that is not visible yet. An organization already syncing, or without a PEMS connection, is
-    refused (listed in `refused`), not queued; so is one whose task the broker would not take
-    (SyncNotQueued): its run is failed at once instead of blocking the organization.
+    a run that is not visible yet. An organization already syncing, without a PEMS connection, or
+    (for a write) with nothing waiting is refused (listed in `refused`), not queued; so is one whose
+    task the broker would not take (SyncNotQueued): its run is failed at once instead of blocking
+    the organization.
     """
     batch = SyncBatch(batch_id=uuid.uuid4(), queued=[], refused=[])
     claimed = runs_claim_each(
