@@ -11,7 +11,7 @@ On N synthetic PFA rows (the simulator's generator, seed 1) it measures, in this
    1%-changed re-sync, a COPY into an UNLOGGED staging table, ANALYZE, and one INSERT ... SELECT ...
    ON CONFLICT DO UPDATE ... WHERE the content hash differs;
 2. pfasync end to end (simulator over HTTP -> client -> parse -> store -> pfa_sync_log) through
-   `synclog.engine.sync_claim` and `sync_run`, each sync in a fresh process: first load, unchanged
+   `synclog.runs.sync_claim` and `synclog.engine.sync_run`, each sync in a fresh process: first load, unchanged
    re-sync with and without deletion detection (verified to write no row and bump no version), an
    incremental read when nothing changed, and 1%-changed re-sync (verified to update exactly the rows
    the simulator changed); plus a first load of a small organization to show that peak memory does
@@ -158,7 +158,8 @@ def child_sync(*, org: str, sync_type: str, detect_deletions: bool) -> dict[str,
     from mirror.models import Organization
     from mirror.pems import PemsError
     from mirror.services import pems_client_for
-    from synclog.engine import sync_claim, sync_run
+    from synclog.engine import sync_run
+    from synclog.runs import sync_claim
 
     organization = Organization.objects.get(code=org)
     before = _mirror_state(organization)

@@ -65,7 +65,8 @@ def organizations_prepare(*, base_url: str, codes: list[str], rows: int, registe
     them, and read each once."""
     from mirror.pems import PemsError
     from mirror.services import pems_client_for
-    from synclog.engine import sync_claim, sync_run
+    from synclog.engine import sync_run
+    from synclog.runs import sync_claim
 
     existing = _control(base_url, "GET", "state")["orgs"]
     syncs = {}
@@ -134,7 +135,7 @@ def level_run(*, base_url: str, organizations: list, per_org: int, latency: floa
     from bench_delta import modifications_create
 
     from mirror.models import PfaModification
-    from synclog.engine import sync_claim
+    from synclog.runs import sync_claim
 
     prepared = time.perf_counter()
     before = set(PfaModification.objects.values_list("pk", flat=True).filter(organization__in=organizations))

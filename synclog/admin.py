@@ -23,9 +23,9 @@ from django.utils.html import format_html
 from mirror.models import Organization
 from mirror.permissions import can_change_organization, can_create_organization
 from mirror.selectors import mirror_size_subquery
-from synclog.engine import SyncAlreadyRunning, sync_cancel, sync_start
 from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus
 from synclog.permissions import can_cancel_sync, can_trigger_sync
+from synclog.runs import SyncAlreadyRunning, SyncNothingToWrite, sync_cancel, sync_start
 from synclog.selectors import organizations_with_last_run
 from synclog.worker import queued_runs_warning
 
@@ -69,9 +69,9 @@ def sync_now_with_messages(
     request: HttpRequest, organizations: Iterable[Organization], *, direction: str = PfaSyncLog.Direction.READ
 ) -> None:
     """Start a sync (or, `direction`, a write run) of each organization, as the admin's actions and
-    the dashboard's button do, and say how each went: queued, already running (a warning), or
-    refused (an error: no connection, or the task queue would not take it). The caller has checked
-    `can_trigger_sync`."""
+    the dashboard's button do, and say how each went: queued, already running or (a write) nothing
+    to write (a warning), or refused (an error: no connection, or the task queue would not take
+    it). The caller has checked `can_trigger_sync`."""
     # Every run of the batch is visible before its task is enqueued; the queue has answered once
     # the block ends.
     with transaction.atomic():
@@ -87,7 +87,7 @@ def sync_now_with_messages(
     if warning := queued_runs_warning(batch.queued):
         messages.warning(request, warning)
     for refusal in batch.refused:
-        level = messages.WARNING if isinstance(refusal, SyncAlreadyRunning) else messages.ERROR
+        level = messages.WARNING if isinstance(refusal, SyncAlreadyRunning | SyncNothingToWrite) else messages.ERROR
         messages.add_message(request, level, str(refusal))
 
 

@@ -20,9 +20,16 @@ from mirror.api import visible_organization_or_404
 from mirror.models import Organization
 from mirror.selectors import mirror_size_subquery, organizations_visible_to
 from pfasync.api import ApiError, ApiView, InputSerializer, error_responses
-from synclog.engine import SyncNotConfigured, SyncNotQueued, SyncRefused, sync_cancel, sync_start
 from synclog.models import PfaSyncLog, PfaSyncRecordError, RunEnded, SyncStatus
 from synclog.permissions import can_allow_mass_delete, can_cancel_sync, can_sync_every_organization, can_trigger_sync
+from synclog.runs import (
+    SyncNotConfigured,
+    SyncNothingToWrite,
+    SyncNotQueued,
+    SyncRefused,
+    sync_cancel,
+    sync_start,
+)
 from synclog.selectors import (
     last_sync_of,
     organizations_to_sync,
@@ -160,7 +167,9 @@ class SyncTriggerOutputSerializer(serializers.Serializer):
     logId = serializers.UUIDField(required=False, help_text="The queued run (single organization).")
     logIds = serializers.ListField(child=serializers.UUIDField())
     skipped = SkippedOrganizationSerializer(
-        many=True, help_text="Organizations left out: already syncing, without a connection, or not queued."
+        many=True,
+        help_text="Organizations left out: already syncing, without a connection, not queued, or (a write) with "
+        "nothing to write.",
     )
     message = serializers.CharField()
     warning = serializers.CharField(
@@ -249,7 +258,8 @@ class SyncTriggerApi(ApiView):
                 message=str(not_queued[0]),
                 batchId=str(batch.batch_id),
             )
-        if not every and not batch.queued:
+        nothing_to_write = bool(batch.refused) and isinstance(batch.refused[0], SyncNothingToWrite)
+        if not every and not batch.queued and not nothing_to_write:
             refusal = batch.refused[0]
             if isinstance(refusal, SyncNotConfigured):
                 raise ApiError(status_code=400, error="NOT_CONFIGURED", message=str(refusal))
@@ -268,7 +278,9 @@ class SyncTriggerApi(ApiView):
             "skipped": skipped,
         }
         what = "Write run queued" if write else "Sync triggered"
-        if not every:
+        if not every and nothing_to_write:
+            body["message"] = skipped[0]["message"]  # no run: the answer says why in `skipped`
+        elif not every:
             body["logId"] = body["logIds"][0]
             body["message"] = f"{what} for organization {organizations[0].code}"
         else:

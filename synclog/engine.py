@@ -1,7 +1,8 @@
-"""Running a read sync for one organization: claim the run, stream PEMS pages, store, finish.
+"""A read run for one organization: stream PEMS's pages, store them, prove the read complete.
 
-Every interface (command, schedule, API, admin) goes through `sync_claim` and `sync_run`, so a run
-started anywhere leaves the same `pfa_sync_log` row.
+`sync_run` runs a run claimed through `synclog.runs` (which holds its lifecycle: start, heartbeat,
+stop, failure recording); here are the read itself, its read-ahead thread and its garbage
+collector setting, and the deletions a complete full read finds.
 """
 
 import functools
@@ -10,7 +11,6 @@ import logging
 import math
 import queue
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,12 +18,10 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from mirror.delta import modifications_hold_deleted, overlay_refresh
-from mirror.materialized import views_refresh_request
 from mirror.models import Organization
 from mirror.pems import (
     GridFilter,
@@ -35,8 +33,6 @@ from mirror.pems import (
     organization_filter,
 )
 from mirror.records import ParsedRows, PfaRowError, content_hash, is_text, parse_pfa_rows, pfa_keys
-from mirror.secrets import secrets_scrub
-from mirror.services import pems_client_for, read_configuration_for, write_configuration_for
 from mirror.store import (
     pfa_content_hashes,
     pfa_key_range_hashes,
@@ -45,94 +41,17 @@ from mirror.store import (
     pfa_records_mark_deleted,
     pfa_records_upsert,
 )
-from synclog.models import ClaimLost, PfaSyncLog, PfaSyncRecordError, SyncStatus, stale_runs_expire
+from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+from synclog.runs import (
+    Heartbeat,
+    ProgressCallback,
+    run_failure_record,
+    run_stop_reason,
+    views_refresh_if_changed,
+)
 from synclog.signals import run_log_context
 
 logger = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[PfaSyncLog], None]
-
-
-class SyncRefused(Exception):
-    """A sync of `organization` cannot be started; str() says why in words for ops."""
-
-    def __init__(self, organization: Organization, message: str):
-        self.organization = organization
-        super().__init__(message)
-
-
-class SyncAlreadyRunning(SyncRefused):
-    """The organization already has a queued or running read sync."""
-
-    def __init__(self, organization: Organization, active_log: PfaSyncLog | None):
-        self.active_log = active_log
-        if active_log is None:
-            detail = "another run holds it"
-        else:
-            detail = f"run {active_log.id} (batch {active_log.batch_id}) is {active_log.status}"
-        super().__init__(organization, f"A sync is already running for organization {organization.code}: {detail}.")
-
-
-class SyncNotConfigured(SyncRefused):
-    """The organization has no PEMS read connection (and there is no default one)."""
-
-
-class SyncNotQueued(SyncRefused):
-    """The task broker would not take the run's task; the run was failed at once."""
-
-
-def sync_cancel(*, sync_log: PfaSyncLog) -> PfaSyncLog:
-    """Cancel a run: a queued one ends `cancelled` at once, a running one at its next page
-    boundary. Raises RunEnded when it has ended already."""
-    sync_log.cancel()
-    logger.info("Sync %s of %s: cancel requested (%s)", sync_log.id, sync_log.organization.code, sync_log.status)
-    return sync_log
-
-
-def sync_claim(
-    *,
-    organization: Organization,
-    trigger: str,
-    sync_type: str = PfaSyncLog.SyncType.FULL,
-    direction: str = PfaSyncLog.Direction.READ,
-    triggered_by=None,
-    batch_id: uuid.UUID | None = None,
-    allow_mass_delete: bool = False,
-    command: str = "",
-) -> PfaSyncLog:
-    """Create the organization's `queued` run (a read, or a write to PEMS), or raise
-    SyncAlreadyRunning naming the active one of that direction (or SyncNotConfigured when it has
-    no PEMS connection). Reads and writes of one organization may overlap.
-
-    The partial unique indexes on `pfa_sync_log` are the lock: of two concurrent claims, the
-    database lets exactly one insert through.
-    """
-    write = direction == PfaSyncLog.Direction.WRITE
-    try:
-        configuration = write_configuration_for(organization) if write else read_configuration_for(organization)
-    except ImproperlyConfigured as error:
-        raise SyncNotConfigured(organization, str(error)) from None
-    # A run whose worker is gone must not block the organization until a schedule notices.
-    stale_runs_expire(organization=organization)
-    try:
-        with transaction.atomic():
-            return PfaSyncLog.objects.create(
-                organization=organization,
-                api_configuration=configuration,
-                sync_type=sync_type,
-                direction=direction,
-                status=SyncStatus.QUEUED,
-                trigger=trigger,
-                triggered_by=triggered_by,
-                batch_id=batch_id or uuid.uuid4(),
-                allow_mass_delete=allow_mass_delete,
-                command=command,
-            )
-    except IntegrityError:
-        active = PfaSyncLog.objects.filter(
-            organization=organization, direction=direction, status__in=SyncStatus.active()
-        ).first()
-        raise SyncAlreadyRunning(organization, active) from None
 
 
 def sync_run(
@@ -164,16 +83,6 @@ def sync_run(
             views_refresh_if_changed(sync_log)
 
 
-def views_refresh_if_changed(sync_log: PfaSyncLog) -> None:
-    """Ask for a refresh of the KPI views if the run changed what they read, whatever its outcome
-    (a failed run keeps the pages it committed)."""
-    if sync_log.changed_merged_view:
-        try:
-            views_refresh_request()
-        except DatabaseError:  # the run's own error, if any, is the one to report
-            logger.warning("Could not ask for a refresh of the materialized views", exc_info=True)
-
-
 def _sync_run(
     *,
     sync_log: PfaSyncLog,
@@ -190,7 +99,7 @@ def _sync_run(
     server_started = None
     last_key, hidden_at_end = None, False
     try:
-        with _Heartbeat(sync_log) as heartbeat:
+        with Heartbeat(sync_log) as heartbeat:
             filters = [organization_filter(pems.organization), *_incremental_filters(sync_log, pems)]
             full = sync_log.sync_type == PfaSyncLog.SyncType.FULL
             sync_log.set_total(client.count(filters))
@@ -240,8 +149,8 @@ def _sync_run(
                     del page, parsed  # the next page is already on its way: two pages in memory at most
                     if on_progress:
                         on_progress(sync_log)
-                    if (stop is not None and stop.is_set()) or sync_log.cancel_requested():
-                        sync_log.finish(SyncStatus.CANCELLED, error_message=_stop_reason(sync_log, stop))
+                    if stop_reason := run_stop_reason(sync_log, stop):
+                        sync_log.finish(SyncStatus.CANCELLED, error_message=stop_reason)
                         logger.info(
                             "Sync %s of %s cancelled after %d records",
                             sync_log.id,
@@ -288,84 +197,6 @@ def _sync_run(
     if warning:
         logger.warning("Sync %s of %s: %s", sync_log.id, organization.code, warning)
     return sync_log
-
-
-def _stop_reason(sync_log: PfaSyncLog, stop: threading.Event | None) -> str:
-    if stop is not None and stop.is_set():
-        return "Stopped on request at a page boundary."
-    return "Cancelled on request at a page boundary; pages committed so far are kept."
-
-
-class _Heartbeat:
-    """Beats the run's heartbeat every SYNC_HEARTBEAT_SECONDS from a thread of its own, also while
-    a PEMS call is in flight, so a slow page never outlives the lease. `check()` raises ClaimLost
-    once a beat found the run no longer this worker's (reaped, or finished elsewhere)."""
-
-    def __init__(self, sync_log: PfaSyncLog) -> None:
-        self._sync_log = sync_log
-        self._done = threading.Event()
-        self._lost = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{sync_log.pk}", daemon=True)
-
-    def __enter__(self) -> "_Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def check(self) -> None:
-        if self._lost.is_set():
-            raise ClaimLost(f"Run {self._sync_log.pk} is no longer this worker's: its heartbeat found it taken.")
-
-    def _beat(self) -> None:
-        try:
-            while not self._done.wait(settings.SYNC_HEARTBEAT_SECONDS):
-                try:
-                    if not self._sync_log.beat():
-                        self._lost.set()
-                        return
-                except DatabaseError as error:  # the next beat tries again; the lease allows three
-                    logger.warning("Sync %s: heartbeat failed: %s", self._sync_log.pk, error)
-                    connection.close()
-        finally:
-            connection.close()  # this thread's own connection
-
-
-def run_failure_record(sync_log: PfaSyncLog, error: BaseException, *, kept: str) -> None:
-    """How a run that ends by `error` is recorded: a lost claim only logged (the run is not this
-    worker's to change), a PEMS error with PEMS's message, an interrupt as cancelled (`kept` says
-    what stays), anything else as an internal error."""
-    if isinstance(error, ClaimLost):
-        logger.warning("Run %s of %s stopped without writing more: %s", sync_log.id, sync_log.organization.code, error)
-    elif isinstance(error, PemsError):
-        _record_failure(sync_log, str(error), error)
-    elif isinstance(error, KeyboardInterrupt | SystemExit):
-        _record_failure(sync_log, f"Interrupted; {kept}.", error, cancelled=True)
-    else:
-        _record_failure(sync_log, f"Internal error: {type(error).__name__}: {error}", error)
-
-
-def _record_failure(sync_log: PfaSyncLog, message: str, error: BaseException, *, cancelled: bool = False) -> None:
-    """Close the run as failed (or cancelled) with `message`, if it is still this worker's.
-
-    A run whose database connection died records its real cause on a new connection.
-    """
-    for attempt in (1, 2):
-        try:
-            if cancelled:
-                sync_log.finish(SyncStatus.CANCELLED, error_message=message)
-            else:
-                fail_run(sync_log, message, error)
-            return
-        except ClaimLost as lost:
-            logger.warning("Sync %s: not recorded as failed (%s): %s", sync_log.pk, message, lost)
-            return
-        except (InterfaceError, OperationalError):
-            if attempt == 2 or connection.in_atomic_block:
-                raise
-            connection.close()  # the next query connects again
 
 
 class IncompleteRead(PemsError):
@@ -658,164 +489,3 @@ def _error_summary(sync_log: PfaSyncLog, kept_errors: int) -> dict:
         "records_kept_aside": kept_errors,
         "records_not_kept": sync_log.records_errored - kept_errors,
     }
-
-
-def fail_run(sync_log: PfaSyncLog, message: str, error: BaseException) -> None:
-    """Close the run as failed with `message`, which is scrubbed of every secret the process knows:
-    it is stored, returned by the API and logged."""
-    message = secrets_scrub(message)
-    sync_log.fail(message, error=error)
-    logger.error("Sync %s of %s failed: %s", sync_log.id, sync_log.organization.code, message)
-
-
-def run_for(sync_log: PfaSyncLog) -> Callable[..., PfaSyncLog]:
-    """What runs a claimed run: `sync_run` for a read, `synclog.writeback.write_run` for a write."""
-    if sync_log.direction == PfaSyncLog.Direction.WRITE:
-        from synclog.writeback import write_run  # here: the write-back module builds on this one
-
-        return write_run
-    return sync_run
-
-
-def client_for_run(
-    sync_log: PfaSyncLog, client_factory: Callable[[Organization], PemsClient] = pems_client_for
-) -> PemsClient:
-    """The PEMS client for the run's organization; when its connection cannot make one
-    (ImproperlyConfigured), the run is failed with the reason and the error re-raised."""
-    try:
-        if sync_log.direction == PfaSyncLog.Direction.WRITE:
-            return client_factory(sync_log.organization, usage="write")
-        return client_factory(sync_log.organization)
-    except ImproperlyConfigured as error:
-        fail_run(sync_log, str(error), error)
-        raise
-
-
-@dataclass
-class SyncOutcome:
-    """What happened to one organization in `sync_organizations`: its run, or why it has none."""
-
-    organization: Organization
-    sync_log: PfaSyncLog | None
-    error_message: str = ""
-
-    @property
-    def succeeded(self) -> bool:
-        return self.sync_log is not None and self.sync_log.status == SyncStatus.COMPLETED
-
-
-def sync_organizations(
-    *,
-    organizations: list[Organization],
-    trigger: str,
-    triggered_by=None,
-    sync_type: str = PfaSyncLog.SyncType.FULL,
-    direction: str = PfaSyncLog.Direction.READ,
-    allow_mass_delete: bool = False,
-    stop: threading.Event | None = None,
-    on_progress: ProgressCallback | None = None,
-    client_factory: Callable[..., PemsClient] = pems_client_for,
-    command: str = "",
-) -> list[SyncOutcome]:
-    """Run a read (or a write to PEMS) of each organization, one after another under one batch id,
-    inline; one failure never stops the next. `command` names the management command running them."""
-    batch_id = uuid.uuid4()
-    outcomes = []
-    for organization in organizations:
-        if stop is not None and stop.is_set():
-            outcomes.append(SyncOutcome(organization, None, "Not started: stop requested."))
-            continue
-        try:
-            sync_log = sync_claim(
-                organization=organization,
-                trigger=trigger,
-                sync_type=sync_type,
-                direction=direction,
-                triggered_by=triggered_by,
-                batch_id=batch_id,
-                allow_mass_delete=allow_mass_delete,
-                command=command,
-            )
-        except SyncRefused as refusal:
-            outcomes.append(SyncOutcome(organization, None, str(refusal)))
-            continue
-        try:
-            client = client_for_run(sync_log, client_factory)
-        except ImproperlyConfigured:
-            outcomes.append(SyncOutcome(organization, sync_log, sync_log.error_message))
-            continue
-        try:
-            with client:
-                run_for(sync_log)(sync_log=sync_log, client=client, stop=stop, on_progress=on_progress)
-        except PemsError:
-            pass  # the run is failed with the PEMS message; the next organization still runs
-        except Exception:
-            logger.exception("Sync %s of %s failed unexpectedly", sync_log.id, organization.code)
-        outcomes.append(SyncOutcome(organization, sync_log, sync_log.error_message))
-    return outcomes
-
-
-def _enqueue(batch: "SyncBatch", sync_log: PfaSyncLog) -> None:
-    from django_q.tasks import async_task
-
-    code = sync_log.organization.code
-    try:
-        async_task(
-            "synclog.tasks.sync_execute", str(sync_log.id), task_name=f"sync {code} {sync_log.id}", group="pfasync-sync"
-        )
-    except Exception as error:  # the broker is down or refused the task
-        if not PfaSyncLog.objects.filter(pk=sync_log.pk, status=SyncStatus.QUEUED).exists():
-            # django-q2's sync mode ran the task here and then raised its error: the run has
-            # recorded its own outcome.
-            logger.info("Sync %s of %s ran inline and raised: %s", sync_log.id, code, error)
-            return
-        message = f"Could not be queued: the task broker failed ({type(error).__name__}: {error}). Nothing was read."
-        fail_run(sync_log, message, error)
-        batch.queued.remove(sync_log)
-        batch.refused.append(SyncNotQueued(sync_log.organization, message))
-
-
-@dataclass
-class SyncBatch:
-    """The runs one trigger queued (sharing `batch_id`) and the organizations it could not start."""
-
-    batch_id: uuid.UUID
-    queued: list[PfaSyncLog]
-    refused: list[SyncRefused]
-
-
-def sync_start(
-    *,
-    organizations: list[Organization],
-    trigger: str,
-    triggered_by=None,
-    sync_type: str = PfaSyncLog.SyncType.FULL,
-    direction: str = PfaSyncLog.Direction.READ,
-    allow_mass_delete: bool = False,
-) -> SyncBatch:
-    """Queue a background run (a read, or a write to PEMS) per organization: the `queued` run exists
-    before this returns.
-
-    Each task is enqueued only once the caller's transaction commits, so a worker never picks up
-    a run that is not visible yet. An organization already syncing, or without a PEMS connection,
-    is refused (listed in `refused`), not queued; so is one whose task the broker would not take
-    (SyncNotQueued): its run is failed at once instead of blocking the organization.
-    """
-    batch = SyncBatch(batch_id=uuid.uuid4(), queued=[], refused=[])
-    for organization in organizations:
-        try:
-            sync_log = sync_claim(
-                organization=organization,
-                trigger=trigger,
-                sync_type=sync_type,
-                direction=direction,
-                triggered_by=triggered_by,
-                batch_id=batch.batch_id,
-                allow_mass_delete=allow_mass_delete,
-            )
-        except SyncRefused as refusal:
-            batch.refused.append(refusal)
-            continue
-        batch.queued.append(sync_log)
-        transaction.on_commit(functools.partial(_enqueue, batch, sync_log))
-    return batch

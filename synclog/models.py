@@ -217,17 +217,9 @@ class PfaSyncLog(models.Model):
 
         A queued run (never started) may be closed by anyone, once; a running one only by its holder.
         """
-        assert status in SyncStatus.terminal(), status
-        now = timezone.now()
-        changes = {
-            "status": status,
-            "completed_at": now,
-            "duration_ms": int((now - (self.started_at or self.created_at)).total_seconds() * 1000),
-            "error_message": error_message,
-            "records_deleted": records_deleted,
-        }
-        if error_details is not None:
-            changes["error_details"] = error_details
+        changes = self.closing_changes(
+            status, error_message=error_message, error_details=error_details, records_deleted=records_deleted
+        )
         if self.status == SyncStatus.QUEUED:
             if not PfaSyncLog.objects.filter(pk=self.pk, status=SyncStatus.QUEUED).update(**changes):
                 raise self._lost("finish")
@@ -253,18 +245,42 @@ class PfaSyncLog(models.Model):
 
         Raises RunEnded when it has ended already.
         """
-        now = timezone.now()
         queued = PfaSyncLog.objects.filter(pk=self.pk, status=SyncStatus.QUEUED)
-        if queued.update(
-            status=SyncStatus.CANCELLED, completed_at=now, duration_ms=0, error_message="Cancelled before it started."
-        ):
+        if queued.update(**self.closing_changes(SyncStatus.CANCELLED, error_message="Cancelled before it started.")):
             self.refresh_from_db()
             return
-        if PfaSyncLog.objects.filter(pk=self.pk, status=SyncStatus.RUNNING).update(cancel_requested_at=now):
+        running = PfaSyncLog.objects.filter(pk=self.pk, status=SyncStatus.RUNNING)
+        if running.update(cancel_requested_at=timezone.now()):
             self.refresh_from_db()
             return
         self.refresh_from_db()
         raise RunEnded(f"Run {self.pk} has ended already ({self.status}).")
+
+    def closing_changes(
+        self,
+        status: str,
+        *,
+        error_message: str,
+        error_details: dict | None = None,
+        records_deleted: int | None = None,
+        now=None,
+    ) -> dict:
+        """The fields that close the run in terminal `status`, for the caller's compare-and-set: the
+        one place a run's end, duration and outcome are put together (finish, cancel, expiry)."""
+        assert status in SyncStatus.terminal(), status
+        now = now or timezone.now()
+        changes = {
+            "status": status,
+            "completed_at": now,
+            # A run that never started lasted from its claim: the time it waited is what it cost.
+            "duration_ms": int((now - (self.started_at or self.created_at)).total_seconds() * 1000),
+            "error_message": error_message,
+        }
+        if error_details is not None:
+            changes["error_details"] = error_details
+        if records_deleted is not None:
+            changes["records_deleted"] = records_deleted
+        return changes
 
     def _held(self) -> QuerySet["PfaSyncLog"]:
         return PfaSyncLog.objects.filter(pk=self.pk, status=SyncStatus.RUNNING, claim_token=self.claim_token)
@@ -336,13 +352,12 @@ def stale_runs_expire(*, organization: Organization | None = None, now=None) -> 
                 "Nothing was read or written; start the run again."
             )
             still_stale, error_type = Q(status=SyncStatus.QUEUED), "TaskLost"
-        changes = {
-            "status": SyncStatus.FAILED,
-            "completed_at": now,
-            "duration_ms": int((now - (sync_log.started_at or sync_log.created_at)).total_seconds() * 1000),
-            "error_message": message,
-            "error_details": failure_details(sync_log, None, error_type),
-        }
+        changes = sync_log.closing_changes(
+            SyncStatus.FAILED,
+            error_message=message,
+            error_details=failure_details(sync_log, None, error_type),
+            now=now,
+        )
         if PfaSyncLog.objects.filter(still_stale, pk=sync_log.pk).update(**changes):
             for name, value in changes.items():
                 setattr(sync_log, name, value)

@@ -1,4 +1,5 @@
-"""django-q2 entry points: a few lines each, calling the engine and the worker functions."""
+"""django-q2 entry points: a few lines each, calling the worker's functions (which start runs through
+`synclog.runs` and run them through `synclog.dispatch`)."""
 
 from datetime import datetime
 

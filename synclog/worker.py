@@ -1,6 +1,6 @@
 """The background sync worker: the schedules, their tasks, leases, shutdown and the worker's status.
 
-Scheduled, API, admin and command syncs all run through `synclog.engine`; this module only decides
+Scheduled, API, admin and command syncs all run through `synclog.runs` and `synclog.dispatch`; this module only decides
 when and for whom a sync is queued, and cleans up after workers that died.
 """
 
@@ -25,8 +25,9 @@ from mirror.fields import organization_code_normalize
 from mirror.materialized import views_refresh_enqueue, views_refresh_pending
 from mirror.models import Organization
 from mirror.purge import pfa_deleted_purge
-from synclog.engine import SyncBatch, client_for_run, run_for, sync_start
+from synclog.dispatch import run_for
 from synclog.models import PfaSyncLog, SyncStatus, SyncWorker, stale_runs_expire, workers_alive
+from synclog.runs import SyncBatch, client_for_run, sync_start
 from synclog.selectors import organizations_to_sync, organizations_with_edits_waiting, organizations_with_last_run
 from synclog.signals import run_log_context, tick_end
 

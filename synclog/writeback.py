@@ -32,15 +32,15 @@ from mirror.pems import PemsClient, PemsError, PemsNotFound, PemsRecordConflict,
 from mirror.records import FIELD_ALIASES, PfaRowError, grid_text, parse_pfa_row
 from mirror.save_rules import value_kept
 from mirror.store import pfa_record_replace
-from synclog.engine import (
+from synclog.models import ClaimLost, PfaSyncLog, SyncStatus
+from synclog.runs import (
+    Heartbeat,
     ProgressCallback,
-    _Heartbeat,
-    _record_failure,
-    _stop_reason,
+    run_failed_record,
     run_failure_record,
+    run_stop_reason,
     views_refresh_if_changed,
 )
-from synclog.models import ClaimLost, PfaSyncLog, SyncStatus
 from synclog.signals import run_log_context
 
 logger = logging.getLogger(__name__)
@@ -77,18 +77,18 @@ def _write_run(*, sync_log, client, stop, on_progress) -> PfaSyncLog:
     sync_log.start()
     taken: set[int] = set()
     try:
-        with _Heartbeat(sync_log) as heartbeat:
+        with Heartbeat(sync_log) as heartbeat:
             # Edits committed while the run goes on join it: it ends when none is left.
             while batch := [m for m in _waiting(organization) if m.pk not in taken]:
                 sync_log.set_total((sync_log.records_total or 0) + len(batch))
                 logger.info("Write %s of %s: %d modifications to write", sync_log.id, organization.code, len(batch))
                 for modification in batch:
                     taken.add(modification.pk)
-                    if (stop is not None and stop.is_set()) or sync_log.cancel_requested():
+                    if stop_reason := run_stop_reason(sync_log, stop):
                         left = sync_log.records_total - sync_log.records_processed
                         sync_log.finish(
                             SyncStatus.CANCELLED,
-                            error_message=f"{_stop_reason(sync_log, stop)} {left} modifications left for the next run.",
+                            error_message=f"{stop_reason} {left} modifications left for the next run.",
                         )
                         return sync_log
                     heartbeat.check()
@@ -96,7 +96,7 @@ def _write_run(*, sync_log, client, stop, on_progress) -> PfaSyncLog:
                         _write_one(sync_log, client, modification)
                     except _PemsGone as gone:
                         left = sync_log.records_total - sync_log.records_processed
-                        _record_failure(
+                        run_failed_record(
                             sync_log,
                             f"{str(gone.__cause__).rstrip('.')}. {left} modifications left committed for the next run.",
                             gone.__cause__,

@@ -3,8 +3,9 @@
 from dataclasses import replace
 
 from mirror.pems import PemsClient, PemsError
-from synclog.engine import run_for, sync_claim
+from synclog.dispatch import run_for
 from synclog.models import PfaSyncLog
+from synclog.runs import sync_claim
 from synclog.signals import run_log_context
 
 

@@ -16,8 +16,8 @@ from mirror.secrets import SecretScrubFilter
 from mirror.simulator import DEFAULT_PASSWORD
 from pfasync.logs import JsonFormatter, RunContextFilter
 from synclog import worker
-from synclog.engine import sync_claim
 from synclog.models import PfaSyncLog
+from synclog.runs import sync_claim
 
 BASE_DIR = Path(django_settings.BASE_DIR)
 

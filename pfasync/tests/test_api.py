@@ -84,7 +84,16 @@ def test_schema_and_docs_are_served(rio_user):
         "/api/auth/logout",
         "/api/organizations",
     } <= set(paths)
-    assert set(paths["/api/sync/trigger"]["post"]["responses"]) == {"202", "400", "401", "403", "404", "409", "413", "503"}
+    assert set(paths["/api/sync/trigger"]["post"]["responses"]) == {
+        "202",
+        "400",
+        "401",
+        "403",
+        "404",
+        "409",
+        "413",
+        "503",
+    }
     assert set(paths["/api/sync/cancel/{log_id}"]["post"]["responses"]) == {"202", "400", "401", "403", "404", "409"}
     assert "429" in paths["/api/auth/login"]["post"]["responses"]
     components = schema.json()["components"]["schemas"]

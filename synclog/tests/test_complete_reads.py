@@ -15,8 +15,9 @@ from mirror.models import ApiConfiguration, PfaMirror
 from mirror.pems import PemsClient, modified_since_filter, organization_filter
 from mirror.records import content_hash
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
-from synclog.engine import sync_claim, sync_run
+from synclog.engine import sync_run
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+from synclog.runs import sync_claim
 
 pytestmark = pytest.mark.django_db
 

@@ -14,8 +14,9 @@ import pytest
 from mirror.models import PfaMirror
 from mirror.pems import PemsClient
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
-from synclog.engine import sync_claim, sync_run
+from synclog.engine import sync_run
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+from synclog.runs import sync_claim
 
 pytestmark = pytest.mark.django_db
 

@@ -12,8 +12,10 @@ from mirror.models import ApiConfiguration, PfaMirror
 from mirror.pems import PemsClient, PemsUnavailable
 from mirror.simulator import DEFAULT_PASSWORD
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
-from synclog.engine import SyncAlreadyRunning, sync_claim, sync_organizations, sync_run
+from synclog.dispatch import sync_organizations
+from synclog.engine import sync_run
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+from synclog.runs import SyncAlreadyRunning, sync_claim
 
 pytestmark = pytest.mark.django_db
 
@@ -241,12 +243,21 @@ def test_incremental_sync_reads_only_rows_saved_since_the_watermark(rio, pems_se
     assert PfaMirror.objects.get(organization=rio, pfa_id="PFA-0000200").model == "Re-saved"
 
 
-def test_watermark_never_passes_the_servers_clock_at_the_start():
-    from datetime import UTC, datetime
+def test_watermark_never_passes_the_servers_clock_at_the_start(rio, pems_server):
+    """A row stamped later than PEMS's clock when the read began (saved during the read on a page
+    already passed looks the same) leaves the watermark at that clock, so the next incremental read
+    still asks for what was saved meanwhile."""
+    from datetime import datetime, timedelta
 
-    from synclog.engine import _next_watermark
+    from django.utils import timezone
 
-    started = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-    assert _next_watermark(datetime(2026, 1, 1, 12, 5, tzinfo=UTC), started) == started
-    assert _next_watermark(datetime(2026, 1, 1, 11, 0, tzinfo=UTC), started) == datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
-    assert _next_watermark(None, started) is None  # nothing read: the watermark stays
+    from mirror.simulator.data import format_datetime
+
+    simulator = pems_server.simulator
+    ahead = datetime.now(simulator.time_zone) + timedelta(days=1)
+    simulator.update_row("RIO", "PFA-0000007", {"pfs_lastmodified": format_datetime(ahead)})
+    before = timezone.now()
+    assert run_sync(rio).status == SyncStatus.COMPLETED
+    rio.refresh_from_db()
+    assert PfaMirror.objects.get(organization=rio, pfa_id="PFA-0000007").pems_last_modified > timezone.now()
+    assert before - timedelta(minutes=1) <= rio.read_watermark <= timezone.now()

@@ -11,8 +11,9 @@ from mirror import delta
 from mirror.models import PfaMergedLive, PfaModification, ViewRefresh
 from mirror.pems import PemsClient
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
-from synclog.engine import sync_claim, sync_run
+from synclog.engine import sync_run
 from synclog.models import PfaSyncLog, SyncStatus
+from synclog.runs import sync_claim
 
 pytestmark = pytest.mark.django_db
 

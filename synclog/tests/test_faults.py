@@ -14,8 +14,9 @@ from mirror.models import PfaMirror
 from mirror.pems import PemsClient
 from mirror.records import content_hash
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
-from synclog.engine import sync_claim, sync_run
+from synclog.engine import sync_run
 from synclog.models import PfaSyncLog, SyncStatus
+from synclog.runs import sync_claim
 
 pytestmark = [pytest.mark.django_db, pytest.mark.faults]
 

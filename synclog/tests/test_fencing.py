@@ -18,8 +18,9 @@ from django.utils import timezone
 from mirror.models import ApiConfiguration, Organization, PfaMirror
 from mirror.pems import PemsClient
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
-from synclog.engine import SyncNotQueued, sync_cancel, sync_claim, sync_run, sync_start
+from synclog.engine import sync_run
 from synclog.models import ClaimLost, PfaSyncLog, RunEnded, SyncStatus, stale_runs_expire
+from synclog.runs import SyncNotQueued, sync_cancel, sync_claim, sync_start
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]

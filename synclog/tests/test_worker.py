@@ -24,8 +24,9 @@ from mirror.models import PfaMirror
 from mirror.records import content_hash
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from synclog import tasks
-from synclog.engine import sync_claim, sync_organizations, sync_start
+from synclog.dispatch import sync_organizations
 from synclog.models import PfaSyncLog, SyncStatus
+from synclog.runs import sync_claim, sync_start
 from synclog.worker import (
     FULL_SCHEDULE,
     TICK_SCHEDULE,

@@ -16,8 +16,8 @@ from mirror.records import parse_pfa_row
 from mirror.store import pfa_records_upsert
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from ops.tests.runs import fast_client, run_sync
-from synclog.engine import SyncAlreadyRunning, sync_claim
 from synclog.models import PfaSyncLog, SyncStatus
+from synclog.runs import SyncAlreadyRunning, sync_claim
 
 pytestmark = pytest.mark.django_db
 
@@ -286,11 +286,12 @@ def test_push_pems_writes_inline_and_prints_a_summary(rio, simulator, ann):
     assert lines[lines.index(header) + 2].split()[:4] == ["RIO", "completed", "1", "1"]
 
 
-def test_the_api_trigger_queues_a_write_run_and_names_a_bad_direction(rio):
+def test_the_api_trigger_queues_a_write_run_and_names_a_bad_direction(rio, ann):
     from rest_framework.test import APIClient
 
     from mirror.tests.factories import user_with
 
+    commit(rio, ann, {"dor": "QUEUED"})
     client = APIClient()
     client.force_authenticate(user_with("ops", "synclog.trigger_sync", organizations=[rio]))
     response = client.post("/api/sync/trigger", {"organizationId": "RIO", "direction": "write"}, format="json")
@@ -304,9 +305,10 @@ def test_the_api_trigger_queues_a_write_run_and_names_a_bad_direction(rio):
     assert bad.status_code == 400 and "direction" in bad.json()["fields"]
 
 
-def test_the_admin_action_queues_a_write_run(rio, admin_client):
+def test_the_admin_action_queues_a_write_run(rio, ann, admin_client):
     from django.urls import reverse
 
+    commit(rio, ann, {"dor": "QUEUED"})
     response = admin_client.post(
         reverse("admin:mirror_organization_changelist"),
         {"action": "write_now", "_selected_action": [rio.pk]},
@@ -314,6 +316,38 @@ def test_the_admin_action_queues_a_write_run(rio, admin_client):
     )
     assert "Write run of RIO queued" in response.content.decode()
     assert PfaSyncLog.objects.filter(direction="write", status="queued", trigger="admin").count() == 1
+
+
+def test_a_write_asked_with_nothing_waiting_creates_no_run_and_says_why(rio, admin_client):
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.urls import reverse
+    from rest_framework.test import APIClient
+
+    from mirror.tests.factories import user_with
+
+    client = APIClient()
+    client.force_authenticate(user_with("ops", "synclog.trigger_sync", organizations=[rio]))
+    response = client.post("/api/sync/trigger", {"organizationId": "RIO", "direction": "write"}, format="json")
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["logIds"] == [] and "logId" not in body
+    (skipped,) = body["skipped"]
+    assert skipped["organizationCode"] == "RIO" and skipped["logId"] is None
+    assert skipped["message"] == body["message"] == "Nothing to write for organization RIO: no committed edit waits."
+
+    admin = admin_client.post(
+        reverse("admin:mirror_organization_changelist"),
+        {"action": "write_now", "_selected_action": [rio.pk]},
+        follow=True,
+    )
+    assert "Nothing to write for organization RIO" in admin.content.decode()
+
+    out = StringIO()
+    call_command("push_pems", "--org", "rio", stdout=out)  # nothing left undone: no error
+    assert "RIO: Nothing to write for organization RIO: no committed edit waits." in out.getvalue()
+    assert not PfaSyncLog.objects.filter(direction="write").exists()
 
 
 # --- resolving conflicts -------------------------------------------------------------------------

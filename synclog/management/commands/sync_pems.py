@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 
 from mirror.management.organizations import add_org_argument, organizations_from_codes
 from mirror.models import Organization
-from synclog.engine import SyncOutcome, sync_organizations
+from synclog.dispatch import SyncOutcome, sync_organizations
 from synclog.models import PfaSyncLog
 from synclog.selectors import organizations_to_sync
 
