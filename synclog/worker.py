@@ -1,7 +1,7 @@
 """The background sync worker: the schedules, their tasks, leases, shutdown and the worker's status.
 
-Scheduled, API, admin and command syncs all run through `synclog.runs` and `synclog.dispatch`; this module only decides
-when and for whom a sync is queued, and cleans up after workers that died.
+Scheduled, API, admin and command syncs all run through `synclog.runs` and `synclog.dispatch`; this
+module only decides when and for whom a sync is queued, and cleans up after workers that died.
 """
 
 import logging
