@@ -460,8 +460,11 @@ def _incremental_filters(sync_log: PfaSyncLog, pems: PemsSettings) -> list[GridF
             "Sync %s: no watermark for this grid yet, so a full read instead of an incremental one", sync_log.id
         )
         return []
-    since = watermark - timedelta(minutes=settings.SYNC_INCREMENTAL_LOOKBACK_MINUTES)
-    return [modified_since_filter(since, time_zone=pems.zone, until=timezone.now())]
+    try:
+        since = watermark - timedelta(minutes=settings.SYNC_INCREMENTAL_LOOKBACK_MINUTES)
+        return [modified_since_filter(since, time_zone=pems.zone, until=timezone.now())]
+    except OverflowError:
+        return []  # a watermark at the start of year 1: no save can be older, so every row is read
 
 
 def _next_watermark(newest_modified: datetime | None, server_started: datetime | None) -> datetime | None:

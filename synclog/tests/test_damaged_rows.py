@@ -124,3 +124,12 @@ def test_a_key_holding_a_nul_character_is_set_aside_on_a_re_read(rio, pems_serve
         (key(100) + "\u2400a", "pfs_id: 'PFA-0000100\\x00a' holds a NUL character, which the database cannot store")
     ]
     assert sync_log.records_deleted == 0 and len(live_keys(rio)) == 250
+
+
+def test_an_incremental_read_from_a_watermark_at_the_start_of_year_one_reads_every_row(rio):
+    assert run(rio).status == SyncStatus.COMPLETED
+    source = rio.read_watermark_source
+    rio.move_watermark(datetime(1, 1, 1, 0, 5, tzinfo=UTC), source=source)  # minus the lookback: before year 1
+    sync_log = run(rio, sync_type="incremental")
+    assert sync_log.status == SyncStatus.COMPLETED, sync_log.error_message
+    assert sync_log.sync_type == "incremental" and sync_log.records_processed == 250
