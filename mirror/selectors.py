@@ -318,6 +318,24 @@ def record_get(*, organization: Organization, user, pfa_id: str) -> tuple[dict[s
     return record, data, list(modifications)
 
 
+def conflicts_list(*, organization: Organization) -> list[PfaModification]:
+    """The organization's modifications in conflict with PEMS, in commit order."""
+    return list(
+        PfaModification.objects.filter(organization=organization, state=PfaModification.State.CONFLICT)
+        .select_related("author")
+        .in_commit_order()
+    )
+
+
+def modification_get_visible(*, user, modification_id: int) -> PfaModification | None:
+    """The modification `modification_id` of an organization `user` sees, or None."""
+    return (
+        PfaModification.objects.filter(pk=modification_id, organization__in=organizations_visible_to(user))
+        .select_related("organization", "author")
+        .first()
+    )
+
+
 # --- KPIs from the materialized views --------------------------------------------------------------
 
 
