@@ -84,12 +84,8 @@ RECORD_ORDERINGS = (
     "actual_end_date",
     "pems_last_modified",
 )
-# The columns a listed record shows: every column but the raw PEMS row and bookkeeping.
-RECORD_COLUMNS = tuple(
-    field.attname
-    for field in PfaMirror._meta.concrete_fields
-    if field.name not in {"id", "organization", "data", "content_hash", "first_synced_at", "deleted_at"}
-)
+# The columns a listed record shows: the PFA columns, its version and when a sync last wrote it.
+RECORD_COLUMNS = (*(field.attname for field in PfaMirror.pfa_columns()), "version", "last_synced_at")
 MODIFICATION_STATE_FILTERS = ("draft", "committed", "conflict")
 
 
