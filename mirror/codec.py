@@ -29,10 +29,18 @@ def _field(name: str) -> Field:
 
 def value_to_json(name: str, value: Any) -> Any:
     """A typed value of field `name` in its JSON form."""
+    if isinstance(value, Decimal):
+        return f"{value:.{_field(name).decimal_places}f}"
+    return json_value(value, name=name)
+
+
+def json_value(value: Any, *, name: str = "value") -> Any:
+    """A value that is no record field's (a KPI's sum, a bound, a time) in its JSON form: amounts
+    with the places they have; dates, date-times, flags and text as a field's are."""
     if value is None or isinstance(value, bool | str | int):
         return value
     if isinstance(value, Decimal):
-        return f"{value:.{_field(name).decimal_places}f}"
+        return str(value)
     if isinstance(value, datetime):
         return datetime_to_json(value)
     if isinstance(value, date):

@@ -21,7 +21,7 @@ from rest_framework.response import Response
 
 from mirror import delta
 from mirror.api import visible_organization_or_404
-from mirror.codec import datetime_to_json, value_to_json
+from mirror.codec import datetime_to_json, json_value, value_to_json
 from mirror.models import EDITABLE_FIELDS, PfaMirror, PfaModification
 from mirror.permissions import can_edit_records, can_resolve_conflicts
 from mirror.records_cursor import CursorInvalid, cursor_decode, cursor_encode
@@ -479,8 +479,10 @@ class KpisApi(ApiView):
             {
                 "success": True,
                 "refreshedAt": datetime_to_json(kpis.refreshed_at),
-                "summary": [_api_values(entry) for entry in kpis.summary],
-                "timeline": _api_values(kpis.timeline),
+                "summary": [
+                    {camel(name): json_value(value) for name, value in entry.items()} for entry in kpis.summary
+                ],
+                "timeline": {camel(name): json_value(value) for name, value in kpis.timeline.items()},
             }
         )
 
