@@ -196,10 +196,10 @@ def _view_refresh_requests() -> int:
 
 
 def _record_fields():
-    from mirror.models import PfaMirror
+    # The columns pfasync's store fills from a record, as it names them.
+    from mirror.store import RECORD_FIELDS
 
-    bookkeeping = {"id", "organization", "version", "first_synced_at", "last_synced_at", "deleted_at"}
-    return [field for field in PfaMirror._meta.concrete_fields if field.name not in bookkeeping]
+    return list(RECORD_FIELDS)
 
 
 def _copy_cursor(pg):

@@ -20,6 +20,7 @@ from django.urls import path
 from django.utils.html import format_html
 
 from mirror import delta
+from mirror.codec import json_from_form
 from mirror.models import ApiConfiguration, PfaMirror, PfaModification
 from mirror.pems import PemsError
 from mirror.permissions import can_change_connection, can_resolve_conflicts
@@ -408,7 +409,7 @@ class PfaModificationAdmin(admin.ModelAdmin):
             raise PermissionDenied
         if request.method == "POST":
             values = {name: request.POST.get(name, "") for name in modification.conflict}
-            values = {name: _form_value(name, value) for name, value in values.items()}
+            values = {name: json_from_form(name, value) for name, value in values.items()}
             if self._resolve(request, [modification], delta.Resolution.MERGE, values):
                 return redirect("admin:mirror_pfamodification_change", modification.pk)
         context = {
@@ -425,10 +426,3 @@ class PfaModificationAdmin(admin.ModelAdmin):
 
 def _messages(error: Exception) -> list[str]:
     return error.messages if isinstance(error, ValidationError) else [str(error)]
-
-
-def _form_value(name: str, text: str):
-    """A form's text as the records API's JSON value of the field (flags from true/false)."""
-    if PfaMirror._meta.get_field(name).get_internal_type() == "BooleanField":
-        return text.strip().lower() in ("true", "1", "yes", "-1", "y")
-    return text.strip() or None

@@ -13,7 +13,7 @@ compare-and-set, so an act never applies to a modification someone else moved fi
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -23,16 +23,17 @@ from django.db import connection, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
+from mirror.codec import value_from_json, value_to_json
 from mirror.materialized import views_refresh_request
 from mirror.models import (
     EDITABLE_FIELDS,
+    PFA_ALIASES,
     ModificationStateChanged,
     Organization,
     PfaMirror,
     PfaModification,
     PfaOverlay,
 )
-from mirror.records import FIELD_ALIASES
 from mirror.save_rules import places_problem, save_problems, text_kept, value_kept
 
 logger = logging.getLogger(__name__)
@@ -53,23 +54,6 @@ def _field(name: str):
 def field_label(name: str) -> str:
     """A record field as people read it (its verbose name: "monthly rate"), for the admin and stored messages."""
     return str(_field(name).verbose_name)
-
-
-def value_to_json(name: str, value: Any) -> Any:
-    """A typed value of field `name` in its JSON form: dates `YYYY-MM-DD`, amounts as decimal strings
-    with the column's places, flags as booleans, text as is."""
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, Decimal):
-        return f"{value:.{_field(name).decimal_places}f}"
-    if isinstance(value, date | datetime):
-        return value.isoformat()
-    raise TypeError(f"{name}: cannot express {value!r} in JSON")
-
-
-def value_from_json(name: str, value: Any) -> Any:
-    """The typed value of field `name` from its JSON form (as stored in `changes`)."""
-    return _field(name).to_python(value)
 
 
 def changes_parse(values: dict[str, Any]) -> dict[str, Any]:
@@ -228,11 +212,11 @@ def _check_save(changed: dict[str, Any], after: dict[str, Any]) -> None:
     """ValidationError naming each field of `changed` PEMS's save rules refuse on the record as it
     would be saved (`after`: field name -> typed value)."""
     problems = save_problems(
-        {FIELD_ALIASES[name]: value_kept(value) for name, value in changed.items()},
-        {FIELD_ALIASES[name]: value_kept(value) for name, value in after.items()},
+        {PFA_ALIASES[name]: value_kept(value) for name, value in changed.items()},
+        {PFA_ALIASES[name]: value_kept(value) for name, value in after.items()},
     )
     if problems:
-        names = {alias: name for name, alias in FIELD_ALIASES.items()}
+        names = {alias: name for name, alias in PFA_ALIASES.items()}
         raise ValidationError({names[alias]: [problem] for alias, problem in problems.items()})
 
 

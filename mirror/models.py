@@ -278,35 +278,48 @@ class PfaMirrorQuerySet(models.QuerySet):
         return self.filter(deleted_at__isnull=True)
 
 
+def pems_column(alias: str, field: models.Field, *, editable: bool = False) -> models.Field:
+    """`field`, the typed form of the PEMS grid column `alias`; `editable`: a planner may edit it
+    and the write-back sends it to PEMS. The model's fields so marked are the one declaration of
+    the PFA columns: the parser, the API, the delta layer and the view SQL read them from here."""
+    field.pems_alias = alias
+    field.pems_editable = editable
+    return field
+
+
 class PfaRecordColumns(models.Model):
     """The columns of a PFA record as the mirror holds it; `pfa_mirror` and the delta layer's
     overlay (`pfa_overlay`) share them, so the merged view reads both alike."""
 
     id = models.BigAutoField(primary_key=True)
-    pfa_id = models.CharField(max_length=64)
-    pems_record_id = models.BigIntegerField(null=True, blank=True)
-    pems_last_modified = models.DateTimeField(null=True, blank=True)
-    area_silo = models.TextField(blank=True)
-    category = models.TextField(blank=True)
-    category_description = models.TextField(blank=True)
-    pfa_class = models.TextField(blank=True, db_column="class")
-    source = models.TextField(blank=True)
-    dor = models.TextField(blank=True)
-    monthly_rate = models.DecimalField(max_digits=18, decimal_places=4, null=True, blank=True)
-    purchase_price = models.DecimalField(max_digits=18, decimal_places=4, null=True, blank=True)
-    manufacturer = models.TextField(blank=True)
-    model = models.TextField(blank=True)
-    project_code = models.TextField(blank=True)
-    equipment_tag = models.TextField(blank=True)
-    plan_start_date = models.DateField(null=True, blank=True)
-    plan_end_date = models.DateField(null=True, blank=True)
-    forecast_start_date = models.DateField(null=True, blank=True)
-    forecast_end_date = models.DateField(null=True, blank=True)
-    actual_start_date = models.DateField(null=True, blank=True)
-    actual_end_date = models.DateField(null=True, blank=True)
-    is_actualized = models.BooleanField(default=False)
-    is_discontinued = models.BooleanField(default=False)
-    is_funds_transferred = models.BooleanField(default=False)
+    pfa_id = pems_column("pfs_id", models.CharField(max_length=64))
+    pems_record_id = pems_column("pfs_recordid", models.BigIntegerField(null=True, blank=True))
+    pems_last_modified = pems_column("pfs_lastmodified", models.DateTimeField(null=True, blank=True))
+    area_silo = pems_column("pfs_f_area", models.TextField(blank=True))
+    category = pems_column("pfs_f_category", models.TextField(blank=True), editable=True)
+    category_description = pems_column("pfs_f_catdesc", models.TextField(blank=True))
+    pfa_class = pems_column("pfs_f_class", models.TextField(blank=True, db_column="class"), editable=True)
+    source = pems_column("pfs_f_source", models.TextField(blank=True), editable=True)
+    dor = pems_column("pfs_f_dor", models.TextField(blank=True), editable=True)
+    monthly_rate = pems_column(
+        "pfs_f_rental", models.DecimalField(max_digits=18, decimal_places=4, null=True, blank=True), editable=True
+    )
+    purchase_price = pems_column(
+        "pfs_f_purchase", models.DecimalField(max_digits=18, decimal_places=4, null=True, blank=True), editable=True
+    )
+    manufacturer = pems_column("pfs_f_manufacturer", models.TextField(blank=True), editable=True)
+    model = pems_column("pfs_f_model", models.TextField(blank=True), editable=True)
+    project_code = pems_column("pfs_p_projcode", models.TextField(blank=True), editable=True)
+    equipment_tag = pems_column("pfs_equipment_tag", models.TextField(blank=True), editable=True)
+    plan_start_date = pems_column("pfs_p_startdate", models.DateField(null=True, blank=True), editable=True)
+    plan_end_date = pems_column("pfs_p_enddate", models.DateField(null=True, blank=True), editable=True)
+    forecast_start_date = pems_column("pfs_f_startdate", models.DateField(null=True, blank=True), editable=True)
+    forecast_end_date = pems_column("pfs_f_enddate", models.DateField(null=True, blank=True), editable=True)
+    actual_start_date = pems_column("pfs_a_startdate", models.DateField(null=True, blank=True), editable=True)
+    actual_end_date = pems_column("pfs_a_enddate", models.DateField(null=True, blank=True), editable=True)
+    is_actualized = pems_column("pfs_f_actualized", models.BooleanField(default=False), editable=True)
+    is_discontinued = pems_column("pfs_f_discontinued", models.BooleanField(default=False), editable=True)
+    is_funds_transferred = pems_column("pfs_f_fundstrans", models.BooleanField(default=False), editable=True)
     data = JSONTextField(help_text="The whole PEMS row, unknown tenant columns included.")
     content_hash = models.CharField(max_length=32)
     version = models.PositiveIntegerField(default=1, help_text="Grows by one each time the content changes.")
@@ -325,6 +338,11 @@ class PfaRecordColumns(models.Model):
 
     def __str__(self) -> str:
         return f"{self.pfa_id} ({self.organization_id})"
+
+    @classmethod
+    def pfa_columns(cls) -> tuple[models.Field, ...]:
+        """The PEMS grid columns of a record, in model order: the fields marked by `pems_column`."""
+        return tuple(field for field in cls._meta.concrete_fields if hasattr(field, "pems_alias"))
 
 
 class PfaMirror(PfaRecordColumns):
@@ -367,28 +385,12 @@ class PfaMirror(PfaRecordColumns):
 
 # --- The delta layer: local edits beside the mirror -------------------------------------------------
 
+# The PEMS grid columns of a record, in model order.
+PFA_COLUMNS = PfaMirror.pfa_columns()
+# The grid alias of each of them, by field name.
+PFA_ALIASES = {field.name: field.pems_alias for field in PFA_COLUMNS}
 # The typed business fields a planner may edit; keys and PEMS bookkeeping are not among them.
-EDITABLE_FIELDS = (
-    "category",
-    "pfa_class",
-    "source",
-    "dor",
-    "monthly_rate",
-    "purchase_price",
-    "manufacturer",
-    "model",
-    "project_code",
-    "equipment_tag",
-    "plan_start_date",
-    "plan_end_date",
-    "forecast_start_date",
-    "forecast_end_date",
-    "actual_start_date",
-    "actual_end_date",
-    "is_actualized",
-    "is_discontinued",
-    "is_funds_transferred",
-)
+EDITABLE_FIELDS = tuple(field.name for field in PFA_COLUMNS if field.pems_editable)
 
 
 class TransitionNotAllowed(ValueError):

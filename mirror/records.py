@@ -21,6 +21,10 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import orjson
+from django.apps import apps
+from django.db.models import BigIntegerField, Field
+
+# The way back, typed values as the grid writes them (for PATCHes to PEMS), is the codec's.
 
 
 class PfaRowError(ValueError):
@@ -37,8 +41,9 @@ class PfaRowError(ValueError):
 
 
 class PfaRecord(NamedTuple):
-    """One PFA row, typed for the `pfa_mirror` table (same columns, same order); `data` keeps the
-    whole raw row as JSON with its keys sorted, the text `content_hash` digests."""
+    """One PFA row, typed for the `pfa_mirror` table (same columns, same order: checked against
+    `PfaMirror.pfa_columns` when the first page is typed); `data` keeps the whole raw row as JSON
+    with its keys sorted, the text `content_hash` digests."""
 
     pfa_id: str
     pems_record_id: int | None
@@ -76,12 +81,7 @@ class ParsedRows:
     rejected: list[tuple[PfaRowError, dict[str, str]]] = field(default_factory=list)
 
 
-PFA_ID_MAX_LENGTH = 64
-_DECIMAL_PLACES = 4
-_DECIMAL_WHOLE_DIGITS = 18 - _DECIMAL_PLACES
-_DECIMAL_QUANTUM = Decimal(1).scaleb(-_DECIMAL_PLACES)
-_DECIMAL_LIMIT = Decimal(10) ** _DECIMAL_WHOLE_DIGITS
-_BIGINT_MAX = 2**63 - 1
+_BIGINT_MAX = BigIntegerField.MAX_BIGINT
 _FLAGS = {"-1": True, "Y": True, "0": False, "N": False, "": False}
 _sorted_json = orjson.OPT_SORT_KEYS
 _59_MINUTES = timedelta(minutes=59)
@@ -192,12 +192,13 @@ def parse_pfa_rows(
     """
     reasons: dict[int, str] = {}  # row index -> why it is set aside; the first column to fail wins
     keys = pfa_keys(rows)
-    if not all(keys) or max(map(len, keys), default=0) > PFA_ID_MAX_LENGTH:
+    key_max_length = _layout().key_max_length
+    if not all(keys) or max(map(len, keys), default=0) > key_max_length:
         for index, key in enumerate(keys):
             if not key:
                 reasons[index] = f"pfs_id: {rows[index].get('pfs_id')!r} is missing or empty"
-            elif len(key) > PFA_ID_MAX_LENGTH:
-                reasons[index] = f"pfs_id: {key!r} is longer than {PFA_ID_MAX_LENGTH} characters"
+            elif len(key) > key_max_length:
+                reasons[index] = f"pfs_id: {key!r} is longer than {key_max_length} characters"
     if organization_code is not None:
         orgs = [(row.get("pfs_a_org") or "").strip() for row in rows]
         if orgs.count(organization_code) != len(orgs):
@@ -254,14 +255,15 @@ def parse_pfa_rows(
 
 
 def _raw_columns(rows: Sequence[dict[str, str]]) -> list[Sequence[str]]:
-    """The values of each `_COLUMN_ALIASES` column of `rows`; "" where a row lacks it."""
+    """The values of each typed column (`_Layout.aliases`) of `rows`; "" where a row lacks it."""
+    layout = _layout()
     if not rows:
-        return [()] * len(_COLUMN_ALIASES)
+        return [()] * len(layout.aliases)
     try:
         # The common case, every column in every row, at C speed: one tuple per row, transposed.
-        return list(zip(*map(_column_values, rows), strict=True))
+        return list(zip(*map(layout.column_values, rows), strict=True))
     except KeyError:
-        return [[row.get(alias, "") for row in rows] for alias in _COLUMN_ALIASES]
+        return [[row.get(alias, "") for row in rows] for alias in layout.aliases]
 
 
 class _Unreadable(ValueError):
@@ -271,8 +273,6 @@ class _Unreadable(ValueError):
 _NOT_WHOLE = "is not a whole number"
 _TOO_LARGE_WHOLE = f"is larger than {_BIGINT_MAX:,}, the largest number the mirror stores"
 _NOT_DECIMAL = "is not a decimal number"
-_TOO_MANY_PLACES = f"has more than {_DECIMAL_PLACES} decimal places"
-_TOO_MANY_DIGITS = f"has more than {_DECIMAL_WHOLE_DIGITS} digits before the point"
 _NOT_DATE = "is not a MM/DD/YYYY date"
 _NOT_DATETIME = "is not a MM/DD/YYYY HH:mm date and time"
 _NOT_IN_UTC_RANGE = "is a date and time too close to year 1 or 9999 to be converted to UTC"
@@ -291,27 +291,39 @@ def _whole_number(value: str | None) -> int | None:
     return int(digits)
 
 
-def _decimal(value: str | None) -> Decimal | None:
-    if not value or not (text := value.strip()):
-        return None
-    number = text.replace(",", "")
-    # Decimal() also takes "1e5", "NaN" and "1_000"; PEMS sends none of those, so they are errors.
-    unsigned = number[1:] if number[:1] in "+-" else number
-    if not (unsigned.isascii() and unsigned.replace(".", "", 1).isdigit()):
-        raise _Unreadable(_NOT_DECIMAL)
-    try:
-        parsed = Decimal(number)
-    except InvalidOperation:
-        raise _Unreadable(_NOT_DECIMAL) from None
-    # The size first: quantizing a number of more than 28 digits raises InvalidOperation.
-    if abs(parsed) >= _DECIMAL_LIMIT:
-        raise _Unreadable(_TOO_MANY_DIGITS)
-    if parsed.as_tuple().exponent < -_DECIMAL_PLACES:
-        rounded = parsed.quantize(_DECIMAL_QUANTUM)
-        if rounded != parsed:
-            raise _Unreadable(_TOO_MANY_PLACES)
-        parsed = rounded
-    return parsed
+@cache  # one converter per size, shared by the columns of that size
+def _decimal_of(max_digits: int, decimal_places: int) -> Callable[[str | None], Decimal | None]:
+    """The converter of decimal values to a column of `max_digits` digits, `decimal_places` of them
+    after the point (the model field's sizes)."""
+    whole_digits = max_digits - decimal_places
+    quantum = Decimal(1).scaleb(-decimal_places)
+    limit = Decimal(10) ** whole_digits
+    too_many_places = f"has more than {decimal_places} decimal places"
+    too_many_digits = f"has more than {whole_digits} digits before the point"
+
+    def decimal(value: str | None) -> Decimal | None:
+        if not value or not (text := value.strip()):
+            return None
+        number = text.replace(",", "")
+        # Decimal() also takes "1e5", "NaN" and "1_000"; PEMS sends none of those, so they are errors.
+        unsigned = number[1:] if number[:1] in "+-" else number
+        if not (unsigned.isascii() and unsigned.replace(".", "", 1).isdigit()):
+            raise _Unreadable(_NOT_DECIMAL)
+        try:
+            parsed = Decimal(number)
+        except InvalidOperation:
+            raise _Unreadable(_NOT_DECIMAL) from None
+        # The size first: quantizing a number of more than 28 digits raises InvalidOperation.
+        if abs(parsed) >= limit:
+            raise _Unreadable(too_many_digits)
+        if parsed.as_tuple().exponent < -decimal_places:
+            rounded = parsed.quantize(quantum)
+            if rounded != parsed:
+                raise _Unreadable(too_many_places)
+            parsed = rounded
+        return parsed
+
+    return decimal
 
 
 def _split_date(text: str) -> tuple[int, int, int] | None:
@@ -448,60 +460,54 @@ def _convert_each(
     return values, bad
 
 
-@cache  # one set of columns per time zone, so that their kept answers last from page to page
-def _column_converters(time_zone: ZoneInfo) -> tuple[tuple[str, _Column | None], ...]:
-    """(alias, column) of every `PfaRecord` field between `pfa_id` and `data`; None: text."""
-    whole_number, decimal, day, flag = _Column(_whole_number), _Column(_decimal), _Column(_date), _Column(_flag)
-    return (
-        ("pfs_recordid", whole_number),
-        # Nearly every value is a distinct minute: not worth keeping (`_utc_datetime_in` keeps hours).
-        ("pfs_lastmodified", _Column(_utc_datetime_in(time_zone), keep_answers=False)),
-        ("pfs_f_area", None),
-        ("pfs_f_category", None),
-        ("pfs_f_catdesc", None),
-        ("pfs_f_class", None),
-        ("pfs_f_source", None),
-        ("pfs_f_dor", None),
-        ("pfs_f_rental", decimal),
-        ("pfs_f_purchase", decimal),
-        ("pfs_f_manufacturer", None),
-        ("pfs_f_model", None),
-        ("pfs_p_projcode", None),
-        ("pfs_equipment_tag", None),
-        ("pfs_p_startdate", day),
-        ("pfs_p_enddate", day),
-        ("pfs_f_startdate", day),
-        ("pfs_f_enddate", day),
-        ("pfs_a_startdate", day),
-        ("pfs_a_enddate", day),
-        ("pfs_f_actualized", flag),
-        ("pfs_f_discontinued", flag),
-        ("pfs_f_fundstrans", flag),
+class _Layout(NamedTuple):
+    """The typed columns of a grid row, read from the model (`PfaMirror.pfa_columns`)."""
+
+    key_max_length: int  # pfa_id's
+    fields: tuple[Field, ...]  # every PFA column after pfa_id, in `PfaRecord` order
+    aliases: tuple[str, ...]  # their grid aliases
+    column_values: Callable[[dict[str, str]], tuple[str, ...]]
+
+
+@cache
+def _layout() -> _Layout:
+    # Read from the app registry when the first page is typed, not imported: mirror.models imports
+    # the PEMS client, which imports this module. Once per process: no row pays for it.
+    pfa_columns = apps.get_model("mirror", "PfaMirror").pfa_columns()
+    key, *fields = pfa_columns
+    names = [field.name for field in pfa_columns]
+    if [*names, "data", "content_hash"] != list(PfaRecord._fields):
+        raise TypeError(f"PfaRecord's fields {PfaRecord._fields} are not the model's PFA columns {names}")
+    aliases = tuple(field.pems_alias for field in fields)
+    return _Layout(
+        key_max_length=key.max_length,
+        fields=tuple(fields),
+        aliases=aliases,
+        column_values=itemgetter(*aliases),
     )
 
 
-_COLUMN_ALIASES = tuple(alias for alias, _ in _column_converters(ZoneInfo("UTC")))
-_column_values = itemgetter(*_COLUMN_ALIASES)
+@cache  # one set of columns per time zone, so that their kept answers last from page to page
+def _column_converters(time_zone: ZoneInfo) -> tuple[tuple[str, _Column | None], ...]:
+    """(alias, column) of every `PfaRecord` field between `pfa_id` and `data`, by the model
+    field's type and sizes; None: text. Columns of one kind share their kept answers."""
+    whole_number, day, flag = _Column(_whole_number), _Column(_date), _Column(_flag)
+    # Nearly every value is a distinct minute: not worth keeping (`_utc_datetime_in` keeps hours).
+    moment = _Column(_utc_datetime_in(time_zone), keep_answers=False)
+    decimals: dict[tuple[int, int], _Column] = {}
 
+    def column(field: Field) -> _Column | None:
+        kind = field.get_internal_type()
+        if kind == "DecimalField":
+            sizes = (field.max_digits, field.decimal_places)
+            return decimals.setdefault(sizes, _Column(_decimal_of(*sizes)))
+        return {
+            "BigIntegerField": whole_number,
+            "DateTimeField": moment,
+            "DateField": day,
+            "BooleanField": flag,
+            "TextField": None,
+        }[kind]
 
-# --- The way back: typed values as the grid writes them (for PATCHes to PEMS) ------------------------
-
-# The grid alias of each typed field of a record.
-FIELD_ALIASES = {
-    "pfa_id": "pfs_id",
-    **dict(zip(PfaRecord._fields[1 : 1 + len(_COLUMN_ALIASES)], _COLUMN_ALIASES, strict=True)),
-}
-
-
-def grid_text(value: object) -> str:
-    """A typed value in the grid's string format: MM/DD/YYYY, 5,200.50, -1/0, "" for none."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "-1" if value else "0"
-    if isinstance(value, date):
-        return f"{value.month:02}/{value.day:02}/{value.year}"
-    if isinstance(value, Decimal):
-        places = max(2, -min(0, value.normalize().as_tuple().exponent))
-        return f"{value:,.{places}f}"
-    return str(value)
+    layout = _layout()
+    return tuple(zip(layout.aliases, map(column, layout.fields), strict=True))

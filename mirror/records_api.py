@@ -7,12 +7,8 @@ strings, flags booleans, in what is read and in what is written. Editing needs t
 "Can edit PFA records" (`mirror.edit_pfa_records`); organizations are scoped as everywhere else.
 """
 
-import base64
-import binascii
-import json
 import re
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import date
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -20,26 +16,28 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
-from rest_framework.fields import DateTimeField
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from mirror import delta
 from mirror.api import visible_organization_or_404
+from mirror.codec import datetime_to_json, json_value, value_to_json
 from mirror.models import EDITABLE_FIELDS, PfaMirror, PfaModification
 from mirror.permissions import can_edit_records, can_resolve_conflicts
+from mirror.records_cursor import CursorInvalid, cursor_decode, cursor_encode
 from mirror.selectors import (
     MODIFICATION_STATE_FILTERS,
     RECORD_COLUMNS,
     RECORD_ORDERINGS,
     RecordFilters,
+    conflicts_list,
     kpis_get,
-    organizations_visible_to,
+    modification_get_visible,
     record_get,
     records_count,
     records_list,
 )
-from pfasync.api import DATE_MESSAGE, ApiError, ApiView, InputSerializer, camel, error_responses, text_problem
+from pfasync.api import DATE_MESSAGE, ApiError, ApiView, InputSerializer, camel, error_responses
 
 # The longest change reason a planner may give (characters).
 CHANGE_REASON_MAX = 2000
@@ -48,28 +46,21 @@ CHANGE_REASON_MAX = 2000
 # API name <-> model field name, for every field a record shows.
 _API_NAMES = {name: camel(name) for name in (*RECORD_COLUMNS, *EDITABLE_FIELDS)}
 _FIELD_NAMES = {api: name for name, api in _API_NAMES.items()}
-_DATETIME = DateTimeField()
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return _DATETIME.to_representation(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    return value
 
 
 def _api_values(values: dict[str, Any]) -> dict[str, Any]:
     """Model field name -> value, as API name -> JSON value."""
-    return {camel(name): _json(value) for name, value in values.items()}
+    return {camel(name): value_to_json(name, value) for name, value in values.items()}
 
 
 def record_output(row: dict[str, Any]) -> dict[str, Any]:
-    output = {_API_NAMES[name]: _json(row[name]) for name in RECORD_COLUMNS}
+    output = {_API_NAMES[name]: value_to_json(name, row[name]) for name in RECORD_COLUMNS}
     output["changes"] = {
-        _API_NAMES[name]: {**change, "pems": _json(change["pems"]), "value": _json(change["value"])}
+        _API_NAMES[name]: {
+            **change,
+            "pems": value_to_json(name, change["pems"]),
+            "value": value_to_json(name, change["value"]),
+        }
         for name, change in row["changes"].items()
     }
     output["conflict"] = bool(row["conflict_ids"])
@@ -93,9 +84,9 @@ def modification_output(modification: PfaModification) -> dict[str, Any]:
             if modification.state == PfaModification.State.CONFLICT and modification.conflict
             else modification.error_message
         ),
-        "createdAt": _json(modification.created_at),
-        "committedAt": _json(modification.committed_at),
-        "finishedAt": _json(modification.finished_at),
+        "createdAt": datetime_to_json(modification.created_at),
+        "committedAt": datetime_to_json(modification.committed_at),
+        "finishedAt": datetime_to_json(modification.finished_at),
     }
 
 
@@ -142,43 +133,6 @@ class RecordListInputSerializer(InputSerializer):
         fields = super().get_fields()
         fields["class"] = fields.pop("pfa_class")
         return fields
-
-
-def _cursor_encode(ordering: str, after: tuple[Any, str]) -> str:
-    text = json.dumps([ordering, _json(after[0]), after[1]], separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def _cursor_decode(cursor: str, ordering: str) -> tuple[Any, str]:
-    """The (value, pfa_id) a cursor continues after; a 400 for a cursor not made for this ordering.
-
-    A cursor comes from the client, so its values are checked as any input: each a string (as
-    `_cursor_encode` writes them) the ordering's column takes, within its length or digits, finite,
-    with no NUL or lone surrogate; the pfa_id likewise."""
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        made_for, value, pfa_id = json.loads(text)
-        if made_for != ordering:
-            raise ValueError
-        return _cursor_value(_FIELD_NAMES[ordering.lstrip("-")], value), _cursor_value("pfa_id", pfa_id)
-    except (ValueError, TypeError, KeyError, binascii.Error, DjangoValidationError, RecursionError):
-        raise ValidationError(
-            {"cursor": ["Not a cursor of this list: pass the nextCursor of the previous page, same ordering."]}
-        ) from None
-
-
-def _cursor_value(name: str, value: Any) -> Any:
-    """A cursor's value for column `name`, typed and checked by the column's own rules; ValueError if bad."""
-    field = PfaMirror._meta.get_field(name)
-    if value is None and field.null:
-        return None
-    if not isinstance(value, str) or text_problem(value):
-        raise ValueError
-    typed = field.to_python(value)
-    if isinstance(typed, datetime) and typed.tzinfo is None:
-        raise ValueError  # the cursors we write carry their zone
-    field.run_validators(typed)  # max_length, max_digits (a finite number), integer ranges
-    return typed
 
 
 def _schema_field(name: str) -> serializers.Field:
@@ -252,7 +206,15 @@ class RecordListApi(ApiView):
         serializer.is_valid(raise_exception=True)
         params = serializer.validated_data
         ordering = params["ordering"]
-        after = _cursor_decode(params["cursor"], ordering) if "cursor" in params else None
+        field = _FIELD_NAMES[ordering.lstrip("-")]
+        after = None
+        if "cursor" in params:
+            try:
+                after = cursor_decode(cursor=params["cursor"], ordering=ordering, field=field)
+            except CursorInvalid:
+                raise ValidationError(
+                    {"cursor": ["Not a cursor of this list: pass the nextCursor of the previous page, same ordering."]}
+                ) from None
         filters = RecordFilters(
             category=params.get("category"),
             source=params.get("source"),
@@ -263,7 +225,6 @@ class RecordListApi(ApiView):
             search=params.get("search"),
             state=params.get("state"),
         )
-        field = _FIELD_NAMES[ordering.lstrip("-")]
         page = records_list(
             organization=organization,
             user=request.user,
@@ -272,7 +233,7 @@ class RecordListApi(ApiView):
             after=after,
             limit=params["limit"],
         )
-        next_cursor = _cursor_encode(ordering, page.next_cursor) if page.next_cursor else None
+        next_cursor = page.next_cursor and cursor_encode(ordering=ordering, field=field, after=page.next_cursor)
         body = {"success": True, "records": [record_output(row) for row in page.records], "nextCursor": next_cursor}
         if params["includeCount"]:
             body["total"] = records_count(organization=organization, user=request.user, filters=filters)
@@ -517,9 +478,11 @@ class KpisApi(ApiView):
         return Response(
             {
                 "success": True,
-                "refreshedAt": _json(kpis.refreshed_at),
-                "summary": [_api_values(entry) for entry in kpis.summary],
-                "timeline": _api_values(kpis.timeline),
+                "refreshedAt": datetime_to_json(kpis.refreshed_at),
+                "summary": [
+                    {camel(name): json_value(value) for name, value in entry.items()} for entry in kpis.summary
+                ],
+                "timeline": {camel(name): json_value(value) for name, value in kpis.timeline.items()},
             }
         )
 
@@ -545,11 +508,7 @@ class ConflictListApi(ApiView):
     )
     def get(self, request: Request, key: str) -> Response:
         organization = visible_organization_or_404(request.user, key)
-        conflicts = (
-            PfaModification.objects.filter(organization=organization, state=PfaModification.State.CONFLICT)
-            .select_related("author")
-            .in_commit_order()
-        )
+        conflicts = conflicts_list(organization=organization)
         return Response({"success": True, "conflicts": [conflict_output(m) for m in conflicts]})
 
 
@@ -558,7 +517,7 @@ def conflict_output(modification: PfaModification) -> dict[str, Any]:
         "id": modification.pk,
         "pfaId": modification.pfa_id,
         "by": modification.author.get_username() if modification.author else None,
-        "committedAt": _json(modification.committed_at),
+        "committedAt": datetime_to_json(modification.committed_at),
         "fields": {_API_NAMES.get(name, name): sides for name, sides in modification.conflict.items()},
     }
 
@@ -586,11 +545,7 @@ class ModificationResolveApi(ApiView):
         },
     )
     def post(self, request: Request, modification_id: int) -> Response:
-        modification = (
-            PfaModification.objects.filter(pk=modification_id, organization__in=organizations_visible_to(request.user))
-            .select_related("organization", "author")
-            .first()
-        )
+        modification = modification_get_visible(user=request.user, modification_id=modification_id)
         if modification is None:
             raise NotFound(f"Modification {modification_id} not found.")
         _require_edit(request.user, may=can_resolve_conflicts)

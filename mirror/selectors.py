@@ -85,12 +85,8 @@ RECORD_ORDERINGS = (
     "actual_end_date",
     "pems_last_modified",
 )
-# The columns a listed record shows: every column but the raw PEMS row and bookkeeping.
-RECORD_COLUMNS = tuple(
-    field.attname
-    for field in PfaMirror._meta.concrete_fields
-    if field.name not in {"id", "organization", "data", "content_hash", "first_synced_at", "deleted_at"}
-)
+# The columns a listed record shows: the PFA columns, its version and when a sync last wrote it.
+RECORD_COLUMNS = (*(field.attname for field in PfaMirror.pfa_columns()), "version", "last_synced_at")
 MODIFICATION_STATE_FILTERS = ("draft", "committed", "conflict")
 
 
@@ -317,6 +313,24 @@ def record_get(*, organization: Organization, user, pfa_id: str) -> tuple[dict[s
         .order_by("-updated_at", "-id")
     )
     return record, data, list(modifications)
+
+
+def conflicts_list(*, organization: Organization) -> list[PfaModification]:
+    """The organization's modifications in conflict with PEMS, in commit order."""
+    return list(
+        PfaModification.objects.filter(organization=organization, state=PfaModification.State.CONFLICT)
+        .select_related("author")
+        .in_commit_order()
+    )
+
+
+def modification_get_visible(*, user, modification_id: int) -> PfaModification | None:
+    """The modification `modification_id` of an organization `user` sees, or None."""
+    return (
+        PfaModification.objects.filter(pk=modification_id, organization__in=organizations_visible_to(user))
+        .select_related("organization", "author")
+        .first()
+    )
 
 
 # --- KPIs from the materialized views --------------------------------------------------------------

@@ -15,7 +15,8 @@ from uuid import UUID
 import orjson
 import psycopg
 from django.db import connection, transaction
-from django.db.models import Case, F, Max, PositiveIntegerField, Q, When
+from django.db.models import BooleanField, Case, F, Max, PositiveIntegerField, Q, When
+from django.db.models.expressions import RawSQL
 
 from mirror.models import PfaMirror
 from mirror.records import PfaRecord
@@ -160,20 +161,30 @@ def _quoted(column: str) -> str:
     return connection.ops.quote_name(column)
 
 
+# The one rule for whether a record read from PEMS may replace the stored row of its key, written
+# once in SQL for both ways in (the page merge and `pfa_record_replace`): a live row never goes back
+# to an older recordid saved no later, since a page read before a write-back and stored after it
+# would undo the write until the next read. A record PEMS deleted and created again starts its
+# recordid over, with a later save time: that one is let in (docs/operations.md, "A record deleted
+# and created again in PEMS"), and so is any row marked deleted, whatever its recordid.
+def _may_replace(stored: str, record_id: str, last_modified: str) -> str:
+    """SQL true when a record whose recordid and save time are the expressions `record_id` and
+    `last_modified` may replace the row `stored` (a table name or alias)."""
+    return (
+        f"({stored}.deleted_at IS NOT NULL OR {stored}.pems_record_id IS NULL OR {record_id} IS NULL "
+        f"OR {record_id} >= {stored}.pems_record_id OR {last_modified} > {stored}.pems_last_modified)"
+    )
+
+
 def _conflict_clause() -> str:
     table = _quoted(PfaMirror._meta.db_table)
     assignments = ", ".join(f"{_quoted(f.column)} = EXCLUDED.{_quoted(f.column)}" for f in RECORD_FIELDS)
-    # A row marked deleted that PEMS sends again is revived, as an update, even when unchanged. A
-    # live row never goes back to an older recordid saved no later: a page read before a write-back
-    # and stored after it would undo the write until the next read. (A record PEMS deleted and
-    # created again starts its recordid over, with a newer save time: that one is let in.)
+    # A row marked deleted that PEMS sends again is revived, as an update, even when unchanged.
     return (
         f"ON CONFLICT (organization_id, pfa_id) DO UPDATE SET {assignments}, "
         f"version = {table}.version + 1, last_synced_at = EXCLUDED.last_synced_at, deleted_at = NULL "
         f"WHERE ({table}.content_hash IS DISTINCT FROM EXCLUDED.content_hash OR {table}.deleted_at IS NOT NULL) "
-        f"AND ({table}.deleted_at IS NOT NULL OR {table}.pems_record_id IS NULL OR EXCLUDED.pems_record_id IS NULL "
-        f"OR EXCLUDED.pems_record_id >= {table}.pems_record_id "
-        f"OR EXCLUDED.pems_last_modified > {table}.pems_last_modified) "
+        f"AND {_may_replace(table, 'EXCLUDED.pems_record_id', 'EXCLUDED.pems_last_modified')} "
         "RETURNING version"
     )
 
@@ -277,14 +288,17 @@ def _insert_new_batch_postgresql(
 
 
 def pfa_record_replace(*, organization_id: UUID, record: PfaRecord, synced_at: datetime) -> bool:
-    """Replace one live record's row by `record` as PEMS holds it now (after a write); its version
-    grows if the content changed. A row holding a newer recordid is left alone. Returns whether a
-    row was replaced."""
+    """Replace one record's row by `record` as PEMS holds it now (after a write); its version
+    grows if the content changed. A row the rule of `_may_replace` keeps (a newer recordid saved no
+    earlier) is left alone. Returns whether a row was replaced."""
     values = {field.attname: getattr(record, field.name) for field in RECORD_FIELDS if field.name != "pfa_id"}
     values["data"] = orjson.loads(record.data)
-    stored = PfaMirror.objects.filter(organization_id=organization_id, pfa_id=record.pfa_id)
-    if record.pems_record_id is not None:
-        stored = stored.filter(Q(pems_record_id__isnull=True) | Q(pems_record_id__lte=record.pems_record_id))
+    may_replace = RawSQL(
+        _may_replace(_quoted(PfaMirror._meta.db_table), "%s::bigint", "%s::timestamptz"),
+        [record.pems_record_id, record.pems_record_id, record.pems_last_modified],
+        output_field=BooleanField(),
+    )
+    stored = PfaMirror.objects.filter(may_replace, organization_id=organization_id, pfa_id=record.pfa_id)
     changed = ~Q(content_hash=record.content_hash)
     return bool(
         stored.update(

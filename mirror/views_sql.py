@@ -1,16 +1,19 @@
 """The SQL of the delta layer's database views, in one place.
 
-Migrations create the views from these texts. Changing a text here changes only what new databases
-answer: give PostgreSQL a migration that recreates the view as well.
+Migrations create the views from texts of their own, frozen as they ran. The view of merged records
+lists the mirror's columns as the model declares them: a model change that alters the list fails
+`test_views_sql` until a migration recreates the view with the new text.
 """
 
+from mirror.models import PfaMirror
+
+# Column names that are SQL reserved words, and so are quoted.
+_RESERVED = frozenset({"class"})
 # Every column of pfa_mirror, in its order; the overlay's `mirror_id` stands in for its own `id`.
-_COLUMNS = (
-    'pfa_id, pems_record_id, pems_last_modified, area_silo, category, category_description, "class", source, '
-    "dor, monthly_rate, purchase_price, manufacturer, model, project_code, equipment_tag, plan_start_date, "
-    "plan_end_date, forecast_start_date, forecast_end_date, actual_start_date, actual_end_date, is_actualized, "
-    "is_discontinued, is_funds_transferred, data, content_hash, version, first_synced_at, last_synced_at, "
-    "deleted_at, organization_id"
+_COLUMNS = ", ".join(
+    f'"{field.column}"' if field.column in _RESERVED else field.column
+    for field in PfaMirror._meta.concrete_fields
+    if field.name != "id"
 )
 
 # The mirror's live rows without committed modifications, and the merged rows of those with some.

@@ -27,9 +27,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from mirror import delta
-from mirror.models import ModificationStateChanged, Organization, PfaMirror, PfaModification
+from mirror.models import PFA_ALIASES, ModificationStateChanged, Organization, PfaMirror, PfaModification
 from mirror.pems import PemsClient, PemsError, PemsNotFound, PemsRecordConflict, PemsRequestError
-from mirror.records import FIELD_ALIASES, PfaRowError, grid_text, parse_pfa_row
+from mirror.codec import grid_text
+from mirror.records import PfaRowError, parse_pfa_row
 from mirror.save_rules import value_kept
 from mirror.store import pfa_record_replace
 from synclog.models import ClaimLost, PfaSyncLog, SyncStatus
@@ -209,7 +210,7 @@ def _base_of(modification: PfaModification) -> tuple[int | None, dict[str, Any]]
 
 
 def _aliases(values: dict[str, Any]) -> dict[str, str]:
-    return {FIELD_ALIASES[name]: grid_text(value) for name, value in values.items()}
+    return {PFA_ALIASES[name]: grid_text(value) for name, value in values.items()}
 
 
 def _stored_row(modification: PfaModification) -> dict[str, str]:

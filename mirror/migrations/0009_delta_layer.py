@@ -10,11 +10,34 @@ from django.db import migrations, models
 from mirror import views_sql
 
 
+# The view as this migration created it (the live text, derived from the model, is
+# `mirror.views_sql.MERGED_LIVE`).
+_COLUMNS = (
+    'pfa_id, pems_record_id, pems_last_modified, area_silo, category, category_description, "class", source, '
+    "dor, monthly_rate, purchase_price, manufacturer, model, project_code, equipment_tag, plan_start_date, "
+    "plan_end_date, forecast_start_date, forecast_end_date, actual_start_date, actual_end_date, is_actualized, "
+    "is_discontinued, is_funds_transferred, data, content_hash, version, first_synced_at, last_synced_at, "
+    "deleted_at, organization_id"
+)
+MERGED_LIVE = f"""
+CREATE VIEW pfa_merged_live AS
+SELECT m.id, {", ".join("m." + c for c in _COLUMNS.split(", "))}
+  FROM pfa_mirror m
+ WHERE m.deleted_at IS NULL
+   AND NOT EXISTS (SELECT 1 FROM pfa_overlay o
+                    WHERE o.organization_id = m.organization_id AND o.pfa_id = m.pfa_id AND o.viewer_id IS NULL)
+UNION ALL
+SELECT o.mirror_id, {", ".join("o." + c for c in _COLUMNS.split(", "))}
+  FROM pfa_overlay o
+ WHERE o.viewer_id IS NULL AND o.deleted_at IS NULL
+"""
+
+
 def create_views(apps, schema_editor):
     # Keys compare and sort in code-point order, as pfa_mirror's (migration 0007).
     for table in ("pfa_overlay", "pfa_modification"):
         schema_editor.execute(f'ALTER TABLE {table} ALTER COLUMN pfa_id TYPE varchar(64) COLLATE "C"')
-    schema_editor.execute(views_sql.MERGED_LIVE)
+    schema_editor.execute(MERGED_LIVE)
     schema_editor.execute(views_sql.CREATE_MATERIALIZED_VIEWS)
 
 

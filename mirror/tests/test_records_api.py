@@ -247,3 +247,19 @@ def test_kpis(ann):
     assert body["success"] is True
     assert {entry["category"] for entry in body["summary"]} <= {"CRANES", "TRUCKS"}
     assert set(body["timeline"]) == {"planStart", "planEnd", "forecastStart", "forecastEnd", "actualStart", "actualEnd"}
+
+
+def test_kpis_show_amounts_as_decimal_strings_and_bounds_as_dates(ann):
+    from mirror.materialized import views_refresh
+
+    PfaMirror.objects.filter(pfa_id="P1").update(source="Rental", monthly_rate="1000.5")
+    views_refresh()
+    response = ann.get("/api/organizations/RIO/kpis")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    rental = [entry for entry in body["summary"] if entry["source"] == "Rental"]
+    assert rental and all(isinstance(entry["monthlyRateSum"], str) for entry in rental)
+    # CRANES: P1 at 1,000.5 and two records at the factory's 1,000.
+    assert "3000.50" in {entry["monthlyRateSum"] for entry in rental}
+    assert body["timeline"]["forecastEnd"] == "2027-03-01"
+    assert isinstance(body["refreshedAt"], str)

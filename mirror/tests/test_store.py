@@ -14,6 +14,7 @@ from mirror.store import (
     pfa_content_hashes,
     pfa_key_range_hashes,
     pfa_live_count,
+    pfa_record_replace,
     pfa_records_mark_deleted,
     pfa_records_upsert,
 )
@@ -247,6 +248,50 @@ def test_marked_deleted_records_are_revived_as_updates_when_pems_sends_them_agai
     assert (counts.inserted, counts.updated, counts.unchanged) == (0, 1, 1)
     revived = PfaMirror.objects.get(pfa_id="PFA-1")
     assert (revived.deleted_at, revived.version, revived.last_synced_at) == (None, 2, T1)
+
+
+# The recordid guard, the same on both ways in: the page merge (`pfa_records_upsert`) and the
+# write-back's replacement of one row (`pfa_record_replace`).
+def store_by_merge(organization, stored):
+    return upsert(organization, [stored], synced_at=T1).updated == 1
+
+
+def store_by_replace(organization, stored):
+    return pfa_record_replace(organization_id=organization.pk, record=stored, synced_at=T1)
+
+
+either_path = pytest.mark.parametrize("store", [store_by_merge, store_by_replace], ids=["merge", "replace"])
+
+
+@either_path
+def test_an_older_recordid_saved_no_later_does_not_replace_a_live_row(store):
+    organization = OrganizationFactory(code="RIO")
+    upsert(organization, [record("PFA-1", pfs_recordid="7", pfs_lastmodified="03/08/2026 09:00")])
+    older = record("PFA-1", pfs_recordid="6", pfs_lastmodified="03/08/2026 09:00", pfs_f_rental="1.00")
+    assert not store(organization, older)
+    kept = PfaMirror.objects.get(pfa_id="PFA-1")
+    assert (kept.pems_record_id, kept.monthly_rate, kept.version) == (7, Decimal("12500.50"), 1)
+
+
+@either_path
+def test_a_record_created_again_in_pems_with_a_lower_recordid_and_a_later_save_is_let_in(store):
+    organization = OrganizationFactory(code="RIO")
+    upsert(organization, [record("PFA-1", pfs_recordid="7", pfs_lastmodified="03/08/2026 09:00")])
+    created_again = record("PFA-1", pfs_recordid="1", pfs_lastmodified="03/09/2026 08:00", pfs_f_rental="1.00")
+    assert store(organization, created_again)
+    taken = PfaMirror.objects.get(pfa_id="PFA-1")
+    assert (taken.pems_record_id, taken.monthly_rate, taken.version) == (1, Decimal("1.00"), 2)
+
+
+@either_path
+def test_a_newer_recordid_replaces_the_row_and_a_deleted_row_takes_any_recordid(store):
+    organization = OrganizationFactory(code="RIO")
+    upsert(organization, [record("PFA-1", pfs_recordid="7"), record("PFA-2", pfs_recordid="7")])
+    assert store(organization, record("PFA-1", pfs_recordid="8", pfs_f_rental="2.00"))
+    pfa_records_mark_deleted(organization_id=organization.pk, pfa_ids=["PFA-2"], deleted_at=T1)
+    assert store(organization, record("PFA-2", pfs_recordid="3", pfs_f_rental="3.00"))
+    assert dict(PfaMirror.objects.values_list("pfa_id", "pems_record_id")) == {"PFA-1": 8, "PFA-2": 3}
+    assert not PfaMirror.objects.filter(deleted_at__isnull=False).exists()
 
 
 # The mirror's organization is checked by triggers, once per statement, not by a per-row foreign key
