@@ -27,9 +27,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from mirror import delta
+from mirror.codec import grid_text
 from mirror.models import PFA_ALIASES, ModificationStateChanged, Organization, PfaMirror, PfaModification
 from mirror.pems import PemsClient, PemsError, PemsNotFound, PemsRecordConflict, PemsRequestError
-from mirror.codec import grid_text
 from mirror.records import PfaRowError, parse_pfa_row
 from mirror.save_rules import value_kept
 from mirror.store import pfa_record_replace

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from mirror import delta
+from mirror.codec import grid_text
 from mirror.models import PfaMergedLive, PfaMirror, PfaModification, PfaOverlay
 from mirror.purge import pfa_deleted_purge
-from mirror.codec import grid_text
 from mirror.save_rules import value_kept
 from mirror.selectors import RecordFilters, records_list
 from mirror.simulator.records import _validate_value
