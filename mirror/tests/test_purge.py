@@ -8,7 +8,6 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from mirror import purge
 from mirror.models import PfaMirror
 from mirror.purge import pfa_deleted_purge
 from mirror.selectors import RecordFilters, records_list
@@ -90,8 +89,8 @@ def test_purge_of_one_organization_leaves_the_others(rio, hou):
     assert stored_ids() == {"PFA-HOU"}
 
 
-def test_purge_larger_than_one_batch_purges_every_record(rio, monkeypatch):
-    monkeypatch.setattr(purge, "PURGE_BATCH_SIZE", 2)
+def test_purge_larger_than_one_batch_purges_every_record(rio, settings):
+    settings.SYNC_PURGE_BATCH_SIZE = 2
     for n in range(5):
         record(rio, f"PFA-{n}", deleted_days_ago=90)
     record(rio, "PFA-LIVE")
