@@ -402,11 +402,12 @@ def test_sigkill_mid_sync_is_failed_by_the_lease_and_the_next_tick_syncs(cluster
     cluster.kill()
     lost = runs("RIO").get()
     assert lost.status == SyncStatus.RUNNING  # nobody is left to say otherwise
-    time.sleep(3.5)
+    time.sleep(3.5)  # the lease runs out
     pems_server.simulator.set_latency(0)
     clusters("b", SYNC_LEASE_SECONDS=3, SYNC_HEARTBEAT_SECONDS=1)  # the check also runs when a cluster starts
-    lost.refresh_from_db()
-    assert lost.status == SyncStatus.FAILED and lost.error_message.startswith("Worker lost")
+    failed = runs("RIO").filter(pk=lost.pk, status=SyncStatus.FAILED)
+    lost = wait_until(failed.first, timeout=30, what="the lost run to be failed")
+    assert lost.error_message.startswith("Worker lost")
     async_task("synclog.tasks.sync_tick")
     done = wait_until(lambda: runs("RIO").filter(status=SyncStatus.COMPLETED).first(), timeout=60, what="resync")
     assert done.records_processed == 250
