@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from mirror.models import ApiConfiguration, PfaMirror
-from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory, PfaMirrorFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -37,21 +37,9 @@ def connection(pems_server) -> ApiConfiguration:
     )
 
 
-def mirror_record(organization, pfa_id: str, **fields) -> PfaMirror:
-    """An unsaved mirrored record."""
-    data = {
-        "pfs_id": pfa_id,
-        "pfs_a_org": organization.code,
-        "pfs_notes": "raw value",
-        **fields.pop("data", {}),
-    }
-    return PfaMirror(organization=organization, pfa_id=pfa_id, data=data, content_hash="0" * 32, **fields)
-
-
 def mirror_row(organization, pfa_id: str, **fields) -> PfaMirror:
-    record = mirror_record(organization, pfa_id, **fields)
-    record.save()
-    return record
+    data = {"pfs_id": pfa_id, "pfs_a_org": organization.code, "pfs_notes": "raw value"}
+    return PfaMirrorFactory(organization=organization, pfa_id=pfa_id, data=data, **fields)
 
 
 # --- PEMS connections ---------------------------------------------------------------------------
@@ -326,8 +314,10 @@ def test_mirror_filter_choices_come_from_a_bounded_sample(admin_client):
     # More rows than the sample (5 000) reads: a value only in the rows past it is not offered, and
     # still filters when asked for by URL. A fresh table is read in the order it was written.
     rio = OrganizationFactory(code="RIO")
-    common = [mirror_record(rio, f"PFA-{n}", category="CRANES") for n in range(5_000)]
-    PfaMirror.objects.bulk_create([*common, mirror_record(rio, "PFA-RARE", category="RARE")])
+    common = PfaMirrorFactory.build_batch(5_000, organization=rio, category="CRANES")
+    PfaMirror.objects.bulk_create(
+        [*common, PfaMirrorFactory.build(organization=rio, pfa_id="PFA-RARE", category="RARE")]
+    )
 
     def offered(response):
         category_filter = next(

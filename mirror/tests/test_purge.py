@@ -11,21 +11,14 @@ from django.utils import timezone
 from mirror.models import PfaMirror
 from mirror.purge import pfa_deleted_purge
 from mirror.selectors import RecordFilters, records_list
-from mirror.tests.factories import OrganizationFactory
+from mirror.tests.factories import OrganizationFactory, PfaMirrorFactory
 
 pytestmark = pytest.mark.django_db
 
 
 def record(organization, pfa_id: str, *, deleted_days_ago: float | None = None, **fields) -> PfaMirror:
     deleted_at = None if deleted_days_ago is None else timezone.now() - timedelta(days=deleted_days_ago)
-    return PfaMirror.objects.create(
-        organization=organization,
-        pfa_id=pfa_id,
-        data={"pfs_id": pfa_id},
-        content_hash="0" * 32,
-        deleted_at=deleted_at,
-        **fields,
-    )
+    return PfaMirrorFactory(organization=organization, pfa_id=pfa_id, deleted_at=deleted_at, **fields)
 
 
 def stored_ids() -> set[str]:
