@@ -22,7 +22,7 @@ from django_q.tasks import async_task, fetch
 
 from mirror.models import PfaMirror
 from mirror.records import content_hash
-from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory, PfaMirrorFactory
 from synclog import tasks
 from synclog.dispatch import sync_organizations
 from synclog.models import PfaSyncLog, SyncStatus
@@ -182,7 +182,7 @@ def test_tick_purges_records_deleted_longer_ago_than_the_retention(settings, cap
         ("PFA-RECENT", timezone.now() - timedelta(days=5)),
         ("PFA-LIVE", None),
     ):
-        PfaMirror.objects.create(organization=rio, pfa_id=pfa_id, data={}, content_hash="0" * 32, deleted_at=deleted_at)
+        PfaMirrorFactory(organization=rio, pfa_id=pfa_id, deleted_at=deleted_at)
     with caplog.at_level(logging.INFO, logger="mirror.services"):
         assert sync_tick().endswith("purged 1 deleted record(s)")
     assert set(PfaMirror.objects.values_list("pfa_id", flat=True)) == {"PFA-RECENT", "PFA-LIVE"}
