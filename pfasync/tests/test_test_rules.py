@@ -1,11 +1,16 @@
-"""The testing rules of docs/development.md, read from the tests: no test replaces an attribute of our
-own code (`monkeypatch.setattr`, `monkeypatch.delattr`, `setitem`, `mock.patch` and its `.object`,
+"""The testing rules of docs/development.md, read from the tests.
+
+No test replaces an attribute of our own code (`monkeypatch.setattr`, `monkeypatch.delattr`, `setitem`, `mock.patch` and its `.object`,
 `.dict` and `.multiple`, a plain `setattr`) so it reaches what it covers through real data, a real
 setting, the real simulator.
 
 The target is read with `ast`: a string naming a project module ("mirror.pems.fast.MAX_KNOWN_COLUMNS"),
 or an expression rooted at a name imported from one (`mirror_admin.BoundedValuesFilter`). Third-party
 objects (django-q2's `Conf`, `django_q.tasks.async_task`) stay patchable: they are not ours to reach.
+
+No test asserts right after a sleep: what a test waits for it waits for as a condition (a polling
+loop, `wait_until`), so a slow machine makes it slower, not wrong. A sleep that is part of the
+scenario (a lease running out) is followed by the act that depends on it, not by an assertion.
 """
 
 import ast
@@ -84,6 +89,44 @@ def patches_of_project_code(source: str) -> list[int]:
     return sorted(lines)
 
 
+def _is_sleep(statement: ast.stmt) -> bool:
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Call)
+        and (_dotted(statement.value.func) or "").split(".")[-1] == "sleep"
+    )
+
+
+def _waits(statement: ast.stmt) -> bool:
+    """Whether the statement waits for a condition (calls a `wait...`/`...until` function)."""
+    for node in ast.walk(statement):
+        if isinstance(node, ast.Call):
+            name = (_dotted(node.func) or "").split(".")[-1].lower()
+            if "wait" in name or "until" in name:
+                return True
+    return False
+
+
+def sleeps_then_asserts(source: str) -> list[int]:
+    """The lines of `source` where a `sleep(...)` statement is followed, in its block, by an
+    assertion with no wait for a condition between them."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        for body in (getattr(node, field, None) for field in ("body", "orelse", "finalbody")):
+            if not isinstance(body, list):
+                continue
+            for index, statement in enumerate(body):
+                if not _is_sleep(statement):
+                    continue
+                for following in body[index + 1 :]:
+                    if _waits(following):
+                        break
+                    if isinstance(following, ast.Assert):
+                        lines.append(statement.lineno)
+                        break
+    return sorted(lines)
+
+
 def test_the_rule_sees_every_way_of_patching_our_code_and_only_ours():
     source = """
 from unittest import mock
@@ -118,3 +161,36 @@ def test_no_test_patches_our_own_code():
         if (lines := patches_of_project_code(path.read_text()))
     }
     assert found == {}, "reach the behaviour through real data or a setting, not by patching our code"
+
+
+def test_the_sleep_rule_sees_an_assertion_right_after_a_sleep_and_not_a_polling_loop():
+    source = """
+import time
+
+def test(run):
+    time.sleep(0.5)
+    assert run.count == 3
+    while not run.done():
+        time.sleep(0.1)
+    assert run.done()
+    if run:
+        sleep(1)
+        assert run.count == 4
+    time.sleep(3.5)  # the lease runs out
+    run.check()
+    assert run.failed()
+    time.sleep(3.5)
+    run.check()
+    wait_until(run.failed)
+    assert run.error
+"""
+    assert sleeps_then_asserts(source) == [5, 11, 13]
+
+
+def test_no_test_asserts_right_after_a_sleep():
+    found = {
+        str(path.relative_to(ROOT)): lines
+        for path in _test_modules()
+        if (lines := sleeps_then_asserts(path.read_text()))
+    }
+    assert found == {}, "wait for the condition (wait_until) instead of sleeping and asserting"
