@@ -15,17 +15,12 @@ from mirror.models import Organization, PfaMirror
 logger = logging.getLogger(__name__)
 
 
-# Rows deleted per statement by `pfa_deleted_purge`: each batch is its own short transaction, so a
-# large purge neither holds locks on a big table for long nor leaves a huge transaction to undo.
-PURGE_BATCH_SIZE = 10_000
-
-
 def pfa_deleted_purge(*, organization: Organization | None = None, retention_days: int | None = None) -> int:
     """Delete for good the records marked deleted in PEMS more than `retention_days` days ago
     (default `SYNC_DELETED_RETENTION_DAYS`), of `organization` or of all; returns how many.
 
-    Runs in batches of `PURGE_BATCH_SIZE`, one DELETE statement each, committed on its own (unless the
-    caller holds a transaction). A record a sync found again meanwhile (no longer marked deleted) is kept.
+    Runs in batches of `SYNC_PURGE_BATCH_SIZE` records, one DELETE statement each, committed on its own
+    (unless the caller holds a transaction). A record a sync found again meanwhile (no longer marked deleted) is kept.
     The edits held on a purged record fail with their reason, in the batch's transaction.
     """
     if retention_days is None:
@@ -36,8 +31,11 @@ def pfa_deleted_purge(*, organization: Organization | None = None, retention_day
     expired = PfaMirror.objects.filter(deleted_at__lt=cutoff)
     if organization is not None:
         expired = expired.filter(organization=organization)
+    # Each batch is its own short transaction, so a large purge neither holds locks on a big table
+    # for long nor leaves a huge transaction to undo.
+    batch_size = settings.SYNC_PURGE_BATCH_SIZE
     purged = 0
-    while batch := list(expired.order_by().values_list("pk", flat=True)[:PURGE_BATCH_SIZE]):
+    while batch := list(expired.order_by().values_list("pk", flat=True)[:batch_size]):
         with transaction.atomic():
             # Filtered again, and locked: a sync may have found a record again since the batch was chosen.
             rows = list(

@@ -169,6 +169,10 @@ if not 0 <= SYNC_DELETE_GUARD_PERCENT <= 100:
     raise ImproperlyConfigured(f"SYNC_DELETE_GUARD_PERCENT is {SYNC_DELETE_GUARD_PERCENT}: it must be 0 to 100.")
 if SYNC_DELETED_RETENTION_DAYS < 0:
     raise ImproperlyConfigured(f"SYNC_DELETED_RETENTION_DAYS is {SYNC_DELETED_RETENTION_DAYS}: it cannot be negative.")
+# Records a purge deletes per statement, each batch its own short transaction.
+SYNC_PURGE_BATCH_SIZE = env.int("SYNC_PURGE_BATCH_SIZE", default=10_000)
+if SYNC_PURGE_BATCH_SIZE < 1:
+    raise ImproperlyConfigured(f"SYNC_PURGE_BATCH_SIZE is {SYNC_PURGE_BATCH_SIZE}: it must be at least 1.")
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOGGING = {

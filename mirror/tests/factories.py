@@ -40,6 +40,19 @@ class ApiConfigurationFactory(factory.django.DjangoModelFactory):
             self.save()
 
 
+class PfaMirrorFactory(factory.django.DjangoModelFactory):
+    """A mirrored record holding little more than its key (its raw row names it; the hash is a
+    placeholder): pass the columns a test needs, `deleted_at` for one PEMS deleted."""
+
+    class Meta:
+        model = PfaMirror
+
+    organization = factory.SubFactory(OrganizationFactory)
+    pfa_id = factory.Sequence(lambda n: f"PFA-{n:07d}")
+    data = factory.LazyAttribute(lambda record: {"pfs_id": record.pfa_id})
+    content_hash = "0" * 32
+
+
 # What the API's staff endpoints need (the rules of mirror/permissions.py).
 STAFF_PERMISSIONS = ("view_organization", "add_organization", "change_organization")
 CONNECTION_PERMISSIONS = ("view_apiconfiguration", "add_apiconfiguration", "change_apiconfiguration")

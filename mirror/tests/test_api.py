@@ -5,12 +5,13 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from mirror.models import ApiConfiguration, Organization, PfaMirror
+from mirror.models import ApiConfiguration, Organization
 from mirror.tests.factories import (
     CONNECTION_PERMISSIONS,
     STAFF_PERMISSIONS,
     ApiConfigurationFactory,
     OrganizationFactory,
+    PfaMirrorFactory,
     staff_user,
 )
 
@@ -98,7 +99,7 @@ CONNECTION = {
 
 
 def test_a_member_lists_only_their_organizations(rio, hou, member):
-    PfaMirror.objects.create(organization=rio, pfa_id="PFA-1", data={}, content_hash="x")
+    PfaMirrorFactory(organization=rio)
     body = client_for(member).get("/api/organizations").json()
     assert body["success"] is True
     (organization,) = body["organizations"]
@@ -245,8 +246,8 @@ def test_changing_a_connection_without_a_time_zone_keeps_its_zone(rio, staff):
 
 
 def test_organization_list_counts_only_records_pems_still_holds(rio, member):
-    PfaMirror.objects.create(organization=rio, pfa_id="PFA-1", data={}, content_hash="x")
-    PfaMirror.objects.create(organization=rio, pfa_id="PFA-2", data={}, content_hash="x", deleted_at=timezone.now())
+    PfaMirrorFactory(organization=rio)
+    PfaMirrorFactory(organization=rio, deleted_at=timezone.now())
     (organization,) = client_for(member).get("/api/organizations").json()["organizations"]
     assert organization["mirrorRecordCount"] == 1
 

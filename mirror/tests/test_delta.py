@@ -277,63 +277,6 @@ def test_kpis_read_the_merged_view(rio, ann):
     assert ViewRefresh.objects.get().requested >= 1
 
 
-# --- Refreshes of the materialized views ----------------------------------------------------------
-
-
-@pytest.mark.django_db(transaction=True)
-def test_requests_during_a_refresh_cause_exactly_one_more(rio):
-    """A refresh blocked by a lock (as by a long one) covers the requests made meanwhile with one more
-    refresh; a second runner meanwhile does nothing."""
-    import threading
-
-    import psycopg
-    from django.db import connection
-
-    from mirror.materialized import views_refresh, views_refresh_request
-
-    views_refresh_request()
-    settings = connection.settings_dict
-    with psycopg.connect(
-        host=settings["HOST"], port=settings["PORT"], user=settings["USER"], dbname=settings["NAME"], autocommit=False
-    ) as blocker:
-        blocker.execute("LOCK TABLE pfa_overlay IN ACCESS EXCLUSIVE MODE")
-        outcome = {}
-
-        def refresh_in_a_thread():
-            try:
-                outcome["first"] = views_refresh()
-            finally:
-                connection.close()  # the thread's own connection
-
-        runner = threading.Thread(target=refresh_in_a_thread)
-        runner.start()
-        while not ViewRefresh.objects.filter(running_since__isnull=False).exists():
-            pass
-        views_refresh_request()
-        views_refresh_request()
-        assert views_refresh().refreshes == 0  # the running one covers these
-        blocker.rollback()
-    runner.join(timeout=30)
-    assert outcome["first"].refreshes == 2
-    state = ViewRefresh.objects.get()
-    assert state.refreshed == state.requested and state.running_since is None
-    assert state.last_refreshed_at is not None and state.last_duration_ms is not None
-
-
-def test_refresh_views_command_refreshes_now(rio):
-    from io import StringIO
-
-    from django.core.management import call_command
-
-    mirror_record(rio, "P1")
-    out = StringIO()
-    call_command("refresh_views", stdout=out)
-    state = ViewRefresh.objects.get()
-    assert "Refreshed the materialized views" in out.getvalue()
-    assert state.refreshed == state.requested == 1 and state.last_refreshed_at is not None
-    assert kpis_get(organization=rio).summary[0]["record_count"] == 1
-
-
 def test_a_field_set_back_leaves_the_draft_and_an_empty_draft_is_discarded(rio, ann):
     mirror_record(rio, "P1")
     delta.draft_save(organization=rio, pfa_id="P1", user=ann, values={"monthly_rate": "1200", "dor": "BEO"})

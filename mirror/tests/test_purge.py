@@ -8,25 +8,17 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from mirror import purge
 from mirror.models import PfaMirror
 from mirror.purge import pfa_deleted_purge
 from mirror.selectors import RecordFilters, records_list
-from mirror.tests.factories import OrganizationFactory
+from mirror.tests.factories import OrganizationFactory, PfaMirrorFactory
 
 pytestmark = pytest.mark.django_db
 
 
 def record(organization, pfa_id: str, *, deleted_days_ago: float | None = None, **fields) -> PfaMirror:
     deleted_at = None if deleted_days_ago is None else timezone.now() - timedelta(days=deleted_days_ago)
-    return PfaMirror.objects.create(
-        organization=organization,
-        pfa_id=pfa_id,
-        data={"pfs_id": pfa_id},
-        content_hash="0" * 32,
-        deleted_at=deleted_at,
-        **fields,
-    )
+    return PfaMirrorFactory(organization=organization, pfa_id=pfa_id, deleted_at=deleted_at, **fields)
 
 
 def stored_ids() -> set[str]:
@@ -90,8 +82,8 @@ def test_purge_of_one_organization_leaves_the_others(rio, hou):
     assert stored_ids() == {"PFA-HOU"}
 
 
-def test_purge_larger_than_one_batch_purges_every_record(rio, monkeypatch):
-    monkeypatch.setattr(purge, "PURGE_BATCH_SIZE", 2)
+def test_purge_larger_than_one_batch_purges_every_record(rio, settings):
+    settings.SYNC_PURGE_BATCH_SIZE = 2
     for n in range(5):
         record(rio, f"PFA-{n}", deleted_days_ago=90)
     record(rio, "PFA-LIVE")

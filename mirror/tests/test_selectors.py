@@ -6,14 +6,14 @@ import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.utils import timezone
 
-from mirror.models import Organization, PfaMirror
+from mirror.models import Organization
 from mirror.selectors import (
     mirror_size_subquery,
     organization_get_visible,
     organizations_named,
     organizations_visible_to,
 )
-from mirror.tests.factories import OrganizationFactory, user_with
+from mirror.tests.factories import OrganizationFactory, PfaMirrorFactory, user_with
 
 pytestmark = pytest.mark.django_db
 
@@ -61,13 +61,7 @@ def test_organizations_named_come_in_the_order_given_each_once(rio, hou):
 
 def test_mirror_size_counts_live_records_only(rio, hou):
     def record(organization, pfa_id: str, *, deleted: bool = False) -> None:
-        PfaMirror.objects.create(
-            organization=organization,
-            pfa_id=pfa_id,
-            data={"pfs_id": pfa_id},
-            content_hash="0" * 32,
-            deleted_at=timezone.now() if deleted else None,
-        )
+        PfaMirrorFactory(organization=organization, pfa_id=pfa_id, deleted_at=timezone.now() if deleted else None)
 
     record(rio, "PFA-1")
     record(rio, "PFA-2")

@@ -9,6 +9,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from mirror.models import PfaMirror
+from mirror.tests.factories import PfaMirrorFactory
 from ops.mirror_counts import mirror_counts_refresh
 from ops.pems_calls import pems_calls_flush
 from ops.tests.runs import failed_sync, fast_client, run_sync
@@ -175,7 +176,7 @@ def test_calls_outside_a_run_and_the_mirror_size_show_once_written(client, metri
         pems.count()
     pems_calls_flush()
     assert value(scrape(client), "pfasync_pems_calls_total", outcome="ok") == before + 1
-    PfaMirror.objects.create(organization=rio, pfa_id="PFA-X", data="{}", content_hash="x")
+    PfaMirrorFactory(organization=rio)
     assert ("pfasync_mirror_rows", (("organization", "RIO"),)) not in scrape(client)
     mirror_counts_refresh()
     assert value(scrape(client), "pfasync_mirror_rows", organization="RIO") == 1

@@ -11,7 +11,8 @@ from synclog.models import PfaSyncLog, SyncStatus
 
 class PfaSyncLogFactory(factory.django.DjangoModelFactory):
     """A read run as the engine leaves it: a scheduled, completed full read unless told otherwise.
-    `ago` dates it back; an ended run has `completed_at` and `duration_ms` (1.5 s)."""
+    `ago` dates it back; a queued run has not started; an ended run has `completed_at` and
+    `duration_ms` (1.5 s)."""
 
     class Meta:
         model = PfaSyncLog
@@ -24,7 +25,7 @@ class PfaSyncLogFactory(factory.django.DjangoModelFactory):
     trigger = PfaSyncLog.Trigger.SCHEDULE
     status = SyncStatus.COMPLETED
     created_at = factory.LazyAttribute(lambda run: timezone.now() - run.ago)
-    started_at = factory.LazyAttribute(lambda run: run.created_at)
+    started_at = factory.LazyAttribute(lambda run: None if run.status == SyncStatus.QUEUED else run.created_at)
     duration_ms = factory.LazyAttribute(lambda run: 1500 if run.ended else None)
     completed_at = factory.LazyAttribute(
         lambda run: run.started_at + timedelta(milliseconds=run.duration_ms) if run.ended else None

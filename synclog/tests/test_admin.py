@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from mirror.models import Organization, PfaMirror
-from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory, PfaMirrorFactory
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
 from synclog.tests.factories import PfaSyncLogFactory
 
@@ -31,7 +31,7 @@ def configured(code: str) -> Organization:
 
 def mirror_rows(organization, count: int) -> None:
     PfaMirror.objects.bulk_create(
-        PfaMirror(organization=organization, pfa_id=f"PFA-{n}", data={}, content_hash="0" * 32) for n in range(count)
+        PfaMirrorFactory.build(organization=organization, pfa_id=f"PFA-{n}") for n in range(count)
     )
 
 

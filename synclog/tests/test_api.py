@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory, user_with
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
+from synclog.tests.factories import PfaSyncLogFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -155,7 +156,7 @@ def test_trigger_with_a_malformed_body_is_400_naming_the_field(rio_user, payload
 def test_staff_trigger_of_every_organization_queues_every_active_one_in_one_batch(rio, hou):
     OrganizationFactory(code="OLD", is_active=False)
     staff = user_with("staff", "synclog.trigger_sync", is_staff=True)
-    running = PfaSyncLog.objects.create(organization=hou, trigger="schedule", status=SyncStatus.RUNNING)
+    running = PfaSyncLogFactory(organization=hou, status=SyncStatus.RUNNING)
     response = client_for(staff).post("/api/sync/trigger", {"organizationId": "*"}, format="json")
     assert response.status_code == 202, response.content
     body = response.json()
@@ -272,7 +273,7 @@ def cancel(user, sync_log_or_id):
 
 
 def test_cancel_a_queued_run_ends_it_cancelled_at_once(rio, rio_user):
-    queued = PfaSyncLog.objects.create(organization=rio, trigger="api", status=SyncStatus.QUEUED)
+    queued = PfaSyncLogFactory(organization=rio, trigger="api", status=SyncStatus.QUEUED)
     response = cancel(rio_user, queued)
     assert response.status_code == 202, response.content
     body = response.json()
@@ -282,7 +283,7 @@ def test_cancel_a_queued_run_ends_it_cancelled_at_once(rio, rio_user):
 
 
 def test_cancel_a_running_run_asks_it_to_stop_at_its_next_page(rio, rio_user):
-    running = PfaSyncLog.objects.create(organization=rio, trigger="api", status=SyncStatus.RUNNING)
+    running = PfaSyncLogFactory(organization=rio, trigger="api", status=SyncStatus.RUNNING)
     response = cancel(rio_user, running)
     assert response.status_code == 202, response.content
     assert response.json()["status"] == "running"
@@ -292,7 +293,7 @@ def test_cancel_a_running_run_asks_it_to_stop_at_its_next_page(rio, rio_user):
 
 @pytest.mark.parametrize("ended", [SyncStatus.COMPLETED, SyncStatus.FAILED, SyncStatus.CANCELLED])
 def test_cancel_a_run_that_has_ended_is_409(rio, rio_user, ended):
-    sync_log = PfaSyncLog.objects.create(organization=rio, trigger="api", status=ended, completed_at=timezone.now())
+    sync_log = PfaSyncLogFactory(organization=rio, trigger="api", status=ended)
     body = assert_error(cancel(rio_user, sync_log), 409, "RUN_ENDED")
     assert (body["logId"], body["status"]) == (str(sync_log.pk), ended)
     sync_log.refresh_from_db()
@@ -300,7 +301,7 @@ def test_cancel_a_run_that_has_ended_is_409(rio, rio_user, ended):
 
 
 def test_cancel_a_run_out_of_reach_is_404_and_changes_nothing(rio_user, hou):
-    theirs = PfaSyncLog.objects.create(organization=hou, trigger="api", status=SyncStatus.QUEUED)
+    theirs = PfaSyncLogFactory(organization=hou, trigger="api", status=SyncStatus.QUEUED)
     assert_error(cancel(rio_user, theirs), 404, "NOT_FOUND")
     assert_error(cancel(rio_user, uuid.uuid4()), 404, "NOT_FOUND")
     assert_error(cancel(rio_user, "not-a-uuid"), 404, "NOT_FOUND")
@@ -309,7 +310,7 @@ def test_cancel_a_run_out_of_reach_is_404_and_changes_nothing(rio_user, hou):
 
 
 def test_cancel_needs_the_permission_to_start_syncs(rio):
-    queued = PfaSyncLog.objects.create(organization=rio, trigger="api", status=SyncStatus.QUEUED)
+    queued = PfaSyncLogFactory(organization=rio, trigger="api", status=SyncStatus.QUEUED)
     viewer = user_with("viewer", organizations=[rio])
     staff = user_with("staff", is_staff=True)
     for user in (viewer, staff):

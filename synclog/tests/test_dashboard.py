@@ -9,8 +9,7 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from mirror.models import PfaMirror
-from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory, PfaMirrorFactory
 from synclog.dashboard import bar_chart, compact_number, interval_length
 from synclog.models import PfaSyncLog, SyncStatus
 from synclog.tests.factories import PfaSyncLogFactory
@@ -46,7 +45,7 @@ def test_dashboard_shows_the_worker_and_one_row_per_organization(admin_client, s
     settings.SYNC_INTERVAL = "*/15 * * * *"
     rio = configured("RIO")
     configured("HOU")
-    PfaMirror.objects.create(organization=rio, pfa_id="PFA-1", data={}, content_hash="0" * 32)
+    PfaMirrorFactory(organization=rio)
     PfaSyncLogFactory(organization=rio, ago=timedelta(minutes=5), records_processed=250)
     response = admin_client.get(DASHBOARD)
     assert response.status_code == 200
@@ -101,10 +100,8 @@ def test_an_organization_whose_last_full_read_held_back_deletions_shows_a_warnin
 
 def test_mirror_size_counts_only_records_not_deleted_in_pems(admin_client):
     rio = configured("RIO")
-    for n, deleted_at in enumerate([None, None, timezone.now() - timedelta(days=1)]):
-        PfaMirror.objects.create(
-            organization=rio, pfa_id=f"PFA-{n}", data={}, content_hash="0" * 32, deleted_at=deleted_at
-        )
+    for deleted_at in [None, None, timezone.now() - timedelta(days=1)]:
+        PfaMirrorFactory(organization=rio, deleted_at=deleted_at)
     body = admin_client.get(DASHBOARD).content.decode()
     assert '<td class="mirror-size">2</td>' in org_row(body, "RIO")
 

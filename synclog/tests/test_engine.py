@@ -1,6 +1,5 @@
 """The read sync end to end: simulator over HTTP -> client -> parser -> mirror -> pfa_sync_log."""
 
-import logging
 import threading
 import time
 from dataclasses import replace
@@ -10,9 +9,7 @@ from django.db import connection
 
 from mirror.models import ApiConfiguration, PfaMirror
 from mirror.pems import PemsClient, PemsUnavailable
-from mirror.simulator import DEFAULT_PASSWORD
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
-from synclog.dispatch import sync_organizations
 from synclog.engine import sync_run
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
 from synclog.runs import SyncAlreadyRunning, sync_claim
@@ -197,22 +194,6 @@ def test_concurrent_claims_let_exactly_one_through(rio):
     assert len(claimed) == 1 and len(results) == 8
     assert PfaSyncLog.objects.filter(organization=rio).count() == 1
     assert all(r.active_log.id == claimed[0].id for r in results if isinstance(r, SyncAlreadyRunning))
-
-
-def test_failing_organization_does_not_stop_the_next(rio, pems_server, caplog):
-    hou = ApiConfigurationFactory(
-        organization=OrganizationFactory(code="HOU"), base_url=pems_server.url, password="wrong-password"
-    ).organization
-    caplog.set_level(logging.INFO)
-    outcomes = sync_organizations(
-        organizations=[hou, rio], trigger=PfaSyncLog.Trigger.COMMAND, client_factory=fast_client
-    )
-    assert [(o.organization.code, o.succeeded) for o in outcomes] == [("HOU", False), ("RIO", True)]
-    failed = outcomes[0].sync_log
-    assert failed.status == SyncStatus.FAILED and failed.error_details["error_type"] == "PemsAuthError"
-    assert outcomes[0].sync_log.batch_id == outcomes[1].sync_log.batch_id
-    assert "wrong-password" not in caplog.text + failed.error_message
-    assert DEFAULT_PASSWORD not in caplog.text
 
 
 def run_incremental(organization) -> PfaSyncLog:

@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 from mirror.models import Organization
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory, user_with
 from synclog.models import PfaSyncLog, SyncStatus
+from synclog.tests.factories import PfaSyncLogFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -94,7 +95,7 @@ def test_sync_now_with_trigger_sync_starts_a_run_in_the_admin_the_dashboard_and_
 
 
 def queued(code: str) -> PfaSyncLog:
-    return PfaSyncLog.objects.create(organization=configured(code), trigger="api", status=SyncStatus.QUEUED)
+    return PfaSyncLogFactory(organization=configured(code), trigger="api", status=SyncStatus.QUEUED)
 
 
 def test_cancel_without_trigger_sync_is_refused_in_the_admin_the_dashboard_and_the_api(viewer, changer):

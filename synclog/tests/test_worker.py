@@ -22,7 +22,7 @@ from django_q.tasks import async_task, fetch
 
 from mirror.models import PfaMirror
 from mirror.records import content_hash
-from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory, PfaMirrorFactory
 from synclog import tasks
 from synclog.dispatch import sync_organizations
 from synclog.models import PfaSyncLog, SyncStatus
@@ -182,7 +182,7 @@ def test_tick_purges_records_deleted_longer_ago_than_the_retention(settings, cap
         ("PFA-RECENT", timezone.now() - timedelta(days=5)),
         ("PFA-LIVE", None),
     ):
-        PfaMirror.objects.create(organization=rio, pfa_id=pfa_id, data={}, content_hash="0" * 32, deleted_at=deleted_at)
+        PfaMirrorFactory(organization=rio, pfa_id=pfa_id, deleted_at=deleted_at)
     with caplog.at_level(logging.INFO, logger="mirror.services"):
         assert sync_tick().endswith("purged 1 deleted record(s)")
     assert set(PfaMirror.objects.values_list("pfa_id", flat=True)) == {"PFA-RECENT", "PFA-LIVE"}
@@ -402,11 +402,12 @@ def test_sigkill_mid_sync_is_failed_by_the_lease_and_the_next_tick_syncs(cluster
     cluster.kill()
     lost = runs("RIO").get()
     assert lost.status == SyncStatus.RUNNING  # nobody is left to say otherwise
-    time.sleep(3.5)
+    time.sleep(3.5)  # the lease runs out
     pems_server.simulator.set_latency(0)
     clusters("b", SYNC_LEASE_SECONDS=3, SYNC_HEARTBEAT_SECONDS=1)  # the check also runs when a cluster starts
-    lost.refresh_from_db()
-    assert lost.status == SyncStatus.FAILED and lost.error_message.startswith("Worker lost")
+    failed = runs("RIO").filter(pk=lost.pk, status=SyncStatus.FAILED)
+    lost = wait_until(failed.first, timeout=30, what="the lost run to be failed")
+    assert lost.error_message.startswith("Worker lost")
     async_task("synclog.tasks.sync_tick")
     done = wait_until(lambda: runs("RIO").filter(status=SyncStatus.COMPLETED).first(), timeout=60, what="resync")
     assert done.records_processed == 250
