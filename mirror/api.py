@@ -7,6 +7,9 @@ not change answers 403. Each act asks its one rule in `mirror.permissions`, as t
 connection's `secret` is write-only: accepted, never returned.
 """
 
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
@@ -26,6 +29,8 @@ from mirror.selectors import organization_get_visible, organizations_visible_to
 from mirror.services import organization_create, organization_update, read_connection_put
 from pfasync.api import ApiView, InputSerializer, error_responses
 
+T = TypeVar("T")
+
 # --- Who sees what ----------------------------------------------------------------------------
 
 
@@ -43,12 +48,25 @@ def require(allowed: bool, action: str) -> None:
         raise PermissionDenied(f"Only staff with the permission to {action} may do so.")
 
 
-def raise_model_errors(error: DjangoValidationError, serializer: serializers.Serializer) -> None:
+def raise_model_errors(error: DjangoValidationError, serializer: serializers.Serializer) -> NoReturn:
     """Re-raise a model's full_clean() error as a 400 naming the API's (camelCase) fields."""
     api_name = {field.source: name for name, field in serializer.fields.items()}
     raise ValidationError(
         {api_name.get(field, "nonFieldErrors"): messages for field, messages in error.message_dict.items()}
     ) from None
+
+
+def input_apply(
+    request: Request, serializer_class: type[serializers.Serializer], action: Callable[..., T], **arguments
+) -> T:
+    """`action(**arguments)` with the request body's fields, validated by `serializer_class`; a 400
+    for a body that does not validate or a model that does not (`raise_model_errors`)."""
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    try:
+        return action(**arguments, **serializer.validated_data)
+    except DjangoValidationError as error:
+        raise_model_errors(error, serializer)
 
 
 # --- Serializers --------------------------------------------------------------------------------
@@ -172,12 +190,7 @@ class OrganizationListApi(ApiView):
     )
     def post(self, request: Request) -> Response:
         require(can_create_organization(request.user), "create organizations")
-        serializer = OrganizationCreateInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        try:
-            organization = organization_create(**serializer.validated_data)
-        except DjangoValidationError as error:
-            raise_model_errors(error, serializer)
+        organization = input_apply(request, OrganizationCreateInputSerializer, organization_create)
         return Response(
             {"success": True, "organization": OrganizationOutputSerializer(organization).data},
             status=status.HTTP_201_CREATED,
@@ -199,12 +212,9 @@ class OrganizationDetailApi(ApiView):
     def patch(self, request: Request, key: str) -> Response:
         organization = visible_organization_or_404(request.user, key)
         require(can_change_organization(request.user), "edit organizations")
-        serializer = OrganizationUpdateInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        try:
-            organization = organization_update(organization=organization, **serializer.validated_data)
-        except DjangoValidationError as error:
-            raise_model_errors(error, serializer)
+        organization = input_apply(
+            request, OrganizationUpdateInputSerializer, organization_update, organization=organization
+        )
         return Response({"success": True, "organization": OrganizationOutputSerializer(organization).data})
 
 
@@ -228,10 +238,5 @@ class ReadConnectionApi(ApiView):
         organization = visible_organization_or_404(request.user, key)
         exists = organization.api_configurations.filter(usage=ApiConfiguration.Usage.READ).exists()
         require(can_change_connection(request.user, creating=not exists), "change PEMS connections")
-        serializer = ConnectionInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        try:
-            configuration = read_connection_put(organization=organization, **serializer.validated_data)
-        except DjangoValidationError as error:
-            raise_model_errors(error, serializer)
+        configuration = input_apply(request, ConnectionInputSerializer, read_connection_put, organization=organization)
         return Response({"success": True, "connection": ConnectionOutputSerializer(configuration).data})

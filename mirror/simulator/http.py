@@ -241,11 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.stopping.wait(sim.latency)
         if fault and fault["kind"] == "reset":
             entry["status"] = None
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._drop_connection()
             return
         if fault and fault["kind"] == "status":
             extra = {} if fault["retry_after"] is None else {"Retry-After": str(fault["retry_after"])}
@@ -283,13 +279,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body) + 1024))
             self.end_headers()
             self.wfile.write(body[: len(body) // 2])
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._drop_connection()
             return
         self._send(status, chunks)
+
+    def _drop_connection(self) -> None:
+        """Cut the connection without a (further) answer, as a failing server or network does."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the client has already gone
 
     def _api_result(
         self, sim: PemsSimulator, route: str, key: str, payload: Any, *, empty_page: bool = False
