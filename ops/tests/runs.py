@@ -1,19 +1,11 @@
 """Runs for the tests, run as the worker runs them (inside `run_log_context`)."""
 
-from dataclasses import replace
-
-from mirror.pems import PemsClient, PemsError
+from mirror.pems import PemsError
 from synclog.dispatch import run_for
 from synclog.models import PfaSyncLog
 from synclog.runs import sync_claim
 from synclog.signals import run_log_context
-
-
-def fast_client(organization, **overrides) -> PemsClient:
-    """The organization's configured client, with retries that do not wait."""
-    configuration = organization.api_configurations.get(usage="read")
-    settings = replace(configuration.pems_settings(organization), backoff_base=0.001, backoff_max=0.001, **overrides)
-    return PemsClient(settings, sleep=lambda seconds: None)
+from synclog.tests.factories import fast_client
 
 
 def run_sync(

@@ -12,8 +12,9 @@ from mirror.models import PfaMirror
 from mirror.tests.factories import PfaMirrorFactory
 from ops.mirror_counts import mirror_counts_refresh
 from ops.pems_calls import pems_calls_flush
-from ops.tests.runs import failed_sync, fast_client, run_sync
+from ops.tests.runs import failed_sync, run_sync
 from synclog.models import PfaSyncLog
+from synclog.tests.factories import fast_client
 
 pytestmark = pytest.mark.django_db
 

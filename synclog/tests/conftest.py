@@ -2,6 +2,8 @@
 
 import pytest
 
+from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+
 
 @pytest.fixture
 def broker_down(monkeypatch):
@@ -12,3 +14,9 @@ def broker_down(monkeypatch):
         raise ConnectionError("Error 111 connecting to the broker. Connection refused.")
 
     monkeypatch.setattr("django_q.tasks.async_task", refuse)
+
+
+@pytest.fixture
+def rio(pems_server):
+    """RIO, read from the simulator."""
+    return ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url).organization

@@ -1,10 +1,12 @@
 """Test factories for the sync app."""
 
+from dataclasses import replace
 from datetime import timedelta
 
 import factory
 from django.utils import timezone
 
+from mirror.pems import PemsClient
 from mirror.tests.factories import OrganizationFactory
 from synclog.models import PfaSyncLog, SyncStatus
 
@@ -30,3 +32,10 @@ class PfaSyncLogFactory(factory.django.DjangoModelFactory):
     completed_at = factory.LazyAttribute(
         lambda run: run.started_at + timedelta(milliseconds=run.duration_ms) if run.ended else None
     )
+
+
+def fast_client(organization, **overrides) -> PemsClient:
+    """The organization's configured client, with retries that do not wait."""
+    configuration = organization.api_configurations.get(usage="read")
+    settings = replace(configuration.pems_settings(organization), backoff_base=0.001, backoff_max=0.001, **overrides)
+    return PemsClient(settings, sleep=lambda seconds: None)

@@ -22,11 +22,6 @@ from synclog.runs import sync_claim
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def rio(pems_server):
-    return ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url).organization
-
-
 def run(organization, *, sync_type="full", page_size=None, allow_mass_delete=False, **kwargs) -> PfaSyncLog:
     sync_log = sync_claim(
         organization=organization, trigger="command", sync_type=sync_type, allow_mass_delete=allow_mass_delete

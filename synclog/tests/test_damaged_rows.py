@@ -13,17 +13,11 @@ import pytest
 
 from mirror.models import PfaMirror
 from mirror.pems import PemsClient
-from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from synclog.engine import sync_run
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
 from synclog.runs import sync_claim
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def rio(pems_server):
-    return ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url).organization
 
 
 def run(organization, *, sync_type="full", page_size=None) -> PfaSyncLog:

@@ -3,30 +3,17 @@ failure never stops the next, and an organization without a run says why."""
 
 import logging
 import threading
-from dataclasses import replace
 
 import pytest
 
-from mirror.pems import PemsClient
 from mirror.simulator import DEFAULT_PASSWORD
 from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from synclog.dispatch import sync_organizations
 from synclog.models import PfaSyncLog, SyncStatus
 from synclog.runs import SyncNothingToWrite, SyncNotStarted
+from synclog.tests.factories import fast_client
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def rio(pems_server):
-    return ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url).organization
-
-
-def fast_client(organization, **overrides) -> PemsClient:
-    """The organization's configured client, with retries that do not wait."""
-    configuration = organization.api_configurations.get(usage="read")
-    settings = replace(configuration.pems_settings(organization), backoff_base=0.001, backoff_max=0.001, **overrides)
-    return PemsClient(settings, sleep=lambda seconds: None)
 
 
 def test_failing_organization_does_not_stop_the_next(rio, pems_server, caplog):

@@ -2,31 +2,18 @@
 
 import threading
 import time
-from dataclasses import replace
 
 import pytest
 from django.db import connection
 
 from mirror.models import ApiConfiguration, PfaMirror
-from mirror.pems import PemsClient, PemsUnavailable
-from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
+from mirror.pems import PemsUnavailable
 from synclog.engine import sync_run
 from synclog.models import PfaSyncLog, PfaSyncRecordError, SyncStatus
 from synclog.runs import SyncAlreadyRunning, sync_claim
+from synclog.tests.factories import fast_client
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def rio(pems_server):
-    return ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url).organization
-
-
-def fast_client(organization, **overrides) -> PemsClient:
-    """The organization's configured client, with retries that do not wait."""
-    configuration = organization.api_configurations.get(usage="read")
-    settings = replace(configuration.pems_settings(organization), backoff_base=0.001, backoff_max=0.001, **overrides)
-    return PemsClient(settings, sleep=lambda seconds: None)
 
 
 def run_sync(organization, **kwargs) -> PfaSyncLog:

@@ -10,17 +10,11 @@ from django.contrib.auth.models import User
 from mirror import delta
 from mirror.models import PfaMergedLive, PfaModification, ViewRefresh
 from mirror.pems import PemsClient
-from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from synclog.engine import sync_run
 from synclog.models import PfaSyncLog, SyncStatus
 from synclog.runs import sync_claim
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def rio(pems_server):
-    return ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url).organization
 
 
 def run(organization, *, sync_type="full") -> PfaSyncLog:

@@ -13,7 +13,6 @@ import pytest
 from mirror.models import PfaMirror
 from mirror.pems import PemsClient
 from mirror.records import content_hash
-from mirror.tests.factories import ApiConfigurationFactory, OrganizationFactory
 from synclog.engine import sync_run
 from synclog.models import PfaSyncLog, SyncStatus
 from synclog.runs import sync_claim
@@ -34,11 +33,6 @@ FAULTS = {
     "connection reset": ("reset", {}),
     "empty page before the end": ("empty", {}),
 }
-
-
-@pytest.fixture
-def rio(pems_server):
-    return ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url).organization
 
 
 def read(organization, **kwargs) -> PfaSyncLog:

@@ -26,11 +26,6 @@ pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def rio(pems_server):
-    return ApiConfigurationFactory(organization=OrganizationFactory(code="RIO"), base_url=pems_server.url).organization
-
-
 def client_for(organization, **overrides) -> PemsClient:
     settings = replace(
         organization.api_configurations.get().pems_settings(organization), backoff_base=0.001, backoff_max=0.001
